@@ -1,0 +1,142 @@
+//! Deterministic errors: what an entry's response says when it did not apply.
+//!
+//! Every variant is produced identically on every replica from the same log (no wall clock,
+//! no host-specific text such as backtraces or addresses), because it is part of the
+//! replicated response. New variants are only ever appended: postcard encodes the variant
+//! index, which is also the stable [`ApplyError::code`].
+
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
+
+use crate::entry::ModuleId;
+
+/// Why a command, batch or lifecycle entry did not apply. The entry's writes are discarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// The FSM refused the command (its `apply` returned an error).
+    #[error("rejected by the FSM: {0}")]
+    Rejected(String),
+    /// The FSM could not decode the command or query bytes.
+    #[error("the FSM could not decode its input: {0}")]
+    BadInput(String),
+    /// The guest panicked; the message is the guest's panic message.
+    #[error("the FSM panicked: {0}")]
+    Panicked(String),
+    /// The guest trapped (unreachable, out-of-bounds access, division by zero, ...).
+    #[error("the FSM trapped: {0}")]
+    Trap(String),
+    /// The call used all of its fuel (the FSM's per-apply instruction budget).
+    #[error("the FSM ran out of fuel ({limit} units per call)")]
+    OutOfFuel {
+        /// The FSM's fuel limit.
+        limit: u64,
+    },
+    /// The guest tried to grow its memory past the FSM's cap.
+    #[error("the FSM exceeded its memory cap of {pages} wasm pages")]
+    MemoryLimit {
+        /// The FSM's cap, in 64 KiB pages.
+        pages: u32,
+    },
+    /// The guest's output is larger than the FSM's output limit.
+    #[error("the FSM's output of {len} bytes exceeds its limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Bytes the guest tried to output.
+        len: u64,
+        /// The limit.
+        limit: u32,
+    },
+    /// A key or value exceeded the ABI's size limits.
+    #[error("the FSM wrote a {what} of {len} bytes; the limit is {limit}")]
+    TooLarge {
+        /// "key" or "value".
+        what: String,
+        /// Its length.
+        len: u64,
+        /// The ABI limit.
+        limit: u64,
+    },
+    /// A query tried to write.
+    #[error("queries are read-only; the FSM tried to write")]
+    ReadOnly,
+    /// The guest broke the ABI (bad pointer, unknown status code, missing result buffer).
+    #[error("the FSM broke the ABI: {0}")]
+    AbiViolation(String),
+    /// No FSM of that name exists.
+    #[error("no FSM named {0:?}")]
+    UnknownFsm(String),
+    /// An FSM of that name already exists.
+    #[error("an FSM named {0:?} already exists")]
+    FsmExists(String),
+    /// No module with that id has been deployed.
+    #[error("no module {0} is deployed")]
+    UnknownModule(ModuleId),
+    /// The module failed validation.
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    /// The module is still used by an FSM and cannot be dropped.
+    #[error("module {module} is used by FSM {fsm:?}")]
+    ModuleInUse {
+        /// The module.
+        module: ModuleId,
+        /// An FSM that uses it.
+        fsm: String,
+    },
+    /// The module does not export the entry point this call needs (e.g. a JSON codec).
+    #[error("the module does not export {0}")]
+    MissingExport(String),
+    /// A `Batch` command failed; no command of the batch applied.
+    #[error("batch command {position} failed: {error}")]
+    BatchFailed {
+        /// Index of the failing command within the batch.
+        position: u32,
+        /// Its error.
+        error: alloc::boxed::Box<ApplyError>,
+    },
+}
+
+impl ApplyError {
+    /// The stable numeric code of this error (its variant index), for clients in any language.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::Rejected(_) => 0,
+            Self::BadInput(_) => 1,
+            Self::Panicked(_) => 2,
+            Self::Trap(_) => 3,
+            Self::OutOfFuel { .. } => 4,
+            Self::MemoryLimit { .. } => 5,
+            Self::OutputTooLarge { .. } => 6,
+            Self::TooLarge { .. } => 7,
+            Self::ReadOnly => 8,
+            Self::AbiViolation(_) => 9,
+            Self::UnknownFsm(_) => 10,
+            Self::FsmExists(_) => 11,
+            Self::UnknownModule(_) => 12,
+            Self::InvalidModule(_) => 13,
+            Self::ModuleInUse { .. } => 14,
+            Self::MissingExport(_) => 15,
+            Self::BatchFailed { .. } => 16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::boxed::Box;
+
+    #[test]
+    fn code_is_the_postcard_variant_index() {
+        let samples = [
+            ApplyError::Rejected("x".into()),
+            ApplyError::OutOfFuel { limit: 5 },
+            ApplyError::ReadOnly,
+            ApplyError::UnknownModule(ModuleId([1; 32])),
+            ApplyError::BatchFailed { position: 3, error: Box::new(ApplyError::ReadOnly) },
+        ];
+        for e in samples {
+            let bytes = postcard::to_allocvec(&e).expect("encode");
+            assert_eq!(u16::from(bytes[0]), e.code(), "{e:?}");
+            assert_eq!(postcard::from_bytes::<ApplyError>(&bytes).expect("decode"), e);
+        }
+    }
+}

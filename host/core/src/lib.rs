@@ -1,0 +1,25 @@
+//! wraft-core: the contracts every wraft component shares.
+//!
+//! * [`entry`]: the versioned raft log entry (`Apply`, `Batch`, module and FSM lifecycle),
+//!   each carrying the leader's wall-clock timestamp.
+//! * [`abi`]: the FSM ABI between the host and a wasm guest, defined once: import module,
+//!   import and export names and signatures, status codes, the entry context layout.
+//! * [`error`]: the deterministic errors an entry can produce, recorded as its response.
+//! * [`frame`]: length-prefixed, checksummed postcard frames over `embedded-io`.
+//!
+//! The crate is `no_std` + `alloc`; the `std` feature (default) adds `std::error::Error`
+//! integrations. It builds for `thumbv7em-none-eabihf` with `--no-default-features`.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod abi;
+pub mod entry;
+pub mod error;
+pub mod frame;
+pub mod name;
+pub mod rng;
+
+pub use entry::{Apply, Command, EntryResponse, FsmLimits, LogEntry, ModuleId};
+pub use error::ApplyError;
+pub use name::FsmName;

@@ -1,0 +1,109 @@
+//! FSM instance names.
+
+use alloc::string::String;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+/// Longest FSM name, in bytes.
+pub const MAX_FSM_NAME_LEN: usize = 64;
+
+/// The name of one FSM instance in a cluster, e.g. `sequencer` or `manifest-eu`.
+///
+/// 1 to 64 bytes of `[a-z0-9_.-]`, starting with a letter or digit. Validated on construction
+/// and on deserialization, so a `FsmName` read from the log or the network is always valid.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FsmName(String);
+
+/// Why a string is not a valid [`FsmName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid FSM name {name:?}: {reason}")]
+pub struct InvalidFsmName {
+    /// The rejected name.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl FsmName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidFsmName> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("empty")
+        } else if name.len() > MAX_FSM_NAME_LEN {
+            Some("longer than 64 bytes")
+        } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
+            Some("must start with a letter or digit")
+        } else if !name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        }) {
+            Some("only a-z, 0-9, '_', '.', '-' are allowed")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(InvalidFsmName { name, reason }),
+            None => Ok(Self(name)),
+        }
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for FsmName {
+    type Error = InvalidFsmName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<FsmName> for String {
+    fn from(n: FsmName) -> String {
+        n.0
+    }
+}
+
+impl core::str::FromStr for FsmName {
+    type Err = InvalidFsmName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for FsmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for FsmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_and_rejects() {
+        assert!(FsmName::new("sequencer").is_ok());
+        assert!(FsmName::new("manifest-eu.v2_a").is_ok());
+        for bad in ["", "-x", "Upper", "a b", "ü", &"a".repeat(65)] {
+            assert!(FsmName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn deserialization_validates() {
+        let bytes = postcard::to_allocvec("Bad Name").expect("encode");
+        assert!(postcard::from_bytes::<FsmName>(&bytes).is_err());
+        let bytes = postcard::to_allocvec("good").expect("encode");
+        assert_eq!(postcard::from_bytes::<FsmName>(&bytes).expect("decode").as_str(), "good");
+    }
+}

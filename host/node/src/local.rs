@@ -1,0 +1,123 @@
+//! A single-node driver for the state store: it plays the part raft will play (assigning
+//! log positions and leader timestamps), so FSMs can be deployed, applied and queried on one
+//! machine. Also converts JSON at the edge through the module's codecs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId};
+
+use crate::runtime::{EntryPoint, FsmRuntime};
+use crate::state::{AppliedPosition, Committed, StateError, StateStore, module_id};
+
+/// Example modules built into this binary (from fsm-examples).
+pub const EXAMPLES: &[(&str, &[u8])] = &[("latest-payload", wraft_fsm_artifacts::LATEST_PAYLOAD)];
+
+/// One node without raft.
+#[derive(Debug)]
+pub struct LocalNode {
+    store: StateStore,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl LocalNode {
+    /// Opens the state env under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StateError> {
+        let runtime = Arc::new(FsmRuntime::new()?);
+        Ok(Self { store: StateStore::open(data_dir, runtime)? })
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Appends `command` as the next entry and applies it.
+    pub fn propose(&self, command: Command) -> Result<EntryResponse, StateError> {
+        self.propose_many(vec![command]).map(|mut r| r.remove(0))
+    }
+
+    /// Appends `commands` as consecutive entries applied in one transaction.
+    pub fn propose_many(&self, commands: Vec<Command>) -> Result<Vec<EntryResponse>, StateError> {
+        let next = self.store.applied()?.map_or(1, |a| a.index + 1);
+        let ts = now_ms();
+        let entries: Vec<LogEntry> = commands.into_iter().map(|c| LogEntry::new(ts, c)).collect();
+        let committed: Vec<Committed<'_>> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Committed {
+                position: AppliedPosition { index: next + i as u64, term: 1 },
+                entry: Some(e),
+            })
+            .collect();
+        self.store.apply(&committed)
+    }
+
+    /// Deploys `bytes` (validated first, so an invalid module never reaches the log).
+    pub fn deploy(&self, bytes: Vec<u8>) -> Result<Result<ModuleId, ApplyError>, StateError> {
+        if let Err(e) = self.store.runtime().validate(&bytes) {
+            return Ok(Err(ApplyError::InvalidModule(e.to_string())));
+        }
+        let id = module_id(&bytes);
+        Ok(match self.propose(Command::DeployModule { module_id: id, bytes })? {
+            EntryResponse::Failed(e) => Err(e),
+            _ => Ok(id),
+        })
+    }
+
+    /// Creates an FSM instance.
+    pub fn create(
+        &self,
+        fsm: FsmName,
+        module_id: ModuleId,
+        limits: FsmLimits,
+    ) -> Result<Result<(), ApplyError>, StateError> {
+        Ok(match self.propose(Command::CreateFsm { fsm, module_id, limits })? {
+            EntryResponse::Failed(e) => Err(e),
+            _ => Ok(()),
+        })
+    }
+
+    /// Applies a JSON command through the FSM's codecs; returns its JSON output.
+    pub fn apply_json(&self, fsm: &FsmName, json: &str) -> Result<Result<String, ApplyError>, StateError> {
+        let payload = match self.store.codec(fsm, EntryPoint::CommandFromJson, json.as_bytes())? {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let apply = Apply { fsm: fsm.clone(), payload };
+        match self.propose(Command::Apply(apply))? {
+            EntryResponse::Output(out) => self.to_json(fsm, EntryPoint::OutputToJson, &out),
+            EntryResponse::Failed(e) => Ok(Err(e)),
+            other => Ok(Err(ApplyError::AbiViolation(format!("unexpected response {other:?}")))),
+        }
+    }
+
+    /// Runs a JSON query through the FSM's codecs; returns its JSON output.
+    pub fn query_json(&self, fsm: &FsmName, json: &str) -> Result<Result<String, ApplyError>, StateError> {
+        let query = match self.store.codec(fsm, EntryPoint::QueryFromJson, json.as_bytes())? {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(e)),
+        };
+        match self.store.query(fsm, &query)? {
+            Ok(out) => self.to_json(fsm, EntryPoint::QueryOutputToJson, &out),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn to_json(
+        &self,
+        fsm: &FsmName,
+        codec: EntryPoint,
+        bytes: &[u8],
+    ) -> Result<Result<String, ApplyError>, StateError> {
+        Ok(self
+            .store
+            .codec(fsm, codec, bytes)?
+            .map(|json| String::from_utf8_lossy(&json).into_owned()))
+    }
+}

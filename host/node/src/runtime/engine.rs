@@ -1,0 +1,44 @@
+//! The one wasmtime engine configuration every node uses. Anything that could make two
+//! replicas compute different results from the same module and input is turned off here.
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmFeatures};
+
+use super::RuntimeError;
+
+/// Largest linear memory an FSM may be given, in 64 KiB pages (1 GiB).
+pub const MAX_MEMORY_PAGES: u32 = 16_384;
+
+/// Instances the pooling allocator keeps slots for: applies run one at a time, queries and
+/// codec calls run beside them.
+const POOL_INSTANCES: u32 = 64;
+
+/// Builds the deterministic engine.
+pub fn deterministic_engine() -> Result<Engine, RuntimeError> {
+    let mut config = Config::new();
+    config
+        // Determinism.
+        .cranelift_nan_canonicalization(true)
+        .wasm_features(WasmFeatures::THREADS | WasmFeatures::SHARED_EVERYTHING_THREADS, false)
+        .wasm_relaxed_simd(false)
+        .relaxed_simd_deterministic(true)
+        .wasm_memory64(false)
+        .wasm_gc(false)
+        // Bounded execution: fuel is counted per wasm operator, identically on every node.
+        .consume_fuel(true)
+        .max_wasm_stack(1 << 20)
+        // No host-specific text (addresses, frames) may leak into a replicated error.
+        .wasm_backtrace_max_frames(None)
+        // A fresh instance per call costs microseconds with pooled slots and CoW memory images.
+        .memory_init_cow(true);
+
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(POOL_INSTANCES)
+        .total_memories(POOL_INSTANCES)
+        .total_tables(POOL_INSTANCES)
+        .max_memory_size(MAX_MEMORY_PAGES as usize * 65536)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .table_elements(100_000);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| RuntimeError::Engine(e.to_string()))
+}

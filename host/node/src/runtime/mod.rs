@@ -1,0 +1,351 @@
+//! The FSM runtime: deterministic wasmtime, one fresh instance per call.
+
+mod engine;
+mod error;
+mod host;
+mod keyspace;
+mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::{Engine, InstancePre, Linker, Store, Trap, TypedFunc};
+use wraft_core::abi::{self, EntryContext, status};
+use wraft_core::{ApplyError, FsmLimits, ModuleId};
+
+pub use engine::MAX_MEMORY_PAGES;
+pub use error::RuntimeError;
+pub(crate) use error::HostAbort;
+pub use keyspace::{KeyPrefix, KvTarget};
+pub(crate) use keyspace::prefix_successor;
+pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError};
+
+use host::CallState;
+use keyspace::Keyspace;
+
+/// Fuel for the calls the host makes on its own behalf (ABI version checks).
+const HOST_CALL_FUEL: u64 = 1_000_000;
+
+/// A guest entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPoint {
+    /// `wraft_apply`
+    Apply,
+    /// `wraft_query`
+    Query,
+    /// `wraft_init`
+    Init,
+    /// `wraft_migrate(from_version)`
+    Migrate(u32),
+    /// `wraft_command_from_json`
+    CommandFromJson,
+    /// `wraft_output_to_json`
+    OutputToJson,
+    /// `wraft_query_from_json`
+    QueryFromJson,
+    /// `wraft_query_output_to_json`
+    QueryOutputToJson,
+}
+
+impl EntryPoint {
+    fn export(self) -> &'static str {
+        use abi::export as e;
+        match self {
+            Self::Apply => e::APPLY,
+            Self::Query => e::QUERY,
+            Self::Init => e::INIT,
+            Self::Migrate(_) => e::MIGRATE,
+            Self::CommandFromJson => e::COMMAND_FROM_JSON,
+            Self::OutputToJson => e::OUTPUT_TO_JSON,
+            Self::QueryFromJson => e::QUERY_FROM_JSON,
+            Self::QueryOutputToJson => e::QUERY_OUTPUT_TO_JSON,
+        }
+    }
+}
+
+/// A validated, compiled module ready to instantiate.
+pub struct LoadedModule {
+    /// Its id.
+    pub id: ModuleId,
+    /// The FSM schema version it reports (`wraft_fsm_version`, 0 if absent).
+    pub fsm_version: u32,
+    /// Its optional entry points.
+    pub capabilities: Capabilities,
+    pre: InstancePre<CallState>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("id", &self.id)
+            .field("fsm_version", &self.fsm_version)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one call produced.
+#[derive(Debug)]
+pub struct CallOutcome {
+    /// The guest's output, or the deterministic reason it failed.
+    pub result: Result<Vec<u8>, ApplyError>,
+    /// Fuel the call consumed.
+    pub fuel_used: u64,
+}
+
+/// The environment of one call.
+#[derive(Debug)]
+pub struct CallEnv<'t, 'p> {
+    /// Where its key-value imports go.
+    pub kv: KvTarget<'t, 'p>,
+    /// The entry context it sees.
+    pub ctx: EntryContext,
+    /// Its FSM's limits.
+    pub limits: FsmLimits,
+    /// The FSM's name, for log lines.
+    pub fsm: &'t str,
+}
+
+/// Compiles, validates, caches and runs FSM modules.
+pub struct FsmRuntime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    modules: Mutex<HashMap<ModuleId, Arc<LoadedModule>>>,
+}
+
+impl std::fmt::Debug for FsmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsmRuntime").finish_non_exhaustive()
+    }
+}
+
+impl FsmRuntime {
+    /// A runtime with the deterministic engine and the `wraft` imports.
+    pub fn new() -> Result<Self, RuntimeError> {
+        let engine = engine::deterministic_engine()?;
+        let mut linker = Linker::new(&engine);
+        host::define_imports(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        Ok(Self { engine, linker, modules: Mutex::new(HashMap::new()) })
+    }
+
+    /// Validates `bytes` as an FSM module without keeping it.
+    pub fn validate(&self, bytes: &[u8]) -> Result<Capabilities, ModuleError> {
+        self.compile(ModuleId([0; 32]), bytes).map(|m| m.capabilities)
+    }
+
+    /// The loaded module `id`, compiling `bytes()` on first use.
+    pub fn load(
+        &self,
+        id: ModuleId,
+        bytes: impl FnOnce() -> Result<Vec<u8>, RuntimeError>,
+    ) -> Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError> {
+        if let Some(m) = self.cached(&id) {
+            return Ok(Ok(m));
+        }
+        let bytes = bytes()?;
+        Ok(self.compile(id, &bytes).map(|m| {
+            let m = Arc::new(m);
+            if let Ok(mut cache) = self.modules.lock() {
+                cache.insert(id, m.clone());
+            }
+            m
+        }))
+    }
+
+    /// Forgets a compiled module (after it is dropped from the cluster).
+    pub fn evict(&self, id: &ModuleId) {
+        if let Ok(mut cache) = self.modules.lock() {
+            cache.remove(id);
+        }
+    }
+
+    fn cached(&self, id: &ModuleId) -> Option<Arc<LoadedModule>> {
+        self.modules.lock().ok()?.get(id).cloned()
+    }
+
+    fn compile(&self, id: ModuleId, bytes: &[u8]) -> Result<LoadedModule, ModuleError> {
+        let (module, capabilities) = validate::validate(&self.engine, bytes)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let mut loaded = LoadedModule { id, fsm_version: 0, capabilities, pre };
+        let version = self.host_call(&loaded, abi::export::ABI_VERSION)?;
+        if version != i64::from(abi::ABI_VERSION) {
+            return Err(ModuleError::AbiVersion { found: version, expected: abi::ABI_VERSION });
+        }
+        if capabilities.fsm_version {
+            loaded.fsm_version = self.host_call(&loaded, abi::export::FSM_VERSION)? as u32;
+        }
+        Ok(loaded)
+    }
+
+    /// Calls a `() -> i32` export with a small fuel budget and no keyspace.
+    fn host_call(&self, module: &LoadedModule, name: &str) -> Result<i64, ModuleError> {
+        let fail = |e: wasmtime::Error| ModuleError::BadExport {
+            name: name.into(),
+            problem: format!("failed when called: {}", describe(&e)),
+        };
+        let state = CallState::new(
+            Keyspace::new(KvTarget::None),
+            EntryContext::default(),
+            0,
+            MAX_MEMORY_PAGES,
+            String::new(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.set_fuel(HOST_CALL_FUEL).map_err(fail)?;
+        let instance = module.pre.instantiate(&mut store).map_err(fail)?;
+        let f = instance.get_typed_func::<(), i32>(&mut store, name).map_err(fail)?;
+        f.call(&mut store, ()).map(i64::from).map_err(fail)
+    }
+
+    /// Runs one entry point in a fresh instance.
+    ///
+    /// `Err` is a fault of this node; `Ok(outcome)` is deterministic, the same on every
+    /// replica given the same module, input, keyspace contents and context.
+    pub fn call(
+        &self,
+        module: &LoadedModule,
+        entry: EntryPoint,
+        input: &[u8],
+        env: CallEnv<'_, '_>,
+    ) -> Result<CallOutcome, RuntimeError> {
+        let fuel = env.limits.fuel;
+        let state = CallState::new(
+            Keyspace::new(env.kv),
+            env.ctx,
+            env.limits.max_output_bytes,
+            env.limits.memory_pages.min(MAX_MEMORY_PAGES),
+            env.fsm.to_owned(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.set_fuel(fuel).map_err(fault)?;
+        let status = match run(&mut store, module, entry, input) {
+            Ok(status) => status,
+            Err(e) => {
+                let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+                return classify(e, fuel).map(|err| CallOutcome { result: Err(err), fuel_used });
+            }
+        };
+        let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let output = std::mem::take(&mut store.data_mut().output);
+        let text = || String::from_utf8_lossy(&output).into_owned();
+        let result = match status {
+            status::OK => Ok(output.clone()),
+            status::REJECTED => Err(ApplyError::Rejected(text())),
+            status::BAD_INPUT => Err(ApplyError::BadInput(text())),
+            other => Err(ApplyError::AbiViolation(format!("unknown status code {other}"))),
+        };
+        Ok(CallOutcome { result, fuel_used })
+    }
+}
+
+fn run(
+    store: &mut Store<CallState>,
+    module: &LoadedModule,
+    entry: EntryPoint,
+    input: &[u8],
+) -> wasmtime::Result<i32> {
+    let instance = module.pre.instantiate(&mut *store)?;
+    let memory = instance
+        .get_memory(&mut *store, abi::export::MEMORY)
+        .ok_or_else(|| wasmtime::Error::msg("memory export vanished"))?;
+    store.data_mut().memory = Some(memory);
+    let name = entry.export();
+    if instance.get_export(&mut *store, name).is_none() {
+        return Err(wasmtime::Error::new(HostAbort::Apply(ApplyError::MissingExport(name.into()))));
+    }
+    match entry {
+        EntryPoint::Init => instance.get_typed_func::<(), i32>(&mut *store, name)?.call(store, ()),
+        EntryPoint::Migrate(from) => {
+            instance.get_typed_func::<i32, i32>(&mut *store, name)?.call(store, from as i32)
+        }
+        _ => {
+            let alloc: TypedFunc<i32, i32> = instance.get_typed_func(&mut *store, abi::export::ALLOC)?;
+            let len = i32::try_from(input.len()).map_err(|_| {
+                wasmtime::Error::new(HostAbort::Apply(ApplyError::TooLarge {
+                    what: "input".into(),
+                    len: input.len() as u64,
+                    limit: i32::MAX as u64,
+                }))
+            })?;
+            let ptr = alloc.call(&mut *store, len)?;
+            memory.write(&mut *store, ptr as u32 as usize, input).map_err(|_| {
+                wasmtime::Error::new(HostAbort::Apply(ApplyError::AbiViolation(
+                    "wraft_alloc returned a pointer outside linear memory".into(),
+                )))
+            })?;
+            let f: TypedFunc<(i32, i32), i32> = instance.get_typed_func(&mut *store, name)?;
+            f.call(store, (ptr, len))
+        }
+    }
+}
+
+/// Sorts a failed call into a deterministic error (`Ok`) or a node fault (`Err`).
+fn classify(e: wasmtime::Error, fuel: u64) -> Result<ApplyError, RuntimeError> {
+    if let Some(abort) = e.downcast_ref::<HostAbort>() {
+        return match abort {
+            HostAbort::Apply(err) => Ok(err.clone()),
+            HostAbort::Storage(_) => match e.downcast::<HostAbort>() {
+                Ok(HostAbort::Storage(s)) => Err(RuntimeError::Storage(s)),
+                _ => Err(RuntimeError::Fault("storage error".into())),
+            },
+        };
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return Ok(match trap {
+            Trap::OutOfFuel => ApplyError::OutOfFuel { limit: fuel },
+            other => ApplyError::Trap(other.to_string()),
+        });
+    }
+    Err(fault(e))
+}
+
+fn fault(e: wasmtime::Error) -> RuntimeError {
+    RuntimeError::Fault(format!("{e:#}"))
+}
+
+fn describe(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(t) => t.to_string(),
+        None => format!("{e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{ExternType, ValType};
+
+    #[test]
+    fn linker_defines_exactly_the_abi_imports() {
+        let rt = FsmRuntime::new().expect("runtime");
+        let state = CallState::new(
+            Keyspace::new(KvTarget::None),
+            EntryContext::default(),
+            0,
+            1,
+            String::new(),
+        );
+        let mut store = Store::new(&rt.engine, state);
+        let defined: Vec<_> = rt.linker.iter(&mut store).map(|(m, n, _)| (m.to_owned(), n.to_owned())).collect();
+        assert_eq!(defined.len(), abi::IMPORTS.len());
+        for sig in abi::IMPORTS {
+            let ext = rt.linker.get(&mut store, abi::IMPORT_MODULE, sig.name).expect(sig.name);
+            let ExternType::Func(ty) = ext.ty(&store) else { panic!("{} not a func", sig.name) };
+            let want = |t: &abi::ValType| match t {
+                abi::ValType::I32 => ValType::I32,
+                abi::ValType::I64 => ValType::I64,
+            };
+            let params: Vec<_> = ty.params().map(|p| p.to_string()).collect();
+            let expect: Vec<_> = sig.params.iter().map(|p| want(p).to_string()).collect();
+            assert_eq!(params, expect, "{}", sig.name);
+            let results: Vec<_> = ty.results().map(|p| p.to_string()).collect();
+            let expect: Vec<_> = sig.results.iter().map(|p| want(p).to_string()).collect();
+            assert_eq!(results, expect, "{}", sig.name);
+        }
+    }
+}

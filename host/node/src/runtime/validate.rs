@@ -1,0 +1,166 @@
+//! Module validation: everything checked before a module may enter the log, and again (the
+//! same checks, so the same verdict) when a replica applies the deploy.
+
+use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
+use wraft_core::abi::{self, FuncSig};
+
+/// Largest module accepted, in bytes.
+pub const MAX_MODULE_BYTES: usize = 32 << 20;
+
+/// Why a module was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    /// Over [`MAX_MODULE_BYTES`].
+    #[error("module is {len} bytes; the limit is {limit}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not valid WebAssembly, or uses a feature the deterministic engine disables.
+    #[error("not a valid core wasm module for wraft: {0}")]
+    Compile(String),
+    /// Imports something outside the `wraft` module (e.g. WASI).
+    #[error("imports {module}::{name}; only imports from \"wraft\" are allowed (no WASI)")]
+    ForeignImport {
+        /// Import module.
+        module: String,
+        /// Import name.
+        name: String,
+    },
+    /// Imports a `wraft` function that does not exist, or with the wrong type.
+    #[error("imports wraft::{name} {problem}")]
+    BadImport {
+        /// Import name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Lacks a required export, or has one with the wrong type.
+    #[error("export {name} {problem}")]
+    BadExport {
+        /// Export name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Built for another ABI version.
+    #[error("module was built for ABI version {found}; this host implements version {expected}")]
+    AbiVersion {
+        /// What the module reports.
+        found: i64,
+        /// What the host implements.
+        expected: u32,
+    },
+}
+
+/// Which optional entry points a module exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `wraft_fsm_version`
+    pub fsm_version: bool,
+    /// `wraft_init`
+    pub init: bool,
+    /// `wraft_migrate`
+    pub migrate: bool,
+    /// All four JSON codecs.
+    pub json: bool,
+}
+
+/// Compiles `bytes` and checks its imports and exports against the ABI. The ABI version
+/// export is checked by the runtime when it first instantiates the module.
+pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities), ModuleError> {
+    if bytes.len() > MAX_MODULE_BYTES {
+        return Err(ModuleError::TooLarge { len: bytes.len(), limit: MAX_MODULE_BYTES });
+    }
+    let module = Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+
+    for import in module.imports() {
+        if import.module() != abi::IMPORT_MODULE {
+            return Err(ModuleError::ForeignImport {
+                module: import.module().into(),
+                name: import.name().into(),
+            });
+        }
+        let bad = |problem: &str| ModuleError::BadImport {
+            name: import.name().into(),
+            problem: problem.into(),
+        };
+        let Some(sig) = abi::IMPORTS.iter().find(|s| s.name == import.name()) else {
+            return Err(bad("which the host does not provide"));
+        };
+        match import.ty() {
+            ExternType::Func(f) if matches_sig(&f, sig) => {}
+            ExternType::Func(f) => return Err(bad(&format!("with type {f}; expected {}", show(sig)))),
+            _ => return Err(bad("as a non-function")),
+        }
+    }
+
+    let export_problem = |name: &str| -> Option<String> {
+        match module.get_export(name) {
+            None => Some("is missing".into()),
+            Some(ExternType::Func(f)) => {
+                let sig = abi::REQUIRED_EXPORTS
+                    .iter()
+                    .chain(abi::OPTIONAL_EXPORTS)
+                    .find(|s| s.name == name)?;
+                (!matches_sig(&f, sig)).then(|| format!("has type {f}; expected {}", show(sig)))
+            }
+            Some(_) => Some("is not a function".into()),
+        }
+    };
+    match module.get_export(abi::export::MEMORY) {
+        Some(ExternType::Memory(_)) => {}
+        _ => {
+            return Err(ModuleError::BadExport {
+                name: abi::export::MEMORY.into(),
+                problem: "is missing (a memory named \"memory\" is required)".into(),
+            });
+        }
+    }
+    for sig in abi::REQUIRED_EXPORTS {
+        if let Some(problem) = export_problem(sig.name) {
+            return Err(ModuleError::BadExport { name: sig.name.into(), problem });
+        }
+    }
+    let present = |name: &str| -> Result<bool, ModuleError> {
+        if module.get_export(name).is_none() {
+            return Ok(false);
+        }
+        match export_problem(name) {
+            Some(problem) => Err(ModuleError::BadExport { name: name.into(), problem }),
+            None => Ok(true),
+        }
+    };
+    use abi::export as e;
+    let caps = Capabilities {
+        fsm_version: present(e::FSM_VERSION)?,
+        init: present(e::INIT)?,
+        migrate: present(e::MIGRATE)?,
+        json: present(e::COMMAND_FROM_JSON)?
+            & present(e::OUTPUT_TO_JSON)?
+            & present(e::QUERY_FROM_JSON)?
+            & present(e::QUERY_OUTPUT_TO_JSON)?,
+    };
+    Ok((module, caps))
+}
+
+fn to_wasm(t: abi::ValType) -> ValType {
+    match t {
+        abi::ValType::I32 => ValType::I32,
+        abi::ValType::I64 => ValType::I64,
+    }
+}
+
+fn matches_sig(f: &FuncType, sig: &FuncSig) -> bool {
+    let same = |a: &ValType, b: &abi::ValType| ValType::eq(a, &to_wasm(*b));
+    f.params().len() == sig.params.len()
+        && f.results().len() == sig.results.len()
+        && f.params().zip(sig.params).all(|(a, b)| same(&a, b))
+        && f.results().zip(sig.results).all(|(a, b)| same(&a, b))
+}
+
+fn show(sig: &FuncSig) -> String {
+    format!("(func (param {:?}) (result {:?}))", sig.params, sig.results)
+}

@@ -1,0 +1,246 @@
+//! Applying committed log entries: one LMDB write transaction for a run of entries, a nested
+//! transaction per entry so a failed entry's writes vanish while the applied marker still
+//! moves past it.
+
+use heed::RwTxn;
+use wraft_core::abi::EntryContext;
+use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId};
+
+use super::keys::{self, MetaTag};
+use super::{AppliedPosition, FsmRecord, StateError, StateStore, decode, encode};
+use crate::runtime::{CallEnv, EntryPoint, KvTarget, MAX_MEMORY_PAGES, prefix_successor};
+
+/// One committed entry to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed<'a> {
+    /// Its log position.
+    pub position: AppliedPosition,
+    /// The entry; `None` for raft-internal entries (blank, membership) that only move the
+    /// applied marker.
+    pub entry: Option<&'a LogEntry>,
+}
+
+/// Outcome of one entry inside its nested transaction.
+type Outcome = Result<EntryResponse, ApplyError>;
+
+impl StateStore {
+    /// Applies `entries` (consecutive, in log order) in one transaction and returns one
+    /// response per entry. Entries at or below the applied index are skipped with
+    /// `EntryResponse::Internal`, so re-delivering an applied entry never applies it twice.
+    pub fn apply(&self, entries: &[Committed<'_>]) -> Result<Vec<EntryResponse>, StateError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut applied = self.applied_in(&wtxn)?;
+        let mut last_ts = self.u64_meta(&wtxn, MetaTag::LastTimestamp)?;
+        let mut responses = Vec::with_capacity(entries.len());
+        for c in entries {
+            if applied.is_some_and(|a| c.position.index <= a.index) {
+                responses.push(EntryResponse::Internal);
+                continue;
+            }
+            let response = match c.entry {
+                None => EntryResponse::Internal,
+                Some(entry) => {
+                    last_ts = last_ts.max(entry.timestamp_ms());
+                    let ctx = EntryContext {
+                        index: c.position.index,
+                        term: c.position.term,
+                        timestamp_ms: last_ts,
+                        position: 0,
+                        is_query: false,
+                    };
+                    let mut child = self.env.nested_write_txn(&mut wtxn)?;
+                    match self.apply_command(&mut child, entry.command(), ctx)? {
+                        Ok(r) => {
+                            child.commit()?;
+                            r
+                        }
+                        Err(e) => {
+                            child.abort();
+                            EntryResponse::Failed(e)
+                        }
+                    }
+                }
+            };
+            responses.push(response);
+            applied = Some(c.position);
+        }
+        if let Some(a) = applied {
+            self.dbs.meta.put(&mut wtxn, &keys::meta(self.group, MetaTag::Applied), &encode(&a))?;
+            self.dbs.meta.put(
+                &mut wtxn,
+                &keys::meta(self.group, MetaTag::LastTimestamp),
+                &last_ts.to_le_bytes(),
+            )?;
+        }
+        wtxn.commit()?;
+        Ok(responses)
+    }
+
+    fn apply_command(
+        &self,
+        txn: &mut RwTxn<'_>,
+        command: &Command,
+        ctx: EntryContext,
+    ) -> Result<Outcome, StateError> {
+        match command {
+            Command::Apply(a) => Ok(self.apply_one(txn, a, ctx)?.map(EntryResponse::Output)),
+            Command::Batch(cmds) => {
+                let mut outputs = Vec::with_capacity(cmds.len());
+                for (i, a) in cmds.iter().enumerate() {
+                    let ctx = EntryContext { position: i as u32, ..ctx };
+                    match self.apply_one(txn, a, ctx)? {
+                        Ok(out) => outputs.push(out),
+                        Err(e) => {
+                            return Ok(Err(ApplyError::BatchFailed {
+                                position: i as u32,
+                                error: Box::new(e),
+                            }));
+                        }
+                    }
+                }
+                Ok(Ok(EntryResponse::BatchOutputs(outputs)))
+            }
+            Command::DeployModule { module_id, bytes } => self.deploy(txn, *module_id, bytes),
+            Command::CreateFsm { fsm, module_id, limits } => {
+                self.create(txn, fsm, *module_id, *limits, ctx)
+            }
+            Command::UpgradeFsm { fsm, module_id } => self.upgrade(txn, fsm, *module_id, ctx),
+            Command::DropFsm { fsm } => self.drop_fsm(txn, fsm),
+            Command::DropModule { module_id } => self.drop_module(txn, module_id),
+        }
+    }
+
+    fn apply_one(
+        &self,
+        txn: &mut RwTxn<'_>,
+        a: &Apply,
+        ctx: EntryContext,
+    ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
+        let Some(rec) = self.record_in(txn, &a.fsm)? else {
+            return Ok(Err(ApplyError::UnknownFsm(a.fsm.to_string())));
+        };
+        self.run(txn, &a.fsm, &rec, rec.module_id, EntryPoint::Apply, &a.payload, ctx)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        txn: &mut RwTxn<'_>,
+        fsm: &FsmName,
+        rec: &FsmRecord,
+        module_id: ModuleId,
+        entry: EntryPoint,
+        input: &[u8],
+        ctx: EntryContext,
+    ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
+        let module = match self.loaded(txn, &module_id)? {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let kv = KvTarget::Write { txn, db: self.dbs.data, prefix: keys::data_prefix(self.group, rec.id) };
+        let env = CallEnv { kv, ctx, limits: rec.limits, fsm: fsm.as_str() };
+        Ok(self.runtime.call(&module, entry, input, env)?.result)
+    }
+
+    fn deploy(&self, txn: &mut RwTxn<'_>, id: ModuleId, bytes: &[u8]) -> Result<Outcome, StateError> {
+        let actual = super::module_id(bytes);
+        if actual != id {
+            return Ok(Err(ApplyError::InvalidModule(format!(
+                "sha256 of the bytes is {actual}, not the announced {id}"
+            ))));
+        }
+        if let Err(e) = self.runtime.load(id, || Ok(bytes.to_vec()))? {
+            return Ok(Err(ApplyError::InvalidModule(e.to_string())));
+        }
+        self.dbs.modules.put(txn, &keys::module(self.group, &id), bytes)?;
+        Ok(Ok(EntryResponse::Done))
+    }
+
+    fn create(
+        &self,
+        txn: &mut RwTxn<'_>,
+        fsm: &FsmName,
+        module_id: ModuleId,
+        limits: FsmLimits,
+        ctx: EntryContext,
+    ) -> Result<Outcome, StateError> {
+        if self.record_in(txn, fsm)?.is_some() {
+            return Ok(Err(ApplyError::FsmExists(fsm.to_string())));
+        }
+        let module = match self.loaded(txn, &module_id)? {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let id = self.u64_meta(txn, MetaTag::NextFsmId)?.max(1);
+        self.dbs.meta.put(txn, &keys::meta(self.group, MetaTag::NextFsmId), &(id + 1).to_le_bytes())?;
+        let limits = FsmLimits { memory_pages: limits.memory_pages.min(MAX_MEMORY_PAGES), ..limits };
+        let rec = FsmRecord {
+            id,
+            module_id,
+            limits,
+            fsm_version: module.fsm_version,
+            created_index: ctx.index,
+        };
+        self.dbs.fsms.put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
+        if module.capabilities.init {
+            if let Err(e) = self.run(txn, fsm, &rec, module_id, EntryPoint::Init, &[], ctx)? {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(EntryResponse::Done))
+    }
+
+    fn upgrade(
+        &self,
+        txn: &mut RwTxn<'_>,
+        fsm: &FsmName,
+        module_id: ModuleId,
+        ctx: EntryContext,
+    ) -> Result<Outcome, StateError> {
+        let Some(rec) = self.record_in(txn, fsm)? else {
+            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
+        };
+        let module = match self.loaded(txn, &module_id)? {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        if module.capabilities.migrate {
+            let migrate = EntryPoint::Migrate(rec.fsm_version);
+            if let Err(e) = self.run(txn, fsm, &rec, module_id, migrate, &[], ctx)? {
+                return Ok(Err(e));
+            }
+        }
+        let rec = FsmRecord { module_id, fsm_version: module.fsm_version, ..rec };
+        self.dbs.fsms.put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
+        Ok(Ok(EntryResponse::Done))
+    }
+
+    fn drop_fsm(&self, txn: &mut RwTxn<'_>, fsm: &FsmName) -> Result<Outcome, StateError> {
+        let Some(rec) = self.record_in(txn, fsm)? else {
+            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
+        };
+        let lo = keys::data_prefix(self.group, rec.id);
+        let hi = prefix_successor(&lo).unwrap_or_default();
+        let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Excluded(&hi[..]));
+        self.dbs.data.delete_range(txn, &range)?;
+        self.dbs.fsms.delete(txn, &keys::fsm(self.group, fsm.as_str()))?;
+        Ok(Ok(EntryResponse::Done))
+    }
+
+    fn drop_module(&self, txn: &mut RwTxn<'_>, id: &ModuleId) -> Result<Outcome, StateError> {
+        if self.dbs.modules.get(txn, &keys::module(self.group, id))?.is_none() {
+            return Ok(Err(ApplyError::UnknownModule(*id)));
+        }
+        for item in self.dbs.fsms.prefix_iter(txn, &self.group.to_be_bytes())? {
+            let (k, v) = item?;
+            let rec: FsmRecord = decode("fsm", v)?;
+            if rec.module_id == *id {
+                let fsm = String::from_utf8_lossy(&k[8..]).into_owned();
+                return Ok(Err(ApplyError::ModuleInUse { module: *id, fsm }));
+            }
+        }
+        self.dbs.modules.delete(txn, &keys::module(self.group, id))?;
+        self.runtime.evict(id);
+        Ok(Ok(EntryResponse::Done))
+    }
+}

@@ -1,0 +1,52 @@
+//! Key layout of the state env. Every key starts with the raft group id (big-endian u64,
+//! 0 for now), so several groups can later share one env without a data migration.
+
+use wraft_core::ModuleId;
+
+use crate::runtime::KeyPrefix;
+
+/// Raft group id.
+pub type GroupId = u64;
+
+/// `meta` tags.
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+pub enum MetaTag {
+    /// Last applied log position (postcard `AppliedPosition`).
+    Applied = 1,
+    /// Last applied entry timestamp (u64 LE ms): FSM time never runs backwards.
+    LastTimestamp = 2,
+    /// Next FSM id to assign (u64 LE).
+    NextFsmId = 3,
+    /// Store format version (u32 LE).
+    Format = 4,
+}
+
+/// `meta` key: group | tag.
+pub fn meta(group: GroupId, tag: MetaTag) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8] = tag as u8;
+    k
+}
+
+/// `fsms` key: group | name.
+pub fn fsm(group: GroupId, name: &str) -> Vec<u8> {
+    [&group.to_be_bytes()[..], name.as_bytes()].concat()
+}
+
+/// `modules` key: group | sha256.
+pub fn module(group: GroupId, id: &ModuleId) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&id.0);
+    k
+}
+
+/// `data` key prefix of one FSM: group | fsm id. The FSM's own key follows.
+pub fn data_prefix(group: GroupId, fsm_id: u64) -> KeyPrefix {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&fsm_id.to_be_bytes());
+    k
+}

@@ -1,0 +1,312 @@
+//! The state env (`<data>/state`): FSM keyspaces, the FSM registry, the module table and the
+//! last-applied position, all in one LMDB environment so that applying an entry and moving
+//! the applied marker commit together.
+
+mod apply;
+pub use apply::Committed;
+mod keys;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wraft_core::abi::EntryContext;
+use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
+
+use crate::runtime::{CallEnv, EntryPoint, FsmRuntime, KvTarget, LoadedModule, RuntimeError};
+
+pub use keys::GroupId;
+
+/// Format version of the state env's layout.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Initial LMDB map size of the state env.
+const MAP_SIZE: usize = 16 << 30;
+
+/// Errors of the state layer. All are node faults: nothing here is a replicated outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Creating the directory or opening the env failed.
+    #[error("cannot open the state env at {path}: {source}")]
+    Open {
+        /// The env directory.
+        path: PathBuf,
+        /// Why.
+        source: heed::Error,
+    },
+    /// An LMDB operation failed.
+    #[error("state storage error: {0}")]
+    Storage(#[from] heed::Error),
+    /// A stored record does not decode: the env is damaged or from an incompatible version.
+    #[error("corrupt state record {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decode error.
+        detail: String,
+    },
+    /// The env was written by a newer wraft.
+    #[error("state env format {found} is newer than this wraft supports ({STATE_FORMAT})")]
+    Format {
+        /// The stored format.
+        found: u32,
+    },
+    /// The wasm runtime faulted.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// One FSM instance's registry record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsmRecord {
+    /// Internal id: the key prefix of its data.
+    pub id: u64,
+    /// The module it runs.
+    pub module_id: ModuleId,
+    /// Its limits.
+    pub limits: FsmLimits,
+    /// The module's `wraft_fsm_version` when it was created or last upgraded.
+    pub fsm_version: u32,
+    /// Log index of the entry that created it.
+    pub created_index: u64,
+}
+
+/// A log position: index and term of the last applied entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedPosition {
+    /// Log index.
+    pub index: u64,
+    /// Term.
+    pub term: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dbs {
+    meta: Database<Bytes, Bytes>,
+    fsms: Database<Bytes, Bytes>,
+    modules: Database<Bytes, Bytes>,
+    data: Database<Bytes, Bytes>,
+}
+
+/// The state env of one node.
+#[derive(Debug)]
+pub struct StateStore {
+    env: Env<WithoutTls>,
+    dbs: Dbs,
+    runtime: Arc<FsmRuntime>,
+    group: GroupId,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StateError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| StateError::Corrupt { what: what.into(), detail: e.to_string() })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+impl StateStore {
+    /// Opens (creating if needed) `<data_dir>/state`.
+    pub fn open(data_dir: &Path, runtime: Arc<FsmRuntime>) -> Result<Self, StateError> {
+        let path = data_dir.join("state");
+        let open_err = |source| StateError::Open { path: path.clone(), source };
+        std::fs::create_dir_all(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
+        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+        opts.map_size(MAP_SIZE).max_dbs(8);
+        // SAFETY: the directory is wraft's own; LMDB's rule is that one process must not open
+        // the same env twice, which heed enforces within a process.
+        let env = unsafe { opts.open(&path) }.map_err(open_err)?;
+        let mut wtxn = env.write_txn()?;
+        let dbs = Dbs {
+            meta: env.create_database(&mut wtxn, Some("meta"))?,
+            fsms: env.create_database(&mut wtxn, Some("fsms"))?,
+            modules: env.create_database(&mut wtxn, Some("modules"))?,
+            data: env.create_database(&mut wtxn, Some("data"))?,
+        };
+        let group = 0;
+        let format_key = keys::meta(group, keys::MetaTag::Format);
+        match dbs.meta.get(&wtxn, &format_key)? {
+            Some(b) => {
+                let found = u32::from_le_bytes(b.try_into().map_err(|_| StateError::Corrupt {
+                    what: "format".into(),
+                    detail: "not 4 bytes".into(),
+                })?);
+                if found > STATE_FORMAT {
+                    return Err(StateError::Format { found });
+                }
+            }
+            None => dbs.meta.put(&mut wtxn, &format_key, &STATE_FORMAT.to_le_bytes())?,
+        }
+        wtxn.commit()?;
+        Ok(Self { env, dbs, runtime, group })
+    }
+
+    /// The runtime this store runs modules in.
+    pub fn runtime(&self) -> &Arc<FsmRuntime> {
+        &self.runtime
+    }
+
+    /// The last applied log position (`None` before the first entry).
+    pub fn applied(&self) -> Result<Option<AppliedPosition>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        self.applied_in(&rtxn)
+    }
+
+    fn applied_in(&self, txn: &RoTxn<'_>) -> Result<Option<AppliedPosition>, StateError> {
+        match self.dbs.meta.get(txn, &keys::meta(self.group, keys::MetaTag::Applied))? {
+            Some(b) => Ok(Some(decode("applied position", b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn u64_meta(&self, txn: &RoTxn<'_>, tag: keys::MetaTag) -> Result<u64, StateError> {
+        match self.dbs.meta.get(txn, &keys::meta(self.group, tag))? {
+            Some(b) => Ok(u64::from_le_bytes(b.try_into().map_err(|_| StateError::Corrupt {
+                what: format!("{tag:?}"),
+                detail: "not 8 bytes".into(),
+            })?)),
+            None => Ok(0),
+        }
+    }
+
+    fn record_in(&self, txn: &RoTxn<'_>, name: &FsmName) -> Result<Option<FsmRecord>, StateError> {
+        match self.dbs.fsms.get(txn, &keys::fsm(self.group, name.as_str()))? {
+            Some(b) => Ok(Some(decode(&format!("fsm {name}"), b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The registry record of `name`.
+    pub fn fsm(&self, name: &FsmName) -> Result<Option<FsmRecord>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        self.record_in(&rtxn, name)
+    }
+
+    /// Every FSM instance, by name.
+    pub fn fsms(&self) -> Result<Vec<(String, FsmRecord)>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let prefix = self.group.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.dbs.fsms.prefix_iter(&rtxn, &prefix)? {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[8..]).into_owned();
+            let rec = decode(&format!("fsm {name}"), v)?;
+            out.push((name, rec));
+        }
+        Ok(out)
+    }
+
+    /// Every deployed module with its size in bytes.
+    pub fn modules(&self) -> Result<Vec<(ModuleId, usize)>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let prefix = self.group.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.dbs.modules.prefix_iter(&rtxn, &prefix)? {
+            let (k, v) = item?;
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&k[8..40]);
+            out.push((ModuleId(id), v.len()));
+        }
+        Ok(out)
+    }
+
+    /// A module's bytes.
+    pub fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.dbs.modules.get(&rtxn, &keys::module(self.group, id))?.map(<[u8]>::to_vec))
+    }
+
+    fn loaded(
+        &self,
+        txn: &RoTxn<'_>,
+        id: &ModuleId,
+    ) -> Result<Result<Arc<LoadedModule>, ApplyError>, StateError> {
+        let Some(bytes) = self.dbs.modules.get(txn, &keys::module(self.group, id))? else {
+            return Ok(Err(ApplyError::UnknownModule(*id)));
+        };
+        let loaded = self.runtime.load(*id, || Ok(bytes.to_vec()))?;
+        Ok(loaded.map_err(|e| ApplyError::InvalidModule(e.to_string())))
+    }
+
+    /// Runs a read-only query against `fsm` at the applied index.
+    pub fn query(
+        &self,
+        fsm: &FsmName,
+        input: &[u8],
+    ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let Some(rec) = self.record_in(&rtxn, fsm)? else {
+            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
+        };
+        let module = match self.loaded(&rtxn, &rec.module_id)? {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let applied = self.applied_in(&rtxn)?.unwrap_or_default();
+        let ctx = EntryContext {
+            index: applied.index,
+            term: applied.term,
+            timestamp_ms: self.u64_meta(&rtxn, keys::MetaTag::LastTimestamp)?,
+            position: 0,
+            is_query: true,
+        };
+        let kv = KvTarget::Read {
+            txn: &rtxn,
+            db: self.dbs.data,
+            prefix: keys::data_prefix(self.group, rec.id),
+        };
+        let env = CallEnv { kv, ctx, limits: rec.limits, fsm: fsm.as_str() };
+        Ok(self.runtime.call(&module, EntryPoint::Query, input, env)?.result)
+    }
+
+    /// Runs one of `fsm`'s JSON codecs (no keyspace access).
+    pub fn codec(
+        &self,
+        fsm: &FsmName,
+        entry: EntryPoint,
+        input: &[u8],
+    ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let Some(rec) = self.record_in(&rtxn, fsm)? else {
+            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
+        };
+        let module = match self.loaded(&rtxn, &rec.module_id)? {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        drop(rtxn);
+        let env = CallEnv {
+            kv: KvTarget::None,
+            ctx: EntryContext::default(),
+            limits: rec.limits,
+            fsm: fsm.as_str(),
+        };
+        Ok(self.runtime.call(&module, entry, input, env)?.result)
+    }
+
+    /// sha256 over the FSM's keyspace (each key and value length-prefixed, in key order):
+    /// equal on every replica at the same applied index.
+    pub fn fsm_hash(&self, fsm: &FsmName) -> Result<Option<[u8; 32]>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let Some(rec) = self.record_in(&rtxn, fsm)? else { return Ok(None) };
+        let mut h = Sha256::new();
+        for item in self.dbs.data.prefix_iter(&rtxn, &keys::data_prefix(self.group, rec.id))? {
+            let (k, v) = item?;
+            let k = &k[16..];
+            h.update((k.len() as u32).to_le_bytes());
+            h.update(k);
+            h.update((v.len() as u32).to_le_bytes());
+            h.update(v);
+        }
+        Ok(Some(h.finalize().into()))
+    }
+}
+
+/// sha256 of a module's bytes: its id.
+pub fn module_id(bytes: &[u8]) -> ModuleId {
+    ModuleId(Sha256::digest(bytes).into())
+}
