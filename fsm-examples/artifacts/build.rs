@@ -26,6 +26,7 @@ fn main() {
         rerun_if_changed(&root.join("fsm-examples").join(dir).join("Cargo.toml"));
     }
     rerun_if_changed(&root.join("Cargo.lock"));
+    rerun_if_changed(&root.join("Cargo.toml"));
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
