@@ -13,7 +13,10 @@ const GUESTS: &[(&str, &str)] = &[("latest-payload", "latest-payload"), ("probe"
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
-    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
+    let root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = root.join("target").join("wasm-guests");
 
@@ -31,7 +34,14 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--quiet", "--target", "wasm32-unknown-unknown", "--profile", "guest"])
+        .args([
+            "build",
+            "--quiet",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "guest",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for (name, _) in GUESTS {
@@ -49,7 +59,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("failed to run cargo for the wasm guests");
+    let status = cmd
+        .status()
+        .expect("failed to run cargo for the wasm guests");
     if !status.success() {
         panic!(
             "building the wasm guests failed ({status}). If the error above says the \
@@ -62,8 +74,14 @@ fn main() {
     let mut names = String::new();
     for (name, _) in GUESTS {
         let file = name.replace('-', "_");
-        let wasm = target_dir.join("wasm32-unknown-unknown/guest").join(format!("{file}.wasm"));
-        assert!(wasm.exists(), "guest {name} was not built at {}", wasm.display());
+        let wasm = target_dir
+            .join("wasm32-unknown-unknown/guest")
+            .join(format!("{file}.wasm"));
+        assert!(
+            wasm.exists(),
+            "guest {name} was not built at {}",
+            wasm.display()
+        );
         writeln!(
             code,
             "/// `{name}` compiled to wasm32-unknown-unknown.\npub const {}: &[u8] = include_bytes!({:?});",

@@ -71,7 +71,10 @@ pub fn init<F: Fsm>() -> i32 {
 
 /// `wraft_migrate`.
 pub fn migrate<F: Fsm>(from_version: i32) -> i32 {
-    finish(F::migrate(&mut Context::new(&mut WasmHost), from_version as u32))
+    finish(F::migrate(
+        &mut Context::new(&mut WasmHost),
+        from_version as u32,
+    ))
 }
 
 /// A JSON-to-postcard codec export.

@@ -29,6 +29,7 @@ pub trait Host {
 
 /// An FSM's view of one call. `apply`, `init` and `migrate` get `&mut Context` (read and
 /// write); `query` gets `&Context` (read only).
+#[allow(missing_debug_implementations)]
 pub struct Context<'a> {
     host: &'a mut dyn Host,
 }

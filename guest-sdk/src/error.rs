@@ -1,6 +1,6 @@
 //! The error an FSM returns to reject a command or query.
 
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use core::fmt;
 
 /// Rejects a command or query with a message. The message becomes the entry's response
@@ -47,6 +47,6 @@ impl From<String> for Error {
 
 impl From<postcard::Error> for Error {
     fn from(e: postcard::Error) -> Self {
-        Self(alloc::format!("stored value does not decode: {}", e.to_string()))
+        Self(alloc::format!("stored value does not decode: {e}"))
     }
 }

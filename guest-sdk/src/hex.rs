@@ -26,7 +26,7 @@ fn to_hex(bytes: &[u8]) -> String {
 
 fn from_hex(s: &str) -> Result<Vec<u8>, &'static str> {
     let s = s.strip_prefix("0x").unwrap_or(s);
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd number of hex digits");
     }
     let digit = |c: u8| match c {
@@ -35,12 +35,19 @@ fn from_hex(s: &str) -> Result<Vec<u8>, &'static str> {
         b'A'..=b'F' => Ok(c - b'A' + 10),
         _ => Err("not a hex digit"),
     };
-    s.as_bytes().chunks(2).map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?)).collect()
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?))
+        .collect()
 }
 
 impl Serialize for HexBytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&to_hex(&self.0)) } else { s.serialize_bytes(&self.0) }
+        if s.is_human_readable() {
+            s.serialize_str(&to_hex(&self.0))
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
@@ -67,7 +74,11 @@ impl<'de> Deserialize<'de> for HexBytes {
 
 impl Serialize for Hex32 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&to_hex(&self.0)) } else { self.0.serialize(s) }
+        if s.is_human_readable() {
+            s.serialize_str(&to_hex(&self.0))
+        } else {
+            self.0.serialize(s)
+        }
     }
 }
 
@@ -76,7 +87,9 @@ impl<'de> Deserialize<'de> for Hex32 {
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
             let v = from_hex(&s).map_err(de::Error::custom)?;
-            let arr: [u8; 32] = v.try_into().map_err(|_| de::Error::custom("expected 32 bytes"))?;
+            let arr: [u8; 32] = v
+                .try_into()
+                .map_err(|_| de::Error::custom("expected 32 bytes"))?;
             Ok(Hex32(arr))
         } else {
             <[u8; 32]>::deserialize(d).map(Hex32)

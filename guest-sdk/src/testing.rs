@@ -24,7 +24,11 @@ pub struct MemHost {
 impl MemHost {
     /// An empty store at index 0.
     pub fn new() -> Self {
-        Self { data: BTreeMap::new(), ctx: EntryContext::default(), rng: EntryRng::new(0, 0) }
+        Self {
+            data: BTreeMap::new(),
+            ctx: EntryContext::default(),
+            rng: EntryRng::new(0, 0),
+        }
     }
 
     /// Sets the context for the next call.
@@ -90,7 +94,12 @@ pub struct TestFsm<F: Fsm> {
 impl<F: Fsm> TestFsm<F> {
     /// A fresh instance, after `init`.
     pub fn new() -> Self {
-        let mut t = Self { host: MemHost::new(), index: 0, timestamp_ms: 0, _fsm: PhantomData };
+        let mut t = Self {
+            host: MemHost::new(),
+            index: 0,
+            timestamp_ms: 0,
+            _fsm: PhantomData,
+        };
         t.transact(0, |ctx| F::init(ctx)).expect("init failed");
         t
     }
@@ -108,7 +117,10 @@ impl<F: Fsm> TestFsm<F> {
 
     /// Applies `commands` as one `Batch` entry: all apply, or none (the first error is
     /// returned with its position).
-    pub fn apply_batch(&mut self, commands: Vec<F::Command>) -> Result<Vec<F::Output>, (u32, Error)> {
+    pub fn apply_batch(
+        &mut self,
+        commands: Vec<F::Command>,
+    ) -> Result<Vec<F::Output>, (u32, Error)> {
         self.index += 1;
         let saved = self.host.data.clone();
         let mut outputs = Vec::with_capacity(commands.len());
@@ -137,7 +149,13 @@ impl<F: Fsm> TestFsm<F> {
     }
 
     fn ctx(&self, position: u32, is_query: bool) -> EntryContext {
-        EntryContext { index: self.index, term: 1, timestamp_ms: self.timestamp_ms, position, is_query }
+        EntryContext {
+            index: self.index,
+            term: 1,
+            timestamp_ms: self.timestamp_ms,
+            position,
+            is_query,
+        }
     }
 
     fn transact<T>(

@@ -67,7 +67,13 @@ impl Host for WasmHost {
         let end = end.unwrap_or(&[]);
         // SAFETY: as above.
         let n = unsafe {
-            imports::kv_scan(ptr(start), len(start), ptr(end), len(end), limit.min(i32::MAX as u32) as i32)
+            imports::kv_scan(
+                ptr(start),
+                len(start),
+                ptr(end),
+                len(end),
+                limit.min(i32::MAX as u32) as i32,
+            )
         };
         let page = take_result(n);
         postcard::from_bytes(&page).unwrap_or_default()
@@ -139,7 +145,9 @@ unsafe impl GlobalAlloc for Bump {
             return core::ptr::null_mut();
         }
         let start = pad(self.next.get());
-        let Some(end) = start.checked_add(layout.size()) else { return core::ptr::null_mut() };
+        let Some(end) = start.checked_add(layout.size()) else {
+            return core::ptr::null_mut();
+        };
         if end > self.end.get() && !self.grow(end - self.next.get()) {
             return core::ptr::null_mut();
         }
@@ -177,7 +185,10 @@ unsafe impl GlobalAlloc for Bump {
 }
 
 #[global_allocator]
-static ALLOCATOR: Bump = Bump { next: Cell::new(0), end: Cell::new(0) };
+static ALLOCATOR: Bump = Bump {
+    next: Cell::new(0),
+    end: Cell::new(0),
+};
 
 /// Reports the panic message to the host, which ends the call with `ApplyError::Panicked`.
 #[panic_handler]
@@ -194,7 +205,10 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
             Ok(())
         }
     }
-    let mut buf = Buf { bytes: [0; 512], len: 0 };
+    let mut buf = Buf {
+        bytes: [0; 512],
+        len: 0,
+    };
     let _ = core::fmt::write(&mut buf, format_args!("{}", info.message()));
     if let Some(loc) = info.location() {
         let _ = core::fmt::write(&mut buf, format_args!(" at {}:{}", loc.file(), loc.line()));

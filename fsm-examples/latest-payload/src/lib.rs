@@ -74,11 +74,17 @@ impl Fsm for LatestPayload {
                         new.number, new.hash, old.hash
                     )));
                 }
-                return Ok(Committed { number: old.number, changed: false });
+                return Ok(Committed {
+                    number: old.number,
+                    changed: false,
+                });
             }
         }
         ctx.put_as(LATEST, &new);
-        Ok(Committed { number: new.number, changed: true })
+        Ok(Committed {
+            number: new.number,
+            changed: true,
+        })
     }
 
     fn query(ctx: &Context<'_>, query: Query) -> Result<Option<Payload>, Error> {
@@ -108,10 +114,27 @@ mod tests {
     fn keeps_the_latest_and_refuses_older() {
         let mut fsm = TestFsm::<LatestPayload>::new();
         assert_eq!(fsm.query(Query::Latest), Ok(None));
-        assert_eq!(fsm.apply(Command::Commit(payload(10, 1))), Ok(Committed { number: 10, changed: true }));
-        assert_eq!(fsm.apply(Command::Commit(payload(11, 2))), Ok(Committed { number: 11, changed: true }));
-        let err = fsm.apply(Command::Commit(payload(9, 3))).expect_err("older");
-        assert!(err.message().contains("older than the latest block 11"), "{err}");
+        assert_eq!(
+            fsm.apply(Command::Commit(payload(10, 1))),
+            Ok(Committed {
+                number: 10,
+                changed: true
+            })
+        );
+        assert_eq!(
+            fsm.apply(Command::Commit(payload(11, 2))),
+            Ok(Committed {
+                number: 11,
+                changed: true
+            })
+        );
+        let err = fsm
+            .apply(Command::Commit(payload(9, 3)))
+            .expect_err("older");
+        assert!(
+            err.message().contains("older than the latest block 11"),
+            "{err}"
+        );
         assert_eq!(fsm.query(Query::Latest), Ok(Some(payload(11, 2))));
     }
 
@@ -119,7 +142,13 @@ mod tests {
     fn same_block_is_idempotent_but_a_conflict_is_refused() {
         let mut fsm = TestFsm::<LatestPayload>::new();
         fsm.apply(Command::Commit(payload(5, 7))).expect("first");
-        assert_eq!(fsm.apply(Command::Commit(payload(5, 7))), Ok(Committed { number: 5, changed: false }));
+        assert_eq!(
+            fsm.apply(Command::Commit(payload(5, 7))),
+            Ok(Committed {
+                number: 5,
+                changed: false
+            })
+        );
         assert!(fsm.apply(Command::Commit(payload(5, 8))).is_err());
         assert_eq!(fsm.query(Query::Latest), Ok(Some(payload(5, 7))));
     }

@@ -57,7 +57,13 @@ pub enum Output {
     /// Key/value pairs.
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
     /// What `Command::Context` saw.
-    Context { index: u64, term: u64, timestamp_ms: u64, position: u32, random: [u64; 2] },
+    Context {
+        index: u64,
+        term: u64,
+        timestamp_ms: u64,
+        position: u32,
+        random: [u64; 2],
+    },
 }
 
 /// Queries.
@@ -66,7 +72,11 @@ pub enum Query {
     /// The value under `key`.
     Get { key: Vec<u8> },
     /// One page of a range scan.
-    Scan { start: Vec<u8>, end: Option<Vec<u8>>, limit: u32 },
+    Scan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    },
     /// Every pair under a prefix.
     ScanPrefix { prefix: Vec<u8> },
     /// Try to write (must fail: queries are read-only).
@@ -158,7 +168,9 @@ impl Fsm for Probe {
                 Some(v) => Output::Bytes(v),
                 None => Output::None,
             },
-            Query::Scan { start, end, limit } => Output::Pairs(ctx.scan(&start, end.as_deref(), limit)),
+            Query::Scan { start, end, limit } => {
+                Output::Pairs(ctx.scan(&start, end.as_deref(), limit))
+            }
             Query::ScanPrefix { prefix } => Output::Pairs(ctx.scan_prefix(&prefix)),
             Query::TryWrite => {
                 // A query only has `&Context`; go around it the way a hostile module would.
@@ -186,11 +198,31 @@ mod tests {
     #[test]
     fn failed_commands_leave_no_writes_natively_too() {
         let mut fsm = TestFsm::<Probe>::new();
-        assert_eq!(fsm.apply(Command::Incr { key: b"n".to_vec() }), Ok(Output::Number(1)));
-        assert!(fsm.apply(Command::PutThenFail { key: b"x".to_vec(), value: b"1".to_vec() }).is_err());
+        assert_eq!(
+            fsm.apply(Command::Incr { key: b"n".to_vec() }),
+            Ok(Output::Number(1))
+        );
+        assert!(
+            fsm.apply(Command::PutThenFail {
+                key: b"x".to_vec(),
+                value: b"1".to_vec()
+            })
+            .is_err()
+        );
         assert!(!fsm.host.data.contains_key(&b"x"[..]));
-        let batch = vec![Command::Incr { key: b"n".to_vec() }, Command::Fail { message: "no".into() }];
-        assert_eq!(fsm.apply_batch(batch).map(|_| ()), Err((1, Error::new("no"))));
-        assert_eq!(fsm.query(Query::Get { key: b"n".to_vec() }), Ok(Output::Bytes(vec![1])));
+        let batch = vec![
+            Command::Incr { key: b"n".to_vec() },
+            Command::Fail {
+                message: "no".into(),
+            },
+        ];
+        assert_eq!(
+            fsm.apply_batch(batch).map(|_| ()),
+            Err((1, Error::new("no")))
+        );
+        assert_eq!(
+            fsm.query(Query::Get { key: b"n".to_vec() }),
+            Ok(Output::Bytes(vec![1]))
+        );
     }
 }

@@ -174,7 +174,11 @@ const fn sig(
     params: &'static [ValType],
     results: &'static [ValType],
 ) -> FuncSig {
-    FuncSig { name, params, results }
+    FuncSig {
+        name,
+        params,
+        results,
+    }
 }
 
 /// Function exports every module must have (besides `memory`).
@@ -255,12 +259,22 @@ mod tests {
     fn import_table_has_every_import_once() {
         assert_eq!(IMPORTS.len(), 10);
         for (i, a) in IMPORTS.iter().enumerate() {
-            assert!(IMPORTS[i + 1..].iter().all(|b| b.name != a.name), "{} twice", a.name);
+            assert!(
+                IMPORTS[i + 1..].iter().all(|b| b.name != a.name),
+                "{} twice",
+                a.name
+            );
         }
-        let scan = IMPORTS.iter().find(|s| s.name == "kv_scan").expect("kv_scan");
+        let scan = IMPORTS
+            .iter()
+            .find(|s| s.name == "kv_scan")
+            .expect("kv_scan");
         assert_eq!(scan.params.len(), 5);
         assert_eq!(scan.results, &[ValType::I32]);
-        let random = IMPORTS.iter().find(|s| s.name == "random_u64").expect("random_u64");
+        let random = IMPORTS
+            .iter()
+            .find(|s| s.name == "random_u64")
+            .expect("random_u64");
         assert_eq!(random.results, &[ValType::I64]);
     }
 

@@ -23,7 +23,10 @@ pub enum LogEntry {
 impl LogEntry {
     /// A version-1 entry.
     pub fn new(timestamp_ms: u64, command: Command) -> Self {
-        Self::V1 { timestamp_ms, command }
+        Self::V1 {
+            timestamp_ms,
+            command,
+        }
     }
 
     /// The leader's timestamp.
@@ -120,7 +123,11 @@ pub struct FsmLimits {
 
 impl Default for FsmLimits {
     fn default() -> Self {
-        Self { fuel: 50_000_000, memory_pages: 256, max_output_bytes: 1 << 20 }
+        Self {
+            fuel: 50_000_000,
+            memory_pages: 256,
+            max_output_bytes: 1 << 20,
+        }
     }
 }
 
@@ -201,7 +208,10 @@ mod serde_bytes_compat {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);
@@ -225,20 +235,37 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let commands = [
-            Command::Apply(Apply { fsm: name("a"), payload: vec![1, 2, 3] }),
+            Command::Apply(Apply {
+                fsm: name("a"),
+                payload: vec![1, 2, 3],
+            }),
             Command::Batch(vec![
-                Apply { fsm: name("a"), payload: vec![] },
-                Apply { fsm: name("b"), payload: vec![9; 300] },
+                Apply {
+                    fsm: name("a"),
+                    payload: vec![],
+                },
+                Apply {
+                    fsm: name("b"),
+                    payload: vec![9; 300],
+                },
             ]),
-            Command::DeployModule { module_id: ModuleId([7; 32]), bytes: vec![0, 97, 115, 109] },
+            Command::DeployModule {
+                module_id: ModuleId([7; 32]),
+                bytes: vec![0, 97, 115, 109],
+            },
             Command::CreateFsm {
                 fsm: name("a"),
                 module_id: ModuleId([7; 32]),
                 limits: FsmLimits::default(),
             },
-            Command::UpgradeFsm { fsm: name("a"), module_id: ModuleId([8; 32]) },
+            Command::UpgradeFsm {
+                fsm: name("a"),
+                module_id: ModuleId([8; 32]),
+            },
             Command::DropFsm { fsm: name("a") },
-            Command::DropModule { module_id: ModuleId([7; 32]) },
+            Command::DropModule {
+                module_id: ModuleId([7; 32]),
+            },
         ];
         for command in commands {
             let e = LogEntry::new(1_700_000_000_000, command);
@@ -248,7 +275,13 @@ mod tests {
 
     #[test]
     fn payload_is_encoded_compactly() {
-        let e = LogEntry::new(0, Command::Apply(Apply { fsm: name("a"), payload: vec![0xff; 256] }));
+        let e = LogEntry::new(
+            0,
+            Command::Apply(Apply {
+                fsm: name("a"),
+                payload: vec![0xff; 256],
+            }),
+        );
         // version + timestamp + kind + name + length + payload: no per-byte overhead.
         assert!(e.to_bytes().len() < 256 + 8, "{}", e.to_bytes().len());
     }

@@ -131,12 +131,18 @@ mod tests {
             ApplyError::OutOfFuel { limit: 5 },
             ApplyError::ReadOnly,
             ApplyError::UnknownModule(ModuleId([1; 32])),
-            ApplyError::BatchFailed { position: 3, error: Box::new(ApplyError::ReadOnly) },
+            ApplyError::BatchFailed {
+                position: 3,
+                error: Box::new(ApplyError::ReadOnly),
+            },
         ];
         for e in samples {
             let bytes = postcard::to_allocvec(&e).expect("encode");
             assert_eq!(u16::from(bytes[0]), e.code(), "{e:?}");
-            assert_eq!(postcard::from_bytes::<ApplyError>(&bytes).expect("decode"), e);
+            assert_eq!(
+                postcard::from_bytes::<ApplyError>(&bytes).expect("decode"),
+                e
+            );
         }
     }
 }

@@ -96,14 +96,18 @@ pub fn decode_frame<T: DeserializeOwned>(
     buf: &[u8],
     max_len: usize,
 ) -> Result<Option<(T, usize)>, FrameError<core::convert::Infallible>> {
-    let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let mut h = [0u8; HEADER_LEN];
     h.copy_from_slice(header);
     let (len, expected) = parse_header(&h);
     if len > max_len {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
+    };
     Ok(Some((decode_payload(payload, expected)?, HEADER_LEN + len)))
 }
 
@@ -131,7 +135,12 @@ mod tests {
     use crate::name::FsmName;
 
     fn entry() -> LogEntry {
-        LogEntry::new(42, Command::DropFsm { fsm: FsmName::new("x").expect("name") })
+        LogEntry::new(
+            42,
+            Command::DropFsm {
+                fsm: FsmName::new("x").expect("name"),
+            },
+        )
     }
 
     #[test]
@@ -144,7 +153,10 @@ mod tests {
             let got: LogEntry = read_frame(&mut r, 1024).expect("read");
             assert_eq!(got, entry());
         }
-        assert!(matches!(read_frame::<_, LogEntry>(&mut r, 1024), Err(FrameError::UnexpectedEof)));
+        assert!(matches!(
+            read_frame::<_, LogEntry>(&mut r, 1024),
+            Err(FrameError::UnexpectedEof)
+        ));
     }
 
     #[test]
@@ -176,9 +188,15 @@ mod tests {
         let mut wire = Vec::new();
         encode_frame(&entry(), &mut wire);
         for cut in 0..wire.len() {
-            assert!(decode_frame::<LogEntry>(&wire[..cut], 1024).expect("partial").is_none());
+            assert!(
+                decode_frame::<LogEntry>(&wire[..cut], 1024)
+                    .expect("partial")
+                    .is_none()
+            );
         }
-        let (got, used) = decode_frame::<LogEntry>(&wire, 1024).expect("ok").expect("whole");
+        let (got, used) = decode_frame::<LogEntry>(&wire, 1024)
+            .expect("ok")
+            .expect("whole");
         assert_eq!((got, used), (entry(), wire.len()));
     }
 }

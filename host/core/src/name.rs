@@ -104,6 +104,11 @@ mod tests {
         let bytes = postcard::to_allocvec("Bad Name").expect("encode");
         assert!(postcard::from_bytes::<FsmName>(&bytes).is_err());
         let bytes = postcard::to_allocvec("good").expect("encode");
-        assert_eq!(postcard::from_bytes::<FsmName>(&bytes).expect("decode").as_str(), "good");
+        assert_eq!(
+            postcard::from_bytes::<FsmName>(&bytes)
+                .expect("decode")
+                .as_str(),
+            "good"
+        );
     }
 }

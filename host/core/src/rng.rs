@@ -12,7 +12,9 @@ pub struct EntryRng {
 impl EntryRng {
     /// The PRNG for command `position` (0 for a plain `Apply`) of the entry at `index`.
     pub fn new(index: u64, position: u32) -> Self {
-        let mut rng = Self { state: index ^ ((position as u64) << 40) ^ 0x5752_4146_545f_5247 };
+        let mut rng = Self {
+            state: index ^ ((position as u64) << 40) ^ 0x5752_4146_545f_5247,
+        };
         // Discard one output so nearby seeds do not start with related values.
         rng.next_u64();
         rng

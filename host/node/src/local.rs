@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId};
+use wraft_core::{
+    Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId,
+};
 
 use crate::runtime::{EntryPoint, FsmRuntime};
 use crate::state::{AppliedPosition, Committed, StateError, StateStore, module_id};
@@ -22,14 +24,19 @@ pub struct LocalNode {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl LocalNode {
     /// Opens the state env under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StateError> {
         let runtime = Arc::new(FsmRuntime::new()?);
-        Ok(Self { store: StateStore::open(data_dir, runtime)? })
+        Ok(Self {
+            store: StateStore::open(data_dir, runtime)?,
+        })
     }
 
     /// The state store.
@@ -51,7 +58,10 @@ impl LocalNode {
             .iter()
             .enumerate()
             .map(|(i, e)| Committed {
-                position: AppliedPosition { index: next + i as u64, term: 1 },
+                position: AppliedPosition {
+                    index: next + i as u64,
+                    term: 1,
+                },
                 entry: Some(e),
             })
             .collect();
@@ -64,10 +74,15 @@ impl LocalNode {
             return Ok(Err(ApplyError::InvalidModule(e.to_string())));
         }
         let id = module_id(&bytes);
-        Ok(match self.propose(Command::DeployModule { module_id: id, bytes })? {
-            EntryResponse::Failed(e) => Err(e),
-            _ => Ok(id),
-        })
+        Ok(
+            match self.propose(Command::DeployModule {
+                module_id: id,
+                bytes,
+            })? {
+                EntryResponse::Failed(e) => Err(e),
+                _ => Ok(id),
+            },
+        )
     }
 
     /// Creates an FSM instance.
@@ -77,29 +92,54 @@ impl LocalNode {
         module_id: ModuleId,
         limits: FsmLimits,
     ) -> Result<Result<(), ApplyError>, StateError> {
-        Ok(match self.propose(Command::CreateFsm { fsm, module_id, limits })? {
-            EntryResponse::Failed(e) => Err(e),
-            _ => Ok(()),
-        })
+        Ok(
+            match self.propose(Command::CreateFsm {
+                fsm,
+                module_id,
+                limits,
+            })? {
+                EntryResponse::Failed(e) => Err(e),
+                _ => Ok(()),
+            },
+        )
     }
 
     /// Applies a JSON command through the FSM's codecs; returns its JSON output.
-    pub fn apply_json(&self, fsm: &FsmName, json: &str) -> Result<Result<String, ApplyError>, StateError> {
-        let payload = match self.store.codec(fsm, EntryPoint::CommandFromJson, json.as_bytes())? {
+    pub fn apply_json(
+        &self,
+        fsm: &FsmName,
+        json: &str,
+    ) -> Result<Result<String, ApplyError>, StateError> {
+        let payload = match self
+            .store
+            .codec(fsm, EntryPoint::CommandFromJson, json.as_bytes())?
+        {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        let apply = Apply { fsm: fsm.clone(), payload };
+        let apply = Apply {
+            fsm: fsm.clone(),
+            payload,
+        };
         match self.propose(Command::Apply(apply))? {
             EntryResponse::Output(out) => self.to_json(fsm, EntryPoint::OutputToJson, &out),
             EntryResponse::Failed(e) => Ok(Err(e)),
-            other => Ok(Err(ApplyError::AbiViolation(format!("unexpected response {other:?}")))),
+            other => Ok(Err(ApplyError::AbiViolation(format!(
+                "unexpected response {other:?}"
+            )))),
         }
     }
 
     /// Runs a JSON query through the FSM's codecs; returns its JSON output.
-    pub fn query_json(&self, fsm: &FsmName, json: &str) -> Result<Result<String, ApplyError>, StateError> {
-        let query = match self.store.codec(fsm, EntryPoint::QueryFromJson, json.as_bytes())? {
+    pub fn query_json(
+        &self,
+        fsm: &FsmName,
+        json: &str,
+    ) -> Result<Result<String, ApplyError>, StateError> {
+        let query = match self
+            .store
+            .codec(fsm, EntryPoint::QueryFromJson, json.as_bytes())?
+        {
             Ok(q) => q,
             Err(e) => return Ok(Err(e)),
         };

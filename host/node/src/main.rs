@@ -123,7 +123,11 @@ fn local(data_dir: PathBuf, op: LocalOp) -> anyhow::Result<()> {
                     Some((_, b)) => b.to_vec(),
                     None => bail!(
                         "no example {ex:?}; examples: {}",
-                        EXAMPLES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        EXAMPLES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 },
                 None => std::fs::read(&module).with_context(|| format!("reading {module}"))?,
@@ -131,10 +135,20 @@ fn local(data_dir: PathBuf, op: LocalOp) -> anyhow::Result<()> {
             let id = node.deploy(bytes)??;
             println!("{id}");
         }
-        LocalOp::Create { fsm, module, fuel, memory_pages, max_output } => {
+        LocalOp::Create {
+            fsm,
+            module,
+            fuel,
+            memory_pages,
+            max_output,
+        } => {
             let id = ModuleId::from_hex(&module)
                 .with_context(|| format!("{module:?} is not a module id (64 hex digits)"))?;
-            let limits = FsmLimits { fuel, memory_pages, max_output_bytes: max_output };
+            let limits = FsmLimits {
+                fuel,
+                memory_pages,
+                max_output_bytes: max_output,
+            };
             node.create(name(&fsm)?, id, limits)??;
             println!("created {fsm}");
         }
@@ -150,7 +164,10 @@ fn local(data_dir: PathBuf, op: LocalOp) -> anyhow::Result<()> {
                 println!("module {id} ({len} bytes)");
             }
             for (fsm, rec) in store.fsms()? {
-                println!("fsm {fsm}: module {} fuel {} pages {}", rec.module_id, rec.limits.fuel, rec.limits.memory_pages);
+                println!(
+                    "fsm {fsm}: module {} fuel {} pages {}",
+                    rec.module_id, rec.limits.fuel, rec.limits.memory_pages
+                );
             }
         }
         LocalOp::Hash { fsm } => match node.store().fsm_hash(&name(&fsm)?)? {
@@ -196,8 +213,15 @@ fn dev(data_dir: PathBuf) -> anyhow::Result<()> {
         Ok(out) => println!("apply  (stale block) -> {out}"),
         Err(e) => println!("apply  (stale block) -> refused: {e}"),
     }
-    println!("query  \"Latest\"\n    -> {}", node.query_json(&fsm, "\"Latest\"")??);
-    let hash = node.store().fsm_hash(&fsm)?.map(hex::encode).unwrap_or_default();
+    println!(
+        "query  \"Latest\"\n    -> {}",
+        node.query_json(&fsm, "\"Latest\"")??
+    );
+    let hash = node
+        .store()
+        .fsm_hash(&fsm)?
+        .map(hex::encode)
+        .unwrap_or_default();
     println!("state hash of sequencer: {hash}");
     let d = data_dir.display();
     println!(

@@ -1,7 +1,9 @@
 //! The one wasmtime engine configuration every node uses. Anything that could make two
 //! replicas compute different results from the same module and input is turned off here.
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmFeatures};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmFeatures,
+};
 
 use super::RuntimeError;
 
@@ -12,13 +14,19 @@ pub const MAX_MEMORY_PAGES: u32 = 16_384;
 /// codec calls run beside them.
 const POOL_INSTANCES: u32 = 64;
 
+/// Bytes of each pooled memory slot kept resident between calls.
+const KEEP_RESIDENT: usize = 2 << 20;
+
 /// Builds the deterministic engine.
 pub fn deterministic_engine() -> Result<Engine, RuntimeError> {
     let mut config = Config::new();
     config
         // Determinism.
         .cranelift_nan_canonicalization(true)
-        .wasm_features(WasmFeatures::THREADS | WasmFeatures::SHARED_EVERYTHING_THREADS, false)
+        .wasm_features(
+            WasmFeatures::THREADS | WasmFeatures::SHARED_EVERYTHING_THREADS,
+            false,
+        )
         .wasm_relaxed_simd(false)
         .relaxed_simd_deterministic(true)
         .wasm_memory64(false)
@@ -38,7 +46,12 @@ pub fn deterministic_engine() -> Result<Engine, RuntimeError> {
         .max_memory_size(MAX_MEMORY_PAGES as usize * 65536)
         .max_memories_per_module(1)
         .max_tables_per_module(1)
-        .table_elements(100_000);
+        .table_elements(100_000)
+        // Reset a slot's first pages with memset (or only the dirty ones, with PAGEMAP_SCAN on
+        // Linux 6.7+) instead of madvise + page faults: most FSM calls touch little memory.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).map_err(|e| RuntimeError::Engine(e.to_string()))
 }

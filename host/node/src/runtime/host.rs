@@ -1,12 +1,12 @@
 //! The host imports (the `wraft` import module) and the per-call state they work on.
 
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
+use wraft_core::ApplyError;
 use wraft_core::abi::{self, CONTEXT_LEN, EntryContext};
 use wraft_core::rng::EntryRng;
-use wraft_core::ApplyError;
 
-use super::keyspace::Keyspace;
 use super::HostAbort;
+use super::keyspace::Keyspace;
 
 /// Longest log message kept from a guest.
 const MAX_LOG_LEN: usize = 4096;
@@ -59,7 +59,9 @@ impl ResourceLimiter for CallState {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_pages as usize * 65536 {
-            return Err(abort(ApplyError::MemoryLimit { pages: self.memory_pages }));
+            return Err(abort(ApplyError::MemoryLimit {
+                pages: self.memory_pages,
+            }));
         }
         Ok(true)
     }
@@ -87,8 +89,13 @@ fn host(e: HostAbort) -> wasmtime::Error {
 }
 
 /// The guest's memory and the call state, borrowed together.
-fn split<'a>(caller: &'a mut Caller<'_, CallState>) -> wasmtime::Result<(&'a mut [u8], &'a mut CallState)> {
-    let memory = caller.data().memory.ok_or_else(|| violation("memory is not available yet"))?;
+fn split<'a>(
+    caller: &'a mut Caller<'_, CallState>,
+) -> wasmtime::Result<(&'a mut [u8], &'a mut CallState)> {
+    let memory = caller
+        .data()
+        .memory
+        .ok_or_else(|| violation("memory is not available yet"))?;
     Ok(memory.data_and_store_mut(caller))
 }
 
@@ -96,7 +103,9 @@ fn range(ptr: i32, len: i32, mem_len: usize) -> wasmtime::Result<std::ops::Range
     let (p, l) = (ptr as u32 as usize, len as u32 as usize);
     match p.checked_add(l) {
         Some(end) if end <= mem_len => Ok(p..end),
-        _ => Err(violation(&format!("pointer {p:#x}+{l} is outside linear memory"))),
+        _ => Err(violation(&format!(
+            "pointer {p:#x}+{l} is outside linear memory"
+        ))),
     }
 }
 
@@ -114,33 +123,45 @@ fn check_len(what: &str, len: i32, limit: usize) -> wasmtime::Result<()> {
 /// Defines every import of [`abi::IMPORTS`] in `linker`.
 pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     let m = abi::IMPORT_MODULE;
-    linker.func_wrap(m, "kv_get", |mut c: Caller<'_, CallState>, kp: i32, kl: i32| {
-        let (mem, st) = split(&mut c)?;
-        let key = &mem[range(kp, kl, mem.len())?];
-        let mut value = std::mem::take(&mut st.scratch);
-        let found = st.keyspace.get(key, &mut value).map_err(host)?;
-        if !found {
-            st.scratch = value;
-            return Ok(-1);
-        }
-        let len = value.len() as i32;
-        st.result = Some(value);
-        Ok(len)
-    })?;
-    linker.func_wrap(m, "kv_put", |mut c: Caller<'_, CallState>, kp: i32, kl: i32, vp: i32, vl: i32| {
-        check_len("key", kl, abi::MAX_KEY_LEN)?;
-        check_len("value", vl, abi::MAX_VALUE_LEN)?;
-        let (mem, st) = split(&mut c)?;
-        let key = &mem[range(kp, kl, mem.len())?];
-        let value = &mem[range(vp, vl, mem.len())?];
-        st.keyspace.put(key, value).map_err(host)
-    })?;
-    linker.func_wrap(m, "kv_delete", |mut c: Caller<'_, CallState>, kp: i32, kl: i32| {
-        check_len("key", kl, abi::MAX_KEY_LEN)?;
-        let (mem, st) = split(&mut c)?;
-        let key = &mem[range(kp, kl, mem.len())?];
-        Ok(i32::from(st.keyspace.delete(key).map_err(host)?))
-    })?;
+    linker.func_wrap(
+        m,
+        "kv_get",
+        |mut c: Caller<'_, CallState>, kp: i32, kl: i32| {
+            let (mem, st) = split(&mut c)?;
+            let key = &mem[range(kp, kl, mem.len())?];
+            let mut value = std::mem::take(&mut st.scratch);
+            let found = st.keyspace.get(key, &mut value).map_err(host)?;
+            if !found {
+                st.scratch = value;
+                return Ok(-1);
+            }
+            let len = value.len() as i32;
+            st.result = Some(value);
+            Ok(len)
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        "kv_put",
+        |mut c: Caller<'_, CallState>, kp: i32, kl: i32, vp: i32, vl: i32| {
+            check_len("key", kl, abi::MAX_KEY_LEN)?;
+            check_len("value", vl, abi::MAX_VALUE_LEN)?;
+            let (mem, st) = split(&mut c)?;
+            let key = &mem[range(kp, kl, mem.len())?];
+            let value = &mem[range(vp, vl, mem.len())?];
+            st.keyspace.put(key, value).map_err(host)
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        "kv_delete",
+        |mut c: Caller<'_, CallState>, kp: i32, kl: i32| {
+            check_len("key", kl, abi::MAX_KEY_LEN)?;
+            let (mem, st) = split(&mut c)?;
+            let key = &mem[range(kp, kl, mem.len())?];
+            Ok(i32::from(st.keyspace.delete(key).map_err(host)?))
+        },
+    )?;
     linker.func_wrap(
         m,
         "kv_scan",
@@ -149,59 +170,88 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
             let start = &mem[range(sp, sl, mem.len())?];
             let end = &mem[range(ep, el, mem.len())?];
             let limit = (limit.max(0) as u32).min(abi::MAX_SCAN_ITEMS) as usize;
-            let pairs = st.keyspace.scan(start, end, limit, abi::MAX_SCAN_BYTES).map_err(host)?;
+            let pairs = st
+                .keyspace
+                .scan(start, end, limit, abi::MAX_SCAN_BYTES)
+                .map_err(host)?;
             let page = postcard::to_allocvec(&pairs).map_err(|e| violation(&e.to_string()))?;
             let len = page.len() as i32;
             st.result = Some(page);
             Ok(len)
         },
     )?;
-    linker.func_wrap(m, "take_result", |mut c: Caller<'_, CallState>, dst: i32| {
-        let (mem, st) = split(&mut c)?;
-        let result = st.result.take().ok_or_else(|| violation("take_result with no pending result"))?;
-        let r = range(dst, result.len() as i32, mem.len())?;
-        mem[r].copy_from_slice(&result);
-        st.scratch = result;
-        Ok(())
-    })?;
-    linker.func_wrap(m, "set_output", |mut c: Caller<'_, CallState>, p: i32, l: i32| {
-        let limit = c.data().max_output;
-        if l as u32 > limit {
-            return Err(abort(ApplyError::OutputTooLarge { len: u64::from(l as u32), limit }));
-        }
-        let (mem, st) = split(&mut c)?;
-        let bytes = &mem[range(p, l, mem.len())?];
-        st.output.clear();
-        st.output.extend_from_slice(bytes);
-        Ok(())
-    })?;
-    linker.func_wrap(m, "entry_context", |mut c: Caller<'_, CallState>, dst: i32| {
-        let (mem, st) = split(&mut c)?;
-        let r = range(dst, CONTEXT_LEN as i32, mem.len())?;
-        mem[r].copy_from_slice(&st.ctx.encode());
-        Ok(())
-    })?;
+    linker.func_wrap(
+        m,
+        "take_result",
+        |mut c: Caller<'_, CallState>, dst: i32| {
+            let (mem, st) = split(&mut c)?;
+            let result = st
+                .result
+                .take()
+                .ok_or_else(|| violation("take_result with no pending result"))?;
+            let r = range(dst, result.len() as i32, mem.len())?;
+            mem[r].copy_from_slice(&result);
+            st.scratch = result;
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        "set_output",
+        |mut c: Caller<'_, CallState>, p: i32, l: i32| {
+            let limit = c.data().max_output;
+            if l as u32 > limit {
+                return Err(abort(ApplyError::OutputTooLarge {
+                    len: u64::from(l as u32),
+                    limit,
+                }));
+            }
+            let (mem, st) = split(&mut c)?;
+            let bytes = &mem[range(p, l, mem.len())?];
+            st.output.clear();
+            st.output.extend_from_slice(bytes);
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        "entry_context",
+        |mut c: Caller<'_, CallState>, dst: i32| {
+            let (mem, st) = split(&mut c)?;
+            let r = range(dst, CONTEXT_LEN as i32, mem.len())?;
+            mem[r].copy_from_slice(&st.ctx.encode());
+            Ok(())
+        },
+    )?;
     linker.func_wrap(m, "random_u64", |mut c: Caller<'_, CallState>| {
         Ok(c.data_mut().rng.next_u64() as i64)
     })?;
-    linker.func_wrap(m, "log_message", |mut c: Caller<'_, CallState>, level: i32, p: i32, l: i32| {
-        let (mem, st) = split(&mut c)?;
-        let bytes = &mem[range(p, l, mem.len())?];
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_LEN)]);
-        let (fsm, index) = (st.fsm.as_str(), st.ctx.index);
-        match level {
-            abi::log_level::ERROR => tracing::error!(fsm, index, "{text}"),
-            abi::log_level::WARN => tracing::warn!(fsm, index, "{text}"),
-            abi::log_level::INFO => tracing::info!(fsm, index, "{text}"),
-            _ => tracing::debug!(fsm, index, "{text}"),
-        }
-        Ok(())
-    })?;
-    linker.func_wrap(m, "abort_call", |mut c: Caller<'_, CallState>, p: i32, l: i32| -> wasmtime::Result<()> {
-        let (mem, _) = split(&mut c)?;
-        let bytes = &mem[range(p, l, mem.len())?];
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ABORT_LEN)]);
-        Err(abort(ApplyError::Panicked(text.into_owned())))
-    })?;
+    linker.func_wrap(
+        m,
+        "log_message",
+        |mut c: Caller<'_, CallState>, level: i32, p: i32, l: i32| {
+            let (mem, st) = split(&mut c)?;
+            let bytes = &mem[range(p, l, mem.len())?];
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_LEN)]);
+            let (fsm, index) = (st.fsm.as_str(), st.ctx.index);
+            match level {
+                abi::log_level::ERROR => tracing::error!(fsm, index, "{text}"),
+                abi::log_level::WARN => tracing::warn!(fsm, index, "{text}"),
+                abi::log_level::INFO => tracing::info!(fsm, index, "{text}"),
+                _ => tracing::debug!(fsm, index, "{text}"),
+            }
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        m,
+        "abort_call",
+        |mut c: Caller<'_, CallState>, p: i32, l: i32| -> wasmtime::Result<()> {
+            let (mem, _) = split(&mut c)?;
+            let bytes = &mem[range(p, l, mem.len())?];
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ABORT_LEN)]);
+            Err(abort(ApplyError::Panicked(text.into_owned())))
+        },
+    )?;
     Ok(())
 }

@@ -74,14 +74,23 @@ impl Keyspace {
     pub(crate) fn new(target: KvTarget<'_, '_>) -> Self {
         let (access, db, prefix) = match target {
             KvTarget::None => (Access::None, None, [0; 16]),
-            KvTarget::Read { txn, db, prefix } => {
-                (Access::Read((txn as *const RoTxn<'_>).cast()), Some(db), prefix)
-            }
-            KvTarget::Write { txn, db, prefix } => {
-                (Access::Write((txn as *mut RwTxn<'_>).cast()), Some(db), prefix)
-            }
+            KvTarget::Read { txn, db, prefix } => (
+                Access::Read((txn as *const RoTxn<'_>).cast()),
+                Some(db),
+                prefix,
+            ),
+            KvTarget::Write { txn, db, prefix } => (
+                Access::Write((txn as *mut RwTxn<'_>).cast()),
+                Some(db),
+                prefix,
+            ),
         };
-        Self { access, db, prefix, key_buf: Vec::with_capacity(512) }
+        Self {
+            access,
+            db,
+            prefix,
+            key_buf: Vec::with_capacity(512),
+        }
     }
 
     pub(crate) fn get(&mut self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, HostAbort> {
@@ -98,13 +107,13 @@ impl Keyspace {
     }
 
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), HostAbort> {
-        let (txn, db) = writable(&self.access, self.db)?;
+        let (txn, db) = writable(&mut self.access, self.db)?;
         let full = join(&mut self.key_buf, &self.prefix, key);
         db.put(txn, full, value).map_err(HostAbort::Storage)
     }
 
     pub(crate) fn delete(&mut self, key: &[u8]) -> Result<bool, HostAbort> {
-        let (txn, db) = writable(&self.access, self.db)?;
+        let (txn, db) = writable(&mut self.access, self.db)?;
         let full = join(&mut self.key_buf, &self.prefix, key);
         db.delete(txn, full).map_err(HostAbort::Storage)
     }
@@ -174,7 +183,7 @@ fn readable(
 }
 
 fn writable(
-    access: &Access,
+    access: &mut Access,
     db: Option<Database<Bytes, Bytes>>,
 ) -> Result<(&mut RwTxn<'static>, Database<Bytes, Bytes>), HostAbort> {
     match (access, db) {

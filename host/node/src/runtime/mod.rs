@@ -14,10 +14,10 @@ use wraft_core::abi::{self, EntryContext, status};
 use wraft_core::{ApplyError, FsmLimits, ModuleId};
 
 pub use engine::MAX_MEMORY_PAGES;
-pub use error::RuntimeError;
 pub(crate) use error::HostAbort;
-pub use keyspace::{KeyPrefix, KvTarget};
+pub use error::RuntimeError;
 pub(crate) use keyspace::prefix_successor;
+pub use keyspace::{KeyPrefix, KvTarget};
 pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError};
 
 use host::CallState;
@@ -125,12 +125,17 @@ impl FsmRuntime {
         let engine = engine::deterministic_engine()?;
         let mut linker = Linker::new(&engine);
         host::define_imports(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        Ok(Self { engine, linker, modules: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            engine,
+            linker,
+            modules: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Validates `bytes` as an FSM module without keeping it.
     pub fn validate(&self, bytes: &[u8]) -> Result<Capabilities, ModuleError> {
-        self.compile(ModuleId([0; 32]), bytes).map(|m| m.capabilities)
+        self.compile(ModuleId([0; 32]), bytes)
+            .map(|m| m.capabilities)
     }
 
     /// The loaded module `id`, compiling `bytes()` on first use.
@@ -169,10 +174,18 @@ impl FsmRuntime {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-        let mut loaded = LoadedModule { id, fsm_version: 0, capabilities, pre };
+        let mut loaded = LoadedModule {
+            id,
+            fsm_version: 0,
+            capabilities,
+            pre,
+        };
         let version = self.host_call(&loaded, abi::export::ABI_VERSION)?;
         if version != i64::from(abi::ABI_VERSION) {
-            return Err(ModuleError::AbiVersion { found: version, expected: abi::ABI_VERSION });
+            return Err(ModuleError::AbiVersion {
+                found: version,
+                expected: abi::ABI_VERSION,
+            });
         }
         if capabilities.fsm_version {
             loaded.fsm_version = self.host_call(&loaded, abi::export::FSM_VERSION)? as u32;
@@ -197,7 +210,9 @@ impl FsmRuntime {
         store.limiter(|s| s);
         store.set_fuel(HOST_CALL_FUEL).map_err(fail)?;
         let instance = module.pre.instantiate(&mut store).map_err(fail)?;
-        let f = instance.get_typed_func::<(), i32>(&mut store, name).map_err(fail)?;
+        let f = instance
+            .get_typed_func::<(), i32>(&mut store, name)
+            .map_err(fail)?;
         f.call(&mut store, ()).map(i64::from).map_err(fail)
     }
 
@@ -227,7 +242,10 @@ impl FsmRuntime {
             Ok(status) => status,
             Err(e) => {
                 let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-                return classify(e, fuel).map(|err| CallOutcome { result: Err(err), fuel_used });
+                return classify(e, fuel).map(|err| CallOutcome {
+                    result: Err(err),
+                    fuel_used,
+                });
             }
         };
         let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
@@ -237,7 +255,9 @@ impl FsmRuntime {
             status::OK => Ok(output.clone()),
             status::REJECTED => Err(ApplyError::Rejected(text())),
             status::BAD_INPUT => Err(ApplyError::BadInput(text())),
-            other => Err(ApplyError::AbiViolation(format!("unknown status code {other}"))),
+            other => Err(ApplyError::AbiViolation(format!(
+                "unknown status code {other}"
+            ))),
         };
         Ok(CallOutcome { result, fuel_used })
     }
@@ -256,15 +276,20 @@ fn run(
     store.data_mut().memory = Some(memory);
     let name = entry.export();
     if instance.get_export(&mut *store, name).is_none() {
-        return Err(wasmtime::Error::new(HostAbort::Apply(ApplyError::MissingExport(name.into()))));
+        return Err(wasmtime::Error::new(HostAbort::Apply(
+            ApplyError::MissingExport(name.into()),
+        )));
     }
     match entry {
-        EntryPoint::Init => instance.get_typed_func::<(), i32>(&mut *store, name)?.call(store, ()),
-        EntryPoint::Migrate(from) => {
-            instance.get_typed_func::<i32, i32>(&mut *store, name)?.call(store, from as i32)
-        }
+        EntryPoint::Init => instance
+            .get_typed_func::<(), i32>(&mut *store, name)?
+            .call(store, ()),
+        EntryPoint::Migrate(from) => instance
+            .get_typed_func::<i32, i32>(&mut *store, name)?
+            .call(store, from as i32),
         _ => {
-            let alloc: TypedFunc<i32, i32> = instance.get_typed_func(&mut *store, abi::export::ALLOC)?;
+            let alloc: TypedFunc<i32, i32> =
+                instance.get_typed_func(&mut *store, abi::export::ALLOC)?;
             let len = i32::try_from(input.len()).map_err(|_| {
                 wasmtime::Error::new(HostAbort::Apply(ApplyError::TooLarge {
                     what: "input".into(),
@@ -273,11 +298,13 @@ fn run(
                 }))
             })?;
             let ptr = alloc.call(&mut *store, len)?;
-            memory.write(&mut *store, ptr as u32 as usize, input).map_err(|_| {
-                wasmtime::Error::new(HostAbort::Apply(ApplyError::AbiViolation(
-                    "wraft_alloc returned a pointer outside linear memory".into(),
-                )))
-            })?;
+            memory
+                .write(&mut *store, ptr as u32 as usize, input)
+                .map_err(|_| {
+                    wasmtime::Error::new(HostAbort::Apply(ApplyError::AbiViolation(
+                        "wraft_alloc returned a pointer outside linear memory".into(),
+                    )))
+                })?;
             let f: TypedFunc<(i32, i32), i32> = instance.get_typed_func(&mut *store, name)?;
             f.call(store, (ptr, len))
         }
@@ -331,11 +358,20 @@ mod tests {
             String::new(),
         );
         let mut store = Store::new(&rt.engine, state);
-        let defined: Vec<_> = rt.linker.iter(&mut store).map(|(m, n, _)| (m.to_owned(), n.to_owned())).collect();
+        let defined: Vec<_> = rt
+            .linker
+            .iter(&mut store)
+            .map(|(m, n, _)| (m.to_owned(), n.to_owned()))
+            .collect();
         assert_eq!(defined.len(), abi::IMPORTS.len());
         for sig in abi::IMPORTS {
-            let ext = rt.linker.get(&mut store, abi::IMPORT_MODULE, sig.name).expect(sig.name);
-            let ExternType::Func(ty) = ext.ty(&store) else { panic!("{} not a func", sig.name) };
+            let ext = rt
+                .linker
+                .get(&mut store, abi::IMPORT_MODULE, sig.name)
+                .expect(sig.name);
+            let ExternType::Func(ty) = ext.ty(&store) else {
+                panic!("{} not a func", sig.name)
+            };
             let want = |t: &abi::ValType| match t {
                 abi::ValType::I32 => ValType::I32,
                 abi::ValType::I64 => ValType::I64,

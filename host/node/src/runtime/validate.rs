@@ -72,7 +72,10 @@ pub struct Capabilities {
 /// export is checked by the runtime when it first instantiates the module.
 pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities), ModuleError> {
     if bytes.len() > MAX_MODULE_BYTES {
-        return Err(ModuleError::TooLarge { len: bytes.len(), limit: MAX_MODULE_BYTES });
+        return Err(ModuleError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_MODULE_BYTES,
+        });
     }
     let module = Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
 
@@ -92,7 +95,9 @@ pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities),
         };
         match import.ty() {
             ExternType::Func(f) if matches_sig(&f, sig) => {}
-            ExternType::Func(f) => return Err(bad(&format!("with type {f}; expected {}", show(sig)))),
+            ExternType::Func(f) => {
+                return Err(bad(&format!("with type {f}; expected {}", show(sig))));
+            }
             _ => return Err(bad("as a non-function")),
         }
     }
@@ -121,7 +126,10 @@ pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities),
     }
     for sig in abi::REQUIRED_EXPORTS {
         if let Some(problem) = export_problem(sig.name) {
-            return Err(ModuleError::BadExport { name: sig.name.into(), problem });
+            return Err(ModuleError::BadExport {
+                name: sig.name.into(),
+                problem,
+            });
         }
     }
     let present = |name: &str| -> Result<bool, ModuleError> {
@@ -129,7 +137,10 @@ pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities),
             return Ok(false);
         }
         match export_problem(name) {
-            Some(problem) => Err(ModuleError::BadExport { name: name.into(), problem }),
+            Some(problem) => Err(ModuleError::BadExport {
+                name: name.into(),
+                problem,
+            }),
             None => Ok(true),
         }
     };

@@ -4,7 +4,9 @@
 
 use heed::RwTxn;
 use wraft_core::abi::EntryContext;
-use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId};
+use wraft_core::{
+    Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId,
+};
 
 use super::keys::{self, MetaTag};
 use super::{AppliedPosition, FsmRecord, StateError, StateStore, decode, encode};
@@ -65,7 +67,11 @@ impl StateStore {
             applied = Some(c.position);
         }
         if let Some(a) = applied {
-            self.dbs.meta.put(&mut wtxn, &keys::meta(self.group, MetaTag::Applied), &encode(&a))?;
+            self.dbs.meta.put(
+                &mut wtxn,
+                &keys::meta(self.group, MetaTag::Applied),
+                &encode(&a),
+            )?;
             self.dbs.meta.put(
                 &mut wtxn,
                 &keys::meta(self.group, MetaTag::LastTimestamp),
@@ -87,7 +93,10 @@ impl StateStore {
             Command::Batch(cmds) => {
                 let mut outputs = Vec::with_capacity(cmds.len());
                 for (i, a) in cmds.iter().enumerate() {
-                    let ctx = EntryContext { position: i as u32, ..ctx };
+                    let ctx = EntryContext {
+                        position: i as u32,
+                        ..ctx
+                    };
                     match self.apply_one(txn, a, ctx)? {
                         Ok(out) => outputs.push(out),
                         Err(e) => {
@@ -101,9 +110,11 @@ impl StateStore {
                 Ok(Ok(EntryResponse::BatchOutputs(outputs)))
             }
             Command::DeployModule { module_id, bytes } => self.deploy(txn, *module_id, bytes),
-            Command::CreateFsm { fsm, module_id, limits } => {
-                self.create(txn, fsm, *module_id, *limits, ctx)
-            }
+            Command::CreateFsm {
+                fsm,
+                module_id,
+                limits,
+            } => self.create(txn, fsm, *module_id, *limits, ctx),
             Command::UpgradeFsm { fsm, module_id } => self.upgrade(txn, fsm, *module_id, ctx),
             Command::DropFsm { fsm } => self.drop_fsm(txn, fsm),
             Command::DropModule { module_id } => self.drop_module(txn, module_id),
@@ -119,7 +130,15 @@ impl StateStore {
         let Some(rec) = self.record_in(txn, &a.fsm)? else {
             return Ok(Err(ApplyError::UnknownFsm(a.fsm.to_string())));
         };
-        self.run(txn, &a.fsm, &rec, rec.module_id, EntryPoint::Apply, &a.payload, ctx)
+        self.run(
+            txn,
+            &a.fsm,
+            &rec,
+            rec.module_id,
+            EntryPoint::Apply,
+            &a.payload,
+            ctx,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -137,12 +156,26 @@ impl StateStore {
             Ok(m) => m,
             Err(e) => return Ok(Err(e)),
         };
-        let kv = KvTarget::Write { txn, db: self.dbs.data, prefix: keys::data_prefix(self.group, rec.id) };
-        let env = CallEnv { kv, ctx, limits: rec.limits, fsm: fsm.as_str() };
+        let kv = KvTarget::Write {
+            txn,
+            db: self.dbs.data,
+            prefix: keys::data_prefix(self.group, rec.id),
+        };
+        let env = CallEnv {
+            kv,
+            ctx,
+            limits: rec.limits,
+            fsm: fsm.as_str(),
+        };
         Ok(self.runtime.call(&module, entry, input, env)?.result)
     }
 
-    fn deploy(&self, txn: &mut RwTxn<'_>, id: ModuleId, bytes: &[u8]) -> Result<Outcome, StateError> {
+    fn deploy(
+        &self,
+        txn: &mut RwTxn<'_>,
+        id: ModuleId,
+        bytes: &[u8],
+    ) -> Result<Outcome, StateError> {
         let actual = super::module_id(bytes);
         if actual != id {
             return Ok(Err(ApplyError::InvalidModule(format!(
@@ -152,7 +185,9 @@ impl StateStore {
         if let Err(e) = self.runtime.load(id, || Ok(bytes.to_vec()))? {
             return Ok(Err(ApplyError::InvalidModule(e.to_string())));
         }
-        self.dbs.modules.put(txn, &keys::module(self.group, &id), bytes)?;
+        self.dbs
+            .modules
+            .put(txn, &keys::module(self.group, &id), bytes)?;
         Ok(Ok(EntryResponse::Done))
     }
 
@@ -172,8 +207,15 @@ impl StateStore {
             Err(e) => return Ok(Err(e)),
         };
         let id = self.u64_meta(txn, MetaTag::NextFsmId)?.max(1);
-        self.dbs.meta.put(txn, &keys::meta(self.group, MetaTag::NextFsmId), &(id + 1).to_le_bytes())?;
-        let limits = FsmLimits { memory_pages: limits.memory_pages.min(MAX_MEMORY_PAGES), ..limits };
+        self.dbs.meta.put(
+            txn,
+            &keys::meta(self.group, MetaTag::NextFsmId),
+            &(id + 1).to_le_bytes(),
+        )?;
+        let limits = FsmLimits {
+            memory_pages: limits.memory_pages.min(MAX_MEMORY_PAGES),
+            ..limits
+        };
         let rec = FsmRecord {
             id,
             module_id,
@@ -181,11 +223,13 @@ impl StateStore {
             fsm_version: module.fsm_version,
             created_index: ctx.index,
         };
-        self.dbs.fsms.put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
-        if module.capabilities.init {
-            if let Err(e) = self.run(txn, fsm, &rec, module_id, EntryPoint::Init, &[], ctx)? {
-                return Ok(Err(e));
-            }
+        self.dbs
+            .fsms
+            .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
+        if module.capabilities.init
+            && let Err(e) = self.run(txn, fsm, &rec, module_id, EntryPoint::Init, &[], ctx)?
+        {
+            return Ok(Err(e));
         }
         Ok(Ok(EntryResponse::Done))
     }
@@ -210,8 +254,14 @@ impl StateStore {
                 return Ok(Err(e));
             }
         }
-        let rec = FsmRecord { module_id, fsm_version: module.fsm_version, ..rec };
-        self.dbs.fsms.put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
+        let rec = FsmRecord {
+            module_id,
+            fsm_version: module.fsm_version,
+            ..rec
+        };
+        self.dbs
+            .fsms
+            .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
         Ok(Ok(EntryResponse::Done))
     }
 
@@ -221,14 +271,24 @@ impl StateStore {
         };
         let lo = keys::data_prefix(self.group, rec.id);
         let hi = prefix_successor(&lo).unwrap_or_default();
-        let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Excluded(&hi[..]));
+        let range = (
+            std::ops::Bound::Included(&lo[..]),
+            std::ops::Bound::Excluded(&hi[..]),
+        );
         self.dbs.data.delete_range(txn, &range)?;
-        self.dbs.fsms.delete(txn, &keys::fsm(self.group, fsm.as_str()))?;
+        self.dbs
+            .fsms
+            .delete(txn, &keys::fsm(self.group, fsm.as_str()))?;
         Ok(Ok(EntryResponse::Done))
     }
 
     fn drop_module(&self, txn: &mut RwTxn<'_>, id: &ModuleId) -> Result<Outcome, StateError> {
-        if self.dbs.modules.get(txn, &keys::module(self.group, id))?.is_none() {
+        if self
+            .dbs
+            .modules
+            .get(txn, &keys::module(self.group, id))?
+            .is_none()
+        {
             return Ok(Err(ApplyError::UnknownModule(*id)));
         }
         for item in self.dbs.fsms.prefix_iter(txn, &self.group.to_be_bytes())? {
@@ -239,7 +299,9 @@ impl StateStore {
                 return Ok(Err(ApplyError::ModuleInUse { module: *id, fsm }));
             }
         }
-        self.dbs.modules.delete(txn, &keys::module(self.group, id))?;
+        self.dbs
+            .modules
+            .delete(txn, &keys::module(self.group, id))?;
         self.runtime.evict(id);
         Ok(Ok(EntryResponse::Done))
     }

@@ -101,8 +101,10 @@ pub struct StateStore {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StateError> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| StateError::Corrupt { what: what.into(), detail: e.to_string() })
+    postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt {
+        what: what.into(),
+        detail: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -113,7 +115,10 @@ impl StateStore {
     /// Opens (creating if needed) `<data_dir>/state`.
     pub fn open(data_dir: &Path, runtime: Arc<FsmRuntime>) -> Result<Self, StateError> {
         let path = data_dir.join("state");
-        let open_err = |source| StateError::Open { path: path.clone(), source };
+        let open_err = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
         opts.map_size(MAP_SIZE).max_dbs(8);
@@ -139,10 +144,17 @@ impl StateStore {
                     return Err(StateError::Format { found });
                 }
             }
-            None => dbs.meta.put(&mut wtxn, &format_key, &STATE_FORMAT.to_le_bytes())?,
+            None => dbs
+                .meta
+                .put(&mut wtxn, &format_key, &STATE_FORMAT.to_le_bytes())?,
         }
         wtxn.commit()?;
-        Ok(Self { env, dbs, runtime, group })
+        Ok(Self {
+            env,
+            dbs,
+            runtime,
+            group,
+        })
     }
 
     /// The runtime this store runs modules in.
@@ -157,7 +169,11 @@ impl StateStore {
     }
 
     fn applied_in(&self, txn: &RoTxn<'_>) -> Result<Option<AppliedPosition>, StateError> {
-        match self.dbs.meta.get(txn, &keys::meta(self.group, keys::MetaTag::Applied))? {
+        match self
+            .dbs
+            .meta
+            .get(txn, &keys::meta(self.group, keys::MetaTag::Applied))?
+        {
             Some(b) => Ok(Some(decode("applied position", b)?)),
             None => Ok(None),
         }
@@ -165,16 +181,22 @@ impl StateStore {
 
     fn u64_meta(&self, txn: &RoTxn<'_>, tag: keys::MetaTag) -> Result<u64, StateError> {
         match self.dbs.meta.get(txn, &keys::meta(self.group, tag))? {
-            Some(b) => Ok(u64::from_le_bytes(b.try_into().map_err(|_| StateError::Corrupt {
-                what: format!("{tag:?}"),
-                detail: "not 8 bytes".into(),
+            Some(b) => Ok(u64::from_le_bytes(b.try_into().map_err(|_| {
+                StateError::Corrupt {
+                    what: format!("{tag:?}"),
+                    detail: "not 8 bytes".into(),
+                }
             })?)),
             None => Ok(0),
         }
     }
 
     fn record_in(&self, txn: &RoTxn<'_>, name: &FsmName) -> Result<Option<FsmRecord>, StateError> {
-        match self.dbs.fsms.get(txn, &keys::fsm(self.group, name.as_str()))? {
+        match self
+            .dbs
+            .fsms
+            .get(txn, &keys::fsm(self.group, name.as_str()))?
+        {
             Some(b) => Ok(Some(decode(&format!("fsm {name}"), b)?)),
             None => Ok(None),
         }
@@ -217,7 +239,11 @@ impl StateStore {
     /// A module's bytes.
     pub fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StateError> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.dbs.modules.get(&rtxn, &keys::module(self.group, id))?.map(<[u8]>::to_vec))
+        Ok(self
+            .dbs
+            .modules
+            .get(&rtxn, &keys::module(self.group, id))?
+            .map(<[u8]>::to_vec))
     }
 
     fn loaded(
@@ -259,8 +285,16 @@ impl StateStore {
             db: self.dbs.data,
             prefix: keys::data_prefix(self.group, rec.id),
         };
-        let env = CallEnv { kv, ctx, limits: rec.limits, fsm: fsm.as_str() };
-        Ok(self.runtime.call(&module, EntryPoint::Query, input, env)?.result)
+        let env = CallEnv {
+            kv,
+            ctx,
+            limits: rec.limits,
+            fsm: fsm.as_str(),
+        };
+        Ok(self
+            .runtime
+            .call(&module, EntryPoint::Query, input, env)?
+            .result)
     }
 
     /// Runs one of `fsm`'s JSON codecs (no keyspace access).
@@ -292,9 +326,15 @@ impl StateStore {
     /// equal on every replica at the same applied index.
     pub fn fsm_hash(&self, fsm: &FsmName) -> Result<Option<[u8; 32]>, StateError> {
         let rtxn = self.env.read_txn()?;
-        let Some(rec) = self.record_in(&rtxn, fsm)? else { return Ok(None) };
+        let Some(rec) = self.record_in(&rtxn, fsm)? else {
+            return Ok(None);
+        };
         let mut h = Sha256::new();
-        for item in self.dbs.data.prefix_iter(&rtxn, &keys::data_prefix(self.group, rec.id))? {
+        for item in self
+            .dbs
+            .data
+            .prefix_iter(&rtxn, &keys::data_prefix(self.group, rec.id))?
+        {
             let (k, v) = item?;
             let k = &k[16..];
             h.update((k.len() as u32).to_le_bytes());

@@ -1,0 +1,27 @@
+# The two commands of the README: `make dev` (a first run) and `make test` (the test suite).
+# Both install what a fresh machine with only the Rust toolchain lacks.
+
+CARGO ?= cargo
+
+.PHONY: setup dev test bench ci
+
+## Rust targets and components the build needs (idempotent, offline once installed).
+setup:
+	rustup target add wasm32-unknown-unknown thumbv7em-none-eabihf
+	rustup component add rustfmt clippy
+
+## Build wraft and run the first-run demo against ./wraft-data/dev.
+dev: setup
+	$(CARGO) run -p wraft-host --bin wraft -- dev
+
+## Every test of the workspace: unit, integration (real LMDB, real wasm guests), doc tests.
+test: setup
+	$(CARGO) test --workspace
+
+## Micro-benchmarks (see docs/benchmarks.md).
+bench: setup
+	$(CARGO) bench -p wraft-host --bench apply
+
+## What CI runs.
+ci:
+	bash .ci/run

@@ -1,0 +1,103 @@
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use wraft_core::{Apply, Command, EntryResponse, FsmLimits, FsmName, ModuleId};
+use wraft_host::local::LocalNode;
+use wraft_host::runtime::FsmRuntime;
+use wraft_host::state::StateStore;
+
+pub fn name(s: &str) -> FsmName {
+    FsmName::new(s).expect("valid name")
+}
+
+/// A node in a temp dir with `module` deployed and an FSM `fsm` created from it.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub node: LocalNode,
+    pub module: ModuleId,
+}
+
+impl Fixture {
+    pub fn new(module: &[u8], fsm: &str, limits: FsmLimits) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = LocalNode::open(dir.path()).expect("open");
+        let module = node
+            .deploy(module.to_vec())
+            .expect("deploy")
+            .expect("valid module");
+        node.create(name(fsm), module, limits)
+            .expect("create")
+            .expect("created");
+        Self { dir, node, module }
+    }
+
+    pub fn probe() -> Self {
+        Self::new(
+            wraft_fsm_artifacts::PROBE,
+            "p",
+            FsmLimits {
+                fuel: 20_000_000,
+                memory_pages: 64,
+                max_output_bytes: 64 << 10,
+            },
+        )
+    }
+
+    pub fn apply(&self, fsm: &str, cmd: &probe::Command) -> EntryResponse {
+        self.node
+            .propose(probe_apply(fsm, cmd))
+            .expect("no node fault")
+    }
+
+    pub fn query(
+        &self,
+        fsm: &str,
+        q: &probe::Query,
+    ) -> Result<probe::Output, wraft_core::ApplyError> {
+        let bytes = postcard::to_allocvec(q).expect("encode");
+        self.node
+            .store()
+            .query(&name(fsm), &bytes)
+            .expect("no node fault")
+            .map(|out| postcard::from_bytes(&out).expect("decode output"))
+    }
+
+    pub fn hash(&self, fsm: &str) -> [u8; 32] {
+        self.node
+            .store()
+            .fsm_hash(&name(fsm))
+            .expect("hash")
+            .expect("fsm exists")
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.node
+            .store()
+            .applied()
+            .expect("applied")
+            .expect("something applied")
+            .index
+    }
+}
+
+pub fn probe_apply(fsm: &str, cmd: &probe::Command) -> Command {
+    Command::Apply(Apply {
+        fsm: name(fsm),
+        payload: postcard::to_allocvec(cmd).expect("encode"),
+    })
+}
+
+pub fn output(r: &EntryResponse) -> probe::Output {
+    match r {
+        EntryResponse::Output(bytes) => postcard::from_bytes(bytes).expect("decode output"),
+        other => panic!("expected an output, got {other:?}"),
+    }
+}
+
+pub fn runtime() -> Arc<FsmRuntime> {
+    Arc::new(FsmRuntime::new().expect("runtime"))
+}
+
+pub fn reopen(dir: &std::path::Path) -> StateStore {
+    StateStore::open(dir, runtime()).expect("reopen")
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the FSM runtime and the state store: real LMDB in temp dirs, real
+//! wasm modules built from fsm-examples by wraft-fsm-artifacts.
+
+mod common;
+mod determinism;
+mod guests;
+mod hostile;
+mod persistence;
+mod validation;

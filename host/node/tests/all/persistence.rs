@@ -1,0 +1,204 @@
+//! State survives a restart exactly, and batches are atomic.
+
+use probe::{Command as C, Output as O, Query as Q};
+use wraft_core::{Apply, ApplyError, Command, EntryResponse};
+
+use crate::common::{Fixture, name, output, probe_apply, reopen};
+
+#[test]
+fn ten_thousand_commands_survive_reopen_with_the_same_hash_and_index() {
+    let f = Fixture::probe();
+    let commands: Vec<Command> = (0..10_000u32)
+        .map(|i| {
+            let cmd = if i % 3 == 0 {
+                C::Incr {
+                    key: format!("counter-{}", i % 7).into_bytes(),
+                }
+            } else {
+                C::Put {
+                    key: format!("key-{i:05}").into_bytes(),
+                    value: i.to_le_bytes().to_vec(),
+                }
+            };
+            probe_apply("p", &cmd)
+        })
+        .collect();
+    for chunk in commands.chunks(500) {
+        let responses = f.node.propose_many(chunk.to_vec()).expect("no fault");
+        assert!(
+            responses
+                .iter()
+                .all(|r| matches!(r, EntryResponse::Output(_)))
+        );
+    }
+    let hash = f.hash("p");
+    let applied = f.node.store().applied().expect("applied").expect("some");
+    let dir = f.dir.path().to_path_buf();
+    let Fixture { dir: tmp, node, .. } = f;
+    drop(node);
+
+    let store = reopen(&dir);
+    assert_eq!(store.applied().expect("applied"), Some(applied));
+    assert_eq!(store.fsm_hash(&name("p")).expect("hash"), Some(hash));
+    let q = postcard::to_allocvec(&Q::Get {
+        key: b"key-09998".to_vec(),
+    })
+    .expect("encode");
+    let out: O = postcard::from_bytes(&store.query(&name("p"), &q).expect("no fault").expect("ok"))
+        .expect("decode");
+    assert_eq!(out, O::Bytes(9998u32.to_le_bytes().to_vec()));
+    drop(tmp);
+}
+
+#[test]
+fn a_failed_command_rolls_back_its_whole_batch() {
+    let f = Fixture::probe();
+    f.apply(
+        "p",
+        &C::Put {
+            key: b"before".to_vec(),
+            value: b"1".to_vec(),
+        },
+    );
+    let before = f.hash("p");
+    let batch = Command::Batch(vec![
+        Apply {
+            fsm: name("p"),
+            payload: postcard::to_allocvec(&C::Put {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+            })
+            .expect("e"),
+        },
+        Apply {
+            fsm: name("p"),
+            payload: postcard::to_allocvec(&C::Incr {
+                key: b"before".to_vec(),
+            })
+            .expect("e"),
+        },
+        Apply {
+            fsm: name("p"),
+            payload: postcard::to_allocvec(&C::Fail {
+                message: "third fails".into(),
+            })
+            .expect("e"),
+        },
+        Apply {
+            fsm: name("p"),
+            payload: postcard::to_allocvec(&C::Put {
+                key: b"d".to_vec(),
+                value: b"1".to_vec(),
+            })
+            .expect("e"),
+        },
+    ]);
+    let r = f.node.propose(batch).expect("no fault");
+    assert_eq!(
+        r,
+        EntryResponse::Failed(ApplyError::BatchFailed {
+            position: 2,
+            error: Box::new(ApplyError::Rejected("third fails".into()))
+        })
+    );
+    assert_eq!(f.hash("p"), before);
+    assert_eq!(f.query("p", &Q::Get { key: b"a".to_vec() }), Ok(O::None));
+}
+
+#[test]
+fn a_successful_batch_applies_under_one_index_with_positions() {
+    let f = Fixture::probe();
+    let index_before = f.applied_index();
+    let cmds: Vec<Apply> = (0..40)
+        .map(|_| Apply {
+            fsm: name("p"),
+            payload: postcard::to_allocvec(&C::Context).expect("e"),
+        })
+        .collect();
+    let EntryResponse::BatchOutputs(outs) = f.node.propose(Command::Batch(cmds)).expect("no fault")
+    else {
+        panic!("batch failed")
+    };
+    assert_eq!(f.applied_index(), index_before + 1);
+    assert_eq!(outs.len(), 40);
+    for (i, out) in outs.iter().enumerate() {
+        let O::Context {
+            index, position, ..
+        } = postcard::from_bytes(out).expect("decode")
+        else {
+            panic!()
+        };
+        assert_eq!((index, position), (index_before + 1, i as u32));
+    }
+}
+
+#[test]
+fn a_batch_may_span_fsms_and_fails_on_an_unknown_one() {
+    let f = Fixture::probe();
+    let put = |fsm: &str| Apply {
+        fsm: name(fsm),
+        payload: postcard::to_allocvec(&C::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        })
+        .expect("e"),
+    };
+    let r = f
+        .node
+        .propose(Command::Batch(vec![put("p"), put("nope")]))
+        .expect("no fault");
+    assert!(matches!(
+        r,
+        EntryResponse::Failed(ApplyError::BatchFailed { position: 1, ref error }) if **error == ApplyError::UnknownFsm("nope".into())
+    ));
+    assert_eq!(f.query("p", &Q::Get { key: b"k".to_vec() }), Ok(O::None));
+}
+
+#[test]
+fn entries_at_or_below_the_applied_index_are_not_applied_again() {
+    use wraft_core::LogEntry;
+    use wraft_host::state::{AppliedPosition, Committed};
+    let f = Fixture::probe();
+    let index = f.applied_index();
+    let entry = LogEntry::new(1, probe_apply("p", &C::Incr { key: b"n".to_vec() }));
+    let at = |i| Committed {
+        position: AppliedPosition { index: i, term: 1 },
+        entry: Some(&entry),
+    };
+    let store = f.node.store();
+    let r = store.apply(&[at(index + 1)]).expect("apply");
+    assert_eq!(output(&r[0]), O::Number(1));
+    let r = store.apply(&[at(index + 1), at(index + 2)]).expect("apply");
+    assert_eq!(r[0], EntryResponse::Internal, "re-delivered entry skipped");
+    assert_eq!(output(&r[1]), O::Number(2));
+}
+
+#[test]
+fn fsm_time_never_runs_backwards() {
+    use wraft_core::LogEntry;
+    use wraft_host::state::{AppliedPosition, Committed};
+    let f = Fixture::probe();
+    let index = f.applied_index();
+    let store = f.node.store();
+    let ctx_at = |i: u64, ts: u64| {
+        let e = LogEntry::new(ts, probe_apply("p", &C::Context));
+        let r = store
+            .apply(&[Committed {
+                position: AppliedPosition { index: i, term: 2 },
+                entry: Some(&e),
+            }])
+            .expect("apply");
+        match output(&r[0]) {
+            O::Context { timestamp_ms, .. } => timestamp_ms,
+            _ => panic!(),
+        }
+    };
+    let now = wraft_host::local::now_ms() + 10_000;
+    assert_eq!(ctx_at(index + 1, now), now);
+    assert_eq!(
+        ctx_at(index + 2, now - 5_000),
+        now,
+        "a lagging leader clock does not move time back"
+    );
+    assert_eq!(ctx_at(index + 3, now + 1), now + 1);
+}
