@@ -55,6 +55,26 @@ impl LogEntry {
     }
 }
 
+impl fmt::Display for LogEntry {
+    /// A one-line summary (no payload bytes), for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "@{}ms ", self.timestamp_ms())?;
+        match self.command() {
+            Command::Apply(a) => write!(f, "apply {} ({} bytes)", a.fsm, a.payload.len()),
+            Command::Batch(b) => write!(f, "batch of {}", b.len()),
+            Command::DeployModule { module_id, bytes } => {
+                write!(f, "deploy module {module_id} ({} bytes)", bytes.len())
+            }
+            Command::CreateFsm { fsm, module_id, .. } => {
+                write!(f, "create fsm {fsm} on {module_id}")
+            }
+            Command::UpgradeFsm { fsm, module_id } => write!(f, "upgrade fsm {fsm} to {module_id}"),
+            Command::DropFsm { fsm } => write!(f, "drop fsm {fsm}"),
+            Command::DropModule { module_id } => write!(f, "drop module {module_id}"),
+        }
+    }
+}
+
 /// One command for one FSM instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Apply {
@@ -184,6 +204,18 @@ pub enum EntryResponse {
     Failed(ApplyError),
     /// A raft-internal entry (blank, membership) with no FSM effect.
     Internal,
+}
+
+impl fmt::Display for EntryResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Output(o) => write!(f, "output ({} bytes)", o.len()),
+            Self::BatchOutputs(o) => write!(f, "batch outputs ({})", o.len()),
+            Self::Done => f.write_str("done"),
+            Self::Failed(e) => write!(f, "failed: {e}"),
+            Self::Internal => f.write_str("internal"),
+        }
+    }
 }
 
 /// Byte vectors as postcard byte strings (length + raw bytes), without a serde_bytes dependency.

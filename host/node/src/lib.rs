@@ -6,5 +6,6 @@
 //!   `wraft local` commands until the raft layer drives the state store.
 
 pub mod local;
+pub mod raft;
 pub mod runtime;
 pub mod state;

@@ -11,7 +11,7 @@ use wraft_core::{
 };
 
 use crate::runtime::{EntryPoint, FsmRuntime};
-use crate::state::{AppliedPosition, Committed, StateError, StateStore, module_id};
+use crate::state::{AppliedPosition, Committed, StateError, StateOptions, StateStore, module_id};
 
 /// Example modules built into this binary (from fsm-examples).
 pub const EXAMPLES: &[(&str, &[u8])] = &[("latest-payload", wraft_fsm_artifacts::LATEST_PAYLOAD)];
@@ -31,11 +31,16 @@ pub fn now_ms() -> u64 {
 }
 
 impl LocalNode {
-    /// Opens the state env under `data_dir`.
+    /// Opens the state env under `data_dir` with default options.
     pub fn open(data_dir: &Path) -> Result<Self, StateError> {
+        Self::open_with(data_dir, StateOptions::default())
+    }
+
+    /// Opens the state env under `data_dir`.
+    pub fn open_with(data_dir: &Path, options: StateOptions) -> Result<Self, StateError> {
         let runtime = Arc::new(FsmRuntime::new()?);
         Ok(Self {
-            store: StateStore::open(data_dir, runtime)?,
+            store: StateStore::open_with(data_dir, runtime, options)?,
         })
     }
 
@@ -65,7 +70,7 @@ impl LocalNode {
                 entry: Some(e),
             })
             .collect();
-        self.store.apply(&committed)
+        self.store.apply(&committed, None)
     }
 
     /// Deploys `bytes` (validated first, so an invalid module never reaches the log).

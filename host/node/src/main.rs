@@ -30,6 +30,9 @@ enum Cmd {
         /// Data directory.
         #[arg(long, env = "WRAFT_DATA_DIR", default_value = "wraft-data/dev")]
         data_dir: PathBuf,
+        /// Ceiling of the state env in bytes (LMDB map size); the file grows up to it.
+        #[arg(long, env = "WRAFT_MAX_STATE_BYTES", default_value_t = wraft_host::state::DEFAULT_MAX_STATE_BYTES)]
+        max_state_bytes: usize,
         #[command(subcommand)]
         op: LocalOp,
     },
@@ -102,7 +105,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Dev { data_dir } => dev(data_dir),
-        Cmd::Local { data_dir, op } => local(data_dir, op),
+        Cmd::Local {
+            data_dir,
+            max_state_bytes,
+            op,
+        } => local(data_dir, max_state_bytes, op),
     }
 }
 
@@ -114,8 +121,12 @@ fn name(s: &str) -> anyhow::Result<FsmName> {
     Ok(FsmName::new(s)?)
 }
 
-fn local(data_dir: PathBuf, op: LocalOp) -> anyhow::Result<()> {
-    let node = open(&data_dir)?;
+fn local(data_dir: PathBuf, max_state_bytes: usize, op: LocalOp) -> anyhow::Result<()> {
+    let options = wraft_host::state::StateOptions {
+        max_bytes: max_state_bytes,
+    };
+    let node = LocalNode::open_with(&data_dir, options)
+        .with_context(|| format!("opening {}", data_dir.display()))?;
     match op {
         LocalOp::Deploy { module } => {
             let bytes = match module.strip_prefix("example:") {

@@ -29,7 +29,23 @@ impl StateStore {
     /// Applies `entries` (consecutive, in log order) in one transaction and returns one
     /// response per entry. Entries at or below the applied index are skipped with
     /// `EntryResponse::Internal`, so re-delivering an applied entry never applies it twice.
-    pub fn apply(&self, entries: &[Committed<'_>]) -> Result<Vec<EntryResponse>, StateError> {
+    ///
+    /// `raft_state`, if given, is stored in the same transaction (the raft layer's last applied
+    /// log id and membership), so it can never disagree with the applied entries.
+    pub fn apply(
+        &self,
+        entries: &[Committed<'_>],
+        raft_state: Option<&[u8]>,
+    ) -> Result<Vec<EntryResponse>, StateError> {
+        self.apply_inner(entries, raft_state)
+            .map_err(|e| e.classify(self.max_bytes))
+    }
+
+    fn apply_inner(
+        &self,
+        entries: &[Committed<'_>],
+        raft_state: Option<&[u8]>,
+    ) -> Result<Vec<EntryResponse>, StateError> {
         let mut wtxn = self.env.write_txn()?;
         let mut applied = self.applied_in(&wtxn)?;
         let mut last_ts = self.u64_meta(&wtxn, MetaTag::LastTimestamp)?;
@@ -77,6 +93,11 @@ impl StateStore {
                 &keys::meta(self.group, MetaTag::LastTimestamp),
                 &last_ts.to_le_bytes(),
             )?;
+        }
+        if let Some(raft) = raft_state {
+            self.dbs
+                .meta
+                .put(&mut wtxn, &keys::meta(self.group, MetaTag::RaftState), raft)?;
         }
         wtxn.commit()?;
         Ok(responses)

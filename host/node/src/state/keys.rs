@@ -20,6 +20,8 @@ pub enum MetaTag {
     NextFsmId = 3,
     /// Store format version (u32 LE).
     Format = 4,
+    /// The raft layer's applied state (last applied log id and membership), opaque here.
+    RaftState = 5,
 }
 
 /// `meta` key: group | tag.

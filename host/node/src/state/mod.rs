@@ -3,6 +3,7 @@
 //! the applied marker commit together.
 
 mod apply;
+mod snapshot;
 pub use apply::Committed;
 mod keys;
 
@@ -19,12 +20,13 @@ use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
 use crate::runtime::{CallEnv, EntryPoint, FsmRuntime, KvTarget, LoadedModule, RuntimeError};
 
 pub use keys::GroupId;
+pub use snapshot::copy_raft_state;
 
 /// Format version of the state env's layout.
 pub const STATE_FORMAT: u32 = 1;
 
-/// Initial LMDB map size of the state env.
-const MAP_SIZE: usize = 16 << 30;
+/// Default ceiling of the state env (LMDB map size): 64 GiB of address space.
+pub const DEFAULT_MAX_STATE_BYTES: usize = 64 << 30;
 
 /// Errors of the state layer. All are node faults: nothing here is a replicated outcome.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,58 @@ pub enum StateError {
     /// The wasm runtime faulted.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The env reached its configured size ceiling. Reads keep working; writes fail until
+    /// space is reclaimed or the ceiling raised.
+    #[error(
+        "the state env is full: it reached its size ceiling of {ceiling} bytes \
+         (raise it with --max-state-bytes, or reclaim space)"
+    )]
+    Full {
+        /// The ceiling.
+        ceiling: usize,
+    },
+    /// A snapshot file is not what its id says.
+    #[error("snapshot {id}: {detail}")]
+    Snapshot {
+        /// The snapshot id.
+        id: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl StateError {
+    /// Turns LMDB's MDB_MAP_FULL, wherever it surfaced, into [`StateError::Full`].
+    fn classify(self, ceiling: usize) -> Self {
+        let full = matches!(
+            &self,
+            StateError::Storage(heed::Error::Mdb(heed::MdbError::MapFull))
+                | StateError::Runtime(RuntimeError::Storage(heed::Error::Mdb(
+                    heed::MdbError::MapFull
+                )))
+        );
+        if full {
+            StateError::Full { ceiling }
+        } else {
+            self
+        }
+    }
+}
+
+/// Options of the state env.
+#[derive(Debug, Clone, Copy)]
+pub struct StateOptions {
+    /// Largest size the env may reach, in bytes: LMDB's map size. The file itself only grows
+    /// as data is written; this bounds it.
+    pub max_bytes: usize,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_STATE_BYTES,
+        }
+    }
 }
 
 /// One FSM instance's registry record.
@@ -98,6 +152,7 @@ pub struct StateStore {
     dbs: Dbs,
     runtime: Arc<FsmRuntime>,
     group: GroupId,
+    max_bytes: usize,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StateError> {
@@ -112,8 +167,17 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl StateStore {
-    /// Opens (creating if needed) `<data_dir>/state`.
+    /// Opens (creating if needed) `<data_dir>/state` with default options.
     pub fn open(data_dir: &Path, runtime: Arc<FsmRuntime>) -> Result<Self, StateError> {
+        Self::open_with(data_dir, runtime, StateOptions::default())
+    }
+
+    /// Opens (creating if needed) `<data_dir>/state`.
+    pub fn open_with(
+        data_dir: &Path,
+        runtime: Arc<FsmRuntime>,
+        options: StateOptions,
+    ) -> Result<Self, StateError> {
         let path = data_dir.join("state");
         let open_err = |source| StateError::Open {
             path: path.clone(),
@@ -121,7 +185,7 @@ impl StateStore {
         };
         std::fs::create_dir_all(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(MAP_SIZE).max_dbs(8);
+        opts.map_size(options.max_bytes).max_dbs(8);
         // SAFETY: the directory is wraft's own; LMDB's rule is that one process must not open
         // the same env twice, which heed enforces within a process.
         let env = unsafe { opts.open(&path) }.map_err(open_err)?;
@@ -154,7 +218,15 @@ impl StateStore {
             dbs,
             runtime,
             group,
+            max_bytes: options.max_bytes,
         })
+    }
+
+    /// The raft layer's applied state, as last stored by [`StateStore::apply`].
+    pub fn raft_state(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let key = keys::meta(self.group, keys::MetaTag::RaftState);
+        Ok(self.dbs.meta.get(&rtxn, &key)?.map(<[u8]>::to_vec))
     }
 
     /// The runtime this store runs modules in.

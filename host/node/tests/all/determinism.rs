@@ -79,7 +79,7 @@ fn replay(
         })
         .collect();
     for c in committed.chunks(chunk) {
-        responses.extend(store.apply(c).expect("no fault"));
+        responses.extend(store.apply(c, None).expect("no fault"));
     }
     (store, responses)
 }

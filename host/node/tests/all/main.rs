@@ -2,8 +2,10 @@
 //! wasm modules built from fsm-examples by wraft-fsm-artifacts.
 
 mod common;
+mod crash;
 mod determinism;
 mod guests;
 mod hostile;
 mod persistence;
+mod raft_storage;
 mod validation;

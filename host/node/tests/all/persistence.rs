@@ -166,9 +166,11 @@ fn entries_at_or_below_the_applied_index_are_not_applied_again() {
         entry: Some(&entry),
     };
     let store = f.node.store();
-    let r = store.apply(&[at(index + 1)]).expect("apply");
+    let r = store.apply(&[at(index + 1)], None).expect("apply");
     assert_eq!(output(&r[0]), O::Number(1));
-    let r = store.apply(&[at(index + 1), at(index + 2)]).expect("apply");
+    let r = store
+        .apply(&[at(index + 1), at(index + 2)], None)
+        .expect("apply");
     assert_eq!(r[0], EntryResponse::Internal, "re-delivered entry skipped");
     assert_eq!(output(&r[1]), O::Number(2));
 }
@@ -183,10 +185,13 @@ fn fsm_time_never_runs_backwards() {
     let ctx_at = |i: u64, ts: u64| {
         let e = LogEntry::new(ts, probe_apply("p", &C::Context));
         let r = store
-            .apply(&[Committed {
-                position: AppliedPosition { index: i, term: 2 },
-                entry: Some(&e),
-            }])
+            .apply(
+                &[Committed {
+                    position: AppliedPosition { index: i, term: 2 },
+                    entry: Some(&e),
+                }],
+                None,
+            )
             .expect("apply");
         match output(&r[0]) {
             O::Context { timestamp_ms, .. } => timestamp_ms,
@@ -201,4 +206,55 @@ fn fsm_time_never_runs_backwards() {
         "a lagging leader clock does not move time back"
     );
     assert_eq!(ctx_at(index + 3, now + 1), now + 1);
+}
+
+#[test]
+fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
+    use wraft_host::local::LocalNode;
+    use wraft_host::state::{StateError, StateOptions};
+    let dir = tempfile::tempdir().expect("tmp");
+    let ceiling = 2 << 20;
+    let node = LocalNode::open_with(dir.path(), StateOptions { max_bytes: ceiling }).expect("open");
+    let module = node
+        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+        .expect("no fault")
+        .expect("deploy");
+    node.create(name("p"), module, wraft_core::FsmLimits::default())
+        .expect("no fault")
+        .expect("create");
+    let mut stored = 0;
+    let err = loop {
+        let cmd = C::Put {
+            key: format!("k{stored}").into_bytes(),
+            value: vec![7; 64 << 10],
+        };
+        match node.propose(probe_apply("p", &cmd)) {
+            Ok(r) => assert!(matches!(r, EntryResponse::Output(_)), "{r:?}"),
+            Err(e) => break e,
+        }
+        stored += 1;
+        assert!(stored < 100, "a 2 MiB env cannot hold 100 x 64 KiB");
+    };
+    assert!(
+        matches!(err, StateError::Full { ceiling: c } if c == ceiling),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("size ceiling"), "{err}");
+    assert!(stored > 0);
+    let applied = node.store().applied().expect("applied").expect("some");
+    // Reads keep working, and nothing of the failed entry is visible.
+    let q = postcard::to_allocvec(&Q::Get {
+        key: b"k0".to_vec(),
+    })
+    .expect("encode");
+    let out: O = postcard::from_bytes(
+        &node
+            .store()
+            .query(&name("p"), &q)
+            .expect("no fault")
+            .expect("ok"),
+    )
+    .expect("decode");
+    assert_eq!(out, O::Bytes(vec![7; 64 << 10]));
+    assert_eq!(node.store().applied().expect("applied"), Some(applied));
 }

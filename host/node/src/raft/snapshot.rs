@@ -1,0 +1,312 @@
+//! Snapshot files under `<data>/snapshots/` and the snapshot policy.
+//!
+//! A snapshot is a file `<name>.snap`: an LMDB copy of the state env followed by a 48-byte
+//! trailer, `sha256(copy) | copy length (u64 LE) | "WRAFTSN1"`, so the file verifies itself
+//! wherever it travels; beside it, `<name>.meta` holds the postcard `SnapshotMeta`. The name
+//! is `<term>-<index>-<first 16 hex digits of the sha256>`. Files are written as `*.tmp`
+//! and renamed into place; a crash leaves at most a stray `.tmp`, which the next build or
+//! install removes.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, io_err};
+use crate::state::{StateStore, copy_raft_state};
+
+/// When to snapshot and how much log to keep: op-conductor's three knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot at least this often while entries are being applied.
+    pub interval: Duration,
+    /// Snapshot once this many entries were applied since the last snapshot.
+    pub threshold: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up
+    /// from the log instead of needing the whole snapshot.
+    pub trailing_logs: u64,
+}
+
+impl Default for SnapshotPolicy {
+    /// Tuned for small FSMs (a latest-block payload, a file manifest): their snapshots are
+    /// small and cheap, so take them often and keep a modest tail of log.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            threshold: 4096,
+            trailing_logs: 2048,
+        }
+    }
+}
+
+impl SnapshotPolicy {
+    /// Sets the openraft knobs that implement `threshold` and `trailing_logs`. `interval` is
+    /// driven by the node, which triggers a snapshot when it elapses with new entries applied.
+    pub fn configure(&self, config: &mut openraft::Config) {
+        config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(self.threshold);
+        config.max_in_snapshot_log_to_keep = self.trailing_logs;
+    }
+
+    /// Drives `interval`: every `interval`, if entries were applied since the last snapshot,
+    /// asks `raft` for one. Ends when the raft node shuts down.
+    pub fn spawn_interval(&self, raft: super::Raft) -> tokio::task::JoinHandle<()> {
+        let interval = self.interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (applied, snapshot) = {
+                    use openraft::type_config::async_runtime::WatchReceiver;
+                    let m = raft.metrics().borrow_watched().clone();
+                    (m.last_applied, m.snapshot)
+                };
+                if applied.is_some()
+                    && applied != snapshot
+                    && raft.trigger().snapshot().await.is_err()
+                {
+                    break;
+                }
+            }
+        })
+    }
+}
+
+const MAGIC: &[u8; 8] = b"WRAFTSN1";
+const TRAILER_LEN: u64 = 48;
+
+/// The sha256 of the first `len` bytes of `file`.
+fn sha256_prefix(file: &mut File, len: u64) -> io::Result<[u8; 32]> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut reader = (&mut *file).take(len);
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// Appends the trailer to an LMDB copy; returns the copy's sha256.
+fn seal(path: &Path) -> io::Result<[u8; 32]> {
+    let mut file = fs::OpenOptions::new().read(true).append(true).open(path)?;
+    let len = file.metadata()?.len();
+    let sha = sha256_prefix(&mut file, len)?;
+    let mut trailer = Vec::with_capacity(TRAILER_LEN as usize);
+    trailer.extend_from_slice(&sha);
+    trailer.extend_from_slice(&len.to_le_bytes());
+    trailer.extend_from_slice(MAGIC);
+    io::Write::write_all(&mut file, &trailer)?;
+    file.sync_all()?;
+    Ok(sha)
+}
+
+/// Checks a snapshot file's trailer against its content; returns the copy's length.
+fn verify(file: &mut File) -> io::Result<u64> {
+    let bad =
+        |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {what}"));
+    let total = file.metadata()?.len();
+    if total < TRAILER_LEN {
+        return Err(bad(format!(
+            "{total} bytes is too short for a wraft snapshot"
+        )));
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    file.seek(SeekFrom::Start(total - TRAILER_LEN))?;
+    file.read_exact(&mut trailer)?;
+    if &trailer[40..48] != MAGIC {
+        return Err(bad("no wraft snapshot trailer".into()));
+    }
+    let len = u64::from_le_bytes(trailer[32..40].try_into().map_err(io_err)?);
+    if len != total - TRAILER_LEN {
+        return Err(bad(format!(
+            "trailer says {len} bytes of state, file has {}",
+            total - TRAILER_LEN
+        )));
+    }
+    let actual = sha256_prefix(file, len)?;
+    if actual[..] != trailer[..32] {
+        return Err(bad(format!(
+            "content sha256 {} does not match the recorded {}",
+            hex::encode(actual),
+            hex::encode(&trailer[..32])
+        )));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(len)
+}
+
+fn snapshot_name(meta: &SnapshotMeta, sha: &[u8; 32]) -> String {
+    let (term, index) = meta
+        .last_log_id
+        .as_ref()
+        .map_or((0, 0), |l| (l.leader_id.term, l.index));
+    format!("{term}-{index}-{}", hex::encode(&sha[..8]))
+}
+
+fn unique_tmp(dir: &Path, what: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    dir.join(format!("{what}-{nanos}.tmp"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Decodes the raft state blob stored with the applied state.
+pub(crate) fn decode_raft_state(
+    blob: Option<Vec<u8>>,
+) -> io::Result<(Option<LogId>, StoredMembership)> {
+    match blob {
+        Some(b) => postcard::from_bytes(&b).map_err(io_err),
+        None => Ok((None, StoredMembership::default())),
+    }
+}
+
+/// The snapshot directory of one node.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotDir {
+    dir: PathBuf,
+}
+
+impl SnapshotDir {
+    pub(crate) fn open(data_dir: &Path) -> io::Result<Self> {
+        let dir = data_dir.join("snapshots");
+        fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{name}.snap")),
+            self.dir.join(format!("{name}.meta")),
+        )
+    }
+
+    /// Builds a snapshot of `store` now.
+    pub(crate) fn build(&self, store: &StateStore) -> io::Result<Snapshot> {
+        self.remove_tmp()?;
+        let tmp = unique_tmp(&self.dir, "build");
+        store.copy_to(&tmp).map_err(io_err)?;
+        // The metadata comes from the copy itself, so it matches the copied state exactly.
+        let (last_log_id, last_membership) =
+            decode_raft_state(copy_raft_state(&tmp).map_err(io_err)?)?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        let sha = seal(&tmp)?;
+        self.publish(&tmp, &meta, &snapshot_name(&meta, &sha))
+    }
+
+    /// Moves a sealed snapshot file into place with its metadata and drops older ones.
+    fn publish(&self, file: &Path, meta: &SnapshotMeta, name: &str) -> io::Result<Snapshot> {
+        let (snap, meta_path) = self.paths(name);
+        fs::rename(file, &snap)?;
+        let meta_tmp = unique_tmp(&self.dir, "meta");
+        fs::write(&meta_tmp, postcard::to_allocvec(meta).map_err(io_err)?)?;
+        File::open(&meta_tmp)?.sync_all()?;
+        fs::rename(&meta_tmp, &meta_path)?;
+        sync_dir(&self.dir)?;
+        self.remove_older_than(name)?;
+        Ok(Snapshot {
+            meta: meta.clone(),
+            snapshot: File::open(&snap)?,
+        })
+    }
+
+    /// Verifies `data` against its trailer and replaces `store`'s state with it.
+    pub(crate) fn install(
+        &self,
+        store: &StateStore,
+        meta: &SnapshotMeta,
+        mut data: File,
+    ) -> io::Result<()> {
+        let len = verify(&mut data)?;
+        self.remove_tmp()?;
+        let tmp = unique_tmp(&self.dir, "install");
+        {
+            let mut out = File::create(&tmp)?;
+            io::copy(&mut (&mut data).take(len), &mut out)?;
+            out.sync_all()?;
+        }
+        store.import_from(&tmp).map_err(io_err)?;
+        let sha = seal(&tmp)?;
+        self.publish(&tmp, meta, &snapshot_name(meta, &sha))
+            .map(|_| ())
+    }
+
+    /// The newest complete snapshot, if any.
+    pub(crate) fn current(&self) -> io::Result<Option<Snapshot>> {
+        let mut best: Option<(SnapshotMeta, String)> = None;
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "meta") {
+                continue;
+            }
+            let meta: SnapshotMeta = match postcard::from_bytes(&fs::read(&path)?) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(
+                        "ignoring unreadable snapshot metadata {}: {e}",
+                        path.display()
+                    );
+                    continue;
+                }
+            };
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| b.last_log_id < meta.last_log_id)
+            {
+                best = Some((meta, name.to_owned()));
+            }
+        }
+        let Some((meta, name)) = best else {
+            return Ok(None);
+        };
+        let (snap, _) = self.paths(&name);
+        Ok(Some(Snapshot {
+            snapshot: File::open(snap)?,
+            meta,
+        }))
+    }
+
+    fn remove_older_than(&self, keep: &str) -> io::Result<()> {
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let ours = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("snap" | "meta")
+            );
+            if ours && stem != keep {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_tmp(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}

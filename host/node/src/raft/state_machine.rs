@@ -1,0 +1,154 @@
+//! openraft's state machine over the state env: committed entries go through
+//! [`StateStore::apply`] together with the last applied log id and membership, in one LMDB
+//! transaction per batch openraft hands over.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use openraft::EntryPayload;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+
+use super::snapshot::{SnapshotDir, decode_raft_state};
+use super::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, io_err};
+use crate::runtime::FsmRuntime;
+use crate::state::{AppliedPosition, Committed, StateStore};
+
+/// The raft state machine of one node.
+#[derive(Debug)]
+pub struct StateMachine {
+    store: Arc<StateStore>,
+    snapshots: SnapshotDir,
+    applied: (Option<LogId>, StoredMembership),
+}
+
+/// Builds snapshots from a point-in-time copy of the state env.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    store: Arc<StateStore>,
+    snapshots: SnapshotDir,
+}
+
+impl StateMachine {
+    /// Opens the state env and snapshot directory under `data_dir`; resumes at the stored
+    /// last applied position (no replay of applied entries).
+    pub fn open(data_dir: &Path, runtime: Arc<FsmRuntime>) -> io::Result<Self> {
+        let store = Arc::new(StateStore::open(data_dir, runtime).map_err(io_err)?);
+        Self::with_store(data_dir, store)
+    }
+
+    /// A state machine over an already opened store.
+    pub fn with_store(data_dir: &Path, store: Arc<StateStore>) -> io::Result<Self> {
+        let snapshots = SnapshotDir::open(data_dir)?;
+        let applied = decode_raft_state(store.raft_state().map_err(io_err)?)?;
+        Ok(Self {
+            store,
+            snapshots,
+            applied,
+        })
+    }
+
+    /// The state store (for queries and state hashes).
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = File;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (store, dir) = (self.store.clone(), self.snapshots.clone());
+        tokio::task::spawn_blocking(move || dir.build(&store))
+            .await
+            .map_err(io_err)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = File;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok(self.applied.clone())
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        let mut batch: Vec<Entry> = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            batch.push(entry);
+            responders.push(responder);
+        }
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        let mut applied = (Some(last.log_id), self.applied.1.clone());
+        for e in &batch {
+            if let EntryPayload::Membership(m) = &e.payload {
+                applied.1 = StoredMembership::new(Some(e.log_id), m.clone());
+            }
+        }
+        let blob = postcard::to_allocvec(&applied).map_err(io_err)?;
+        let store = self.store.clone();
+        let responses = tokio::task::spawn_blocking(move || {
+            let committed: Vec<Committed<'_>> = batch
+                .iter()
+                .map(|e| Committed {
+                    position: AppliedPosition {
+                        index: e.log_id.index,
+                        term: e.log_id.leader_id.term,
+                    },
+                    entry: match &e.payload {
+                        EntryPayload::Normal(d) => Some(d),
+                        _ => None,
+                    },
+                })
+                .collect();
+            store.apply(&committed, Some(&blob))
+        })
+        .await
+        .map_err(io_err)?
+        .map_err(io_err)?;
+        self.applied = applied;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: File,
+    ) -> Result<(), io::Error> {
+        let (store, dir, meta_owned) = (self.store.clone(), self.snapshots.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || dir.install(&store, &meta_owned, snapshot))
+            .await
+            .map_err(io_err)??;
+        self.applied = decode_raft_state(self.store.raft_state().map_err(io_err)?)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let dir = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || dir.current())
+            .await
+            .map_err(io_err)?
+    }
+}

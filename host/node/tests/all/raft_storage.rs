@@ -1,0 +1,388 @@
+//! The LMDB raft stores: openraft's conformance suite, restart without replay through a real
+//! openraft node, snapshots of empty and real state, corruption detection.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{BasicNode, Config, ServerState, StorageError};
+use tempfile::TempDir;
+use wraft_core::{Command, EntryResponse, FsmLimits, LogEntry};
+use wraft_host::raft::{LogStore, Raft, Snapshot, SnapshotPolicy, StateMachine, TypeConfig, Vote};
+use wraft_host::state::module_id;
+
+use crate::common::{name, probe_apply, runtime};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let err = |e| {
+            StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Read, e)
+        };
+        let dir = tempfile::tempdir().map_err(err)?;
+        let log = LogStore::open(dir.path()).map_err(err)?;
+        let sm = StateMachine::open(dir.path(), runtime()).map_err(err)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_passes_on_lmdb() {
+    Suite::test_all(Builder)
+        .await
+        .expect("openraft::testing::log::Suite");
+}
+
+/// A network for a single-node cluster: there is never anyone to talk to.
+struct Alone;
+
+fn unreachable() -> Unreachable<TypeConfig> {
+    Unreachable::new(&std::io::Error::other("single-node test cluster"))
+}
+
+impl RaftNetworkFactory<TypeConfig> for Alone {
+    type Network = Alone;
+    async fn new_client(&mut self, _: u64, _: &BasicNode) -> Alone {
+        Alone
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Alone {
+    type SnapshotData = File;
+    async fn append_entries(
+        &mut self,
+        _: AppendEntriesRequest<TypeConfig>,
+        _: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Err(RPCError::Unreachable(unreachable()))
+    }
+    async fn vote(
+        &mut self,
+        _: VoteRequest<TypeConfig>,
+        _: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Err(RPCError::Unreachable(unreachable()))
+    }
+    async fn full_snapshot(
+        &mut self,
+        _: Vote,
+        _: Snapshot,
+        _: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        Err(StreamingError::Unreachable(unreachable()))
+    }
+}
+
+async fn start(
+    dir: &std::path::Path,
+    policy: SnapshotPolicy,
+) -> (Raft, Arc<wraft_host::state::StateStore>) {
+    let log = LogStore::open(dir).expect("log store");
+    let sm = StateMachine::open(dir, runtime()).expect("state machine");
+    let store = sm.store().clone();
+    let mut config = Config {
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        heartbeat_interval: 50,
+        ..Default::default()
+    };
+    policy.configure(&mut config);
+    let config = Arc::new(config.validate().expect("config"));
+    let raft = Raft::new(1, config, Alone, log, sm).await.expect("raft");
+    (raft, store)
+}
+
+async fn wait_leader(raft: &Raft) {
+    raft.wait(Some(Duration::from_secs(10)))
+        .state(ServerState::Leader, "leader")
+        .await
+        .expect("becomes leader");
+}
+
+async fn write(raft: &Raft, command: Command) -> EntryResponse {
+    raft.client_write(LogEntry::new(wraft_host::local::now_ms(), command))
+        .await
+        .expect("committed")
+        .data
+}
+
+fn counter(store: &wraft_host::state::StateStore) -> u64 {
+    let q = postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
+    match postcard::from_bytes(
+        &store
+            .query(&name("p"), &q)
+            .expect("no fault")
+            .expect("query"),
+    )
+    .expect("decode")
+    {
+        probe::Output::Bytes(b) => postcard::from_bytes::<u64>(&b).expect("u64"),
+        probe::Output::None => 0,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn deploy_probe(raft: &Raft) {
+    let bytes = wraft_fsm_artifacts::PROBE.to_vec();
+    let id = module_id(&bytes);
+    assert_eq!(
+        write(
+            raft,
+            Command::DeployModule {
+                module_id: id,
+                bytes
+            }
+        )
+        .await,
+        EntryResponse::Done
+    );
+    let create = Command::CreateFsm {
+        fsm: name("p"),
+        module_id: id,
+        limits: FsmLimits::default(),
+    };
+    assert_eq!(write(raft, create).await, EntryResponse::Done);
+}
+
+/// Applies `n` increments with `concurrency` writers in flight.
+async fn increments(raft: &Raft, n: u64, concurrency: u64) {
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let raft = raft.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                let r = write(
+                    &raft,
+                    probe_apply("p", &probe::Command::Incr { key: b"n".to_vec() }),
+                )
+                .await;
+                assert!(matches!(r, EntryResponse::Output(_)), "{r:?}");
+                i += concurrency;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_applies_no_entry_twice() {
+    let n: u64 = std::env::var("WRAFT_RESTART_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().expect("tmp");
+    let (raft, store) = start(dir.path(), SnapshotPolicy::default()).await;
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
+        .await
+        .expect("init");
+    wait_leader(&raft).await;
+    deploy_probe(&raft).await;
+    increments(&raft, n, 256).await;
+    assert_eq!(counter(&store), n);
+    let applied = store.applied().expect("applied").expect("some");
+    raft.shutdown().await.expect("shutdown");
+    drop(raft);
+    drop(store);
+
+    let (raft, store) = start(dir.path(), SnapshotPolicy::default()).await;
+    assert_eq!(
+        store.applied().expect("applied"),
+        Some(applied),
+        "resumes at the stored applied index"
+    );
+    wait_leader(&raft).await;
+    // The counter counts applies: had any entry been applied again, it would exceed n.
+    assert_eq!(counter(&store), n);
+    increments(&raft, 1, 1).await;
+    assert_eq!(counter(&store), n + 1);
+    raft.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_of_empty_and_real_state_install_elsewhere() {
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let mut sm_a = StateMachine::open(a.path(), runtime()).expect("sm");
+    let mut sm_b = StateMachine::open(b.path(), runtime()).expect("sm");
+
+    // An empty state snapshots and installs without wedging anything.
+    let empty = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("empty snapshot");
+    assert_eq!(empty.meta.last_log_id, None);
+    sm_b.install_snapshot(&empty.meta, empty.snapshot)
+        .await
+        .expect("install empty");
+
+    // Real state: a single node's raft applies some entries; snapshot; install on b.
+    drop(sm_a);
+    let (raft, store) = start(a.path(), SnapshotPolicy::default()).await;
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
+        .await
+        .expect("init");
+    wait_leader(&raft).await;
+    deploy_probe(&raft).await;
+    increments(&raft, 300, 16).await;
+    raft.trigger().snapshot().await.expect("trigger");
+    let snap = loop {
+        let current = raft
+            .with_state_machine(|sm: &mut StateMachine| {
+                Box::pin(async move { sm.get_current_snapshot().await.expect("current") })
+            })
+            .await
+            .expect("sm");
+        if let Some(s) = current.filter(|s| s.meta.last_log_id.is_some()) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    sm_b.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+    assert_eq!(
+        sm_b.store().fsm_hash(&name("p")).expect("hash"),
+        store.fsm_hash(&name("p")).expect("hash")
+    );
+    assert_eq!(counter(sm_b.store()), 300);
+    let (applied, _) = sm_b.applied_state().await.expect("applied");
+    assert_eq!(applied, snap.meta.last_log_id);
+    raft.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_snapshot_is_refused_and_the_old_state_kept() {
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let mut sm_a = StateMachine::open(a.path(), runtime()).expect("sm");
+    let mut sm_b = StateMachine::open(b.path(), runtime()).expect("sm");
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    // Flip one byte of a copy of the snapshot file.
+    let path = b.path().join("corrupt.snap");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut { snap.snapshot }, &mut bytes).expect("read");
+    bytes[100] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let before = sm_b.applied_state().await.expect("applied");
+    let err = sm_b
+        .install_snapshot(&snap.meta, File::open(&path).expect("open"))
+        .await
+        .expect_err("corrupt");
+    assert!(err.to_string().contains("sha256"), "{err}");
+    assert_eq!(sm_b.applied_state().await.expect("applied"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_log_entry_is_an_error_naming_its_index() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let mut log = LogStore::open(dir.path()).expect("log");
+        let entries = (1..=3).map(|i| wraft_host::raft::Entry {
+            log_id: openraft::LogId::new(
+                openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                i,
+            ),
+            payload: openraft::EntryPayload::Blank,
+        });
+        let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append(entries, openraft::storage::IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("callback").expect("durable");
+    }
+    // Damage the value of log index 1 behind the store's back.
+    {
+        let env = unsafe {
+            heed::EnvOpenOptions::new()
+                .max_dbs(4)
+                .open(dir.path().join("raft"))
+        }
+        .expect("env");
+        let mut wtxn = env.write_txn().expect("txn");
+        let logs: heed::Database<heed::types::Bytes, heed::types::Bytes> = env
+            .open_database(&wtxn, Some("logs"))
+            .expect("db")
+            .expect("logs db");
+        let key = [0u64.to_be_bytes(), 1u64.to_be_bytes()].concat();
+        let mut value = logs
+            .get(&wtxn, &key)
+            .expect("get")
+            .expect("entry 1")
+            .to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0x80;
+        logs.put(&mut wtxn, &key, &value).expect("put");
+        wtxn.commit().expect("commit");
+        env.prepare_for_closing().wait();
+    }
+    let mut log = LogStore::open(dir.path()).expect("reopen");
+    let err = openraft::storage::RaftLogReader::try_get_log_entries(&mut log, 1..2)
+        .await
+        .expect_err("corrupt");
+    assert!(
+        err.to_string()
+            .contains("raft log entry 1: checksum mismatch"),
+        "{err}"
+    );
+    let _ = log.get_log_state().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interval_knob_snapshots_without_reaching_the_threshold() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let policy = SnapshotPolicy {
+        interval: Duration::from_millis(200),
+        threshold: 1_000_000,
+        trailing_logs: 10,
+    };
+    let (raft, _store) = start(dir.path(), policy).await;
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
+        .await
+        .expect("init");
+    wait_leader(&raft).await;
+    let timer = policy.spawn_interval(raft.clone());
+    deploy_probe(&raft).await;
+    increments(&raft, 20, 4).await;
+    // Every write above was applied before client_write returned; the metrics may lag.
+    let target = {
+        use openraft::type_config::async_runtime::WatchReceiver;
+        raft.metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map_or(0, |l| l.index)
+    };
+    assert!(target > 0);
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.as_ref().is_some_and(|s| s.index >= target),
+            "a snapshot covering the writes",
+        )
+        .await
+        .expect("interval snapshot taken");
+    raft.shutdown().await.expect("shutdown");
+    timer.abort();
+}
