@@ -232,18 +232,25 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 }
 
+/// The store reads through the same code as its readers.
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        self.inner
-            .entries(range.start_bound().cloned(), range.end_bound().cloned())
+        LogReader {
+            inner: self.inner.clone(),
+        }
+        .try_get_log_entries(range)
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        let rtxn = self.inner.env.read_txn().map_err(io_err)?;
-        self.inner.get_meta(&rtxn, Meta::Vote)
+        LogReader {
+            inner: self.inner.clone(),
+        }
+        .read_vote()
+        .await
     }
 }
 

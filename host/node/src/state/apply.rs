@@ -10,7 +10,9 @@ use wraft_core::{
 
 use super::keys::{self, MetaTag};
 use super::{AppliedPosition, FsmRecord, StateError, StateStore, decode, encode};
-use crate::runtime::{CallEnv, EntryPoint, KvTarget, MAX_MEMORY_PAGES, prefix_successor};
+use crate::runtime::{
+    CallEnv, EntryPoint, KvTarget, LoadedModule, MAX_MEMORY_PAGES, prefix_successor,
+};
 
 /// One committed entry to apply.
 #[derive(Debug, Clone, Copy)]
@@ -148,14 +150,15 @@ impl StateStore {
         a: &Apply,
         ctx: EntryContext,
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
-        let Some(rec) = self.record_in(txn, &a.fsm)? else {
-            return Ok(Err(ApplyError::UnknownFsm(a.fsm.to_string())));
+        let (rec, module) = match self.fsm_and_module(txn, &a.fsm)? {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
         };
         self.run(
             txn,
             &a.fsm,
             &rec,
-            rec.module_id,
+            &module,
             EntryPoint::Apply,
             &a.payload,
             ctx,
@@ -168,15 +171,11 @@ impl StateStore {
         txn: &mut RwTxn<'_>,
         fsm: &FsmName,
         rec: &FsmRecord,
-        module_id: ModuleId,
+        module: &LoadedModule,
         entry: EntryPoint,
         input: &[u8],
         ctx: EntryContext,
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
-        let module = match self.loaded(txn, &module_id)? {
-            Ok(m) => m,
-            Err(e) => return Ok(Err(e)),
-        };
         let kv = KvTarget::Write {
             txn,
             db: self.dbs.data,
@@ -188,7 +187,7 @@ impl StateStore {
             limits: rec.limits,
             fsm: fsm.as_str(),
         };
-        Ok(self.runtime.call(&module, entry, input, env)?.result)
+        Ok(self.runtime.call(module, entry, input, env)?.result)
     }
 
     fn deploy(
@@ -248,7 +247,7 @@ impl StateStore {
             .fsms
             .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
         if module.capabilities.init
-            && let Err(e) = self.run(txn, fsm, &rec, module_id, EntryPoint::Init, &[], ctx)?
+            && let Err(e) = self.run(txn, fsm, &rec, &module, EntryPoint::Init, &[], ctx)?
         {
             return Ok(Err(e));
         }
@@ -271,7 +270,7 @@ impl StateStore {
         };
         if module.capabilities.migrate {
             let migrate = EntryPoint::Migrate(rec.fsm_version);
-            if let Err(e) = self.run(txn, fsm, &rec, module_id, migrate, &[], ctx)? {
+            if let Err(e) = self.run(txn, fsm, &rec, &module, migrate, &[], ctx)? {
                 return Ok(Err(e));
             }
         }

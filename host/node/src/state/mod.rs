@@ -330,6 +330,19 @@ impl StateStore {
         Ok(loaded.map_err(|e| ApplyError::InvalidModule(e.to_string())))
     }
 
+    /// The registry record of `fsm` and its loaded module, or the deterministic reason there
+    /// is none.
+    fn fsm_and_module(
+        &self,
+        txn: &RoTxn<'_>,
+        fsm: &FsmName,
+    ) -> Result<Result<(FsmRecord, Arc<LoadedModule>), ApplyError>, StateError> {
+        let Some(rec) = self.record_in(txn, fsm)? else {
+            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
+        };
+        Ok(self.loaded(txn, &rec.module_id)?.map(|m| (rec, m)))
+    }
+
     /// Runs a read-only query against `fsm` at the applied index.
     pub fn query(
         &self,
@@ -337,11 +350,8 @@ impl StateStore {
         input: &[u8],
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
         let rtxn = self.env.read_txn()?;
-        let Some(rec) = self.record_in(&rtxn, fsm)? else {
-            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
-        };
-        let module = match self.loaded(&rtxn, &rec.module_id)? {
-            Ok(m) => m,
+        let (rec, module) = match self.fsm_and_module(&rtxn, fsm)? {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
         let applied = self.applied_in(&rtxn)?.unwrap_or_default();
@@ -377,11 +387,8 @@ impl StateStore {
         input: &[u8],
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
         let rtxn = self.env.read_txn()?;
-        let Some(rec) = self.record_in(&rtxn, fsm)? else {
-            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
-        };
-        let module = match self.loaded(&rtxn, &rec.module_id)? {
-            Ok(m) => m,
+        let (rec, module) = match self.fsm_and_module(&rtxn, fsm)? {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
         drop(rtxn);
