@@ -18,6 +18,8 @@ pub mod entry;
 pub mod error;
 pub mod frame;
 pub mod name;
+#[cfg(feature = "raft")]
+pub mod raft;
 pub mod rng;
 
 pub use entry::{Apply, Command, EntryResponse, FsmLimits, LogEntry, ModuleId};

@@ -1,6 +1,7 @@
 //! Integration tests of the FSM runtime and the state store: real LMDB in temp dirs, real
 //! wasm modules built from fsm-examples by wraft-fsm-artifacts.
 
+mod cluster;
 mod common;
 mod crash;
 mod determinism;

@@ -1,0 +1,134 @@
+//! A raft node on the network: LMDB stores, the FSM runtime, openraft, and the QUIC
+//! transport, started together and stopped together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::Config;
+use tokio::task::JoinHandle;
+use wraft_core::raft::NodeId;
+use wraft_transport_quic::{RaftClient, TlsIdentity, serve_raft, server_config};
+
+use crate::raft::{LogStore, Raft, SnapshotPolicy, StateMachine};
+use crate::runtime::FsmRuntime;
+use crate::state::StateStore;
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (must match its certificate).
+    pub id: NodeId,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The UDP address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Its TLS identity.
+    pub identity: TlsIdentity,
+    /// Raft timing; defaults suit a LAN.
+    pub raft: Config,
+    /// When to snapshot.
+    pub snapshots: SnapshotPolicy,
+}
+
+impl NodeConfig {
+    /// A config with wraft's defaults: pre-vote on, LAN timings, the default snapshot policy.
+    pub fn new(id: NodeId, data_dir: PathBuf, listen: SocketAddr, identity: TlsIdentity) -> Self {
+        let raft = Config {
+            cluster_name: "wraft".into(),
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            heartbeat_interval: 100,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        Self {
+            id,
+            data_dir,
+            listen,
+            identity,
+            raft,
+            snapshots: SnapshotPolicy::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Opening the stores failed.
+    #[error("storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// The runtime or state env failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] wraft_transport_quic::TransportError),
+    /// openraft refused the configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct ClusterNode {
+    /// Its id.
+    pub id: NodeId,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The openraft handle.
+    pub raft: Raft,
+    /// Its state (queries, hashes).
+    pub store: Arc<StateStore>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ClusterNode {
+    /// Opens the node's stores and starts raft and the transport.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let runtime = Arc::new(FsmRuntime::new().map_err(crate::state::StateError::from)?);
+        let store = Arc::new(StateStore::open(&config.data_dir, runtime)?);
+        let sm = StateMachine::with_store(&config.data_dir, store.clone())?;
+        let log = LogStore::open(&config.data_dir)?;
+        let endpoint = quinn::Endpoint::server(server_config(&config.identity)?, config.listen)?;
+        let addr = endpoint.local_addr()?;
+        let network = RaftClient::new(config.id, endpoint.clone(), &config.identity)?;
+        let mut raft_config = config.raft.clone();
+        config.snapshots.configure(&mut raft_config);
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| NodeError::Raft(e.to_string()))?,
+        );
+        let raft = Raft::new(config.id, raft_config, network, log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let spool = config.data_dir.join("snapshots");
+        let tasks = vec![
+            tokio::spawn(serve_raft(endpoint.clone(), raft.clone(), spool)),
+            config.snapshots.spawn_interval(raft.clone()),
+        ];
+        Ok(Self {
+            id: config.id,
+            addr,
+            raft,
+            store,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// Stops raft and closes the endpoint (peers see the connection close).
+    pub async fn shutdown(self) {
+        let _ = self.raft.shutdown().await;
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Let peers see the close; do not wait out the idle timeout of a dead peer.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
+    }
+}

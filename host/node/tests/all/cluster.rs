@@ -1,0 +1,344 @@
+//! Real clusters: three nodes on 127.0.0.1 over QUIC with mutual TLS, real LMDB, real wasm.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::{BasicNode, ServerState};
+use tempfile::TempDir;
+use wraft_core::{Command, EntryResponse, FsmLimits, LogEntry};
+use wraft_host::cluster::{ClusterNode, NodeConfig};
+use wraft_host::raft::{Raft, SnapshotPolicy};
+use wraft_host::state::module_id;
+use wraft_transport_quic::pki::DevCa;
+use wraft_transport_quic::wire::{self, Reply, Request};
+use wraft_transport_quic::{ALPN_RAFT, TlsIdentity, client_config};
+
+use crate::common::{name, probe_apply};
+
+fn identity(ca: &DevCa, id: u64) -> TlsIdentity {
+    let node = ca.node(id).expect("node cert");
+    TlsIdentity::from_pem(&ca.cert_pem, &node.cert_pem, &node.key_pem).expect("identity")
+}
+
+struct Cluster {
+    ca: DevCa,
+    dirs: Vec<TempDir>,
+    nodes: Vec<Option<ClusterNode>>,
+    addrs: Vec<SocketAddr>,
+    policy: SnapshotPolicy,
+}
+
+impl Cluster {
+    async fn start(n: u64, policy: SnapshotPolicy) -> Self {
+        let ca = DevCa::generate("wraft test CA").expect("CA");
+        let mut c = Cluster {
+            ca,
+            dirs: Vec::new(),
+            nodes: Vec::new(),
+            addrs: Vec::new(),
+            policy,
+        };
+        for id in 1..=n {
+            c.dirs.push(tempfile::tempdir().expect("tmp"));
+            let node = c.boot(id, "127.0.0.1:0".parse().expect("addr")).await;
+            c.addrs.push(node.addr);
+            c.nodes.push(Some(node));
+        }
+        let members: BTreeMap<u64, BasicNode> = c
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, BasicNode::new(a.to_string())))
+            .collect();
+        c.node(1)
+            .raft
+            .initialize(members)
+            .await
+            .expect("initialize");
+        c
+    }
+
+    async fn boot(&self, id: u64, listen: SocketAddr) -> ClusterNode {
+        let mut config = NodeConfig::new(
+            id,
+            self.dirs[id as usize - 1].path().to_path_buf(),
+            listen,
+            identity(&self.ca, id),
+        );
+        config.snapshots = self.policy;
+        ClusterNode::start(config).await.expect("node starts")
+    }
+
+    fn node(&self, id: u64) -> &ClusterNode {
+        self.nodes[id as usize - 1]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    fn live(&self) -> impl Iterator<Item = &ClusterNode> {
+        self.nodes.iter().flatten()
+    }
+
+    /// The leader all live nodes agree on.
+    async fn leader(&self) -> &ClusterNode {
+        for _ in 0..200 {
+            let views: Vec<Option<u64>> = self
+                .live()
+                .map(|n| n.raft.metrics().borrow_watched().current_leader)
+                .collect();
+            if let Some(Some(l)) = views.first()
+                && views.iter().all(|v| *v == Some(*l))
+                && self.nodes[*l as usize - 1].is_some()
+            {
+                let leader = self.node(*l);
+                if leader.raft.metrics().borrow_watched().state == ServerState::Leader {
+                    return leader;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no agreed leader within 10 s");
+    }
+
+    async fn stop(&mut self, id: u64) {
+        let node = self.nodes[id as usize - 1].take().expect("running");
+        node.shutdown().await;
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let node = self.boot(id, self.addrs[id as usize - 1]).await;
+        self.nodes[id as usize - 1] = Some(node);
+    }
+
+    /// Waits until every live node's state env has applied what the leader's has (the
+    /// leader's store, not its metrics, which may lag), then returns each node's state hash
+    /// of FSM "p".
+    async fn converged_hashes(&self) -> Vec<[u8; 32]> {
+        let leader = self.leader().await;
+        let target = leader
+            .store
+            .applied()
+            .expect("applied")
+            .map_or(0, |a| a.index);
+        for n in self.live() {
+            let mut waited = 0;
+            while n.store.applied().expect("applied").map_or(0, |a| a.index) < target {
+                assert!(
+                    waited < 400,
+                    "node {} did not reach index {target} within 20 s",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waited += 1;
+            }
+        }
+        self.live()
+            .map(|n| {
+                n.store
+                    .fsm_hash(&name("p"))
+                    .expect("hash")
+                    .expect("fsm p exists")
+            })
+            .collect()
+    }
+}
+
+use openraft::type_config::async_runtime::WatchReceiver;
+
+async fn write(raft: &Raft, command: Command) -> EntryResponse {
+    raft.client_write(LogEntry::new(wraft_host::local::now_ms(), command))
+        .await
+        .expect("committed")
+        .data
+}
+
+async fn setup_probe(raft: &Raft) {
+    let bytes = wraft_fsm_artifacts::PROBE.to_vec();
+    let id = module_id(&bytes);
+    assert_eq!(
+        write(
+            raft,
+            Command::DeployModule {
+                module_id: id,
+                bytes
+            }
+        )
+        .await,
+        EntryResponse::Done
+    );
+    let create = Command::CreateFsm {
+        fsm: name("p"),
+        module_id: id,
+        limits: FsmLimits::default(),
+    };
+    assert_eq!(write(raft, create).await, EntryResponse::Done);
+}
+
+async fn increments(raft: &Raft, n: u64) {
+    for _ in 0..n {
+        let r = write(
+            raft,
+            probe_apply("p", &probe::Command::Incr { key: b"n".to_vec() }),
+        )
+        .await;
+        assert!(matches!(r, EntryResponse::Output(_)), "{r:?}");
+    }
+}
+
+fn counter(node: &ClusterNode) -> u64 {
+    let q = postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
+    match postcard::from_bytes(
+        &node
+            .store
+            .query(&name("p"), &q)
+            .expect("no fault")
+            .expect("query"),
+    )
+    .expect("decode")
+    {
+        probe::Output::Bytes(b) => postcard::from_bytes::<u64>(&b).expect("u64"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn all_equal(hashes: &[[u8; 32]]) -> bool {
+    hashes.windows(2).all(|w| w[0] == w[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_survive_leader_loss_and_agree() {
+    let mut c = Cluster::start(3, SnapshotPolicy::default()).await;
+    let leader = c.leader().await;
+    setup_probe(&leader.raft).await;
+    increments(&leader.raft, 30).await;
+    let hashes = c.converged_hashes().await;
+    assert_eq!(hashes.len(), 3);
+    let counters: Vec<u64> = c.live().map(counter).collect();
+    let applied: Vec<_> = c
+        .live()
+        .map(|n| n.store.applied().expect("applied"))
+        .collect();
+    assert!(
+        all_equal(&hashes),
+        "replicas disagree: counters {counters:?}, applied {applied:?}"
+    );
+
+    // Kill the leader: another node takes over and writes continue; nothing acknowledged is lost.
+    let old = c.leader().await.id;
+    c.stop(old).await;
+    let new = c.leader().await;
+    assert_ne!(new.id, old);
+    assert_eq!(
+        counter(new),
+        30,
+        "every acknowledged write survived the leader's loss"
+    );
+    increments(&new.raft, 20).await;
+    assert!(all_equal(&c.converged_hashes().await));
+
+    // The old leader restarts on its address and catches up.
+    c.restart(old).await;
+    let hashes = c.converged_hashes().await;
+    assert_eq!(hashes.len(), 3);
+    assert!(
+        all_equal(&hashes),
+        "the restarted node disagrees: {hashes:?}"
+    );
+    assert_eq!(counter(c.node(old)), 50);
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_purged_entries_installs_a_snapshot_over_quic() {
+    // Snapshot every 10 entries and keep no trailing log, so the leader purges quickly.
+    let policy = SnapshotPolicy {
+        interval: Duration::from_secs(3600),
+        threshold: 10,
+        trailing_logs: 0,
+    };
+    let mut c = Cluster::start(3, policy).await;
+    let leader = c.leader().await;
+    setup_probe(&leader.raft).await;
+    let follower = (1..=3).find(|id| *id != leader.id).expect("a follower");
+    c.stop(follower).await;
+    let leader = c.leader().await;
+    increments(&leader.raft, 60).await;
+    leader
+        .raft
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > 10),
+            "leader purged its log",
+        )
+        .await
+        .expect("purge");
+    c.restart(follower).await;
+    let hashes = c.converged_hashes().await;
+    assert!(all_equal(&hashes), "{hashes:?}");
+    let f = c.node(follower);
+    assert_eq!(counter(f), 60);
+    assert!(
+        f.raft.metrics().borrow_watched().snapshot.is_some(),
+        "the follower caught up through a snapshot"
+    );
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+}
+
+/// Connects to `addr` as `identity` and introduces itself as node `claim`.
+async fn hello(
+    identity: &TlsIdentity,
+    addr: SocketAddr,
+    server: u64,
+    claim: u64,
+) -> Result<(), String> {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    ep.set_default_client_config(client_config(identity, ALPN_RAFT).expect("config"));
+    let conn = ep
+        .connect(addr, &wraft_transport_quic::pki::node_name(server))
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    wire::send(&mut send, &Request::Hello { from: claim })
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    match wire::recv::<Reply>(&mut recv)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Reply::Hello(r) => r,
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_a_foreign_ca_or_a_borrowed_identity_are_refused() {
+    let c = Cluster::start(1, SnapshotPolicy::default()).await;
+    let addr = c.node(1).addr;
+    // A proper node certificate is accepted.
+    assert_eq!(hello(&identity(&c.ca, 2), addr, 1, 2).await, Ok(()));
+    // Node 3's certificate cannot speak as node 2.
+    let err = hello(&identity(&c.ca, 3), addr, 1, 2)
+        .await
+        .expect_err("impersonation");
+    assert!(err.contains("not node 2"), "{err}");
+    // A certificate from another CA is refused by the TLS handshake.
+    let other = DevCa::generate("another CA").expect("CA");
+    let foreign = other.node(2).expect("cert");
+    let id = TlsIdentity::from_pem(&c.ca.cert_pem, &foreign.cert_pem, &foreign.key_pem)
+        .expect("identity");
+    assert!(
+        hello(&id, addr, 1, 2).await.is_err(),
+        "a foreign-CA certificate got through"
+    );
+    // And a node does not trust a server from another CA either.
+    let stranger = TlsIdentity::from_pem(&other.cert_pem, &foreign.cert_pem, &foreign.key_pem)
+        .expect("identity");
+    assert!(hello(&stranger, addr, 1, 2).await.is_err());
+}
