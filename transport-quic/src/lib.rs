@@ -6,10 +6,12 @@
 //!   cluster CA, and a node must present the certificate of the id it claims ([`identity`]).
 //! * ALPN `wraft-raft/1` carries raft RPC: one bidirectional stream per RPC, messages as
 //!   checksummed postcard frames ([`wire`]); snapshots stream as 1 MiB frames.
-//!   ALPN `wraft-client/1` is reserved for the client API.
+//!   ALPN `wraft-client/1` carries the client API ([`api`]): one request per stream.
 //! * [`RaftClient`] is openraft's network (connections reused, re-established after a
-//!   peer restarts); [`serve_raft`] answers peers' RPCs with a local openraft node.
+//!   peer restarts); [`serve`] answers peers' RPCs with the local openraft node and client
+//!   requests with the node's [`api::ApiHandler`].
 
+pub mod api;
 mod client;
 pub mod identity;
 pub mod pki;
@@ -18,7 +20,7 @@ mod tls;
 pub mod wire;
 
 pub use client::{RaftClient, RaftPeer};
-pub use server::serve_raft;
+pub use server::serve;
 pub use tls::{TlsIdentity, client_config, server_config};
 
 /// ALPN of raft RPC between nodes.

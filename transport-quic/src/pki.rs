@@ -7,7 +7,9 @@ use wraft_core::raft::NodeId;
 use crate::TransportError;
 
 /// What a client certificate allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Role {
     /// Reads only.
     Reader,
@@ -35,6 +37,10 @@ impl Role {
 pub fn node_name(id: NodeId) -> String {
     format!("node-{id}.wraft")
 }
+
+/// The DNS name every node certificate also carries: clients that know only an address
+/// connect to it with this name (any node of the cluster CA will do).
+pub const CLUSTER_NAME: &str = "cluster.wraft";
 
 /// The DNS name a client certificate with `role` carries.
 pub fn client_name(role: Role) -> String {
@@ -77,9 +83,13 @@ impl DevCa {
         })
     }
 
-    fn sign(&self, dns_name: String, common_name: &str) -> Result<CertifiedKey, TransportError> {
+    fn sign(
+        &self,
+        dns_names: Vec<String>,
+        common_name: &str,
+    ) -> Result<CertifiedKey, TransportError> {
         let key = KeyPair::generate().map_err(tls)?;
-        let mut params = CertificateParams::new(vec![dns_name]).map_err(tls)?;
+        let mut params = CertificateParams::new(dns_names).map_err(tls)?;
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -92,11 +102,14 @@ impl DevCa {
 
     /// The certificate of node `id` (server and client authentication).
     pub fn node(&self, id: NodeId) -> Result<CertifiedKey, TransportError> {
-        self.sign(node_name(id), &format!("wraft node {id}"))
+        self.sign(
+            vec![node_name(id), CLUSTER_NAME.into()],
+            &format!("wraft node {id}"),
+        )
     }
 
     /// A client certificate with `role`, for `who`.
     pub fn client(&self, who: &str, role: Role) -> Result<CertifiedKey, TransportError> {
-        self.sign(client_name(role), who)
+        self.sign(vec![client_name(role)], who)
     }
 }

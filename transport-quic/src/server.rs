@@ -1,4 +1,4 @@
-//! Answering peers' raft RPCs with the local openraft node.
+//! The accept loop: raft RPC from verified peers, client API requests to the node's handler.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,24 +8,42 @@ use openraft::storage::RaftStateMachine;
 use tokio::io::AsyncWriteExt;
 use wraft_core::raft::{NodeId, Snapshot, TypeConfig};
 
-use crate::wire::{self, Chunk, Reply, Request, WireError};
-use crate::{ALPN_RAFT, TransportError, identity};
+use std::sync::Arc;
 
-/// Accepts connections on `endpoint` until it is closed and serves raft RPC from verified
-/// peers. Received snapshots are spooled under `spool_dir` before installation.
-pub async fn serve_raft<SM>(
+use crate::api::{ApiError, ApiHandler, ApiRequest, ApiResult, Caller};
+use crate::wire::{self, Chunk, Reply, Request, WireError};
+use crate::{ALPN_CLIENT, ALPN_RAFT, TransportError, identity};
+
+/// Accepts connections on `endpoint` until it is closed: raft RPC from verified peers goes
+/// to `raft` (received snapshots are spooled under `spool_dir` before installation); client
+/// API requests go to `api`.
+pub async fn serve<SM, H>(
     endpoint: quinn::Endpoint,
     raft: Raft<TypeConfig, SM>,
     spool_dir: PathBuf,
+    api: Arc<H>,
 ) where
     SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
+    H: ApiHandler,
 {
     while let Some(incoming) = endpoint.accept().await {
-        let (raft, dir) = (raft.clone(), spool_dir.clone());
+        let (raft, dir, api) = (raft.clone(), spool_dir.clone(), api.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = serve_connection(incoming, raft, dir).await {
-                tracing::debug!(%remote, "raft connection ended: {e}");
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%remote, "handshake failed: {e}");
+                    return;
+                }
+            };
+            let result = match alpn(&conn).as_deref() {
+                Some(ALPN_RAFT) => serve_raft_connection(conn, raft, dir).await,
+                Some(ALPN_CLIENT) => serve_api_connection(conn, api).await,
+                _ => Err(TransportError::Peer("no known ALPN".into())),
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, "connection ended: {e}");
             }
         });
     }
@@ -39,24 +57,40 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     data.protocol
 }
 
-async fn serve_connection<SM>(
-    incoming: quinn::Incoming,
+async fn serve_api_connection<H: ApiHandler>(
+    conn: quinn::Connection,
+    api: Arc<H>,
+) -> Result<(), TransportError> {
+    let caller = Caller {
+        role: identity::client_role(&conn),
+        connection: conn.clone(),
+    };
+    loop {
+        let (mut send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| TransportError::Peer(e.to_string()))?;
+        let (api, caller) = (api.clone(), caller.clone());
+        tokio::spawn(async move {
+            let result: ApiResult = match wire::recv::<ApiRequest>(&mut recv).await {
+                Ok(request) => api.handle(caller, request).await,
+                Err(e) => Err(ApiError::BadRequest(e.to_string())),
+            };
+            if wire::send(&mut send, &result).await.is_ok() {
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+async fn serve_raft_connection<SM>(
+    conn: quinn::Connection,
     raft: Raft<TypeConfig, SM>,
     dir: PathBuf,
 ) -> Result<(), TransportError>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
 {
-    let conn = incoming
-        .await
-        .map_err(|e| TransportError::Peer(format!("handshake: {e}")))?;
-    if alpn(&conn).as_deref() != Some(ALPN_RAFT) {
-        conn.close(
-            1u32.into(),
-            b"the client API is not served on this port yet",
-        );
-        return Err(TransportError::Peer("client ALPN not served".into()));
-    }
     // The first stream introduces the peer; its certificate must be that node's.
     let (mut send, mut recv) = conn
         .accept_bi()

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use openraft::Config;
 use tokio::task::JoinHandle;
 use wraft_core::raft::NodeId;
-use wraft_transport_quic::{RaftClient, TlsIdentity, serve_raft, server_config};
+use wraft_transport_quic::{RaftClient, TlsIdentity, serve, server_config};
+
+use crate::api::{DEFAULT_QUEUE, NodeApi};
 
 use crate::raft::{LogStore, Raft, SnapshotPolicy, StateMachine};
 use crate::runtime::FsmRuntime;
@@ -29,6 +31,8 @@ pub struct NodeConfig {
     pub raft: Config,
     /// When to snapshot.
     pub snapshots: SnapshotPolicy,
+    /// Proposals admitted at once; more get `QueueFull`.
+    pub queue: usize,
 }
 
 impl NodeConfig {
@@ -49,6 +53,7 @@ impl NodeConfig {
             identity,
             raft,
             snapshots: SnapshotPolicy::default(),
+            queue: DEFAULT_QUEUE,
         }
     }
 }
@@ -106,8 +111,21 @@ impl ClusterNode {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let spool = config.data_dir.join("snapshots");
+        let api = NodeApi::new(
+            config.id,
+            raft.clone(),
+            store.clone(),
+            endpoint.clone(),
+            &config.identity,
+            config.queue,
+        )?;
         let tasks = vec![
-            tokio::spawn(serve_raft(endpoint.clone(), raft.clone(), spool)),
+            tokio::spawn(serve(
+                endpoint.clone(),
+                raft.clone(),
+                spool,
+                std::sync::Arc::new(api),
+            )),
             config.snapshots.spawn_interval(raft.clone()),
         ];
         Ok(Self {

@@ -5,6 +5,7 @@
 //! * [`local`]: a single-node driver that assigns log positions and timestamps, used by the
 //!   `wraft local` commands until the raft layer drives the state store.
 
+pub mod api;
 pub mod cluster;
 pub mod local;
 pub mod raft;

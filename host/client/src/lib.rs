@@ -1,0 +1,258 @@
+//! wraft-client: talk to a wraft cluster from Rust. Give it any nodes' addresses and a
+//! client certificate; it connects to one, and the nodes forward what must go to the leader.
+//!
+//! Retries: a request refused with `NoLeader` (an election is under way), or that could not
+//! be sent because a node is down, is retried on the next node until `patience` runs out.
+//! A write whose connection broke *after* it was sent is not retried (it may have applied);
+//! the error says so.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use wraft_core::raft::NodeId;
+use wraft_core::{FsmLimits, FsmName, ModuleId};
+use wraft_transport_quic::api::{
+    self, ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, Payload,
+};
+use wraft_transport_quic::pki::CLUSTER_NAME;
+use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS identity or endpoint could not be set up.
+    #[error(transparent)]
+    Setup(#[from] TransportError),
+    /// No node could be reached within the client's patience.
+    #[error("no node reachable (tried {tried}): {last}")]
+    Unreachable {
+        /// The addresses tried.
+        tried: String,
+        /// The last error.
+        last: String,
+    },
+    /// The write was sent, then the connection broke: it may or may not have applied.
+    #[error("connection lost after sending the request; it may have applied: {0}")]
+    Ambiguous(String),
+    /// The cluster refused or failed the request.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The node answered with something this request does not expect.
+    #[error("unexpected answer: {0:?}")]
+    Unexpected(Box<ApiResponse>),
+}
+
+/// A client of one cluster.
+#[derive(Debug)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    nodes: Vec<String>,
+    current: Mutex<Option<(usize, quinn::Connection)>>,
+    patience: Duration,
+}
+
+enum Attempt {
+    NotSent(String),
+    SentThenLost(String),
+}
+
+impl Client {
+    /// A client for the cluster reachable at any of `nodes` (`host:port`), authenticating as
+    /// `identity`.
+    pub fn new(nodes: Vec<String>, identity: &TlsIdentity) -> Result<Self, ClientError> {
+        let bind: SocketAddr = "0.0.0.0:0"
+            .parse()
+            .map_err(|e| TransportError::Tls(format!("{e}")))?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(TransportError::Endpoint)?;
+        let config = client_config(identity, ALPN_CLIENT)?;
+        Ok(Self {
+            endpoint,
+            config,
+            nodes,
+            current: Mutex::new(None),
+            patience: Duration::from_secs(10),
+        })
+    }
+
+    /// How long to keep retrying on leader changes and down nodes (default 10 s).
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    async fn connect(&self, start: usize) -> Result<(usize, quinn::Connection), String> {
+        let mut last = String::from("no nodes configured");
+        for k in 0..self.nodes.len() {
+            let i = (start + k) % self.nodes.len();
+            let addr = &self.nodes[i];
+            let attempt = async {
+                let sock = tokio::net::lookup_host(addr.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .next()
+                    .ok_or("address resolves to nothing")?;
+                let connecting = self
+                    .endpoint
+                    .connect_with(self.config.clone(), sock, CLUSTER_NAME)
+                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(Duration::from_secs(3), connecting)
+                    .await
+                    .map_err(|_| "handshake timed out".to_string())?
+                    .map_err(|e| e.to_string())
+            };
+            match attempt.await {
+                Ok(conn) => return Ok((i, conn)),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    async fn once(&self, request: &ApiRequest) -> Result<Result<ApiResponse, ApiError>, Attempt> {
+        let mut current = self.current.lock().await;
+        let (_index, conn) = match current.as_ref().filter(|(_, c)| c.close_reason().is_none()) {
+            Some((i, c)) => (*i, c.clone()),
+            None => {
+                let start = current.as_ref().map_or(0, |(i, _)| i + 1);
+                let (i, c) = self.connect(start).await.map_err(Attempt::NotSent)?;
+                *current = Some((i, c.clone()));
+                (i, c)
+            }
+        };
+        drop(current);
+        match api::call(&conn, request).await {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                // The next attempt sees the closed connection and moves on to the next node.
+                conn.close(0u32.into(), b"retrying elsewhere");
+                Err(Attempt::SentThenLost(e.to_string()))
+            }
+        }
+    }
+
+    /// Sends `request`, retrying as the module docs describe.
+    pub async fn request(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
+        let deadline = Instant::now() + self.patience;
+        let idempotent = matches!(
+            request,
+            ApiRequest::Query { .. } | ApiRequest::ListFsms | ApiRequest::Status
+        );
+        loop {
+            let retry = match self.once(&request).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(ApiError::NoLeader)) => "no leader".to_string(),
+                Ok(Err(e)) => return Err(ClientError::Api(e)),
+                Err(Attempt::NotSent(e)) => e,
+                Err(Attempt::SentThenLost(e)) if idempotent => e,
+                Err(Attempt::SentThenLost(e)) => return Err(ClientError::Ambiguous(e)),
+            };
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unreachable {
+                    tried: self.nodes.join(","),
+                    last: retry,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn output(r: ApiResponse) -> Result<Payload, ClientError> {
+        match r {
+            ApiResponse::Output(p) => Ok(p),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Applies a JSON command; returns the FSM's JSON output.
+    pub async fn apply_json(&self, fsm: &FsmName, json: &str) -> Result<Payload, ClientError> {
+        let r = self
+            .request(ApiRequest::Apply {
+                fsm: fsm.clone(),
+                command: Payload::Json(json.into()),
+            })
+            .await?;
+        Self::output(r)
+    }
+
+    /// Applies JSON commands as one atomic batch.
+    pub async fn batch_json(
+        &self,
+        commands: Vec<(FsmName, String)>,
+    ) -> Result<Vec<Payload>, ClientError> {
+        let commands = commands
+            .into_iter()
+            .map(|(f, j)| (f, Payload::Json(j)))
+            .collect();
+        match self.request(ApiRequest::Batch { commands }).await? {
+            ApiResponse::BatchOutputs(outs) => Ok(outs),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Runs a JSON query.
+    pub async fn query_json(
+        &self,
+        fsm: &FsmName,
+        json: &str,
+        consistency: Consistency,
+    ) -> Result<Payload, ClientError> {
+        let r = self
+            .request(ApiRequest::Query {
+                fsm: fsm.clone(),
+                query: Payload::Json(json.into()),
+                consistency,
+            })
+            .await?;
+        Self::output(r)
+    }
+
+    /// Deploys a module; returns its id.
+    pub async fn deploy(&self, bytes: Vec<u8>) -> Result<ModuleId, ClientError> {
+        match self.request(ApiRequest::Deploy { bytes }).await? {
+            ApiResponse::Deployed(id) => Ok(id),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Creates an FSM instance.
+    pub async fn create_fsm(
+        &self,
+        fsm: FsmName,
+        module_id: ModuleId,
+        limits: FsmLimits,
+    ) -> Result<(), ClientError> {
+        self.request(ApiRequest::CreateFsm {
+            fsm,
+            module_id,
+            limits,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// FSM instances.
+    pub async fn fsms(&self) -> Result<Vec<FsmInfo>, ClientError> {
+        match self.request(ApiRequest::ListFsms).await? {
+            ApiResponse::Fsms(f) => Ok(f),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// The cluster as the answering node sees it.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        match self.request(ApiRequest::Status).await? {
+            ApiResponse::Status(s) => Ok(s),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Hands leadership over; returns who leads afterwards.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, ClientError> {
+        match self.request(ApiRequest::TransferLeader { to }).await? {
+            ApiResponse::Leader(id) => Ok(id),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+}

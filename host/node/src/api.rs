@@ -1,0 +1,494 @@
+//! The node's client API: who may do what, where writes and reads go, and admission control.
+//!
+//! * Roles come from the caller's certificate (`reader` < `writer` < `admin`).
+//! * A follower forwards writes, linearizable/lease reads and membership operations to the
+//!   leader as [`ApiRequest::Forwarded`] with the caller's role; the leader accepts a
+//!   forwarded request only from a member node's certificate and checks the role again, so
+//!   forwarding never widens what a caller may do (arc's forward-apply allowlist).
+//! * Every proposal takes a slot of a bounded queue; when none is free the caller gets
+//!   `QueueFull` at once instead of the node buffering without bound (Kommander).
+//! * JSON is converted by the FSM's codecs here, at the edge; the log carries postcard.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use tokio::sync::Semaphore;
+use wraft_core::raft::{Node, NodeId};
+use wraft_core::{Apply, Command, EntryResponse, FsmName, LogEntry};
+use wraft_transport_quic::api::{
+    self, ApiError, ApiHandler, ApiRequest, ApiResponse, ApiResult, Caller, ClusterStatus,
+    Consistency, FsmInfo, NodeStatus, Payload,
+};
+use wraft_transport_quic::pki::Role;
+use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, client_config, identity};
+
+use crate::local::now_ms;
+use crate::raft::Raft;
+use crate::runtime::EntryPoint;
+use crate::state::{StateStore, module_id};
+
+/// Proposals one node admits at once by default.
+pub const DEFAULT_QUEUE: usize = 1024;
+
+/// The client API of one node.
+#[derive(Debug)]
+pub struct NodeApi {
+    id: NodeId,
+    raft: Raft,
+    store: Arc<StateStore>,
+    queue: Arc<Semaphore>,
+    capacity: usize,
+    forward: Forwarder,
+}
+
+struct Forwarder {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    conns: Mutex<HashMap<NodeId, quinn::Connection>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(e.to_string())
+}
+
+impl NodeApi {
+    /// The API of node `id`, forwarding through `endpoint` as `identity`.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        store: Arc<StateStore>,
+        endpoint: quinn::Endpoint,
+        identity: &TlsIdentity,
+        capacity: usize,
+    ) -> Result<Self, wraft_transport_quic::TransportError> {
+        let forward = Forwarder {
+            endpoint,
+            config: client_config(identity, ALPN_CLIENT)?,
+            conns: Mutex::new(HashMap::new()),
+        };
+        Ok(Self {
+            id,
+            raft,
+            store,
+            queue: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            forward,
+        })
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<wraft_core::raft::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    fn is_member_node(&self, caller: &Caller) -> bool {
+        let m = self.metrics();
+        let ids: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .any(|id| identity::is_node(&caller.connection, id))
+    }
+
+    async fn serve(&self, role: Role, request: ApiRequest) -> ApiResult {
+        match request {
+            ApiRequest::Apply { .. }
+            | ApiRequest::Batch { .. }
+            | ApiRequest::Deploy { .. }
+            | ApiRequest::CreateFsm { .. } => self.write(role, request).await,
+            ApiRequest::Query {
+                ref fsm,
+                ref query,
+                consistency,
+            } => {
+                if consistency != Consistency::Stale {
+                    if !self.is_leader() {
+                        return self.forward(role, request).await;
+                    }
+                    let policy = match consistency {
+                        Consistency::Lease => ReadPolicy::LeaseRead,
+                        _ => ReadPolicy::ReadIndex,
+                    };
+                    if let Err(e) = self.raft.ensure_linearizable(policy).await {
+                        return match e.forward_to_leader() {
+                            Some(_) => self.forward(role, request).await,
+                            None => Err(unavailable(e)),
+                        };
+                    }
+                }
+                self.query(fsm, query)
+            }
+            ApiRequest::ListFsms => {
+                let fsms = self.store.fsms().map_err(unavailable)?;
+                Ok(ApiResponse::Fsms(
+                    fsms.into_iter()
+                        .map(|(name, r)| FsmInfo {
+                            name,
+                            module_id: r.module_id,
+                            limits: r.limits,
+                        })
+                        .collect(),
+                ))
+            }
+            ApiRequest::Status => Ok(ApiResponse::Status(self.status())),
+            ApiRequest::AddLearner { .. }
+            | ApiRequest::Promote { .. }
+            | ApiRequest::Remove { .. }
+            | ApiRequest::TransferLeader { .. } => {
+                if !self.is_leader() {
+                    return self.forward(role, request).await;
+                }
+                self.manage(request).await
+            }
+            ApiRequest::Forwarded { .. } => Err(ApiError::BadRequest("nested forwarding".into())),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    /// JSON → postcard through the FSM's codec.
+    fn encode(
+        &self,
+        fsm: &FsmName,
+        payload: &Payload,
+        codec: EntryPoint,
+    ) -> Result<Vec<u8>, ApiError> {
+        match payload {
+            Payload::Postcard(b) => Ok(b.clone()),
+            Payload::Json(j) => match self
+                .store
+                .codec(fsm, codec, j.as_bytes())
+                .map_err(unavailable)?
+            {
+                Ok(bytes) => Ok(bytes),
+                Err(e) => Err(ApiError::BadRequest(format!("{fsm}: {e}"))),
+            },
+        }
+    }
+
+    /// postcard → the request's encoding.
+    fn decode(
+        &self,
+        fsm: &FsmName,
+        like: &Payload,
+        bytes: Vec<u8>,
+        codec: EntryPoint,
+    ) -> Result<Payload, ApiError> {
+        match like {
+            Payload::Postcard(_) => Ok(Payload::Postcard(bytes)),
+            Payload::Json(_) => match self.store.codec(fsm, codec, &bytes).map_err(unavailable)? {
+                Ok(json) => Ok(Payload::Json(String::from_utf8_lossy(&json).into_owned())),
+                Err(e) => Err(ApiError::BadRequest(format!("{fsm}: output codec: {e}"))),
+            },
+        }
+    }
+
+    fn query(&self, fsm: &FsmName, query: &Payload) -> ApiResult {
+        let bytes = self.encode(fsm, query, EntryPoint::QueryFromJson)?;
+        match self.store.query(fsm, &bytes).map_err(unavailable)? {
+            Ok(out) => Ok(ApiResponse::Output(self.decode(
+                fsm,
+                query,
+                out,
+                EntryPoint::QueryOutputToJson,
+            )?)),
+            Err(e) => Err(ApiError::Failed(e)),
+        }
+    }
+
+    async fn write(&self, role: Role, request: ApiRequest) -> ApiResult {
+        if !self.is_leader() {
+            return self.forward(role, request).await;
+        }
+        let Ok(_slot) = self.queue.try_acquire() else {
+            return Err(ApiError::QueueFull {
+                node: self.id,
+                capacity: self.capacity,
+            });
+        };
+        let command = match &request {
+            ApiRequest::Apply { fsm, command } => Command::Apply(Apply {
+                fsm: fsm.clone(),
+                payload: self.encode(fsm, command, EntryPoint::CommandFromJson)?,
+            }),
+            ApiRequest::Batch { commands } => Command::Batch(
+                commands
+                    .iter()
+                    .map(|(fsm, c)| {
+                        Ok(Apply {
+                            fsm: fsm.clone(),
+                            payload: self.encode(fsm, c, EntryPoint::CommandFromJson)?,
+                        })
+                    })
+                    .collect::<Result<_, ApiError>>()?,
+            ),
+            ApiRequest::Deploy { bytes } => {
+                // Refuse an invalid module before it enters the log.
+                self.store
+                    .runtime()
+                    .validate(bytes)
+                    .map_err(|e| ApiError::BadRequest(format!("invalid module: {e}")))?;
+                Command::DeployModule {
+                    module_id: module_id(bytes),
+                    bytes: bytes.clone(),
+                }
+            }
+            ApiRequest::CreateFsm {
+                fsm,
+                module_id,
+                limits,
+            } => Command::CreateFsm {
+                fsm: fsm.clone(),
+                module_id: *module_id,
+                limits: *limits,
+            },
+            _ => return Err(ApiError::BadRequest("not a write".into())),
+        };
+        let response = match self
+            .raft
+            .client_write(LogEntry::new(now_ms(), command))
+            .await
+        {
+            Ok(r) => r.data,
+            Err(e) => {
+                return match e.forward_to_leader() {
+                    Some(_) => self.forward(role, request).await,
+                    None => Err(unavailable(e)),
+                };
+            }
+        };
+        match (response, &request) {
+            (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),
+            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command }) => Ok(
+                ApiResponse::Output(self.decode(fsm, command, out, EntryPoint::OutputToJson)?),
+            ),
+            (EntryResponse::BatchOutputs(outs), ApiRequest::Batch { commands }) => {
+                Ok(ApiResponse::BatchOutputs(
+                    outs.into_iter()
+                        .zip(commands)
+                        .map(|(out, (fsm, c))| self.decode(fsm, c, out, EntryPoint::OutputToJson))
+                        .collect::<Result<_, _>>()?,
+                ))
+            }
+            (EntryResponse::Done, ApiRequest::Deploy { bytes }) => {
+                Ok(ApiResponse::Deployed(module_id(bytes)))
+            }
+            (EntryResponse::Done, _) => Ok(ApiResponse::Done),
+            (other, _) => Err(unavailable(format!("unexpected entry response {other:?}"))),
+        }
+    }
+
+    async fn manage(&self, request: ApiRequest) -> ApiResult {
+        let written = match request {
+            ApiRequest::AddLearner { id, addr } => {
+                self.raft.add_learner(id, Node::new(addr), true).await
+            }
+            ApiRequest::Promote { id } => {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+            }
+            ApiRequest::Remove { id } => {
+                let voters = self
+                    .raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await;
+                match voters {
+                    Ok(_) => {
+                        self.raft
+                            .change_membership(
+                                ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                                false,
+                            )
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ApiRequest::TransferLeader { to } => return self.transfer_leader(to).await,
+            _ => return Err(ApiError::BadRequest("not a management request".into())),
+        };
+        written.map(|_| ApiResponse::Done).map_err(unavailable)
+    }
+
+    /// Hands leadership to `to` (or the most caught-up other voter) and reports who leads
+    /// afterwards: the real outcome, not a timeout.
+    async fn transfer_leader(&self, to: Option<NodeId>) -> ApiResult {
+        let m = self.metrics();
+        let voters: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.id)
+            .collect();
+        let target = match to {
+            Some(t) if t == self.id => return Ok(ApiResponse::Leader(self.id)),
+            Some(t) if voters.contains(&t) => t,
+            Some(t) => return Err(ApiError::BadRequest(format!("node {t} is not a voter"))),
+            None => {
+                let matched: BTreeMap<NodeId, u64> = m
+                    .replication
+                    .as_ref()
+                    .map(|r| {
+                        r.iter()
+                            .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                *voters
+                    .iter()
+                    .max_by_key(|v| matched.get(v).copied().unwrap_or(0))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("no other voter to hand leadership to".into())
+                    })?
+            }
+        };
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(unavailable)?;
+        let settled = self
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.id),
+                "leadership moved",
+            )
+            .await;
+        match settled {
+            Ok(m) => Ok(ApiResponse::Leader(m.current_leader.unwrap_or(target))),
+            Err(_) => match self.metrics().current_leader {
+                Some(l) => Ok(ApiResponse::Leader(l)),
+                None => Err(ApiError::NoLeader),
+            },
+        }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        ClusterStatus {
+            node: self.id,
+            state: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log: m.last_log_index,
+            committed: m.local_committed.map(|l| l.index),
+            applied: m.last_applied.map(|l| l.index),
+            nodes: membership
+                .nodes()
+                .map(|(id, node)| NodeStatus {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    membership: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    matched: matched.get(id).and_then(|l| l.map(|l| l.index)),
+                })
+                .collect(),
+        }
+    }
+
+    /// Sends `request` to the leader on behalf of a caller with `role`.
+    async fn forward(&self, role: Role, request: ApiRequest) -> ApiResult {
+        let m = self.metrics();
+        let Some(leader) = m.current_leader.filter(|l| *l != self.id) else {
+            return Err(ApiError::NoLeader);
+        };
+        let Some(addr) = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+        else {
+            return Err(ApiError::NoLeader);
+        };
+        let conn = self
+            .forward
+            .connection(leader, &addr)
+            .await
+            .map_err(unavailable)?;
+        let forwarded = ApiRequest::Forwarded {
+            role,
+            request: Box::new(request),
+        };
+        api::call(&conn, &forwarded)
+            .await
+            .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?
+    }
+}
+
+impl Forwarder {
+    async fn connection(&self, leader: NodeId, addr: &str) -> Result<quinn::Connection, String> {
+        let cached = self
+            .conns
+            .lock()
+            .map_err(|e| e.to_string())?
+            .get(&leader)
+            .cloned();
+        if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
+            return Ok(c);
+        }
+        let sock = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
+        let conn = self
+            .endpoint
+            .connect_with(
+                self.config.clone(),
+                sock,
+                &wraft_transport_quic::pki::node_name(leader),
+            )
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        self.conns
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(leader, conn.clone());
+        Ok(conn)
+    }
+}
+
+impl ApiHandler for NodeApi {
+    async fn handle(&self, caller: Caller, request: ApiRequest) -> ApiResult {
+        let (role, request) = match request {
+            ApiRequest::Forwarded { role, request } => {
+                if !self.is_member_node(&caller) {
+                    return Err(ApiError::NotAllowed {
+                        needed: Role::Admin,
+                        have: caller.role,
+                    });
+                }
+                (Some(role), *request)
+            }
+            request => (caller.role, request),
+        };
+        let needed = request.required_role();
+        match role {
+            Some(role) if role >= needed => self.serve(role, request).await,
+            have => Err(ApiError::NotAllowed { needed, have }),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The client commands: `apply`, `query`, `module`, `fsm`, `cluster`. They talk to a running
+//! cluster through `wraft-client`; the defaults match `wraft dev`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use wraft_client::Client;
+use wraft_core::{FsmLimits, FsmName, ModuleId};
+use wraft_transport_quic::api::{ApiRequest, Consistency, Payload};
+
+/// How to reach the cluster.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// Any nodes' addresses.
+    #[arg(
+        long,
+        env = "WRAFT_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        global = true
+    )]
+    pub nodes: Vec<String>,
+    /// Cluster CA certificate.
+    #[arg(
+        long = "client-ca",
+        env = "WRAFT_CLIENT_CA",
+        default_value = "wraft-data/dev/certs/ca.pem",
+        global = true
+    )]
+    pub ca: PathBuf,
+    /// Client certificate (its role decides what is allowed).
+    #[arg(
+        long = "client-cert",
+        env = "WRAFT_CLIENT_CERT",
+        default_value = "wraft-data/dev/certs/admin.pem",
+        global = true
+    )]
+    pub cert: PathBuf,
+    /// Client private key.
+    #[arg(
+        long = "client-key",
+        env = "WRAFT_CLIENT_KEY",
+        default_value = "wraft-data/dev/certs/admin.key",
+        global = true
+    )]
+    pub key: PathBuf,
+}
+
+impl Conn {
+    /// A client.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let identity = super::load_identity(&self.ca, &self.cert, &self.key)?;
+        Ok(Client::new(self.nodes.clone(), &identity)?)
+    }
+}
+
+/// Read consistency on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReadLevel {
+    /// Read-index through the leader.
+    Linearizable,
+    /// The leader's lease.
+    Lease,
+    /// The answering node's state.
+    Stale,
+}
+
+impl From<ReadLevel> for Consistency {
+    fn from(r: ReadLevel) -> Self {
+        match r {
+            ReadLevel::Linearizable => Consistency::Linearizable,
+            ReadLevel::Lease => Consistency::Lease,
+            ReadLevel::Stale => Consistency::Stale,
+        }
+    }
+}
+
+/// `wraft module ...`
+#[derive(Debug, Subcommand)]
+pub enum ModuleCmd {
+    /// Upload a .wasm module; prints its id.
+    Deploy {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// `wraft fsm ...`
+#[derive(Debug, Subcommand)]
+pub enum FsmCmd {
+    /// Create an FSM instance.
+    Create {
+        /// Its name.
+        name: String,
+        /// Module id (hex).
+        #[arg(long)]
+        module: String,
+        /// Fuel per call.
+        #[arg(long, default_value_t = FsmLimits::default().fuel)]
+        fuel: u64,
+        /// Memory cap, 64 KiB pages.
+        #[arg(long, default_value_t = FsmLimits::default().memory_pages)]
+        memory_pages: u32,
+        /// Largest output, bytes.
+        #[arg(long, default_value_t = FsmLimits::default().max_output_bytes)]
+        max_output: u32,
+    },
+    /// List FSM instances.
+    List,
+}
+
+/// `wraft cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Membership, roles and progress.
+    Status,
+    /// Add a non-voting learner.
+    AddLearner {
+        /// Its id.
+        id: u64,
+        /// Its address.
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Its id.
+        id: u64,
+    },
+    /// Remove a node.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+    /// Hand leadership to a node, or to the most caught-up voter.
+    TransferLeader {
+        /// The target.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+fn json(p: Payload) -> String {
+    match p {
+        Payload::Json(j) => j,
+        Payload::Postcard(b) => format!("{b:?}"),
+    }
+}
+
+fn name(s: &str) -> anyhow::Result<FsmName> {
+    Ok(FsmName::new(s)?)
+}
+
+/// `wraft apply FSM JSON`.
+pub async fn apply(conn: &Conn, fsm: &str, command: &str) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        json(conn.client()?.apply_json(&name(fsm)?, command).await?)
+    );
+    Ok(())
+}
+
+/// `wraft query FSM JSON`.
+pub async fn query(conn: &Conn, fsm: &str, q: &str, level: ReadLevel) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        json(
+            conn.client()?
+                .query_json(&name(fsm)?, q, level.into())
+                .await?
+        )
+    );
+    Ok(())
+}
+
+/// `wraft module ...`.
+pub async fn module(conn: &Conn, cmd: ModuleCmd) -> anyhow::Result<()> {
+    match cmd {
+        ModuleCmd::Deploy { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            println!("{}", conn.client()?.deploy(bytes).await?);
+        }
+    }
+    Ok(())
+}
+
+/// `wraft fsm ...`.
+pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
+    match cmd {
+        FsmCmd::Create {
+            name: n,
+            module,
+            fuel,
+            memory_pages,
+            max_output,
+        } => {
+            let id = ModuleId::from_hex(&module)
+                .with_context(|| format!("{module:?} is not a module id"))?;
+            let limits = FsmLimits {
+                fuel,
+                memory_pages,
+                max_output_bytes: max_output,
+            };
+            conn.client()?.create_fsm(name(&n)?, id, limits).await?;
+            println!("created {n}");
+        }
+        FsmCmd::List => {
+            for f in conn.client()?.fsms().await? {
+                println!(
+                    "{}\tmodule {}\tfuel {}\tpages {}",
+                    f.name, f.module_id, f.limits.fuel, f.limits.memory_pages
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `wraft cluster ...`.
+pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
+    let client = conn.client()?;
+    match cmd {
+        ClusterCmd::Status => {
+            let s = client.status().await?;
+            let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            println!(
+                "answered by node {} ({}), term {}, leader {}, last log {}, committed {}, applied {}",
+                s.node,
+                s.state,
+                s.term,
+                opt(s.leader),
+                opt(s.last_log),
+                opt(s.committed),
+                opt(s.applied)
+            );
+            println!(
+                "{:<6} {:<22} {:<8} {:<8} {:>8}",
+                "node", "address", "member", "role", "matched"
+            );
+            for n in s.nodes {
+                let role = if Some(n.id) == s.leader { "leader" } else { "" };
+                println!(
+                    "{:<6} {:<22} {:<8} {:<8} {:>8}",
+                    n.id,
+                    n.addr,
+                    n.membership,
+                    role,
+                    opt(n.matched)
+                );
+            }
+        }
+        ClusterCmd::AddLearner { id, addr } => {
+            client.request(ApiRequest::AddLearner { id, addr }).await?;
+            println!("node {id} added as a learner");
+        }
+        ClusterCmd::Promote { id } => {
+            client.request(ApiRequest::Promote { id }).await?;
+            println!("node {id} is a voter");
+        }
+        ClusterCmd::Remove { id } => {
+            client.request(ApiRequest::Remove { id }).await?;
+            println!("node {id} removed");
+        }
+        ClusterCmd::TransferLeader { to } => {
+            let leader = client.transfer_leader(to).await?;
+            println!("leader is now node {leader}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! `wraft dev`: a local 3-node cluster in one process, with the example modules deployed.
+//! The first-run experience: everything under one data directory, certificates included.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::BasicNode;
+use wraft_client::Client;
+use wraft_core::{FsmLimits, FsmName};
+use wraft_host::cluster::{ClusterNode, NodeConfig};
+use wraft_host::local::EXAMPLES;
+
+/// Options of `wraft dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Data directory (node data in `node-<id>/`, certificates in `certs/`).
+    #[arg(long, env = "WRAFT_DATA_DIR", default_value = "wraft-data/dev")]
+    pub data_dir: PathBuf,
+    /// Node 1 listens on this UDP port of 127.0.0.1, nodes 2 and 3 on the next two.
+    #[arg(long, env = "WRAFT_DEV_PORT", default_value_t = 7001)]
+    pub port: u16,
+}
+
+fn identity(certs: &Path, name: &str) -> anyhow::Result<wraft_transport_quic::TlsIdentity> {
+    super::load_identity(
+        &certs.join("ca.pem"),
+        &certs.join(format!("{name}.pem")),
+        &certs.join(format!("{name}.key")),
+    )
+}
+
+/// Runs the cluster until SIGINT or SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let certs = args.data_dir.join("certs");
+    if !certs.join("ca.pem").exists() {
+        super::cert::generate(&certs, &[1, 2, 3], false)?;
+    }
+    let addrs: Vec<SocketAddr> = (0..3)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], args.port + i)))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = args.data_dir.join(format!("node-{id}"));
+        let config = NodeConfig::new(id, dir, *addr, identity(&certs, &format!("node-{id}"))?);
+        let node = ClusterNode::start(config)
+            .await
+            .with_context(|| format!("starting node {id} on {addr}"))?;
+        nodes.push(node);
+    }
+    if !nodes[0].raft.is_initialized().await? {
+        let members: BTreeMap<u64, BasicNode> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, BasicNode::new(a.to_string())))
+            .collect();
+        nodes[0].raft.initialize(members).await?;
+    }
+    let client = Client::new(
+        addrs.iter().map(ToString::to_string).collect(),
+        &identity(&certs, "admin")?,
+    )?
+    .with_patience(Duration::from_secs(30));
+    let fsm = FsmName::new("sequencer")?;
+    if !client.fsms().await?.iter().any(|f| f.name == fsm.as_str()) {
+        let (_, bytes) = EXAMPLES[0];
+        let module = client.deploy(bytes.to_vec()).await?;
+        client.create_fsm(fsm, module, FsmLimits::default()).await?;
+        println!("deployed latest-payload as module {module}; created FSM \"sequencer\"");
+    }
+    let status = client.status().await?;
+    let leader = status
+        .leader
+        .map_or("(electing)".into(), |l| format!("node {l}"));
+    let d = args.data_dir.display();
+    println!(
+        "wraft dev: 3 nodes on {} ; leader {leader}; data in {d}\n\
+         Try, in another terminal in this directory (the defaults point at this cluster):\n  \
+         wraft apply sequencer '{{\"Commit\":{{\"number\":1,\"hash\":\"0x{h1}\",\"parent_hash\":\"0x{h0}\",\"payload\":\"0x01\"}}}}'\n  \
+         wraft query sequencer '\"Latest\"'\n  \
+         wraft cluster status\n  \
+         wraft cluster transfer-leader\n\
+         Ctrl-C stops the cluster; `wraft dev` again resumes it from {d}.",
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        h1 = "ab".repeat(32),
+        h0 = "00".repeat(32),
+    );
+    println!("ready");
+    super::serve::shutdown_signal().await;
+    eprintln!("stopping the dev cluster");
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! `wraft serve`: run one node, configured by flags, `WRAFT_*` variables or a TOML file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use openraft::BasicNode;
+use serde::Deserialize;
+use wraft_host::cluster::{ClusterNode, NodeConfig};
+
+/// Options of `wraft serve`. Flags and variables override the config file.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the keys below (`id`, `listen`, `data_dir`, `ca`, `cert`, `key`,
+    /// `initial_members`, `queue`).
+    #[arg(long, env = "WRAFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (its certificate must be `node-<id>`'s).
+    #[arg(long, env = "WRAFT_ID")]
+    pub id: Option<u64>,
+    /// UDP address to listen on.
+    #[arg(long, env = "WRAFT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "WRAFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Cluster CA certificate (PEM).
+    #[arg(long, env = "WRAFT_CA")]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    #[arg(long, env = "WRAFT_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "WRAFT_KEY")]
+    pub key: Option<PathBuf>,
+    /// Initialize a new cluster with these members (`1=127.0.0.1:7001,2=...`), if this
+    /// node's log is empty. Give it on one node only.
+    #[arg(long, env = "WRAFT_INITIAL_MEMBERS")]
+    pub initial_members: Option<String>,
+    /// Proposals admitted at once before callers get "queue full".
+    #[arg(long, env = "WRAFT_QUEUE")]
+    pub queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    initial_members: Option<String>,
+    queue: Option<usize>,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_members(s: &str) -> anyhow::Result<std::collections::BTreeMap<u64, BasicNode>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (id, addr) = pair
+                .split_once('=')
+                .with_context(|| format!("member {pair:?} is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("member id {id:?} is not a number"))?;
+            Ok((id, BasicNode::new(addr.trim())))
+        })
+        .collect()
+}
+
+/// Runs `wraft serve` until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    macro_rules! need {
+        ($field:ident, $flag:literal) => {
+            match args.$field.or(file.$field) {
+                Some(v) => v,
+                None => bail!(concat!(
+                    "missing --",
+                    $flag,
+                    " (or `",
+                    stringify!($field),
+                    "` in the config file)"
+                )),
+            }
+        };
+    }
+    let id = need!(id, "id");
+    let listen = need!(listen, "listen");
+    let data_dir = need!(data_dir, "data-dir");
+    let identity =
+        super::load_identity(&need!(ca, "ca"), &need!(cert, "cert"), &need!(key, "key"))?;
+    let members = args
+        .initial_members
+        .or(file.initial_members)
+        .map(|m| parse_members(&m))
+        .transpose()?;
+    let mut config = NodeConfig::new(id, data_dir, listen, identity);
+    if let Some(q) = args.queue.or(file.queue) {
+        config.queue = q;
+    }
+    let node = ClusterNode::start(config).await?;
+    if let Some(members) = members
+        && !node.raft.is_initialized().await?
+    {
+        node.raft.initialize(members).await?;
+    }
+    println!("node {id} serving on {}", node.addr);
+    shutdown_signal().await;
+    eprintln!("shutting down node {id}");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

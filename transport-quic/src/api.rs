@@ -1,0 +1,250 @@
+//! The client API (ALPN `wraft-client/1`): one bidirectional stream per request, one
+//! [`ApiRequest`] frame in, one `Result<ApiResponse, ApiError>` frame out.
+
+use serde::{Deserialize, Serialize};
+use wraft_core::raft::NodeId;
+use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
+
+use crate::pki::Role;
+use crate::wire::{self, WireError};
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms its leadership with a quorum (read-index) and the
+    /// read waits until that index is applied.
+    Linearizable,
+    /// The leader serves from its lease without a quorum round trip (assumes bounded clock
+    /// drift).
+    Lease,
+    /// Whatever the answering node has applied; may be stale.
+    Stale,
+}
+
+/// An FSM command, query or output: JSON at the edge (converted by the module's codecs),
+/// or postcard bytes of the FSM's own types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// JSON text.
+    Json(String),
+    /// postcard bytes.
+    Postcard(Vec<u8>),
+}
+
+/// A request to a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ApiRequest {
+    /// Apply one command (writer).
+    Apply {
+        /// The FSM.
+        fsm: FsmName,
+        /// The command.
+        command: Payload,
+    },
+    /// Apply commands as one atomic `Batch` entry (writer).
+    Batch {
+        /// (FSM, command) pairs, in order.
+        commands: Vec<(FsmName, Payload)>,
+    },
+    /// Query an FSM (reader).
+    Query {
+        /// The FSM.
+        fsm: FsmName,
+        /// The query.
+        query: Payload,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// Deploy a module (admin).
+    Deploy {
+        /// The wasm bytes.
+        bytes: Vec<u8>,
+    },
+    /// Create an FSM instance (admin).
+    CreateFsm {
+        /// Its name.
+        fsm: FsmName,
+        /// A deployed module.
+        module_id: ModuleId,
+        /// Its limits.
+        limits: FsmLimits,
+    },
+    /// FSM instances and modules (reader).
+    ListFsms,
+    /// Cluster membership, roles and progress (reader).
+    Status,
+    /// Add a non-voting learner (admin).
+    AddLearner {
+        /// Its id.
+        id: NodeId,
+        /// Its address.
+        addr: String,
+    },
+    /// Make a learner a voter (admin).
+    Promote {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Remove a node from the cluster (admin).
+    Remove {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Hand leadership to `to`, or to the most caught-up voter (admin).
+    TransferLeader {
+        /// The target, if any.
+        to: Option<NodeId>,
+    },
+    /// A request a follower forwards to the leader on behalf of a caller with `role`. Only
+    /// accepted from a member node's certificate.
+    Forwarded {
+        /// The original caller's role.
+        role: Role,
+        /// The original request.
+        request: Box<ApiRequest>,
+    },
+}
+
+impl ApiRequest {
+    /// The least role allowed to make this request.
+    pub fn required_role(&self) -> Role {
+        match self {
+            Self::Query { .. } | Self::ListFsms | Self::Status => Role::Reader,
+            Self::Apply { .. } | Self::Batch { .. } => Role::Writer,
+            Self::Deploy { .. }
+            | Self::CreateFsm { .. }
+            | Self::AddLearner { .. }
+            | Self::Promote { .. }
+            | Self::Remove { .. }
+            | Self::TransferLeader { .. }
+            | Self::Forwarded { .. } => Role::Admin,
+        }
+    }
+}
+
+/// One FSM instance in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsmInfo {
+    /// Its name.
+    pub name: String,
+    /// Its module.
+    pub module_id: ModuleId,
+    /// Its limits.
+    pub limits: FsmLimits,
+}
+
+/// One node in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// "voter" or "learner".
+    pub membership: String,
+    /// The last log index the leader knows it has (leader's view), if known.
+    pub matched: Option<u64>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The answering node.
+    pub node: NodeId,
+    /// Its raft state ("Leader", "Follower", ...).
+    pub state: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader it follows.
+    pub leader: Option<NodeId>,
+    /// Its last log index.
+    pub last_log: Option<u64>,
+    /// Its committed index.
+    pub committed: Option<u64>,
+    /// Its applied index.
+    pub applied: Option<u64>,
+    /// Every member.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiResponse {
+    /// An apply's or query's output, in the request's encoding.
+    Output(Payload),
+    /// A batch's outputs.
+    BatchOutputs(Vec<Payload>),
+    /// Done (create, membership changes).
+    Done,
+    /// A deployed module's id.
+    Deployed(ModuleId),
+    /// FSMs and modules.
+    Fsms(Vec<FsmInfo>),
+    /// Cluster status.
+    Status(ClusterStatus),
+    /// Who leads after a transfer.
+    Leader(NodeId),
+}
+
+/// A refused or failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApiError {
+    /// The entry was applied and failed deterministically (the same on every node).
+    #[error("{0}")]
+    Failed(ApplyError),
+    /// The caller's certificate does not carry the role the request needs.
+    #[error("not allowed: this request needs the {needed:?} role; the caller has {have:?}")]
+    NotAllowed {
+        /// The role needed.
+        needed: Role,
+        /// The caller's role, if any.
+        have: Option<Role>,
+    },
+    /// The node's proposal queue is full: retry later.
+    #[error("queue full: node {node} has {capacity} proposals in flight; retry later")]
+    QueueFull {
+        /// The node.
+        node: NodeId,
+        /// Its queue capacity.
+        capacity: usize,
+    },
+    /// There is no leader right now (an election is under way): retry.
+    #[error("no leader right now; retry")]
+    NoLeader,
+    /// The request is malformed (bad JSON, unknown FSM for a codec, invalid module, ...).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The node could not serve it (storage fault, shutting down, leader unreachable).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A response frame.
+pub type ApiResult = Result<ApiResponse, ApiError>;
+
+/// Who sent a request, as their certificate says.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The client role in the certificate, if it is a client certificate.
+    pub role: Option<Role>,
+    /// The connection (to check node identities).
+    pub connection: quinn::Connection,
+}
+
+/// Serves client API requests (implemented by the node).
+pub trait ApiHandler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, caller: Caller, request: ApiRequest)
+    -> impl Future<Output = ApiResult> + Send;
+}
+
+/// Sends one request on a new stream of `conn` and reads its answer.
+pub async fn call(conn: &quinn::Connection, request: &ApiRequest) -> Result<ApiResult, WireError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
+    wire::send(&mut send, request).await?;
+    send.finish()?;
+    wire::recv(&mut recv).await
+}
