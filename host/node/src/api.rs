@@ -17,7 +17,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use tokio::sync::Semaphore;
 use wraft_core::raft::{Node, NodeId};
-use wraft_core::{Apply, Command, EntryResponse, FsmName, LogEntry};
+use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmName, LogEntry};
 use wraft_transport_quic::api::{
     self, ApiError, ApiHandler, ApiRequest, ApiResponse, ApiResult, Caller, ClusterStatus,
     Consistency, FsmInfo, NodeStatus, Payload,
@@ -127,7 +127,7 @@ impl NodeApi {
                         };
                     }
                 }
-                self.query(fsm, query)
+                self.query(fsm, query).await
             }
             ApiRequest::ListFsms => {
                 let fsms = self.store.fsms().map_err(unavailable)?;
@@ -159,23 +159,34 @@ impl NodeApi {
         self.metrics().state == ServerState::Leader
     }
 
-    /// JSON → postcard through the FSM's codec.
-    fn encode(
+    /// JSON → postcard through the FSM's codec. A new leader may not have applied the entry
+    /// that created the FSM yet: if the codec cannot find it, catch up to the read index
+    /// (every committed entry) and try once more before calling the request bad.
+    async fn encode(
         &self,
         fsm: &FsmName,
         payload: &Payload,
         codec: EntryPoint,
     ) -> Result<Vec<u8>, ApiError> {
-        match payload {
-            Payload::Postcard(b) => Ok(b.clone()),
-            Payload::Json(j) => match self
-                .store
-                .codec(fsm, codec, j.as_bytes())
-                .map_err(unavailable)?
-            {
-                Ok(bytes) => Ok(bytes),
-                Err(e) => Err(ApiError::BadRequest(format!("{fsm}: {e}"))),
-            },
+        let json = match payload {
+            Payload::Postcard(b) => return Ok(b.clone()),
+            Payload::Json(j) => j.as_bytes(),
+        };
+        let mut caught_up = false;
+        loop {
+            match self.store.codec(fsm, codec, json).map_err(unavailable)? {
+                Ok(bytes) => return Ok(bytes),
+                Err(ApplyError::UnknownFsm(_) | ApplyError::UnknownModule(_))
+                    if !caught_up && self.is_leader() =>
+                {
+                    self.raft
+                        .ensure_linearizable(ReadPolicy::ReadIndex)
+                        .await
+                        .map_err(unavailable)?;
+                    caught_up = true;
+                }
+                Err(e) => return Err(ApiError::BadRequest(format!("{fsm}: {e}"))),
+            }
         }
     }
 
@@ -196,8 +207,8 @@ impl NodeApi {
         }
     }
 
-    fn query(&self, fsm: &FsmName, query: &Payload) -> ApiResult {
-        let bytes = self.encode(fsm, query, EntryPoint::QueryFromJson)?;
+    async fn query(&self, fsm: &FsmName, query: &Payload) -> ApiResult {
+        let bytes = self.encode(fsm, query, EntryPoint::QueryFromJson).await?;
         match self.store.query(fsm, &bytes).map_err(unavailable)? {
             Ok(out) => Ok(ApiResponse::Output(self.decode(
                 fsm,
@@ -222,19 +233,21 @@ impl NodeApi {
         let command = match &request {
             ApiRequest::Apply { fsm, command } => Command::Apply(Apply {
                 fsm: fsm.clone(),
-                payload: self.encode(fsm, command, EntryPoint::CommandFromJson)?,
+                payload: self
+                    .encode(fsm, command, EntryPoint::CommandFromJson)
+                    .await?,
             }),
-            ApiRequest::Batch { commands } => Command::Batch(
-                commands
-                    .iter()
-                    .map(|(fsm, c)| {
-                        Ok(Apply {
-                            fsm: fsm.clone(),
-                            payload: self.encode(fsm, c, EntryPoint::CommandFromJson)?,
-                        })
-                    })
-                    .collect::<Result<_, ApiError>>()?,
-            ),
+            ApiRequest::Batch { commands } => {
+                let mut applies = Vec::with_capacity(commands.len());
+                for (fsm, c) in commands {
+                    let payload = self.encode(fsm, c, EntryPoint::CommandFromJson).await?;
+                    applies.push(Apply {
+                        fsm: fsm.clone(),
+                        payload,
+                    });
+                }
+                Command::Batch(applies)
+            }
             ApiRequest::Deploy { bytes } => {
                 // Refuse an invalid module before it enters the log.
                 self.store

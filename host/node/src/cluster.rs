@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::Config;
 use tokio::task::JoinHandle;
@@ -138,15 +139,21 @@ impl ClusterNode {
         })
     }
 
-    /// Stops raft and closes the endpoint (peers see the connection close).
+    /// Stops raft and closes the endpoint (peers see the connection close), then waits
+    /// (up to 5 s) for in-flight requests to release the stores, so the same data directory
+    /// can be opened again by this process.
     pub async fn shutdown(self) {
         let _ = self.raft.shutdown().await;
         self.endpoint.close(0u32.into(), b"node shutting down");
-        for t in &self.tasks {
+        for t in self.tasks {
             t.abort();
+            let _ = t.await;
         }
         // Let peers see the close; do not wait out the idle timeout of a dead peer.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
-            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -21,16 +21,21 @@ fn identity(ca: &DevCa, id: u64) -> TlsIdentity {
     TlsIdentity::from_pem(&ca.cert_pem, &node.cert_pem, &node.key_pem).expect("identity")
 }
 
-struct Cluster {
-    ca: DevCa,
+pub struct Cluster {
+    pub ca: DevCa,
     dirs: Vec<TempDir>,
     nodes: Vec<Option<ClusterNode>>,
-    addrs: Vec<SocketAddr>,
+    pub addrs: Vec<SocketAddr>,
     policy: SnapshotPolicy,
+    queue: usize,
 }
 
 impl Cluster {
-    async fn start(n: u64, policy: SnapshotPolicy) -> Self {
+    pub async fn start(n: u64, policy: SnapshotPolicy) -> Self {
+        Self::start_with(n, policy, wraft_host::api::DEFAULT_QUEUE).await
+    }
+
+    pub async fn start_with(n: u64, policy: SnapshotPolicy, queue: usize) -> Self {
         let ca = DevCa::generate("wraft test CA").expect("CA");
         let mut c = Cluster {
             ca,
@@ -38,6 +43,7 @@ impl Cluster {
             nodes: Vec::new(),
             addrs: Vec::new(),
             policy,
+            queue,
         };
         for id in 1..=n {
             c.dirs.push(tempfile::tempdir().expect("tmp"));
@@ -67,10 +73,11 @@ impl Cluster {
             identity(&self.ca, id),
         );
         config.snapshots = self.policy;
+        config.queue = self.queue;
         ClusterNode::start(config).await.expect("node starts")
     }
 
-    fn node(&self, id: u64) -> &ClusterNode {
+    pub fn node(&self, id: u64) -> &ClusterNode {
         self.nodes[id as usize - 1]
             .as_ref()
             .expect("node is running")
@@ -81,7 +88,7 @@ impl Cluster {
     }
 
     /// The leader all live nodes agree on.
-    async fn leader(&self) -> &ClusterNode {
+    pub async fn leader(&self) -> &ClusterNode {
         for _ in 0..200 {
             let views: Vec<Option<u64>> = self
                 .live()
@@ -101,20 +108,54 @@ impl Cluster {
         panic!("no agreed leader within 10 s");
     }
 
-    async fn stop(&mut self, id: u64) {
+    pub async fn stop(&mut self, id: u64) {
         let node = self.nodes[id as usize - 1].take().expect("running");
         node.shutdown().await;
     }
 
-    async fn restart(&mut self, id: u64) {
+    pub async fn restart(&mut self, id: u64) {
         let node = self.boot(id, self.addrs[id as usize - 1]).await;
         self.nodes[id as usize - 1] = Some(node);
+    }
+
+    /// Restarts `id` on another port: the others still send to its old address, so it
+    /// hears nobody while it can still reach everyone (a one-way partition).
+    pub async fn restart_unreachable(&mut self, id: u64) {
+        let node = self.boot(id, "127.0.0.1:0".parse().expect("addr")).await;
+        self.nodes[id as usize - 1] = Some(node);
+    }
+
+    /// A client certificate identity with `role`.
+    pub fn client_identity(&self, role: wraft_transport_quic::pki::Role) -> TlsIdentity {
+        let c = self.ca.client("test client", role).expect("client cert");
+        TlsIdentity::from_pem(&self.ca.cert_pem, &c.cert_pem, &c.key_pem).expect("identity")
+    }
+
+    /// A client that knows only the given nodes.
+    pub fn client(
+        &self,
+        role: wraft_transport_quic::pki::Role,
+        ids: &[u64],
+    ) -> wraft_client::Client {
+        let addrs = ids
+            .iter()
+            .map(|id| self.addrs[*id as usize - 1].to_string())
+            .collect();
+        wraft_client::Client::new(addrs, &self.client_identity(role)).expect("client")
+    }
+
+    pub async fn stop_all(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            if self.nodes[id as usize - 1].is_some() {
+                self.stop(id).await;
+            }
+        }
     }
 
     /// Waits until every live node's state env has applied what the leader's has (the
     /// leader's store, not its metrics, which may lag), then returns each node's state hash
     /// of FSM "p".
-    async fn converged_hashes(&self) -> Vec<[u8; 32]> {
+    pub async fn converged_hashes(&self) -> Vec<[u8; 32]> {
         let leader = self.leader().await;
         let target = leader
             .store
@@ -153,7 +194,7 @@ async fn write(raft: &Raft, command: Command) -> EntryResponse {
         .data
 }
 
-async fn setup_probe(raft: &Raft) {
+pub async fn setup_probe(raft: &Raft) {
     let bytes = wraft_fsm_artifacts::PROBE.to_vec();
     let id = module_id(&bytes);
     assert_eq!(
@@ -186,7 +227,7 @@ async fn increments(raft: &Raft, n: u64) {
     }
 }
 
-fn counter(node: &ClusterNode) -> u64 {
+pub fn counter(node: &ClusterNode) -> u64 {
     let q = postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
     match postcard::from_bytes(
         &node
@@ -198,6 +239,7 @@ fn counter(node: &ClusterNode) -> u64 {
     .expect("decode")
     {
         probe::Output::Bytes(b) => postcard::from_bytes::<u64>(&b).expect("u64"),
+        probe::Output::None => 0,
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -1,6 +1,8 @@
 //! Integration tests of the FSM runtime and the state store: real LMDB in temp dirs, real
 //! wasm modules built from fsm-examples by wraft-fsm-artifacts.
 
+mod api;
+mod cli;
 mod cluster;
 mod common;
 mod crash;

@@ -1,0 +1,194 @@
+//! The `wraft` binary as a user runs it: `wraft dev` then `wraft apply` / `query` /
+//! `cluster status` from another process; bad configuration; certificates.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WRAFT: &str = env!("CARGO_BIN_EXE_wraft");
+
+fn wraft(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(WRAFT)
+        .current_dir(cwd)
+        .args(args)
+        .env("WRAFT_LOG", "error")
+        .output()
+        .expect("run wraft")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Three consecutive free UDP ports on 127.0.0.1.
+fn free_ports() -> u16 {
+    let mut base = 20_000 + (std::process::id() % 20_000) as u16;
+    loop {
+        if (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+        base += 3;
+    }
+}
+
+#[test]
+fn wraft_dev_serves_apply_and_query_to_a_second_process() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_ports();
+    let mut dev = Command::new(WRAFT)
+        .current_dir(dir.path())
+        .args(["dev", "--port", &port.to_string()])
+        .env("WRAFT_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wraft dev");
+    let stdout = dev.stdout.take().expect("stdout");
+    let started = Instant::now();
+    let mut banner = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        banner.push_str(&line);
+        banner.push('\n');
+        if line == "ready" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "wraft dev did not get ready:\n{banner}"
+        );
+    }
+    assert!(banner.contains("created FSM \"sequencer\""), "{banner}");
+    let nodes = format!("127.0.0.1:{},127.0.0.1:{}", port + 1, port + 2);
+    let h = |b: &str| format!("0x{}", b.repeat(32));
+    let commit = format!(
+        r#"{{"Commit":{{"number":7,"hash":"{}","parent_hash":"{}","payload":"0x0102"}}}}"#,
+        h("ab"),
+        h("00")
+    );
+    // The defaults point at wraft-data/dev/certs in the working directory, as after `make dev`.
+    let out = wraft(
+        dir.path(),
+        &["apply", "sequencer", &commit, "--nodes", &nodes],
+    );
+    assert!(out.status.success(), "apply failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), r#"{"number":7,"changed":true}"#);
+    let out = wraft(
+        dir.path(),
+        &["query", "sequencer", r#""Latest""#, "--nodes", &nodes],
+    );
+    assert!(out.status.success(), "query failed: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(r#""number":7"#),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = wraft(dir.path(), &["cluster", "status", "--nodes", &nodes]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("voter"))
+            .count(),
+        3,
+        "{}",
+        text(&out.stdout)
+    );
+    // A reader certificate may query but not write.
+    let reader = [
+        "--client-cert",
+        "wraft-data/dev/certs/reader.pem",
+        "--client-key",
+        "wraft-data/dev/certs/reader.key",
+    ];
+    let mut args = vec![
+        "apply",
+        "sequencer",
+        commit.as_str(),
+        "--nodes",
+        nodes.as_str(),
+    ];
+    args.extend(reader);
+    let out = wraft(dir.path(), &args);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("needs the Writer role"),
+        "{}",
+        text(&out.stderr)
+    );
+    // SIGTERM stops it cleanly.
+    let kill = Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = dev.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wraft dev did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "wraft dev exited with {status}");
+}
+
+#[test]
+fn serve_explains_a_bad_configuration() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "id = 1\nlisten = \"127.0.0.1:7001\"\nlisten_port = 3\n",
+    )
+    .expect("write");
+    let out = wraft(dir.path(), &["serve", "--config", "bad.toml"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("invalid config file") && err.contains("listen_port"),
+        "{err}"
+    );
+    let out = wraft(dir.path(), &["serve", "--listen", "127.0.0.1:7001"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("missing --id"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn cert_writes_a_ca_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = wraft(dir.path(), &["cert", "--out", "certs", "--nodes", "1,2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in [
+        "ca.pem",
+        "node-1.pem",
+        "node-1.key",
+        "node-2.pem",
+        "admin.pem",
+        "writer.key",
+        "reader.pem",
+    ] {
+        assert!(dir.path().join("certs").join(f).exists(), "{f} missing");
+    }
+    let ca = std::fs::read(dir.path().join("certs/ca.pem")).expect("ca");
+    let again = wraft(dir.path(), &["cert", "--out", "certs"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("certs/ca.pem")).expect("ca"),
+        ca,
+        "the CA was not replaced"
+    );
+}
