@@ -10,7 +10,7 @@ setup:
 	rustup target add wasm32-unknown-unknown thumbv7em-none-eabihf
 	rustup component add rustfmt clippy
 
-## Build wraft and run the first-run demo against ./wraft-data/dev.
+## Build wraft and run a local 3-node cluster (data under ./wraft-data/dev) until Ctrl-C.
 dev: setup
 	$(CARGO) run -p wraft-host --bin wraft -- dev
 
@@ -21,6 +21,8 @@ test: setup
 ## Micro-benchmarks (see docs/benchmarks.md).
 bench: setup
 	$(CARGO) bench -p wraft-host --bench apply
+	$(CARGO) bench -p wraft-host --bench log_append
+	$(CARGO) bench -p wraft-host --bench cluster
 
 ## What CI runs.
 ci:

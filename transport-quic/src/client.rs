@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +20,9 @@ use crate::wire::{self, CHUNK, Chunk, Reply, Request};
 use crate::{ALPN_RAFT, TlsIdentity, TransportError, client_config};
 
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// How long a handshake with a peer may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Shared {
     me: NodeId,
@@ -119,18 +121,15 @@ impl RaftClient {
         let unreachable = |e: &dyn std::fmt::Display| {
             CallError::Unreachable(format!("node {target} at {addr}: {e}"))
         };
-        let sock: SocketAddr = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| unreachable(&e))?
-            .next()
-            .ok_or_else(|| unreachable(&"address resolves to nothing"))?;
-        let conn = self
-            .shared
-            .endpoint
-            .connect_with(self.shared.config.clone(), sock, &node_name(target))
-            .map_err(|e| unreachable(&e))?
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let conn = crate::dial(
+            &self.shared.endpoint,
+            &self.shared.config,
+            addr,
+            &node_name(target),
+            DIAL_TIMEOUT,
+        )
+        .await
+        .map_err(|e| unreachable(&e))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(&e))?;
         wire::send(
             &mut send,

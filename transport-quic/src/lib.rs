@@ -52,3 +52,30 @@ pub enum TransportError {
     #[error(transparent)]
     Wire(#[from] wire::WireError),
 }
+
+/// Resolves `addr` (`host:port`) and opens a QUIC connection to it with `config`, expecting
+/// the server certificate to carry `server_name`; gives up after `timeout`.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: &str,
+    server_name: &str,
+    timeout: std::time::Duration,
+) -> Result<quinn::Connection, TransportError> {
+    let err = |detail: String| TransportError::Connect {
+        addr: addr.to_string(),
+        detail,
+    };
+    let sock = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("the address resolves to nothing".into()))?;
+    let connecting = endpoint
+        .connect_with(config.clone(), sock, server_name)
+        .map_err(|e| err(e.to_string()))?;
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| err(format!("no handshake within {timeout:?}")))?
+        .map_err(|e| err(e.to_string()))
+}

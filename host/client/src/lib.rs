@@ -87,21 +87,13 @@ impl Client {
         for k in 0..self.nodes.len() {
             let i = (start + k) % self.nodes.len();
             let addr = &self.nodes[i];
-            let attempt = async {
-                let sock = tokio::net::lookup_host(addr.as_str())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .next()
-                    .ok_or("address resolves to nothing")?;
-                let connecting = self
-                    .endpoint
-                    .connect_with(self.config.clone(), sock, CLUSTER_NAME)
-                    .map_err(|e| e.to_string())?;
-                tokio::time::timeout(Duration::from_secs(3), connecting)
-                    .await
-                    .map_err(|_| "handshake timed out".to_string())?
-                    .map_err(|e| e.to_string())
-            };
+            let attempt = wraft_transport_quic::dial(
+                &self.endpoint,
+                &self.config,
+                addr,
+                CLUSTER_NAME,
+                Duration::from_secs(3),
+            );
             match attempt.await {
                 Ok(conn) => return Ok((i, conn)),
                 Err(e) => last = format!("{addr}: {e}"),

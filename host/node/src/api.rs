@@ -461,21 +461,16 @@ impl Forwarder {
         if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
             return Ok(c);
         }
-        let sock = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or("no address")?;
-        let conn = self
-            .endpoint
-            .connect_with(
-                self.config.clone(),
-                sock,
-                &wraft_transport_quic::pki::node_name(leader),
-            )
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let name = wraft_transport_quic::pki::node_name(leader);
+        let conn = wraft_transport_quic::dial(
+            &self.endpoint,
+            &self.config,
+            addr,
+            &name,
+            Duration::from_secs(3),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         self.conns
             .lock()
             .map_err(|e| e.to_string())?

@@ -34,6 +34,71 @@ pub struct NodeConfig {
     pub snapshots: SnapshotPolicy,
     /// Proposals admitted at once; more get `QueueFull`.
     pub queue: usize,
+    /// Promote learners to voters automatically (off by default).
+    pub auto_promote: Option<AutoPromote>,
+}
+
+/// Kommander's learner promotion: while this node leads, a learner whose replication lag
+/// stays at or under `max_lag` entries for `stable_window` becomes a voter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoPromote {
+    /// Largest lag (leader's last log index minus the learner's matched index).
+    pub max_lag: u64,
+    /// How long the lag must stay under the bound.
+    pub stable_window: Duration,
+}
+
+impl AutoPromote {
+    /// Runs until the node shuts down.
+    fn spawn(self, raft: Raft) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            use openraft::type_config::async_runtime::WatchReceiver;
+            let mut since: std::collections::HashMap<NodeId, tokio::time::Instant> =
+                Default::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let m = raft.metrics().borrow_watched().clone();
+                if m.running_state.is_err() {
+                    break;
+                }
+                let (Some(replication), Some(last)) = (m.replication.as_ref(), m.last_log_index)
+                else {
+                    since.clear();
+                    continue;
+                };
+                let learners: Vec<NodeId> =
+                    m.membership_config.membership().learner_ids().collect();
+                since.retain(|id, _| learners.contains(id));
+                for id in learners {
+                    let matched = replication
+                        .get(&id)
+                        .and_then(|l| l.as_ref())
+                        .map_or(0, |l| l.index);
+                    if last.saturating_sub(matched) > self.max_lag {
+                        since.remove(&id);
+                        continue;
+                    }
+                    let first = *since.entry(id).or_insert_with(tokio::time::Instant::now);
+                    if first.elapsed() >= self.stable_window {
+                        let add = openraft::ChangeMembers::AddVoterIds(
+                            std::collections::BTreeSet::from([id]),
+                        );
+                        match raft.change_membership(add, false).await {
+                            Ok(_) => tracing::info!(
+                                learner = id,
+                                "promoted to voter: lag stayed within bounds"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(learner = id, "automatic promotion failed: {e}")
+                            }
+                        }
+                        since.remove(&id);
+                    }
+                }
+            }
+        })
+    }
 }
 
 impl NodeConfig {
@@ -55,6 +120,7 @@ impl NodeConfig {
             raft,
             snapshots: SnapshotPolicy::default(),
             queue: DEFAULT_QUEUE,
+            auto_promote: None,
         }
     }
 }
@@ -120,7 +186,7 @@ impl ClusterNode {
             &config.identity,
             config.queue,
         )?;
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(serve(
                 endpoint.clone(),
                 raft.clone(),
@@ -129,6 +195,9 @@ impl ClusterNode {
             )),
             config.snapshots.spawn_interval(raft.clone()),
         ];
+        if let Some(auto) = config.auto_promote {
+            tasks.push(auto.spawn(raft.clone()));
+        }
         Ok(Self {
             id: config.id,
             addr,
@@ -153,6 +222,14 @@ impl ClusterNode {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&self.store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(self.endpoint);
+        // The UDP port is free once every endpoint handle is gone: wait for it, so a restart
+        // on the same address succeeds.
+        while std::net::UdpSocket::bind(self.addr).is_err()
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

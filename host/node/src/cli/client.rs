@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use wraft_client::Client;
-use wraft_core::{FsmLimits, FsmName, ModuleId};
+use wraft_core::FsmName;
 use wraft_transport_quic::api::{ApiRequest, Consistency, Payload};
 
 /// How to reach the cluster.
@@ -96,15 +96,8 @@ pub enum FsmCmd {
         /// Module id (hex).
         #[arg(long)]
         module: String,
-        /// Fuel per call.
-        #[arg(long, default_value_t = FsmLimits::default().fuel)]
-        fuel: u64,
-        /// Memory cap, 64 KiB pages.
-        #[arg(long, default_value_t = FsmLimits::default().memory_pages)]
-        memory_pages: u32,
-        /// Largest output, bytes.
-        #[arg(long, default_value_t = FsmLimits::default().max_output_bytes)]
-        max_output: u32,
+        #[command(flatten)]
+        limits: super::LimitsArgs,
     },
     /// List FSM instances.
     List,
@@ -191,17 +184,9 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
         FsmCmd::Create {
             name: n,
             module,
-            fuel,
-            memory_pages,
-            max_output,
+            limits,
         } => {
-            let id = ModuleId::from_hex(&module)
-                .with_context(|| format!("{module:?} is not a module id"))?;
-            let limits = FsmLimits {
-                fuel,
-                memory_pages,
-                max_output_bytes: max_output,
-            };
+            let (id, limits) = (super::module_id(&module)?, limits.limits());
             conn.client()?.create_fsm(name(&n)?, id, limits).await?;
             println!("created {n}");
         }

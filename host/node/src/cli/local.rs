@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use wraft_core::{FsmLimits, FsmName, ModuleId};
+use wraft_core::FsmName;
 use wraft_host::local::{EXAMPLES, LocalNode};
 
 #[derive(Debug, Subcommand)]
@@ -22,15 +22,8 @@ pub enum LocalOp {
         /// Module id (sha256, hex) as printed by deploy.
         #[arg(long, env = "WRAFT_MODULE")]
         module: String,
-        /// Fuel per call.
-        #[arg(long, env = "WRAFT_FUEL", default_value_t = FsmLimits::default().fuel)]
-        fuel: u64,
-        /// Memory cap in 64 KiB pages.
-        #[arg(long, env = "WRAFT_MEMORY_PAGES", default_value_t = FsmLimits::default().memory_pages)]
-        memory_pages: u32,
-        /// Largest output of one call, in bytes.
-        #[arg(long, env = "WRAFT_MAX_OUTPUT", default_value_t = FsmLimits::default().max_output_bytes)]
-        max_output: u32,
+        #[command(flatten)]
+        limits: super::LimitsArgs,
     },
     /// Apply a JSON command to an FSM and print its JSON output.
     Apply {
@@ -87,18 +80,9 @@ pub fn run(data_dir: PathBuf, max_state_bytes: usize, op: LocalOp) -> anyhow::Re
         LocalOp::Create {
             fsm,
             module,
-            fuel,
-            memory_pages,
-            max_output,
+            limits,
         } => {
-            let id = ModuleId::from_hex(&module)
-                .with_context(|| format!("{module:?} is not a module id (64 hex digits)"))?;
-            let limits = FsmLimits {
-                fuel,
-                memory_pages,
-                max_output_bytes: max_output,
-            };
-            node.create(name(&fsm)?, id, limits)??;
+            node.create(name(&fsm)?, super::module_id(&module)?, limits.limits())??;
             println!("created {fsm}");
         }
         LocalOp::Apply { fsm, json } => println!("{}", node.apply_json(&name(&fsm)?, &json)??),

@@ -21,3 +21,34 @@ pub fn load_identity(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<TlsId
         &read(key)?,
     )?)
 }
+
+/// Per-FSM limits on the command line (`fsm create`, `local create`).
+#[derive(Debug, clap::Args)]
+pub struct LimitsArgs {
+    /// Fuel (about one unit per wasm instruction) per call.
+    #[arg(long, env = "WRAFT_FUEL", default_value_t = wraft_core::FsmLimits::default().fuel)]
+    pub fuel: u64,
+    /// Memory cap in 64 KiB pages.
+    #[arg(long, env = "WRAFT_MEMORY_PAGES", default_value_t = wraft_core::FsmLimits::default().memory_pages)]
+    pub memory_pages: u32,
+    /// Largest output of one call, in bytes.
+    #[arg(long, env = "WRAFT_MAX_OUTPUT", default_value_t = wraft_core::FsmLimits::default().max_output_bytes)]
+    pub max_output: u32,
+}
+
+impl LimitsArgs {
+    /// The limits.
+    pub fn limits(&self) -> wraft_core::FsmLimits {
+        wraft_core::FsmLimits {
+            fuel: self.fuel,
+            memory_pages: self.memory_pages,
+            max_output_bytes: self.max_output,
+        }
+    }
+}
+
+/// Parses a module id (64 hex digits).
+pub fn module_id(s: &str) -> anyhow::Result<wraft_core::ModuleId> {
+    wraft_core::ModuleId::from_hex(s)
+        .with_context(|| format!("{s:?} is not a module id (64 hex digits)"))
+}

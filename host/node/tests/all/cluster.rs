@@ -28,6 +28,7 @@ pub struct Cluster {
     pub addrs: Vec<SocketAddr>,
     policy: SnapshotPolicy,
     queue: usize,
+    pub auto_promote: Option<wraft_host::cluster::AutoPromote>,
 }
 
 impl Cluster {
@@ -36,6 +37,15 @@ impl Cluster {
     }
 
     pub async fn start_with(n: u64, policy: SnapshotPolicy, queue: usize) -> Self {
+        Self::start_full(n, policy, queue, None).await
+    }
+
+    pub async fn start_full(
+        n: u64,
+        policy: SnapshotPolicy,
+        queue: usize,
+        auto_promote: Option<wraft_host::cluster::AutoPromote>,
+    ) -> Self {
         let ca = DevCa::generate("wraft test CA").expect("CA");
         let mut c = Cluster {
             ca,
@@ -44,6 +54,7 @@ impl Cluster {
             addrs: Vec::new(),
             policy,
             queue,
+            auto_promote,
         };
         for id in 1..=n {
             c.dirs.push(tempfile::tempdir().expect("tmp"));
@@ -74,6 +85,7 @@ impl Cluster {
         );
         config.snapshots = self.policy;
         config.queue = self.queue;
+        config.auto_promote = self.auto_promote;
         ClusterNode::start(config).await.expect("node starts")
     }
 
@@ -123,6 +135,16 @@ impl Cluster {
     pub async fn restart_unreachable(&mut self, id: u64) {
         let node = self.boot(id, "127.0.0.1:0".parse().expect("addr")).await;
         self.nodes[id as usize - 1] = Some(node);
+    }
+
+    /// Starts one more node (not a member yet); returns its id.
+    pub async fn add_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        self.dirs.push(tempfile::tempdir().expect("tmp"));
+        let node = self.boot(id, "127.0.0.1:0".parse().expect("addr")).await;
+        self.addrs.push(node.addr);
+        self.nodes.push(Some(node));
+        id
     }
 
     /// A client certificate identity with `role`.

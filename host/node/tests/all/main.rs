@@ -9,6 +9,7 @@ mod crash;
 mod determinism;
 mod guests;
 mod hostile;
+mod membership;
 mod persistence;
 mod raft_storage;
 mod validation;

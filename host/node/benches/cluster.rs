@@ -1,0 +1,176 @@
+//! A 3-node cluster on loopback, durable (fsync on), closed-loop clients sending 256-byte
+//! commands: commits/s and p50/p99 latency for 1, 16, 64 and 256 clients, beside the
+//! floors measured in the same run: the disk's fdatasync and a client API round trip.
+//!
+//! Run: `cargo bench -p wraft-host --bench cluster` (`WRAFT_BENCH_DIR`: where the data
+//! goes, default the system temp dir; `WRAFT_BENCH_SECS`: seconds per row, default 5).
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use openraft::BasicNode;
+use wraft_client::Client;
+use wraft_core::{FsmLimits, FsmName};
+use wraft_host::cluster::{ClusterNode, NodeConfig};
+use wraft_transport_quic::TlsIdentity;
+use wraft_transport_quic::api::{ApiRequest, Payload};
+use wraft_transport_quic::pki::{DevCa, Role};
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn main() {
+    let base = std::env::var_os("WRAFT_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let secs: u64 = std::env::var("WRAFT_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir_in(base).expect("bench dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+
+    let mut floor = Histogram::<u64>::new(3).expect("hist");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(dir.path().join("fsync.probe"))
+        .expect("probe");
+    for _ in 0..200 {
+        let t = Instant::now();
+        f.write_all(&[0u8; 4096]).expect("write");
+        f.sync_data().expect("fdatasync");
+        floor.record(t.elapsed().as_nanos() as u64).expect("record");
+    }
+    let fsync = floor.value_at_quantile(0.5);
+
+    rt.block_on(async {
+        let ca = DevCa::generate("bench CA").expect("ca");
+        let mut nodes = Vec::new();
+        for id in 1..=3u64 {
+            let c = ca.node(id).expect("cert");
+            let identity =
+                TlsIdentity::from_pem(&ca.cert_pem, &c.cert_pem, &c.key_pem).expect("identity");
+            let mut config = NodeConfig::new(
+                id,
+                dir.path().join(format!("node-{id}")),
+                "127.0.0.1:0".parse().expect("addr"),
+                identity,
+            );
+            config.queue = 4096;
+            nodes.push(ClusterNode::start(config).await.expect("node"));
+        }
+        let members: BTreeMap<u64, BasicNode> = nodes
+            .iter()
+            .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+            .collect();
+        nodes[0].raft.initialize(members).await.expect("init");
+        let c = ca.client("bench", Role::Admin).expect("cert");
+        let identity =
+            TlsIdentity::from_pem(&ca.cert_pem, &c.cert_pem, &c.key_pem).expect("identity");
+        let admin = Client::new(
+            nodes.iter().map(|n| n.addr.to_string()).collect(),
+            &identity,
+        )
+        .expect("client");
+        let module = admin
+            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+            .await
+            .expect("deploy");
+        let p = FsmName::new("p").expect("name");
+        admin
+            .create_fsm(p.clone(), module, FsmLimits::default())
+            .await
+            .expect("create");
+        let leader = admin
+            .status()
+            .await
+            .expect("status")
+            .leader
+            .expect("leader");
+        let leader_addr = nodes
+            .iter()
+            .find(|n| n.id == leader)
+            .expect("leader node")
+            .addr
+            .to_string();
+        let client = Arc::new(Client::new(vec![leader_addr], &identity).expect("client"));
+
+        let mut rtt = Histogram::<u64>::new(3).expect("hist");
+        for _ in 0..300 {
+            let t = Instant::now();
+            client.request(ApiRequest::Status).await.expect("status");
+            rtt.record(t.elapsed().as_nanos() as u64).expect("record");
+        }
+        let rtt50 = rtt.value_at_quantile(0.5);
+        println!(
+            "machine: {} cores; data: {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            dir.path().display()
+        );
+        println!(
+            "floor: fdatasync p50 {:.1} µs, API round trip (Status) p50 {:.1} µs",
+            us(fsync),
+            us(rtt50)
+        );
+        println!(
+            "{:>8} {:>12} {:>10} {:>10} {:>16}",
+            "clients", "commits/s", "p50 µs", "p99 µs", "p50/(fsync+rtt)"
+        );
+        for clients in [1usize, 16, 64, 256] {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let mut tasks = Vec::new();
+            for w in 0..clients {
+                let (client, p) = (client.clone(), p.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut hist = Histogram::<u64>::new(3).expect("hist");
+                    let mut i = 0u64;
+                    while Instant::now() < deadline {
+                        let cmd = probe::Command::Put {
+                            key: format!("{w}-{}", i % 1000).into_bytes(),
+                            value: vec![0xa5; 256],
+                        };
+                        let command =
+                            Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode"));
+                        let t = Instant::now();
+                        client
+                            .request(ApiRequest::Apply {
+                                fsm: p.clone(),
+                                command,
+                            })
+                            .await
+                            .expect("commit");
+                        hist.record(t.elapsed().as_nanos() as u64).expect("record");
+                        i += 1;
+                    }
+                    hist
+                }));
+            }
+            let started = Instant::now();
+            let mut all = Histogram::<u64>::new(3).expect("hist");
+            for t in tasks {
+                all.add(t.await.expect("task")).expect("merge");
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let p50 = all.value_at_quantile(0.5);
+            println!(
+                "{:>8} {:>12.0} {:>10.1} {:>10.1} {:>16.2}",
+                clients,
+                all.len() as f64 / elapsed,
+                us(p50),
+                us(all.value_at_quantile(0.99)),
+                p50 as f64 / (fsync + rtt50) as f64
+            );
+        }
+        for n in nodes {
+            n.shutdown().await;
+        }
+    });
+}
