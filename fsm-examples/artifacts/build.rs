@@ -9,7 +9,11 @@ use std::process::Command;
 
 /// (crate name, path under fsm-examples). Every guest here must have a test named after it:
 /// `foreach_guest!` expands to one item per guest, which the host's tests use.
-const GUESTS: &[(&str, &str)] = &[("latest-payload", "latest-payload"), ("probe", "probe")];
+const GUESTS: &[(&str, &str)] = &[
+    ("latest-payload", "latest-payload"),
+    ("file-manifest", "file-manifest"),
+    ("probe", "probe"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));

@@ -14,7 +14,10 @@ use crate::runtime::{EntryPoint, FsmRuntime};
 use crate::state::{AppliedPosition, Committed, StateError, StateOptions, StateStore, module_id};
 
 /// Example modules built into this binary (from fsm-examples).
-pub const EXAMPLES: &[(&str, &[u8])] = &[("latest-payload", wraft_fsm_artifacts::LATEST_PAYLOAD)];
+pub const EXAMPLES: &[(&str, &[u8])] = &[
+    ("latest-payload", wraft_fsm_artifacts::LATEST_PAYLOAD),
+    ("file-manifest", wraft_fsm_artifacts::FILE_MANIFEST),
+];
 
 /// One node without raft.
 #[derive(Debug)]

@@ -24,12 +24,18 @@ enum Cmd {
     Serve(cli::serve::ServeArgs),
     /// Write a development CA and node/client certificates.
     Cert(cli::cert::CertArgs),
-    /// Apply a JSON command to an FSM; prints its JSON output.
+    /// Apply a JSON command to an FSM and print its JSON output; or, with `--batch FILE`,
+    /// apply a JSON array of `{"fsm": ..., "command": ...}` as one atomic Batch entry.
     Apply {
         /// The FSM.
-        fsm: String,
+        #[arg(required_unless_present = "batch")]
+        fsm: Option<String>,
         /// The command, JSON.
-        json: String,
+        #[arg(required_unless_present = "batch")]
+        json: Option<String>,
+        /// A JSON file with many commands, applied together or not at all.
+        #[arg(long, conflicts_with_all = ["fsm", "json"])]
+        batch: Option<PathBuf>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -108,7 +114,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev(args) => cli::dev::run(args).await,
         Cmd::Serve(args) => cli::serve::run(args).await,
         Cmd::Cert(args) => cli::cert::run(args),
-        Cmd::Apply { fsm, json, conn } => cli::client::apply(&conn, &fsm, &json).await,
+        Cmd::Apply {
+            batch: Some(file),
+            conn,
+            ..
+        } => cli::client::apply_batch(&conn, &file).await,
+        Cmd::Apply {
+            fsm: Some(fsm),
+            json: Some(json),
+            conn,
+            ..
+        } => cli::client::apply(&conn, &fsm, &json).await,
+        Cmd::Apply { .. } => Err(anyhow::anyhow!("give FSM and JSON, or --batch FILE")),
         Cmd::Query {
             fsm,
             json,

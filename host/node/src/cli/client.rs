@@ -153,6 +153,34 @@ pub async fn apply(conn: &Conn, fsm: &str, command: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `wraft apply --batch FILE`: a JSON array of `{"fsm": NAME, "command": JSON}` applied as
+/// one atomic Batch entry; prints the outputs as a JSON array.
+pub async fn apply_batch(conn: &Conn, file: &std::path::Path) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        fsm: String,
+        command: serde_json::Value,
+    }
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let items: Vec<Item> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a JSON array of {{\"fsm\", \"command\"}} objects",
+            file.display()
+        )
+    })?;
+    let commands = items
+        .into_iter()
+        .map(|i| Ok((name(&i.fsm)?, i.command.to_string())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outputs = conn.client()?.batch_json(commands).await?;
+    println!(
+        "[{}]",
+        outputs.into_iter().map(json).collect::<Vec<_>>().join(",")
+    );
+    Ok(())
+}
+
 /// `wraft query FSM JSON`.
 pub async fn query(conn: &Conn, fsm: &str, q: &str, level: ReadLevel) -> anyhow::Result<()> {
     println!(

@@ -64,12 +64,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &identity(&certs, "admin")?,
     )?
     .with_patience(Duration::from_secs(30));
-    let fsm = FsmName::new("sequencer")?;
-    if !client.fsms().await?.iter().any(|f| f.name == fsm.as_str()) {
-        let (_, bytes) = EXAMPLES[0];
+    let existing = client.fsms().await?;
+    for ((example, bytes), fsm) in EXAMPLES.iter().zip(["sequencer", "manifest"]) {
+        if existing.iter().any(|f| f.name == fsm) {
+            continue;
+        }
         let module = client.deploy(bytes.to_vec()).await?;
-        client.create_fsm(fsm, module, FsmLimits::default()).await?;
-        println!("deployed latest-payload as module {module}; created FSM \"sequencer\"");
+        client
+            .create_fsm(FsmName::new(fsm)?, module, FsmLimits::default())
+            .await?;
+        println!("deployed {example} as module {module}; created FSM \"{fsm}\"");
     }
     let status = client.status().await?;
     let leader = status

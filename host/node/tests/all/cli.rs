@@ -96,6 +96,63 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         "{}",
         text(&out.stdout)
     );
+    // Many commands as one atomic Batch entry, across two FSMs.
+    let batch = format!(
+        r#"[{{"fsm":"manifest","command":{{"RegisterFile":{{"path":"p1","database":"db","measurement":"m","partition_time_ms":0,"size_bytes":5,"checksum":"c","tier":"Hot"}}}}}},
+            {{"fsm":"manifest","command":{{"DeleteFile":{{"path":"nope"}}}}}},
+            {{"fsm":"sequencer","command":{}}}]"#,
+        commit
+            .replace("\"number\":7", "\"number\":8")
+            .replace("0x0102", "0x03")
+    );
+    std::fs::write(dir.path().join("batch.json"), batch).expect("write batch");
+    let out = wraft(
+        dir.path(),
+        &["apply", "--batch", "batch.json", "--nodes", &nodes],
+    );
+    assert!(out.status.success(), "batch failed: {}", text(&out.stderr));
+    let outputs = text(&out.stdout);
+    assert!(
+        outputs.contains(r#""registered":1"#) && outputs.contains(r#""number":8"#),
+        "{outputs}"
+    );
+    // A batch with one failing command applies none of it.
+    // (block 1 is older than the stored block 8: the FSM rejects it at apply).
+    let stale = format!(
+        r#"{{"Commit":{{"number":1,"hash":"{}","parent_hash":"{}","payload":"0x"}}}}"#,
+        h("00"),
+        h("00")
+    );
+    std::fs::write(
+        dir.path().join("bad.json"),
+        format!(r#"[{{"fsm":"manifest","command":{{"DeleteFile":{{"path":"p1"}}}}}},{{"fsm":"sequencer","command":{stale}}}]"#),
+    )
+    .expect("write");
+    let out = wraft(
+        dir.path(),
+        &["apply", "--batch", "bad.json", "--nodes", &nodes],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("batch command 1 failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = wraft(
+        dir.path(),
+        &[
+            "query",
+            "manifest",
+            r#"{"File":{"path":"p1"}}"#,
+            "--nodes",
+            &nodes,
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("p1"),
+        "the failed batch deleted p1: {}",
+        text(&out.stdout)
+    );
     // A reader certificate may query but not write.
     let reader = [
         "--client-cert",

@@ -230,3 +230,77 @@ fn fsms_cannot_see_each_others_keys() {
     };
     assert_eq!(all.len(), 1);
 }
+
+#[test]
+fn file_manifest() {
+    let f = Fixture::new(
+        wraft_fsm_artifacts::FILE_MANIFEST,
+        "manifest",
+        FsmLimits::default(),
+    );
+    let fsm = name("manifest");
+    let file = |path: &str, t: u64, tier: &str| {
+        format!(
+            r#"{{"path":"{path}","database":"metrics","measurement":"cpu","partition_time_ms":{t},"size_bytes":100,"checksum":"c","tier":"{tier}"}}"#
+        )
+    };
+    let sources: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"Register":{}}}"#,
+                file(&format!("s{i:02}"), i * 10, "Hot")
+            )
+        })
+        .collect();
+    let out = f
+        .node
+        .apply_json(
+            &fsm,
+            &format!(r#"{{"BatchFileOps":[{}]}}"#, sources.join(",")),
+        )
+        .expect("no fault")
+        .expect("sources");
+    assert!(out.contains(r#""registered":40"#), "{out}");
+    // Compaction: the output written and the 40 sources deleted, as one command.
+    let mut ops = vec![format!(
+        r#"{{"Register":{}}}"#,
+        file("compacted", 0, "Warm")
+    )];
+    ops.extend((0..40).map(|i| format!(r#"{{"Delete":{{"path":"s{i:02}"}}}}"#)));
+    let out = f
+        .node
+        .apply_json(&fsm, &format!(r#"{{"BatchFileOps":[{}]}}"#, ops.join(",")))
+        .expect("no fault")
+        .expect("compaction");
+    assert!(out.contains(r#""registered":1,"deleted":40"#), "{out}");
+    let listed = f
+        .node
+        .query_json(
+            &fsm,
+            r#"{"ByMeasurement":{"database":"metrics","measurement":"cpu"}}"#,
+        )
+        .expect("no fault")
+        .expect("query");
+    assert!(
+        listed.contains("compacted") && !listed.contains("s01"),
+        "{listed}"
+    );
+    let totals = f
+        .node
+        .query_json(&fsm, r#""Totals""#)
+        .expect("no fault")
+        .expect("totals");
+    assert!(totals.contains(r#""files":1,"bytes":100"#), "{totals}");
+    // Idempotent retry of the compaction changes nothing.
+    let before = f.hash("manifest");
+    let out = f
+        .node
+        .apply_json(&fsm, &format!(r#"{{"BatchFileOps":[{}]}}"#, ops.join(",")))
+        .expect("no fault")
+        .expect("retry");
+    assert!(
+        out.contains(r#""registered":0,"deleted":0,"unchanged":41"#),
+        "{out}"
+    );
+    assert_eq!(f.hash("manifest"), before);
+}
