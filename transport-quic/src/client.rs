@@ -196,6 +196,20 @@ fn unexpected<T>(reply: Reply) -> Result<T, RPCError<TypeConfig>> {
     Err(net(format!("unexpected reply {reply:?}")).into())
 }
 
+impl RaftPeer {
+    /// One request/reply RPC to this peer within the option's hard deadline.
+    async fn send(
+        &self,
+        request: Request,
+        option: RPCOption,
+    ) -> Result<Reply, RPCError<TypeConfig>> {
+        Ok(self
+            .client
+            .call(self.target, &self.addr, request, option.hard_ttl())
+            .await?)
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for RaftPeer {
     type SnapshotData = std::fs::File;
 
@@ -204,16 +218,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .client
-            .call(
-                self.target,
-                &self.addr,
-                Request::AppendEntries(rpc),
-                option.hard_ttl(),
-            )
-            .await?
-        {
+        let reply = self.send(Request::AppendEntries(rpc), option).await?;
+        match reply {
             Reply::AppendEntries(r) => remote(r),
             other => unexpected(other),
         }
@@ -224,16 +230,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .client
-            .call(
-                self.target,
-                &self.addr,
-                Request::Vote(rpc),
-                option.hard_ttl(),
-            )
-            .await?
-        {
+        let reply = self.send(Request::Vote(rpc), option).await?;
+        match reply {
             Reply::Vote(r) => remote(r),
             other => unexpected(other),
         }
@@ -244,16 +242,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .client
-            .call(
-                self.target,
-                &self.addr,
-                Request::PreVote(rpc),
-                option.hard_ttl(),
-            )
-            .await?
-        {
+        let reply = self.send(Request::PreVote(rpc), option).await?;
+        match reply {
             Reply::Vote(r) => remote(r),
             other => unexpected(other),
         }
@@ -264,16 +254,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .client
-            .call(
-                self.target,
-                &self.addr,
-                Request::TransferLeader(req),
-                option.hard_ttl(),
-            )
-            .await?
-        {
+        let reply = self.send(Request::TransferLeader(req), option).await?;
+        match reply {
             Reply::TransferLeader(r) => remote(r),
             other => unexpected(other),
         }

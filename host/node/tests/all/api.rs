@@ -10,7 +10,8 @@ use wraft_host::raft::SnapshotPolicy;
 use wraft_transport_quic::api::{self, ApiError, ApiRequest, Consistency, Payload};
 use wraft_transport_quic::pki::Role;
 
-use crate::cluster::{Cluster, counter, setup_probe};
+use crate::cluster::Cluster;
+use crate::common::{probe_counter, setup_probe};
 
 fn p() -> FsmName {
     FsmName::new("p").expect("name")
@@ -34,7 +35,7 @@ async fn writes_through_any_node_reach_the_leader_and_reads_work_at_every_level(
         );
     }
     assert_eq!(
-        counter(c.node(leader)),
+        probe_counter(&c.node(leader).store),
         3,
         "the leader applied the forwarded writes"
     );
@@ -67,7 +68,7 @@ async fn writes_through_any_node_reach_the_leader_and_reads_work_at_every_level(
         matches!(err, ClientError::Api(ApiError::BadRequest(_))),
         "{err}"
     );
-    assert_eq!(counter(c.node(leader)), 3);
+    assert_eq!(probe_counter(&c.node(leader).store), 3);
     c.stop_all().await;
 }
 
@@ -141,7 +142,11 @@ async fn roles_are_enforced_directly_and_through_forwarding() {
     };
     let r = api::call(&conn, &sneaky).await.expect("answered");
     assert!(matches!(r, Err(ApiError::NotAllowed { .. })), "{r:?}");
-    assert_eq!(counter(c.node(leader)), 0, "nothing was applied");
+    assert_eq!(
+        probe_counter(&c.node(leader).store),
+        0,
+        "nothing was applied"
+    );
     c.stop_all().await;
 }
 

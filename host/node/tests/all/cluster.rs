@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use openraft::{BasicNode, ServerState};
 use tempfile::TempDir;
-use wraft_core::{Command, EntryResponse, FsmLimits, LogEntry};
+use wraft_core::EntryResponse;
 use wraft_host::cluster::{ClusterNode, NodeConfig};
 use wraft_host::raft::{Raft, SnapshotPolicy};
-use wraft_host::state::module_id;
 use wraft_transport_quic::pki::DevCa;
 use wraft_transport_quic::wire::{self, Reply, Request};
 use wraft_transport_quic::{ALPN_RAFT, TlsIdentity, client_config};
 
-use crate::common::{name, probe_apply};
+pub use crate::common::setup_probe;
+use crate::common::{name, probe_apply, probe_counter, raft_write};
 
 fn identity(ca: &DevCa, id: u64) -> TlsIdentity {
     let node = ca.node(id).expect("node cert");
@@ -209,60 +209,14 @@ impl Cluster {
 
 use openraft::type_config::async_runtime::WatchReceiver;
 
-async fn write(raft: &Raft, command: Command) -> EntryResponse {
-    raft.client_write(LogEntry::new(wraft_host::local::now_ms(), command))
-        .await
-        .expect("committed")
-        .data
-}
-
-pub async fn setup_probe(raft: &Raft) {
-    let bytes = wraft_fsm_artifacts::PROBE.to_vec();
-    let id = module_id(&bytes);
-    assert_eq!(
-        write(
-            raft,
-            Command::DeployModule {
-                module_id: id,
-                bytes
-            }
-        )
-        .await,
-        EntryResponse::Done
-    );
-    let create = Command::CreateFsm {
-        fsm: name("p"),
-        module_id: id,
-        limits: FsmLimits::default(),
-    };
-    assert_eq!(write(raft, create).await, EntryResponse::Done);
-}
-
 async fn increments(raft: &Raft, n: u64) {
     for _ in 0..n {
-        let r = write(
+        let r = raft_write(
             raft,
             probe_apply("p", &probe::Command::Incr { key: b"n".to_vec() }),
         )
         .await;
         assert!(matches!(r, EntryResponse::Output(_)), "{r:?}");
-    }
-}
-
-pub fn counter(node: &ClusterNode) -> u64 {
-    let q = postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
-    match postcard::from_bytes(
-        &node
-            .store
-            .query(&name("p"), &q)
-            .expect("no fault")
-            .expect("query"),
-    )
-    .expect("decode")
-    {
-        probe::Output::Bytes(b) => postcard::from_bytes::<u64>(&b).expect("u64"),
-        probe::Output::None => 0,
-        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -278,7 +232,7 @@ async fn three_nodes_replicate_survive_leader_loss_and_agree() {
     increments(&leader.raft, 30).await;
     let hashes = c.converged_hashes().await;
     assert_eq!(hashes.len(), 3);
-    let counters: Vec<u64> = c.live().map(counter).collect();
+    let counters: Vec<u64> = c.live().map(|n| probe_counter(&n.store)).collect();
     let applied: Vec<_> = c
         .live()
         .map(|n| n.store.applied().expect("applied"))
@@ -294,7 +248,7 @@ async fn three_nodes_replicate_survive_leader_loss_and_agree() {
     let new = c.leader().await;
     assert_ne!(new.id, old);
     assert_eq!(
-        counter(new),
+        probe_counter(&new.store),
         30,
         "every acknowledged write survived the leader's loss"
     );
@@ -309,7 +263,7 @@ async fn three_nodes_replicate_survive_leader_loss_and_agree() {
         all_equal(&hashes),
         "the restarted node disagrees: {hashes:?}"
     );
-    assert_eq!(counter(c.node(old)), 50);
+    assert_eq!(probe_counter(&c.node(old).store), 50);
     for id in 1..=3 {
         c.stop(id).await;
     }
@@ -343,7 +297,7 @@ async fn a_follower_that_missed_purged_entries_installs_a_snapshot_over_quic() {
     let hashes = c.converged_hashes().await;
     assert!(all_equal(&hashes), "{hashes:?}");
     let f = c.node(follower);
-    assert_eq!(counter(f), 60);
+    assert_eq!(probe_counter(&f.store), 60);
     assert!(
         f.raft.metrics().borrow_watched().snapshot.is_some(),
         "the follower caught up through a snapshot"

@@ -101,3 +101,39 @@ pub fn runtime() -> Arc<FsmRuntime> {
 pub fn reopen(dir: &std::path::Path) -> StateStore {
     StateStore::open(dir, runtime()).expect("reopen")
 }
+
+/// The probe FSM "p"'s counter under key "n" in `store` (0 if never incremented).
+pub fn probe_counter(store: &StateStore) -> u64 {
+    let q = postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
+    let out = store
+        .query(&name("p"), &q)
+        .expect("no fault")
+        .expect("query");
+    match postcard::from_bytes(&out).expect("decode") {
+        probe::Output::Bytes(b) => postcard::from_bytes::<u64>(&b).expect("u64"),
+        probe::Output::None => 0,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Proposes `command` through `raft` (the leader) and returns the entry's response.
+pub async fn raft_write(raft: &wraft_host::raft::Raft, command: Command) -> EntryResponse {
+    let entry = wraft_core::LogEntry::new(wraft_host::local::now_ms(), command);
+    raft.client_write(entry).await.expect("committed").data
+}
+
+/// Deploys the probe module and creates FSM "p" from it through `raft`.
+pub async fn setup_probe(raft: &wraft_host::raft::Raft) {
+    let bytes = wraft_fsm_artifacts::PROBE.to_vec();
+    let module_id = wraft_host::state::module_id(&bytes);
+    assert_eq!(
+        raft_write(raft, Command::DeployModule { module_id, bytes }).await,
+        EntryResponse::Done
+    );
+    let create = Command::CreateFsm {
+        fsm: name("p"),
+        module_id,
+        limits: FsmLimits::default(),
+    };
+    assert_eq!(raft_write(raft, create).await, EntryResponse::Done);
+}

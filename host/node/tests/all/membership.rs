@@ -10,7 +10,8 @@ use wraft_host::raft::SnapshotPolicy;
 use wraft_transport_quic::api::{ApiRequest, ApiResponse};
 use wraft_transport_quic::pki::Role;
 
-use crate::cluster::{Cluster, counter, setup_probe};
+use crate::cluster::Cluster;
+use crate::common::{probe_counter, setup_probe};
 
 const INCR: &str = r#"{"Incr":{"key":[110]}}"#;
 
@@ -44,7 +45,7 @@ async fn a_learner_is_added_promoted_and_removed_while_writes_continue() {
         .expect("write while a learner joins");
     c.converged_hashes().await;
     assert_eq!(
-        counter(c.node(new)),
+        probe_counter(&c.node(new).store),
         11,
         "the learner replicated everything"
     );

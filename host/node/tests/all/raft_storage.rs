@@ -15,11 +15,10 @@ use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{BasicNode, Config, ServerState, StorageError};
 use tempfile::TempDir;
-use wraft_core::{Command, EntryResponse, FsmLimits, LogEntry};
+use wraft_core::EntryResponse;
 use wraft_host::raft::{LogStore, Raft, Snapshot, SnapshotPolicy, StateMachine, TypeConfig, Vote};
-use wraft_host::state::module_id;
 
-use crate::common::{name, probe_apply, runtime};
+use crate::common::{name, probe_apply, probe_counter, raft_write, runtime, setup_probe};
 
 struct Builder;
 
@@ -109,51 +108,6 @@ async fn wait_leader(raft: &Raft) {
         .expect("becomes leader");
 }
 
-async fn write(raft: &Raft, command: Command) -> EntryResponse {
-    raft.client_write(LogEntry::new(wraft_host::local::now_ms(), command))
-        .await
-        .expect("committed")
-        .data
-}
-
-fn counter(store: &wraft_host::state::StateStore) -> u64 {
-    let q = postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
-    match postcard::from_bytes(
-        &store
-            .query(&name("p"), &q)
-            .expect("no fault")
-            .expect("query"),
-    )
-    .expect("decode")
-    {
-        probe::Output::Bytes(b) => postcard::from_bytes::<u64>(&b).expect("u64"),
-        probe::Output::None => 0,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-async fn deploy_probe(raft: &Raft) {
-    let bytes = wraft_fsm_artifacts::PROBE.to_vec();
-    let id = module_id(&bytes);
-    assert_eq!(
-        write(
-            raft,
-            Command::DeployModule {
-                module_id: id,
-                bytes
-            }
-        )
-        .await,
-        EntryResponse::Done
-    );
-    let create = Command::CreateFsm {
-        fsm: name("p"),
-        module_id: id,
-        limits: FsmLimits::default(),
-    };
-    assert_eq!(write(raft, create).await, EntryResponse::Done);
-}
-
 /// Applies `n` increments with `concurrency` writers in flight.
 async fn increments(raft: &Raft, n: u64, concurrency: u64) {
     let mut tasks = Vec::new();
@@ -162,7 +116,7 @@ async fn increments(raft: &Raft, n: u64, concurrency: u64) {
         tasks.push(tokio::spawn(async move {
             let mut i = w;
             while i < n {
-                let r = write(
+                let r = raft_write(
                     &raft,
                     probe_apply("p", &probe::Command::Incr { key: b"n".to_vec() }),
                 )
@@ -189,9 +143,9 @@ async fn a_restart_applies_no_entry_twice() {
         .await
         .expect("init");
     wait_leader(&raft).await;
-    deploy_probe(&raft).await;
+    setup_probe(&raft).await;
     increments(&raft, n, 256).await;
-    assert_eq!(counter(&store), n);
+    assert_eq!(probe_counter(&store), n);
     let applied = store.applied().expect("applied").expect("some");
     raft.shutdown().await.expect("shutdown");
     drop(raft);
@@ -205,9 +159,9 @@ async fn a_restart_applies_no_entry_twice() {
     );
     wait_leader(&raft).await;
     // The counter counts applies: had any entry been applied again, it would exceed n.
-    assert_eq!(counter(&store), n);
+    assert_eq!(probe_counter(&store), n);
     increments(&raft, 1, 1).await;
-    assert_eq!(counter(&store), n + 1);
+    assert_eq!(probe_counter(&store), n + 1);
     raft.shutdown().await.expect("shutdown");
 }
 
@@ -237,7 +191,7 @@ async fn snapshots_of_empty_and_real_state_install_elsewhere() {
         .await
         .expect("init");
     wait_leader(&raft).await;
-    deploy_probe(&raft).await;
+    setup_probe(&raft).await;
     increments(&raft, 300, 16).await;
     raft.trigger().snapshot().await.expect("trigger");
     let snap = loop {
@@ -259,7 +213,7 @@ async fn snapshots_of_empty_and_real_state_install_elsewhere() {
         sm_b.store().fsm_hash(&name("p")).expect("hash"),
         store.fsm_hash(&name("p")).expect("hash")
     );
-    assert_eq!(counter(sm_b.store()), 300);
+    assert_eq!(probe_counter(sm_b.store()), 300);
     let (applied, _) = sm_b.applied_state().await.expect("applied");
     assert_eq!(applied, snap.meta.last_log_id);
     raft.shutdown().await.expect("shutdown");
@@ -364,7 +318,7 @@ async fn the_interval_knob_snapshots_without_reaching_the_threshold() {
         .expect("init");
     wait_leader(&raft).await;
     let timer = policy.spawn_interval(raft.clone());
-    deploy_probe(&raft).await;
+    setup_probe(&raft).await;
     increments(&raft, 20, 4).await;
     // Every write above was applied before client_write returned; the metrics may lag.
     let target = {
