@@ -250,12 +250,13 @@ impl NodeApi {
             }
             ApiRequest::Deploy { bytes } => {
                 // Refuse an invalid module before it enters the log.
-                self.store
-                    .runtime()
-                    .validate(bytes)
+                let module_id = self
+                    .store
+                    .prepare_module(bytes)
+                    .map_err(unavailable)?
                     .map_err(|e| ApiError::BadRequest(format!("invalid module: {e}")))?;
                 Command::DeployModule {
-                    module_id: module_id(bytes),
+                    module_id,
                     bytes: bytes.clone(),
                 }
             }

@@ -2,8 +2,11 @@
 //!
 //! * [`runtime`]: the deterministic wasm FSM runtime (wasmtime), one fresh instance per call.
 //! * [`state`]: the LMDB state env: FSM keyspaces, registry, modules, applied position.
-//! * [`local`]: a single-node driver that assigns log positions and timestamps, used by the
-//!   `wraft local` commands until the raft layer drives the state store.
+//! * [`raft`]: openraft's log store (`<data>/raft`), state machine and snapshots.
+//! * [`cluster`]: a node on the network: stores, openraft and the QUIC transport together.
+//! * [`api`]: the client API a node serves (roles, forwarding, admission, read levels).
+//! * [`local`]: a single-node driver without raft (assigns log positions and timestamps
+//!   itself), behind `wraft local`.
 
 pub mod api;
 pub mod cluster;

@@ -11,7 +11,7 @@ use wraft_core::{
 };
 
 use crate::runtime::{EntryPoint, FsmRuntime};
-use crate::state::{AppliedPosition, Committed, StateError, StateOptions, StateStore, module_id};
+use crate::state::{AppliedPosition, Committed, StateError, StateOptions, StateStore};
 
 /// Example modules built into this binary (from fsm-examples).
 pub const EXAMPLES: &[(&str, &[u8])] = &[
@@ -78,10 +78,10 @@ impl LocalNode {
 
     /// Deploys `bytes` (validated first, so an invalid module never reaches the log).
     pub fn deploy(&self, bytes: Vec<u8>) -> Result<Result<ModuleId, ApplyError>, StateError> {
-        if let Err(e) = self.store.runtime().validate(&bytes) {
-            return Ok(Err(ApplyError::InvalidModule(e.to_string())));
-        }
-        let id = module_id(&bytes);
+        let id = match self.store.prepare_module(&bytes)? {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(ApplyError::InvalidModule(e.to_string()))),
+        };
         Ok(
             match self.propose(Command::DeployModule {
                 module_id: id,

@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use wraft_core::abi::EntryContext;
 use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
 
-use crate::runtime::{CallEnv, EntryPoint, FsmRuntime, KvTarget, LoadedModule, RuntimeError};
+use crate::runtime::{
+    CallEnv, EntryPoint, FsmRuntime, KvTarget, LoadedModule, ModuleError, RuntimeError,
+};
 
 pub use keys::GroupId;
 pub use snapshot::copy_raft_state;
@@ -341,6 +343,17 @@ impl StateStore {
             return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
         };
         Ok(self.loaded(txn, &rec.module_id)?.map(|m| (rec, m)))
+    }
+
+    /// Validates and compiles `bytes` before they are proposed, under their real id, so that
+    /// applying the deploy entry on this node reuses the compiled module instead of compiling
+    /// it a second time. Returns the module id, or why the module is refused.
+    pub fn prepare_module(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Result<ModuleId, ModuleError>, StateError> {
+        let id = module_id(bytes);
+        Ok(self.runtime.load(id, || Ok(bytes.to_vec()))?.map(|_| id))
     }
 
     /// Runs a read-only query against `fsm` at the applied index.
