@@ -12,6 +12,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[
     ("latest-payload", "latest-payload"),
     ("file-manifest", "file-manifest"),
+    ("airspace-store", "airspace-store"),
     ("probe", "probe"),
 ];
 

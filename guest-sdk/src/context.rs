@@ -53,10 +53,7 @@ impl<'a> Context<'a> {
 
     /// The postcard-decoded value under `key`.
     pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, Error> {
-        match self.host.get(key) {
-            Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
-            None => Ok(None),
-        }
+        self.host.get(key).map(|bytes| decode(&bytes)).transpose()
     }
 
     /// Stores `value` under `key`.
@@ -105,6 +102,12 @@ impl<'a> Context<'a> {
     pub fn log(&self, message: &str) {
         self.host.log(wraft_core::abi::log_level::INFO, message)
     }
+}
+
+/// Decodes a postcard value, as stored by [`Context::put_as`] (for values that came from
+/// [`Context::scan`] or [`Context::scan_prefix`]).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    Ok(postcard::from_bytes(bytes)?)
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` if there is none

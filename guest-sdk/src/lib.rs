@@ -39,7 +39,7 @@ mod wasm;
 #[doc(hidden)]
 pub mod __rt;
 
-pub use context::{Context, Host};
+pub use context::{Context, Host, decode};
 pub use error::Error;
 pub use hex::{Hex32, HexBytes};
 pub use serde;

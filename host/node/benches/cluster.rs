@@ -5,81 +5,28 @@
 //! Run: `cargo bench -p wraft-host --bench cluster` (`WRAFT_BENCH_DIR`: where the data
 //! goes, default the system temp dir; `WRAFT_BENCH_SECS`: seconds per row, default 5).
 
-use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use openraft::BasicNode;
-use wraft_client::Client;
 use wraft_core::{FsmLimits, FsmName};
-use wraft_host::cluster::{ClusterNode, NodeConfig};
-use wraft_transport_quic::TlsIdentity;
 use wraft_transport_quic::api::{ApiRequest, Payload};
-use wraft_transport_quic::pki::{DevCa, Role};
 
-fn us(ns: u64) -> f64 {
-    ns as f64 / 1000.0
-}
+mod support;
+use support::{BenchCluster, us};
 
 fn main() {
-    let base = std::env::var_os("WRAFT_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let secs: u64 = std::env::var("WRAFT_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let dir = tempfile::tempdir_in(base).expect("bench dir");
+    let secs = support::bench_secs();
+    let dir = support::bench_dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("rt");
-
-    let mut floor = Histogram::<u64>::new(3).expect("hist");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(dir.path().join("fsync.probe"))
-        .expect("probe");
-    for _ in 0..200 {
-        let t = Instant::now();
-        f.write_all(&[0u8; 4096]).expect("write");
-        f.sync_data().expect("fdatasync");
-        floor.record(t.elapsed().as_nanos() as u64).expect("record");
-    }
-    let fsync = floor.value_at_quantile(0.5);
+    let fsync = support::fsync_p50(dir.path());
 
     rt.block_on(async {
-        let ca = DevCa::generate("bench CA").expect("ca");
-        let mut nodes = Vec::new();
-        for id in 1..=3u64 {
-            let c = ca.node(id).expect("cert");
-            let identity =
-                TlsIdentity::from_pem(&ca.cert_pem, &c.cert_pem, &c.key_pem).expect("identity");
-            let mut config = NodeConfig::new(
-                id,
-                dir.path().join(format!("node-{id}")),
-                "127.0.0.1:0".parse().expect("addr"),
-                identity,
-            );
-            config.queue = 4096;
-            nodes.push(ClusterNode::start(config).await.expect("node"));
-        }
-        let members: BTreeMap<u64, BasicNode> = nodes
-            .iter()
-            .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
-            .collect();
-        nodes[0].raft.initialize(members).await.expect("init");
-        let c = ca.client("bench", Role::Admin).expect("cert");
-        let identity =
-            TlsIdentity::from_pem(&ca.cert_pem, &c.cert_pem, &c.key_pem).expect("identity");
-        let admin = Client::new(
-            nodes.iter().map(|n| n.addr.to_string()).collect(),
-            &identity,
-        )
-        .expect("client");
+        let cluster = BenchCluster::start(dir.path()).await;
+        let admin = cluster.client();
         let module = admin
             .deploy(wraft_fsm_artifacts::PROBE.to_vec())
             .await
@@ -89,19 +36,7 @@ fn main() {
             .create_fsm(p.clone(), module, FsmLimits::default())
             .await
             .expect("create");
-        let leader = admin
-            .status()
-            .await
-            .expect("status")
-            .leader
-            .expect("leader");
-        let leader_addr = nodes
-            .iter()
-            .find(|n| n.id == leader)
-            .expect("leader node")
-            .addr
-            .to_string();
-        let client = Arc::new(Client::new(vec![leader_addr], &identity).expect("client"));
+        let client = Arc::new(cluster.leader_client().await);
 
         let mut rtt = Histogram::<u64>::new(3).expect("hist");
         for _ in 0..300 {
@@ -169,8 +104,6 @@ fn main() {
                 p50 as f64 / (fsync + rtt50) as f64
             );
         }
-        for n in nodes {
-            n.shutdown().await;
-        }
+        cluster.shutdown().await;
     });
 }

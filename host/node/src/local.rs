@@ -17,6 +17,7 @@ use crate::state::{AppliedPosition, Committed, StateError, StateOptions, StateSt
 pub const EXAMPLES: &[(&str, &[u8])] = &[
     ("latest-payload", wraft_fsm_artifacts::LATEST_PAYLOAD),
     ("file-manifest", wraft_fsm_artifacts::FILE_MANIFEST),
+    ("airspace-store", wraft_fsm_artifacts::AIRSPACE_STORE),
 ];
 
 /// One node without raft.

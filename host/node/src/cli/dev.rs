@@ -65,7 +65,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     )?
     .with_patience(Duration::from_secs(30));
     let existing = client.fsms().await?;
-    for ((example, bytes), fsm) in EXAMPLES.iter().zip(["sequencer", "manifest"]) {
+    for ((example, bytes), fsm) in EXAMPLES.iter().zip(["sequencer", "manifest", "airspace"]) {
         if existing.iter().any(|f| f.name == fsm) {
             continue;
         }

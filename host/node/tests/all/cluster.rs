@@ -178,6 +178,11 @@ impl Cluster {
     /// leader's store, not its metrics, which may lag), then returns each node's state hash
     /// of FSM "p".
     pub async fn converged_hashes(&self) -> Vec<[u8; 32]> {
+        self.converged_hashes_of("p").await
+    }
+
+    /// As [`Cluster::converged_hashes`], for FSM `fsm`.
+    pub async fn converged_hashes_of(&self, fsm: &str) -> Vec<[u8; 32]> {
         let leader = self.leader().await;
         let target = leader
             .store
@@ -199,9 +204,9 @@ impl Cluster {
         self.live()
             .map(|n| {
                 n.store
-                    .fsm_hash(&name("p"))
+                    .fsm_hash(&name(fsm))
                     .expect("hash")
-                    .expect("fsm p exists")
+                    .expect("fsm exists")
             })
             .collect()
     }

@@ -304,3 +304,99 @@ fn file_manifest() {
     );
     assert_eq!(f.hash("manifest"), before);
 }
+
+/// A 4D volume around (lat, lng) for the next hour, as JSON.
+pub fn airspace_volume(lat: f64, lng: f64, side: f64, alt: (f64, f64)) -> String {
+    let now = wraft_host::local::now_ms();
+    let (a, b) = (lat + side, lng + side);
+    format!(
+        r#"{{"footprint":{{"Polygon":[{{"lat":{lat},"lng":{lng}}},{{"lat":{lat},"lng":{b}}},{{"lat":{a},"lng":{b}}},{{"lat":{a},"lng":{lng}}}]}},"altitude_lo_m":{},"altitude_hi_m":{},"start_ms":{},"end_ms":{}}}"#,
+        alt.0,
+        alt.1,
+        now.saturating_sub(60_000),
+        now + 3_600_000
+    )
+}
+
+/// `PutIntent` as JSON.
+pub fn airspace_intent(id: &str, volume: &str, key: &[&str], ovn: Option<&str>) -> String {
+    let key: Vec<String> = key.iter().map(|k| format!("{k:?}")).collect();
+    let ovn = ovn.map_or("null".to_string(), |o| format!("{o:?}"));
+    format!(
+        r#"{{"PutIntent":{{"id":"{id}","owner":"uss1","volumes":[{volume}],"state":"Accepted","base_url":"https://uss1.example","key":[{}],"ovn":{ovn}}}}}"#,
+        key.join(",")
+    )
+}
+
+/// The OVN of a `Stored` outcome.
+pub fn stored_ovn(json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).expect("json");
+    v["Stored"]["ovn"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not stored: {json}"))
+        .to_string()
+}
+
+#[test]
+fn airspace_store() {
+    let f = Fixture::new(
+        wraft_fsm_artifacts::AIRSPACE_STORE,
+        "airspace",
+        FsmLimits::default(),
+    );
+    let fsm = name("airspace");
+    let apply = |json: &str| f.node.apply_json(&fsm, json).expect("no fault");
+    let sub = format!(
+        r#"{{"PutSubscription":{{"id":"s1","owner":"uss2","volume":{},"callback_url":"https://uss2.example/s1","notify_for_isas":false,"notify_for_intents":true,"ovn":null}}}}"#,
+        airspace_volume(47.0, 8.0, 0.2, (0.0, 1000.0))
+    );
+    apply(&sub).expect("subscription");
+    let a = apply(&airspace_intent(
+        "a",
+        &airspace_volume(47.0, 8.0, 0.01, (0.0, 120.0)),
+        &[],
+        None,
+    ))
+    .expect("a");
+    let a_ovn = stored_ovn(&a);
+    assert!(a.contains(r#""subscription_id":"s1""#), "{a}");
+    let b_volume = airspace_volume(47.005, 8.005, 0.01, (50.0, 150.0));
+    let conflict = apply(&airspace_intent("b", &b_volume, &[], None)).expect("answered");
+    assert!(
+        conflict.contains(r#""Conflict""#) && conflict.contains(&a_ovn),
+        "{conflict}"
+    );
+    let b = apply(&airspace_intent("b", &b_volume, &[&a_ovn], None)).expect("b");
+    stored_ovn(&b);
+    let found = f
+        .node
+        .query_json(
+            &fsm,
+            &format!(
+                r#"{{"Search":{{"kinds":["Intent"],"area":{}}}}}"#,
+                airspace_volume(47.004, 8.004, 0.002, (0.0, 500.0))
+            ),
+        )
+        .expect("no fault")
+        .expect("search");
+    let v: serde_json::Value = serde_json::from_str(&found).expect("json");
+    let ids: Vec<&str> = v["Records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    let bad = apply(&airspace_intent(
+        "c",
+        &airspace_volume(95.0, 8.0, 0.01, (0.0, 1.0)),
+        &[],
+        None,
+    ));
+    assert!(
+        bad.expect_err("invalid")
+            .to_string()
+            .contains("latitude 95"),
+        "bad coordinates are explained"
+    );
+}

@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod crash;
 mod determinism;
+mod examples;
 mod guests;
 mod hostile;
 mod membership;
