@@ -14,6 +14,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("file-manifest", "file-manifest"),
     ("airspace-store", "airspace-store"),
     ("probe", "probe"),
+    // Built from probe's source (see its Cargo.toml).
+    ("probe-next", "probe"),
 ];
 
 fn main() {

@@ -103,16 +103,39 @@ pub enum ApiRequest {
         /// The original request.
         request: Box<ApiRequest>,
     },
+    /// Move an FSM instance to another deployed module; its `migrate` runs in the same
+    /// entry (admin).
+    UpgradeFsm {
+        /// The FSM.
+        fsm: FsmName,
+        /// The new module.
+        module_id: ModuleId,
+    },
+    /// Delete an FSM instance and all its data (admin).
+    DropFsm {
+        /// The FSM.
+        fsm: FsmName,
+    },
+    /// Delete a module no FSM uses (admin).
+    DropModule {
+        /// The module.
+        module_id: ModuleId,
+    },
+    /// Deployed modules (reader).
+    ListModules,
 }
 
 impl ApiRequest {
     /// The least role allowed to make this request.
     pub fn required_role(&self) -> Role {
         match self {
-            Self::Query { .. } | Self::ListFsms | Self::Status => Role::Reader,
+            Self::Query { .. } | Self::ListFsms | Self::ListModules | Self::Status => Role::Reader,
             Self::Apply { .. } | Self::Batch { .. } => Role::Writer,
             Self::Deploy { .. }
             | Self::CreateFsm { .. }
+            | Self::UpgradeFsm { .. }
+            | Self::DropFsm { .. }
+            | Self::DropModule { .. }
             | Self::AddLearner { .. }
             | Self::Promote { .. }
             | Self::Remove { .. }
@@ -131,6 +154,17 @@ pub struct FsmInfo {
     pub module_id: ModuleId,
     /// Its limits.
     pub limits: FsmLimits,
+}
+
+/// One deployed module in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// Its id (sha256 of the bytes).
+    pub module_id: ModuleId,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// The FSMs running it.
+    pub fsms: Vec<String>,
 }
 
 /// One node in a status report.
@@ -184,6 +218,8 @@ pub enum ApiResponse {
     Status(ClusterStatus),
     /// Who leads after a transfer.
     Leader(NodeId),
+    /// Deployed modules.
+    Modules(Vec<ModuleInfo>),
 }
 
 /// A refused or failed request.

@@ -1,6 +1,10 @@
 //! probe: a test guest. It exercises every host import and, on command, misbehaves the ways
 //! a hostile or buggy FSM would (endless loop, memory bomb, trap, panic, huge output, state
 //! smuggled in a global), so the host's containment can be tested with a real SDK module.
+//!
+//! With the `next` feature (the `probe-next` package) it is the probe's next version: FSM
+//! version 4, whose `migrate` moves every key under `v4/` (or refuses while the key
+//! `refuse-upgrade` exists), so upgrades that rewrite data can be tested.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
@@ -110,7 +114,7 @@ impl Fsm for Probe {
     type Output = Output;
     type Query = Query;
     type QueryOutput = Output;
-    const VERSION: u32 = 3;
+    const VERSION: u32 = if cfg!(feature = "next") { 4 } else { 3 };
 
     fn apply(ctx: &mut Context<'_>, command: Command) -> Result<Output, Error> {
         Ok(match command {
@@ -183,6 +187,17 @@ impl Fsm for Probe {
     }
 
     fn migrate(ctx: &mut Context<'_>, from_version: u32) -> Result<(), Error> {
+        if cfg!(feature = "next") {
+            if ctx.get(b"refuse-upgrade").is_some() {
+                return Err(Error::new("upgrade refused: the key refuse-upgrade is set"));
+            }
+            for (key, value) in ctx.scan_prefix(b"") {
+                if !key.starts_with(b"v4/") {
+                    ctx.delete(&key);
+                    ctx.put(&[b"v4/", &key[..]].concat(), &value);
+                }
+            }
+        }
         ctx.put_as(b"migrated-from", &(from_version as u64));
         Ok(())
     }

@@ -13,7 +13,8 @@ use tokio::sync::Mutex;
 use wraft_core::raft::NodeId;
 use wraft_core::{FsmLimits, FsmName, ModuleId};
 use wraft_transport_quic::api::{
-    self, ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, Payload,
+    self, ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo,
+    Payload,
 };
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
@@ -222,6 +223,33 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Moves an FSM to another deployed module (its `migrate` runs in the same entry).
+    pub async fn upgrade_fsm(&self, fsm: FsmName, module_id: ModuleId) -> Result<(), ClientError> {
+        self.request(ApiRequest::UpgradeFsm { fsm, module_id })
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes an FSM and its data.
+    pub async fn drop_fsm(&self, fsm: FsmName) -> Result<(), ClientError> {
+        self.request(ApiRequest::DropFsm { fsm }).await.map(|_| ())
+    }
+
+    /// Deletes a module that no FSM uses.
+    pub async fn drop_module(&self, module_id: ModuleId) -> Result<(), ClientError> {
+        self.request(ApiRequest::DropModule { module_id })
+            .await
+            .map(|_| ())
+    }
+
+    /// Deployed modules.
+    pub async fn modules(&self) -> Result<Vec<ModuleInfo>, ClientError> {
+        match self.request(ApiRequest::ListModules).await? {
+            ApiResponse::Modules(m) => Ok(m),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
     }
 
     /// FSM instances.

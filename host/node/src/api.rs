@@ -20,7 +20,7 @@ use wraft_core::raft::{Node, NodeId};
 use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmName, LogEntry};
 use wraft_transport_quic::api::{
     self, ApiError, ApiHandler, ApiRequest, ApiResponse, ApiResult, Caller, ClusterStatus,
-    Consistency, FsmInfo, NodeStatus, Payload,
+    Consistency, FsmInfo, ModuleInfo, NodeStatus, Payload,
 };
 use wraft_transport_quic::pki::Role;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, client_config, identity};
@@ -106,7 +106,10 @@ impl NodeApi {
             ApiRequest::Apply { .. }
             | ApiRequest::Batch { .. }
             | ApiRequest::Deploy { .. }
-            | ApiRequest::CreateFsm { .. } => self.write(role, request).await,
+            | ApiRequest::CreateFsm { .. }
+            | ApiRequest::UpgradeFsm { .. }
+            | ApiRequest::DropFsm { .. }
+            | ApiRequest::DropModule { .. } => self.write(role, request).await,
             ApiRequest::Query {
                 ref fsm,
                 ref query,
@@ -137,6 +140,24 @@ impl NodeApi {
                             name,
                             module_id: r.module_id,
                             limits: r.limits,
+                        })
+                        .collect(),
+                ))
+            }
+            ApiRequest::ListModules => {
+                let fsms = self.store.fsms().map_err(unavailable)?;
+                let modules = self.store.modules().map_err(unavailable)?;
+                Ok(ApiResponse::Modules(
+                    modules
+                        .into_iter()
+                        .map(|(id, size)| ModuleInfo {
+                            module_id: id,
+                            size_bytes: size as u64,
+                            fsms: fsms
+                                .iter()
+                                .filter(|(_, r)| r.module_id == id)
+                                .map(|(name, _)| name.clone())
+                                .collect(),
                         })
                         .collect(),
                 ))
@@ -268,6 +289,14 @@ impl NodeApi {
                 fsm: fsm.clone(),
                 module_id: *module_id,
                 limits: *limits,
+            },
+            ApiRequest::UpgradeFsm { fsm, module_id } => Command::UpgradeFsm {
+                fsm: fsm.clone(),
+                module_id: *module_id,
+            },
+            ApiRequest::DropFsm { fsm } => Command::DropFsm { fsm: fsm.clone() },
+            ApiRequest::DropModule { module_id } => Command::DropModule {
+                module_id: *module_id,
             },
             _ => return Err(ApiError::BadRequest("not a write".into())),
         };

@@ -160,7 +160,10 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// Opens the node's stores and starts raft and the transport.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
-        let runtime = Arc::new(FsmRuntime::new().map_err(crate::state::StateError::from)?);
+        let runtime = Arc::new(
+            FsmRuntime::with_cache(&config.data_dir.join("cache"))
+                .map_err(crate::state::StateError::from)?,
+        );
         let store = Arc::new(StateStore::open(&config.data_dir, runtime)?);
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?;
         let log = LogStore::open(&config.data_dir)?;

@@ -42,7 +42,7 @@ impl LocalNode {
 
     /// Opens the state env under `data_dir`.
     pub fn open_with(data_dir: &Path, options: StateOptions) -> Result<Self, StateError> {
-        let runtime = Arc::new(FsmRuntime::new()?);
+        let runtime = Arc::new(FsmRuntime::with_cache(&data_dir.join("cache"))?);
         Ok(Self {
             store: StateStore::open_with(data_dir, runtime, options)?,
         })

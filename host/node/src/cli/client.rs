@@ -84,6 +84,13 @@ pub enum ModuleCmd {
         /// The file.
         file: PathBuf,
     },
+    /// List deployed modules, with their sizes and the FSMs running them.
+    List,
+    /// Delete a module no FSM uses.
+    Drop {
+        /// Module id (hex).
+        module: String,
+    },
 }
 
 /// `wraft fsm ...`
@@ -101,6 +108,20 @@ pub enum FsmCmd {
     },
     /// List FSM instances.
     List,
+    /// Move an FSM to another deployed module, keeping its data; the new module's
+    /// `migrate` runs in the same entry, and if it fails the FSM stays on its old module.
+    Upgrade {
+        /// Its name.
+        name: String,
+        /// The new module id (hex).
+        #[arg(long)]
+        module: String,
+    },
+    /// Delete an FSM and all its data.
+    Drop {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `wraft cluster ...`
@@ -202,6 +223,21 @@ pub async fn module(conn: &Conn, cmd: ModuleCmd) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             println!("{}", conn.client()?.deploy(bytes).await?);
         }
+        ModuleCmd::List => {
+            for m in conn.client()?.modules().await? {
+                println!(
+                    "{}\t{} bytes\tfsms [{}]",
+                    m.module_id,
+                    m.size_bytes,
+                    m.fsms.join(", ")
+                );
+            }
+        }
+        ModuleCmd::Drop { module } => {
+            let id = super::module_id(&module)?;
+            conn.client()?.drop_module(id).await?;
+            println!("dropped module {id}");
+        }
     }
     Ok(())
 }
@@ -225,6 +261,15 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
                     f.name, f.module_id, f.limits.fuel, f.limits.memory_pages
                 );
             }
+        }
+        FsmCmd::Upgrade { name: n, module } => {
+            let id = super::module_id(&module)?;
+            conn.client()?.upgrade_fsm(name(&n)?, id).await?;
+            println!("upgraded {n} to module {id}");
+        }
+        FsmCmd::Drop { name: n } => {
+            conn.client()?.drop_fsm(name(&n)?).await?;
+            println!("dropped {n}");
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! The FSM runtime: deterministic wasmtime, one fresh instance per call.
 
+mod artifact_cache;
 mod engine;
 mod error;
 mod host;
@@ -7,12 +8,15 @@ mod keyspace;
 mod validate;
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wasmtime::{Engine, InstancePre, Linker, Store, Trap, TypedFunc};
 use wraft_core::abi::{self, EntryContext, status};
 use wraft_core::{ApplyError, FsmLimits, ModuleId};
 
+pub use artifact_cache::ArtifactCache;
 pub use engine::MAX_MEMORY_PAGES;
 pub(crate) use error::HostAbort;
 pub use error::RuntimeError;
@@ -111,6 +115,8 @@ pub struct FsmRuntime {
     engine: Engine,
     linker: Linker<CallState>,
     modules: Mutex<HashMap<ModuleId, Arc<LoadedModule>>>,
+    disk: Option<ArtifactCache>,
+    compilations: AtomicU64,
 }
 
 impl std::fmt::Debug for FsmRuntime {
@@ -121,6 +127,7 @@ impl std::fmt::Debug for FsmRuntime {
 
 impl FsmRuntime {
     /// A runtime with the deterministic engine and the `wraft` imports.
+    /// No compile cache on disk (every start compiles its modules).
     pub fn new() -> Result<Self, RuntimeError> {
         let engine = engine::deterministic_engine()?;
         let mut linker = Linker::new(&engine);
@@ -129,13 +136,30 @@ impl FsmRuntime {
             engine,
             linker,
             modules: Mutex::new(HashMap::new()),
+            disk: None,
+            compilations: AtomicU64::new(0),
         })
+    }
+
+    /// As [`FsmRuntime::new`], keeping compiled modules in `cache_dir` (a node's
+    /// `<data>/cache`).
+    pub fn with_cache(cache_dir: &Path) -> Result<Self, RuntimeError> {
+        let mut rt = Self::new()?;
+        rt.disk = Some(
+            ArtifactCache::open(cache_dir, &rt.engine)
+                .map_err(|e| RuntimeError::Engine(format!("{}: {e}", cache_dir.display())))?,
+        );
+        Ok(rt)
+    }
+
+    /// How many modules this runtime compiled from wasm (not loaded from the cache).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
     }
 
     /// Validates `bytes` as an FSM module without keeping it.
     pub fn validate(&self, bytes: &[u8]) -> Result<Capabilities, ModuleError> {
-        self.compile(ModuleId([0; 32]), bytes)
-            .map(|m| m.capabilities)
+        self.compile(None, bytes).map(|m| m.capabilities)
     }
 
     /// The loaded module `id`, compiling `bytes()` on first use.
@@ -148,7 +172,7 @@ impl FsmRuntime {
             return Ok(Ok(m));
         }
         let bytes = bytes()?;
-        Ok(self.compile(id, &bytes).map(|m| {
+        Ok(self.compile(Some(id), &bytes).map(|m| {
             let m = Arc::new(m);
             if let Ok(mut cache) = self.modules.lock() {
                 cache.insert(id, m.clone());
@@ -162,20 +186,37 @@ impl FsmRuntime {
         if let Ok(mut cache) = self.modules.lock() {
             cache.remove(id);
         }
+        if let Some(disk) = &self.disk {
+            disk.remove(id);
+        }
     }
 
     fn cached(&self, id: &ModuleId) -> Option<Arc<LoadedModule>> {
         self.modules.lock().ok()?.get(id).cloned()
     }
 
-    fn compile(&self, id: ModuleId, bytes: &[u8]) -> Result<LoadedModule, ModuleError> {
-        let (module, capabilities) = validate::validate(&self.engine, bytes)?;
+    /// Compiles and validates a module; with an `id`, through the disk cache.
+    fn compile(&self, id: Option<ModuleId>, bytes: &[u8]) -> Result<LoadedModule, ModuleError> {
+        let disk = id.and_then(|id| Some((id, self.disk.as_ref()?)));
+        let cached = disk.and_then(|(id, d)| d.load(&self.engine, &id));
+        let from_cache = cached.is_some();
+        let (module, capabilities) = match cached {
+            Some(m) => {
+                let caps = validate::check(&m)?;
+                (m, caps)
+            }
+            None => {
+                self.compilations.fetch_add(1, Ordering::Relaxed);
+                validate::validate(&self.engine, bytes)?
+            }
+        };
         let pre = self
             .linker
             .instantiate_pre(&module)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let module_for_disk = (!from_cache).then(|| module.clone());
         let mut loaded = LoadedModule {
-            id,
+            id: id.unwrap_or(ModuleId([0; 32])),
             fsm_version: 0,
             capabilities,
             pre,
@@ -189,6 +230,9 @@ impl FsmRuntime {
         }
         if capabilities.fsm_version {
             loaded.fsm_version = self.host_call(&loaded, abi::export::FSM_VERSION)? as u32;
+        }
+        if let (Some((id, d)), Some(m)) = (disk, module_for_disk) {
+            d.store(&id, &m);
         }
         Ok(loaded)
     }

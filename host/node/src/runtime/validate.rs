@@ -78,7 +78,13 @@ pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities),
         });
     }
     let module = Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+    let caps = check(&module)?;
+    Ok((module, caps))
+}
 
+/// Checks a compiled module's imports and exports against the ABI (also run on modules
+/// loaded from the compile cache).
+pub fn check(module: &Module) -> Result<Capabilities, ModuleError> {
     for import in module.imports() {
         if import.module() != abi::IMPORT_MODULE {
             return Err(ModuleError::ForeignImport {
@@ -154,7 +160,7 @@ pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities),
             & present(e::QUERY_FROM_JSON)?
             & present(e::QUERY_OUTPUT_TO_JSON)?,
     };
-    Ok((module, caps))
+    Ok(caps)
 }
 
 fn to_wasm(t: abi::ValType) -> ValType {

@@ -400,3 +400,79 @@ fn airspace_store() {
         "bad coordinates are explained"
     );
 }
+
+#[test]
+fn probe_next() {
+    use probe::{Command as C, Output as O, Query as Q};
+    use wraft_core::{ApplyError, Command, EntryResponse};
+    let f = Fixture::probe();
+    for key in ["a", "refuse-upgrade"] {
+        f.apply(
+            "p",
+            &C::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"1".to_vec(),
+            },
+        );
+    }
+    let next = f
+        .node
+        .deploy(wraft_fsm_artifacts::PROBE_NEXT.to_vec())
+        .expect("store")
+        .expect("valid");
+    let upgrade = || {
+        f.node
+            .propose(Command::UpgradeFsm {
+                fsm: name("p"),
+                module_id: next,
+            })
+            .expect("no fault")
+    };
+    let before = f.hash("p");
+    let refused = upgrade();
+    assert!(
+        matches!(&refused, EntryResponse::Failed(ApplyError::Rejected(m)) if m.contains("upgrade refused")),
+        "{refused:?}"
+    );
+    assert_eq!(f.hash("p"), before, "a refused upgrade writes nothing");
+    let module_of_p = || {
+        f.node
+            .store()
+            .fsms()
+            .expect("fsms")
+            .into_iter()
+            .find(|(n, _)| n == "p")
+            .expect("p")
+            .1
+            .module_id
+    };
+    assert_eq!(module_of_p(), f.module, "the old module keeps serving");
+    f.apply(
+        "p",
+        &C::Delete {
+            key: b"refuse-upgrade".to_vec(),
+        },
+    );
+    assert_eq!(upgrade(), EntryResponse::Done);
+    assert_eq!(module_of_p(), next);
+    // migrate(3) moved the data under v4/ and recorded where it came from.
+    assert_eq!(f.query("p", &Q::Get { key: b"a".to_vec() }), Ok(O::None));
+    assert_eq!(
+        f.query(
+            "p",
+            &Q::Get {
+                key: b"v4/a".to_vec()
+            }
+        ),
+        Ok(O::Bytes(b"1".to_vec()))
+    );
+    let Ok(O::Bytes(from)) = f.query(
+        "p",
+        &Q::Get {
+            key: b"migrated-from".to_vec(),
+        },
+    ) else {
+        panic!("migrated-from missing")
+    };
+    assert_eq!(postcard::from_bytes::<u64>(&from).expect("u64"), 3);
+}

@@ -10,6 +10,7 @@ mod determinism;
 mod examples;
 mod guests;
 mod hostile;
+mod lifecycle;
 mod membership;
 mod persistence;
 mod raft_storage;

@@ -258,3 +258,53 @@ fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
     assert_eq!(out, O::Bytes(vec![7; 64 << 10]));
     assert_eq!(node.store().applied().expect("applied"), Some(applied));
 }
+
+#[test]
+fn a_restarted_node_loads_compiled_modules_from_the_cache() {
+    use wraft_core::FsmLimits;
+    use wraft_host::local::LocalNode;
+    let dir = tempfile::tempdir().expect("tmp");
+    let incr = || probe_apply("p", &probe::Command::Incr { key: b"n".to_vec() });
+    // Applies one increment on a freshly opened node; returns its compile count.
+    let run = |expect: u64| {
+        let node = LocalNode::open(dir.path()).expect("open");
+        let r = node.propose(incr()).expect("no fault");
+        assert_eq!(output(&r), probe::Output::Number(expect));
+        node.store().runtime().compilations()
+    };
+    {
+        let node = LocalNode::open(dir.path()).expect("open");
+        let module = node
+            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+            .expect("store")
+            .expect("valid");
+        node.create(name("p"), module, FsmLimits::default())
+            .expect("store")
+            .expect("created");
+        assert_eq!(
+            node.store().runtime().compilations(),
+            1,
+            "validated once, then reused"
+        );
+    }
+    let cache = dir.path().join("cache");
+    let artifacts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(artifacts().len(), 1, "{:?}", artifacts());
+    assert_eq!(run(1), 0, "a restart compiles nothing");
+    // A damaged artifact is detected, compiled again and rewritten.
+    let file = artifacts().remove(0);
+    let mut bytes = std::fs::read(&file).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, &bytes).expect("write");
+    assert_eq!(run(2), 1);
+    assert_eq!(run(3), 0, "the rewritten artifact is used");
+    // Deleting the cache is safe.
+    std::fs::remove_dir_all(&cache).expect("rm");
+    assert_eq!(run(4), 1);
+    assert_eq!(artifacts().len(), 1);
+}

@@ -8,7 +8,7 @@ fn rt() -> FsmRuntime {
 }
 
 /// A minimal ABI-conforming module in WAT, with `extra` spliced in.
-fn module(extra: &str, version: i32) -> Vec<u8> {
+pub fn module(extra: &str, version: i32) -> Vec<u8> {
     wat::parse_str(format!(
         r#"(module
             {extra}

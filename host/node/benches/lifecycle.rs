@@ -1,0 +1,162 @@
+//! Module lifecycle costs.
+//!
+//! - Deploy of a 1 MiB module to "serving on every node": a durable 3-node cluster on
+//!   loopback; the clock runs from the upload until a stale query of a new FSM on that
+//!   module answers on all three nodes (leader validation and compile, replication, a
+//!   compile on each node, the create entry).
+//! - First call after a restart with the compile cache warm versus deleted (cold), and the
+//!   steady-state per-call cost (a fresh instance per call) for the same module.
+//!
+//! Run: `cargo bench -p wraft-host --bench lifecycle` (`WRAFT_BENCH_DIR` as for the cluster
+//! bench).
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use wraft_core::{FsmLimits, FsmName};
+use wraft_host::local::LocalNode;
+use wraft_transport_quic::api::{ApiRequest, Consistency, Payload};
+
+mod support;
+use support::{BenchCluster, us};
+
+/// An ABI-conforming module of about `target` bytes: the minimal FSM plus straight-line
+/// code cranelift must compile. `salt` makes each one a different module.
+fn big_module(target: usize, salt: u64) -> Vec<u8> {
+    let mut funcs = String::new();
+    let mut i = 0u64;
+    loop {
+        let mut body = String::from("local.get 0\n");
+        for k in 0..64u64 {
+            body.push_str(&format!(
+                "i64.const {}\ni64.mul\ni64.const {}\ni64.add\n",
+                (salt ^ i ^ k) | 1,
+                i * 64 + k
+            ));
+        }
+        funcs.push_str(&format!(
+            "(func $f{i} (export \"f{i}\") (param i64) (result i64)\n{body})\n"
+        ));
+        i += 1;
+        if i % 64 == 0 {
+            let wasm = assemble(&funcs);
+            if wasm.len() >= target {
+                return wasm;
+            }
+        }
+    }
+}
+
+fn assemble(funcs: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (func (export "wraft_abi_version") (result i32) i32.const 1)
+            (func (export "wraft_alloc") (param i32) (result i32) i32.const 1024)
+            (func (export "wraft_apply") (param i32 i32) (result i32) i32.const 0)
+            (func (export "wraft_query") (param i32 i32) (result i32) i32.const 0)
+            {funcs})"#
+    ))
+    .expect("wat")
+}
+
+fn main() {
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let dir = support::bench_dir();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let modules: Vec<Vec<u8>> = (0..5).map(|s| big_module(1 << 20, s)).collect();
+    println!("module size: {} bytes", modules[0].len());
+
+    rt.block_on(async {
+        let cluster = BenchCluster::start(dir.path()).await;
+        let admin = cluster.client();
+        admin.status().await.expect("status");
+        let mut hist = Histogram::<u64>::new(3).expect("hist");
+        for (i, bytes) in modules.iter().enumerate() {
+            let fsm = FsmName::new(format!("big{i}")).expect("name");
+            let t = Instant::now();
+            let id = admin.deploy(bytes.clone()).await.expect("deploy");
+            admin
+                .create_fsm(fsm.clone(), id, FsmLimits::default())
+                .await
+                .expect("create");
+            for node in &cluster.nodes {
+                let one = wraft_client::Client::new(vec![node.addr.to_string()], &cluster.identity)
+                    .expect("client");
+                loop {
+                    let q = ApiRequest::Query {
+                        fsm: fsm.clone(),
+                        query: Payload::Postcard(Vec::new()),
+                        consistency: Consistency::Stale,
+                    };
+                    if one.request(q).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            hist.record(t.elapsed().as_nanos() as u64).expect("record");
+        }
+        println!(
+            "deploy 1 MiB module to serving on 3 nodes: p50 {:.1} ms, max {:.1} ms ({} runs)",
+            us(hist.value_at_quantile(0.5)) / 1000.0,
+            us(hist.max()) / 1000.0,
+            hist.len()
+        );
+        cluster.shutdown().await;
+    });
+
+    // One node, no raft: first call after a restart, warm and cold cache.
+    let local = support::bench_dir();
+    let fsm = FsmName::new("big").expect("name");
+    {
+        let node = LocalNode::open(local.path()).expect("open");
+        let id = node
+            .deploy(modules[0].clone())
+            .expect("store")
+            .expect("valid");
+        node.create(fsm.clone(), id, FsmLimits::default())
+            .expect("store")
+            .expect("created");
+    }
+    let first_call = || {
+        let t = Instant::now();
+        let node = LocalNode::open(local.path()).expect("open");
+        node.store()
+            .query(&fsm, &[])
+            .expect("store")
+            .expect("query");
+        (t.elapsed(), node)
+    };
+    let (warm, node) = first_call();
+    let mut steady = Histogram::<u64>::new(3).expect("hist");
+    for _ in 0..2000 {
+        let t = Instant::now();
+        node.store()
+            .query(&fsm, &[])
+            .expect("store")
+            .expect("query");
+        steady
+            .record(t.elapsed().as_nanos() as u64)
+            .expect("record");
+    }
+    drop(node);
+    std::fs::remove_dir_all(local.path().join("cache")).expect("rm cache");
+    let (cold, _) = first_call();
+    println!(
+        "open + first call after restart: cache warm {:.1} ms, cache deleted {:.1} ms",
+        warm.as_secs_f64() * 1e3,
+        cold.as_secs_f64() * 1e3
+    );
+    println!(
+        "steady state, fresh instance per call (1 MiB module): p50 {:.1} µs, p99 {:.1} µs",
+        us(steady.value_at_quantile(0.5)),
+        us(steady.value_at_quantile(0.99))
+    );
+}
