@@ -38,7 +38,7 @@ fn big_module(target: usize, salt: u64) -> Vec<u8> {
             "(func $f{i} (export \"f{i}\") (param i64) (result i64)\n{body})\n"
         ));
         i += 1;
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             let wasm = assemble(&funcs);
             if wasm.len() >= target {
                 return wasm;
