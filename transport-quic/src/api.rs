@@ -123,7 +123,20 @@ pub enum ApiRequest {
     },
     /// Deployed modules (reader).
     ListModules,
+    /// Deploy a module streamed after this frame as [`crate::wire::Chunk`] frames of
+    /// `len` bytes in all (admin). The server turns it into [`ApiRequest::Deploy`] once
+    /// every byte has arrived; the role and `len` (at most [`MAX_UPLOAD_BYTES`]) are checked
+    /// before any chunk is read.
+    Upload {
+        /// Total bytes that follow.
+        len: u64,
+    },
 }
+
+/// Largest module upload accepted.
+pub const MAX_UPLOAD_BYTES: u64 = 32 << 20;
+/// Bytes per upload chunk.
+pub const UPLOAD_CHUNK: usize = 64 << 10;
 
 impl ApiRequest {
     /// The least role allowed to make this request.
@@ -136,6 +149,7 @@ impl ApiRequest {
             | Self::UpgradeFsm { .. }
             | Self::DropFsm { .. }
             | Self::DropModule { .. }
+            | Self::Upload { .. }
             | Self::AddLearner { .. }
             | Self::Promote { .. }
             | Self::Remove { .. }
@@ -272,6 +286,68 @@ pub trait ApiHandler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, caller: Caller, request: ApiRequest)
     -> impl Future<Output = ApiResult> + Send;
+}
+
+/// Uploads `bytes` as a module on a new stream of `conn`, calling `progress(sent, total)`
+/// after each chunk, and reads the answer (the deployed module's id).
+pub async fn upload(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ApiResult, WireError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
+    let total = bytes.len() as u64;
+    let sending = async {
+        wire::send(&mut send, &ApiRequest::Upload { len: total }).await?;
+        let mut sent = 0u64;
+        for chunk in bytes.chunks(UPLOAD_CHUNK) {
+            wire::send(&mut send, &wire::Chunk(chunk.to_vec())).await?;
+            sent += chunk.len() as u64;
+            progress(sent, total);
+        }
+        send.finish()?;
+        Ok::<_, WireError>(())
+    };
+    let sent = sending.await;
+    // A refusal (role, size) arrives before the server reads the chunks and stops the
+    // stream; its answer says why, so read it even when sending failed.
+    match (wire::recv(&mut recv).await, sent) {
+        (Ok(answer), _) => Ok(answer),
+        (Err(_), Err(e)) | (Err(e), Ok(())) => Err(e),
+    }
+}
+
+/// Reads the chunks of an [`ApiRequest::Upload`] of `len` bytes by a caller with `role`.
+pub async fn receive_upload(
+    recv: &mut quinn::RecvStream,
+    role: Option<Role>,
+    len: u64,
+) -> Result<Vec<u8>, ApiError> {
+    if role < Some(Role::Admin) {
+        return Err(ApiError::NotAllowed {
+            needed: Role::Admin,
+            have: role,
+        });
+    }
+    if len > MAX_UPLOAD_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "invalid module: {len} bytes; the limit is {MAX_UPLOAD_BYTES}"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    while (bytes.len() as u64) < len {
+        let wire::Chunk(chunk) = wire::recv(recv)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("upload cut short: {e}")))?;
+        if bytes.len() as u64 + chunk.len() as u64 > len {
+            return Err(ApiError::BadRequest("upload longer than announced".into()));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// Sends one request on a new stream of `conn` and reads its answer.

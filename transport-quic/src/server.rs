@@ -10,7 +10,7 @@ use wraft_core::raft::{NodeId, Snapshot, TypeConfig};
 
 use std::sync::Arc;
 
-use crate::api::{ApiError, ApiHandler, ApiRequest, ApiResult, Caller};
+use crate::api::{self, ApiError, ApiHandler, ApiRequest, ApiResult, Caller};
 use crate::wire::{self, Chunk, Reply, Request, WireError};
 use crate::{ALPN_CLIENT, ALPN_RAFT, TransportError, identity};
 
@@ -73,6 +73,12 @@ async fn serve_api_connection<H: ApiHandler>(
         let (api, caller) = (api.clone(), caller.clone());
         tokio::spawn(async move {
             let result: ApiResult = match wire::recv::<ApiRequest>(&mut recv).await {
+                Ok(ApiRequest::Upload { len }) => {
+                    match api::receive_upload(&mut recv, caller.role, len).await {
+                        Ok(bytes) => api.handle(caller, ApiRequest::Deploy { bytes }).await,
+                        Err(e) => Err(e),
+                    }
+                }
                 Ok(request) => api.handle(caller, request).await,
                 Err(e) => Err(ApiError::BadRequest(e.to_string())),
             };

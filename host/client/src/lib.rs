@@ -203,9 +203,53 @@ impl Client {
 
     /// Deploys a module; returns its id.
     pub async fn deploy(&self, bytes: Vec<u8>) -> Result<ModuleId, ClientError> {
-        match self.request(ApiRequest::Deploy { bytes }).await? {
-            ApiResponse::Deployed(id) => Ok(id),
-            other => Err(ClientError::Unexpected(Box::new(other))),
+        self.deploy_streamed(&bytes, |_, _| {}).await
+    }
+
+    /// Deploys a module by streaming it in chunks, calling `progress(sent, total)` as they
+    /// go; returns its id. Retried from the start while no leader is known or no node can be
+    /// reached; a deploy is idempotent (a module is stored once, by hash), so an upload lost
+    /// after it was sent is retried too.
+    pub async fn deploy_streamed(
+        &self,
+        bytes: &[u8],
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<ModuleId, ClientError> {
+        let deadline = Instant::now() + self.patience;
+        loop {
+            let conn = {
+                let mut current = self.current.lock().await;
+                match current.as_ref().filter(|(_, c)| c.close_reason().is_none()) {
+                    Some((_, c)) => Ok(c.clone()),
+                    None => {
+                        let start = current.as_ref().map_or(0, |(i, _)| i + 1);
+                        self.connect(start).await.map(|(i, c)| {
+                            *current = Some((i, c.clone()));
+                            c
+                        })
+                    }
+                }
+            };
+            let retry = match conn {
+                Err(e) => e,
+                Ok(conn) => match api::upload(&conn, bytes, &mut progress).await {
+                    Ok(Ok(ApiResponse::Deployed(id))) => return Ok(id),
+                    Ok(Ok(other)) => return Err(ClientError::Unexpected(Box::new(other))),
+                    Ok(Err(ApiError::NoLeader)) => "no leader".to_string(),
+                    Ok(Err(e)) => return Err(ClientError::Api(e)),
+                    Err(e) => {
+                        conn.close(0u32.into(), b"retrying elsewhere");
+                        e.to_string()
+                    }
+                },
+            };
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unreachable {
+                    tried: self.nodes.join(","),
+                    last: retry,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

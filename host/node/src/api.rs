@@ -101,6 +101,26 @@ impl NodeApi {
             .any(|id| identity::is_node(&caller.connection, id))
     }
 
+    /// Makes a read linearizable: `Ok` to answer it here, or `Err` with the leader's answer
+    /// (the request forwarded) or why neither is possible.
+    async fn read_barrier(
+        &self,
+        role: Role,
+        request: &ApiRequest,
+        policy: ReadPolicy,
+    ) -> Result<(), ApiResult> {
+        if !self.is_leader() {
+            return Err(self.forward(role, request.clone()).await);
+        }
+        match self.raft.ensure_linearizable(policy).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match e.forward_to_leader() {
+                Some(_) => self.forward(role, request.clone()).await,
+                None => Err(unavailable(e)),
+            }),
+        }
+    }
+
     async fn serve(&self, role: Role, request: ApiRequest) -> ApiResult {
         match request {
             ApiRequest::Apply { .. }
@@ -116,23 +136,25 @@ impl NodeApi {
                 consistency,
             } => {
                 if consistency != Consistency::Stale {
-                    if !self.is_leader() {
-                        return self.forward(role, request).await;
-                    }
                     let policy = match consistency {
                         Consistency::Lease => ReadPolicy::LeaseRead,
                         _ => ReadPolicy::ReadIndex,
                     };
-                    if let Err(e) = self.raft.ensure_linearizable(policy).await {
-                        return match e.forward_to_leader() {
-                            Some(_) => self.forward(role, request).await,
-                            None => Err(unavailable(e)),
-                        };
+                    if let Err(answer) = self.read_barrier(role, &request, policy).await {
+                        return answer;
                     }
                 }
                 self.query(fsm, query).await
             }
+            // Listings are linearizable too: a deploy or create acknowledged to anyone is
+            // listed, whichever node answers.
             ApiRequest::ListFsms => {
+                if let Err(answer) = self
+                    .read_barrier(role, &request, ReadPolicy::ReadIndex)
+                    .await
+                {
+                    return answer;
+                }
                 let fsms = self.store.fsms().map_err(unavailable)?;
                 Ok(ApiResponse::Fsms(
                     fsms.into_iter()
@@ -145,6 +167,12 @@ impl NodeApi {
                 ))
             }
             ApiRequest::ListModules => {
+                if let Err(answer) = self
+                    .read_barrier(role, &request, ReadPolicy::ReadIndex)
+                    .await
+                {
+                    return answer;
+                }
                 let fsms = self.store.fsms().map_err(unavailable)?;
                 let modules = self.store.modules().map_err(unavailable)?;
                 Ok(ApiResponse::Modules(
@@ -173,6 +201,10 @@ impl NodeApi {
                 self.manage(request).await
             }
             ApiRequest::Forwarded { .. } => Err(ApiError::BadRequest("nested forwarding".into())),
+            // The transport turns an upload into `Deploy` once its chunks have arrived.
+            ApiRequest::Upload { .. } => Err(ApiError::BadRequest(
+                "an upload's chunks must follow it on its stream".into(),
+            )),
         }
     }
 

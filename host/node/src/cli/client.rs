@@ -79,7 +79,8 @@ impl From<ReadLevel> for Consistency {
 /// `wraft module ...`
 #[derive(Debug, Subcommand)]
 pub enum ModuleCmd {
-    /// Upload a .wasm module; prints its id.
+    /// Upload a .wasm module (streamed, with a progress bar on a terminal); prints its id
+    /// once the deploy is committed.
     Deploy {
         /// The file.
         file: PathBuf,
@@ -221,7 +222,19 @@ pub async fn module(conn: &Conn, cmd: ModuleCmd) -> anyhow::Result<()> {
         ModuleCmd::Deploy { file } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            println!("{}", conn.client()?.deploy(bytes).await?);
+            // A progress bar on stderr when it is a terminal (hidden otherwise).
+            let bar = indicatif::ProgressBar::new(bytes.len() as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "uploading {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let id = conn
+                .client()?
+                .deploy_streamed(&bytes, |sent, _| bar.set_position(sent))
+                .await;
+            bar.finish_and_clear();
+            println!("{}", id?);
         }
         ModuleCmd::List => {
             for m in conn.client()?.modules().await? {

@@ -153,6 +153,34 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         "the failed batch deleted p1: {}",
         text(&out.stdout)
     );
+    // Module lifecycle from the command line: deploy (streamed), list, upgrade, drop.
+    std::fs::write(
+        dir.path().join("next.wasm"),
+        wraft_fsm_artifacts::PROBE_NEXT,
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("probe.wasm"), wraft_fsm_artifacts::PROBE).expect("write");
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--nodes", nodes.as_str()]);
+        let out = wraft(dir.path(), &all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let v3 = run(&["module", "deploy", "probe.wasm"]);
+    let v4 = run(&["module", "deploy", "next.wasm"]);
+    run(&["fsm", "create", "pp", "--module", &v3]);
+    assert!(run(&["fsm", "upgrade", "pp", "--module", &v4]).contains("upgraded pp"));
+    let listed = run(&["module", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&v4) && l.ends_with("[pp]")),
+        "{listed}"
+    );
+    run(&["module", "drop", &v3]);
+    run(&["fsm", "drop", "pp"]);
+    assert!(!run(&["fsm", "list"]).contains("pp"));
     // A reader certificate may query but not write.
     let reader = [
         "--client-cert",

@@ -219,3 +219,44 @@ async fn hostile_modules_are_refused_or_contained_while_the_cluster_serves() {
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stream_in_chunks_and_are_refused_early() {
+    use wraft_transport_quic::api::{MAX_UPLOAD_BYTES, UPLOAD_CHUNK};
+    let mut c = Cluster::start(3, SnapshotPolicy::default()).await;
+    let leader = c.leader().await.id;
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let admin = c.client(Role::Admin, &[follower]);
+    let bytes = wraft_fsm_artifacts::AIRSPACE_STORE;
+    let mut seen = Vec::new();
+    let id = admin
+        .deploy_streamed(bytes, |sent, total| seen.push((sent, total)))
+        .await
+        .expect("deploy through a follower");
+    assert_eq!(seen.len(), bytes.len().div_ceil(UPLOAD_CHUNK));
+    assert_eq!(seen.last(), Some(&(bytes.len() as u64, bytes.len() as u64)));
+    assert!(
+        admin
+            .modules()
+            .await
+            .expect("modules")
+            .iter()
+            .any(|m| m.module_id == id)
+    );
+    // A writer may not upload: refused before the chunks are read.
+    let writer = c.client(Role::Writer, &[leader]);
+    let e = writer.deploy(bytes.to_vec()).await.expect_err("writer");
+    assert!(
+        matches!(e, ClientError::Api(ApiError::NotAllowed { .. })),
+        "{e}"
+    );
+    // Over the limit: refused from the announced length.
+    let huge = vec![0u8; MAX_UPLOAD_BYTES as usize + 1];
+    let e = admin.deploy(huge).await.expect_err("too large");
+    assert!(
+        matches!(&e, ClientError::Api(ApiError::BadRequest(m)) if m.contains("limit")),
+        "{e}"
+    );
+    admin.status().await.expect("still serving");
+    c.stop_all().await;
+}
