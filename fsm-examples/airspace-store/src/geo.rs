@@ -88,6 +88,18 @@ impl BBox {
 }
 
 impl Footprint {
+    /// An axis-aligned square with its south-west corner at (`lat`, `lng`), `side` degrees
+    /// each way.
+    pub fn square(lat: f64, lng: f64, side: f64) -> Footprint {
+        let (n, e) = (lat + side, lng + side);
+        Footprint::Polygon(alloc::vec![
+            LatLng { lat, lng },
+            LatLng { lat, lng: e },
+            LatLng { lat: n, lng: e },
+            LatLng { lat: n, lng },
+        ])
+    }
+
     /// The bounding box.
     pub fn bbox(&self) -> BBox {
         match self {
@@ -332,22 +344,10 @@ mod tests {
     use super::*;
     use alloc::vec;
 
+    use Footprint as F;
+
     fn square(lat: f64, lng: f64, side: f64) -> Footprint {
-        Footprint::Polygon(vec![
-            LatLng { lat, lng },
-            LatLng {
-                lat,
-                lng: lng + side,
-            },
-            LatLng {
-                lat: lat + side,
-                lng: lng + side,
-            },
-            LatLng {
-                lat: lat + side,
-                lng,
-            },
-        ])
+        F::square(lat, lng, side)
     }
 
     fn vol(footprint: Footprint) -> Volume {

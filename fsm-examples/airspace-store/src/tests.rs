@@ -9,21 +9,7 @@ use wraft_guest::testing::TestFsm;
 use super::*;
 
 fn square(lat: f64, lng: f64, side: f64) -> Footprint {
-    Footprint::Polygon(vec![
-        LatLng { lat, lng },
-        LatLng {
-            lat,
-            lng: lng + side,
-        },
-        LatLng {
-            lat: lat + side,
-            lng: lng + side,
-        },
-        LatLng {
-            lat: lat + side,
-            lng,
-        },
-    ])
+    Footprint::square(lat, lng, side)
 }
 
 fn vol(footprint: Footprint, alt: (f64, f64), time: (u64, u64)) -> Volume {

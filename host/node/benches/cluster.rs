@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wraft_core::{FsmLimits, FsmName};
+
 use wraft_transport_quic::api::{ApiRequest, Payload};
 
 mod support;
@@ -18,24 +18,11 @@ use support::{BenchCluster, us};
 fn main() {
     let secs = support::bench_secs();
     let dir = support::bench_dir();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
     let fsync = support::fsync_p50(dir.path());
 
-    rt.block_on(async {
+    support::runtime().block_on(async {
         let cluster = BenchCluster::start(dir.path()).await;
-        let admin = cluster.client();
-        let module = admin
-            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-            .await
-            .expect("deploy");
-        let p = FsmName::new("p").expect("name");
-        admin
-            .create_fsm(p.clone(), module, FsmLimits::default())
-            .await
-            .expect("create");
+        let p = cluster.create_fsm(wraft_fsm_artifacts::PROBE, "p").await;
         let client = Arc::new(cluster.leader_client().await);
 
         let mut rtt = Histogram::<u64>::new(3).expect("hist");

@@ -54,23 +54,12 @@ fn file(path: String) -> FileEntry {
 
 fn batch() {
     let dir = support::bench_dir();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
     let fsync = support::fsync_p50(dir.path());
-    rt.block_on(async {
+    support::runtime().block_on(async {
         let cluster = BenchCluster::start(dir.path()).await;
-        let admin = cluster.client();
-        let module = admin
-            .deploy(wraft_fsm_artifacts::FILE_MANIFEST.to_vec())
-            .await
-            .expect("deploy");
-        let fsm = FsmName::new("manifest").expect("name");
-        admin
-            .create_fsm(fsm.clone(), module, FsmLimits::default())
-            .await
-            .expect("create");
+        let fsm = cluster
+            .create_fsm(wraft_fsm_artifacts::FILE_MANIFEST, "manifest")
+            .await;
         let client = cluster.leader_client().await;
         let apply = |cmd: F| ApiRequest::Apply {
             fsm: fsm.clone(),
@@ -134,21 +123,7 @@ impl Rng {
 
 fn square(lat: f64, lng: f64, side: f64, now: u64) -> Volume {
     Volume {
-        footprint: Footprint::Polygon(vec![
-            LatLng { lat, lng },
-            LatLng {
-                lat,
-                lng: lng + side,
-            },
-            LatLng {
-                lat: lat + side,
-                lng: lng + side,
-            },
-            LatLng {
-                lat: lat + side,
-                lng,
-            },
-        ]),
+        footprint: Footprint::square(lat, lng, side),
         altitude_lo_m: 0.0,
         altitude_hi_m: 120.0,
         start_ms: now - 60_000,

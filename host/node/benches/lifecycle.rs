@@ -66,14 +66,10 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let dir = support::bench_dir();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
     let modules: Vec<Vec<u8>> = (0..5).map(|s| big_module(1 << 20, s)).collect();
     println!("module size: {} bytes", modules[0].len());
 
-    rt.block_on(async {
+    support::runtime().block_on(async {
         let cluster = BenchCluster::start(dir.path()).await;
         let admin = cluster.client();
         admin.status().await.expect("status");

@@ -11,6 +11,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use openraft::BasicNode;
 use wraft_client::Client;
+use wraft_core::{FsmLimits, FsmName};
 use wraft_host::cluster::{ClusterNode, NodeConfig};
 use wraft_transport_quic::TlsIdentity;
 use wraft_transport_quic::pki::{DevCa, Role};
@@ -52,6 +53,14 @@ pub fn fsync_p50(dir: &Path) -> u64 {
     floor.value_at_quantile(0.5)
 }
 
+/// A multi-threaded tokio runtime for a bench's async part.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
 /// Three durable nodes with data under `dir`, and an admin identity.
 pub struct BenchCluster {
     pub nodes: Vec<ClusterNode>,
@@ -84,6 +93,18 @@ impl BenchCluster {
         let identity =
             TlsIdentity::from_pem(&ca.cert_pem, &c.cert_pem, &c.key_pem).expect("identity");
         Self { nodes, identity }
+    }
+
+    /// Deploys `module` and creates FSM `name` on it.
+    pub async fn create_fsm(&self, module: &[u8], name: &str) -> FsmName {
+        let admin = self.client();
+        let id = admin.deploy(module.to_vec()).await.expect("deploy");
+        let fsm = FsmName::new(name).expect("name");
+        admin
+            .create_fsm(fsm.clone(), id, FsmLimits::default())
+            .await
+            .expect("create");
+        fsm
     }
 
     /// A client of every node.
