@@ -278,12 +278,63 @@ impl NodeApi {
             return self.forward(role, request).await;
         }
         let Ok(_slot) = self.queue.try_acquire() else {
+            crate::metrics::rejected("queue_full");
             return Err(ApiError::QueueFull {
                 node: self.id,
                 capacity: self.capacity,
             });
         };
-        let command = match &request {
+        let marshal = std::time::Instant::now();
+        let command = self.command(&request).await.inspect_err(|e| {
+            if matches!(e, ApiError::BadRequest(_)) {
+                crate::metrics::rejected("invalid");
+            }
+        })?;
+        crate::metrics::seconds("commit_marshal_duration_seconds", marshal.elapsed());
+        let entry = LogEntry::new(now_ms(), command);
+        if let Command::Apply(a) = entry.command() {
+            metrics::histogram!("commit_payload_size_bytes").record(a.payload.len() as f64);
+        } else if let Command::Batch(b) = entry.command() {
+            let size: usize = b.iter().map(|a| a.payload.len()).sum();
+            metrics::histogram!("commit_payload_size_bytes").record(size as f64);
+        }
+        let replicate = std::time::Instant::now();
+        let written = self.raft.client_write(entry).await;
+        crate::metrics::seconds("commit_raft_apply_duration_seconds", replicate.elapsed());
+        let response = match written {
+            Ok(r) => r.data,
+            Err(e) => {
+                return match e.forward_to_leader() {
+                    Some(_) => self.forward(role, request).await,
+                    None => Err(unavailable(e)),
+                };
+            }
+        };
+        match (response, &request) {
+            (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),
+            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command }) => Ok(
+                ApiResponse::Output(self.decode(fsm, command, out, EntryPoint::OutputToJson)?),
+            ),
+            (EntryResponse::BatchOutputs(outs), ApiRequest::Batch { commands }) => {
+                Ok(ApiResponse::BatchOutputs(
+                    outs.into_iter()
+                        .zip(commands)
+                        .map(|(out, (fsm, c))| self.decode(fsm, c, out, EntryPoint::OutputToJson))
+                        .collect::<Result<_, _>>()?,
+                ))
+            }
+            (EntryResponse::Done, ApiRequest::Deploy { bytes }) => {
+                Ok(ApiResponse::Deployed(module_id(bytes)))
+            }
+            (EntryResponse::Done, _) => Ok(ApiResponse::Done),
+            (other, _) => Err(unavailable(format!("unexpected entry response {other:?}"))),
+        }
+    }
+
+    /// The log command for a write request (JSON converted by the FSM's codec; a module
+    /// validated before it may enter the log).
+    async fn command(&self, request: &ApiRequest) -> Result<Command, ApiError> {
+        Ok(match request {
             ApiRequest::Apply { fsm, command } => Command::Apply(Apply {
                 fsm: fsm.clone(),
                 payload: self
@@ -331,39 +382,7 @@ impl NodeApi {
                 module_id: *module_id,
             },
             _ => return Err(ApiError::BadRequest("not a write".into())),
-        };
-        let response = match self
-            .raft
-            .client_write(LogEntry::new(now_ms(), command))
-            .await
-        {
-            Ok(r) => r.data,
-            Err(e) => {
-                return match e.forward_to_leader() {
-                    Some(_) => self.forward(role, request).await,
-                    None => Err(unavailable(e)),
-                };
-            }
-        };
-        match (response, &request) {
-            (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),
-            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command }) => Ok(
-                ApiResponse::Output(self.decode(fsm, command, out, EntryPoint::OutputToJson)?),
-            ),
-            (EntryResponse::BatchOutputs(outs), ApiRequest::Batch { commands }) => {
-                Ok(ApiResponse::BatchOutputs(
-                    outs.into_iter()
-                        .zip(commands)
-                        .map(|(out, (fsm, c))| self.decode(fsm, c, out, EntryPoint::OutputToJson))
-                        .collect::<Result<_, _>>()?,
-                ))
-            }
-            (EntryResponse::Done, ApiRequest::Deploy { bytes }) => {
-                Ok(ApiResponse::Deployed(module_id(bytes)))
-            }
-            (EntryResponse::Done, _) => Ok(ApiResponse::Done),
-            (other, _) => Err(unavailable(format!("unexpected entry response {other:?}"))),
-        }
+        })
     }
 
     async fn manage(&self, request: ApiRequest) -> ApiResult {
@@ -453,7 +472,8 @@ impl NodeApi {
         }
     }
 
-    fn status(&self) -> ClusterStatus {
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -555,10 +575,21 @@ impl ApiHandler for NodeApi {
             }
             request => (caller.role, request),
         };
+        self.serve_as(role, request).await
+    }
+}
+
+impl NodeApi {
+    /// Answers `request` for a caller holding `role` (a client certificate's, or an HTTP
+    /// token's), refusing it if the role is not enough.
+    pub async fn serve_as(&self, role: Option<Role>, request: ApiRequest) -> ApiResult {
         let needed = request.required_role();
         match role {
             Some(role) if role >= needed => self.serve(role, request).await,
-            have => Err(ApiError::NotAllowed { needed, have }),
+            have => {
+                crate::metrics::rejected("not_allowed");
+                Err(ApiError::NotAllowed { needed, have })
+            }
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub queue: usize,
     /// Promote learners to voters automatically (off by default).
     pub auto_promote: Option<AutoPromote>,
+    /// The HTTP port (health, metrics, JSON API), if any.
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// Kommander's learner promotion: while this node leads, a learner whose replication lag
@@ -121,6 +123,7 @@ impl NodeConfig {
             snapshots: SnapshotPolicy::default(),
             queue: DEFAULT_QUEUE,
             auto_promote: None,
+            http: None,
         }
     }
 }
@@ -149,6 +152,8 @@ pub struct ClusterNode {
     pub id: NodeId,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The HTTP port's address, if it has one.
+    pub http_addr: Option<SocketAddr>,
     /// The openraft handle.
     pub raft: Raft,
     /// Its state (queries, hashes).
@@ -189,21 +194,27 @@ impl ClusterNode {
             &config.identity,
             config.queue,
         )?;
+        crate::metrics::handle();
+        let api = Arc::new(api);
         let mut tasks = vec![
-            tokio::spawn(serve(
-                endpoint.clone(),
-                raft.clone(),
-                spool,
-                std::sync::Arc::new(api),
-            )),
+            tokio::spawn(serve(endpoint.clone(), raft.clone(), spool, api.clone())),
             config.snapshots.spawn_interval(raft.clone()),
         ];
+        let http_addr = match config.http {
+            Some(http) => {
+                let (addr, task) = crate::http::serve(http, api).await?;
+                tasks.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
         if let Some(auto) = config.auto_promote {
             tasks.push(auto.spawn(raft.clone()));
         }
         Ok(Self {
             id: config.id,
             addr,
+            http_addr,
             raft,
             store,
             endpoint,

@@ -5,12 +5,16 @@
 //! * [`raft`]: openraft's log store (`<data>/raft`), state machine and snapshots.
 //! * [`cluster`]: a node on the network: stores, openraft and the QUIC transport together.
 //! * [`api`]: the client API a node serves (roles, forwarding, admission, read levels).
+//! * [`http`]: the HTTP port: health, readiness, Prometheus metrics, the JSON API.
+//! * [`metrics`]: the metrics registry and names.
 //! * [`local`]: a single-node driver without raft (assigns log positions and timestamps
 //!   itself), behind `wraft local`.
 
 pub mod api;
 pub mod cluster;
+pub mod http;
 pub mod local;
+pub mod metrics;
 pub mod raft;
 pub mod runtime;
 pub mod state;

@@ -201,6 +201,7 @@ impl LogStore {
 
     /// Appends already-encoded entries in one durable transaction (the group commit).
     fn append_blocking(inner: &Inner, entries: Vec<(u64, Vec<u8>)>) -> io::Result<()> {
+        let started = std::time::Instant::now();
         let mut wtxn = inner.env.write_txn().map_err(io_err)?;
         for (index, bytes) in &entries {
             inner
@@ -208,7 +209,9 @@ impl LogStore {
                 .put(&mut wtxn, &log_key(inner.group, *index), bytes)
                 .map_err(io_err)?;
         }
-        wtxn.commit().map_err(io_err)
+        wtxn.commit().map_err(io_err)?;
+        crate::metrics::seconds("raft_log_store_duration_seconds", started.elapsed());
+        Ok(())
     }
 
     /// Size of the env's data file in bytes.

@@ -61,9 +61,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (store, dir) = (self.store.clone(), self.snapshots.clone());
-        tokio::task::spawn_blocking(move || dir.build(&store))
+        let started = std::time::Instant::now();
+        let snapshot = tokio::task::spawn_blocking(move || dir.build(&store))
             .await
-            .map_err(io_err)?
+            .map_err(io_err)??;
+        crate::metrics::seconds("snapshot_build_duration_seconds", started.elapsed());
+        if let Ok(m) = snapshot.snapshot.metadata() {
+            metrics::histogram!("snapshot_size_bytes").record(m.len() as f64);
+        }
+        Ok(snapshot)
     }
 }
 
@@ -138,9 +144,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: File,
     ) -> Result<(), io::Error> {
         let (store, dir, meta_owned) = (self.store.clone(), self.snapshots.clone(), meta.clone());
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || dir.install(&store, &meta_owned, snapshot))
             .await
             .map_err(io_err)??;
+        crate::metrics::seconds("snapshot_install_duration_seconds", started.elapsed());
         self.applied = decode_raft_state(self.store.raft_state().map_err(io_err)?)?;
         Ok(())
     }

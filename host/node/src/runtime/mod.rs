@@ -207,7 +207,10 @@ impl FsmRuntime {
             }
             None => {
                 self.compilations.fetch_add(1, Ordering::Relaxed);
-                validate::validate(&self.engine, bytes)?
+                let started = std::time::Instant::now();
+                let compiled = validate::validate(&self.engine, bytes)?;
+                crate::metrics::seconds("module_compile_duration_seconds", started.elapsed());
+                compiled
             }
         };
         let pre = self

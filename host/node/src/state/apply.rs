@@ -187,7 +187,13 @@ impl StateStore {
             limits: rec.limits,
             fsm: fsm.as_str(),
         };
-        Ok(self.runtime.call(module, entry, input, env)?.result)
+        let started = std::time::Instant::now();
+        let outcome = self.runtime.call(module, entry, input, env)?;
+        if entry == EntryPoint::Apply {
+            crate::metrics::seconds("fsm_apply_duration_seconds", started.elapsed());
+            metrics::histogram!("fsm_fuel_used").record(outcome.fuel_used as f64);
+        }
+        Ok(outcome.result)
     }
 
     fn deploy(
