@@ -238,6 +238,7 @@ impl NodeApi {
                         .map_err(unavailable)?;
                     caught_up = true;
                 }
+                Err(e @ ApplyError::UnknownFsm(_)) => return Err(ApiError::Failed(e)),
                 Err(e) => return Err(ApiError::BadRequest(format!("{fsm}: {e}"))),
             }
         }

@@ -102,21 +102,36 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-fn error(status: StatusCode, kind: &str, message: impl std::fmt::Display) -> Response {
-    let body = serde_json::json!({ "error": kind, "message": message.to_string() });
-    (status, axum::Json(body)).into_response()
+/// A refusal: rendered as `{"error": kind, "message": message}` with `status`.
+#[derive(Debug)]
+struct HttpError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
 }
 
-fn api_error(e: ApiError) -> Response {
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.kind, "message": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, kind: &'static str, message: impl std::fmt::Display) -> HttpError {
+    HttpError {
+        status,
+        kind,
+        message: message.to_string(),
+    }
+}
+
+fn api_error(e: ApiError) -> HttpError {
     let (status, kind) = match &e {
         ApiError::Failed(ApplyError::UnknownFsm(_)) => (StatusCode::NOT_FOUND, "unknown_fsm"),
         ApiError::Failed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "failed"),
         ApiError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "forbidden"),
         ApiError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
         ApiError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
-        ApiError::BadRequest(m) if m.contains("no FSM") || m.contains("unknown FSM") => {
-            (StatusCode::NOT_FOUND, "unknown_fsm")
-        }
         ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
@@ -124,7 +139,7 @@ fn api_error(e: ApiError) -> Response {
 }
 
 /// The role of the request's bearer token, or the 401 to answer.
-fn role(http: &Http, headers: &HeaderMap) -> Result<Role, Response> {
+fn role(http: &Http, headers: &HeaderMap) -> Result<Role, HttpError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
@@ -143,7 +158,7 @@ fn role(http: &Http, headers: &HeaderMap) -> Result<Role, Response> {
         })
 }
 
-fn body_text(body: Result<Bytes, BytesRejection>) -> Result<String, Response> {
+fn body_text(body: Result<Bytes, BytesRejection>) -> Result<String, HttpError> {
     let bytes = body.map_err(|r| {
         let kind = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "too_large"
@@ -159,16 +174,17 @@ fn body_text(body: Result<Bytes, BytesRejection>) -> Result<String, Response> {
     Ok(text)
 }
 
-fn fsm_name(s: &str) -> Result<FsmName, Response> {
+fn fsm_name(s: &str) -> Result<FsmName, HttpError> {
     FsmName::new(s).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e))
 }
 
-async fn call(http: &Http, headers: &HeaderMap, request: ApiRequest) -> Response {
-    let role = match role(http, headers) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match http.api.serve_as(Some(role), request).await {
+async fn call(
+    http: &Http,
+    headers: &HeaderMap,
+    request: ApiRequest,
+) -> Result<Response, HttpError> {
+    let role = role(http, headers)?;
+    Ok(match http.api.serve_as(Some(role), request).await {
         Ok(ApiResponse::Output(Payload::Json(json))) => json_text(json),
         Ok(ApiResponse::BatchOutputs(outs)) => {
             let items: Vec<String> = outs
@@ -185,8 +201,8 @@ async fn call(http: &Http, headers: &HeaderMap, request: ApiRequest) -> Response
         Ok(other) => {
             axum::Json(serde_json::json!({ "done": format!("{other:?}") })).into_response()
         }
-        Err(e) => api_error(e),
-    }
+        Err(e) => return Err(api_error(e)),
+    })
 }
 
 fn json_text(json: String) -> Response {
@@ -198,12 +214,9 @@ async fn apply(
     Path(fsm): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (fsm, command) = match (fsm_name(&fsm), body_text(body)) {
-        (Ok(f), Ok(c)) => (f, c),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let command = Payload::Json(command);
+) -> Result<Response, HttpError> {
+    let fsm = fsm_name(&fsm)?;
+    let command = Payload::Json(body_text(body)?);
     call(&http, &headers, ApiRequest::Apply { fsm, command }).await
 }
 
@@ -218,26 +231,22 @@ async fn query(
     Query(level): Query<ReadLevel>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, HttpError> {
     let consistency = match level.consistency.as_deref() {
         None | Some("linearizable") => Consistency::Linearizable,
         Some("lease") => Consistency::Lease,
         Some("stale") => Consistency::Stale,
         Some(other) => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!("consistency {other:?}: use linearizable, lease or stale"),
-            );
+            ));
         }
     };
-    let (fsm, q) = match (fsm_name(&fsm), body_text(body)) {
-        (Ok(f), Ok(q)) => (f, q),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
     let request = ApiRequest::Query {
-        fsm,
-        query: Payload::Json(q),
+        fsm: fsm_name(&fsm)?,
+        query: Payload::Json(body_text(body)?),
         consistency,
     };
     call(&http, &headers, request).await
@@ -247,38 +256,28 @@ async fn batch(
     State(http): State<Arc<Http>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, HttpError> {
     #[derive(Deserialize)]
     struct Item {
         fsm: String,
         command: serde_json::Value,
     }
-    let text = match body_text(body) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let items: Vec<Item> = match serde_json::from_str(&text) {
-        Ok(i) => i,
-        Err(e) => {
-            let message = format!("expected [{{\"fsm\": NAME, \"command\": JSON}}, ...]: {e}");
-            return error(StatusCode::BAD_REQUEST, "bad_json", message);
-        }
-    };
+    let items: Vec<Item> = serde_json::from_str(&body_text(body)?).map_err(|e| {
+        let message = format!("expected [{{\"fsm\": NAME, \"command\": JSON}}, ...]: {e}");
+        error(StatusCode::BAD_REQUEST, "bad_json", message)
+    })?;
     let mut commands = Vec::with_capacity(items.len());
     for i in items {
-        match fsm_name(&i.fsm) {
-            Ok(f) => commands.push((f, Payload::Json(i.command.to_string()))),
-            Err(r) => return r,
-        }
+        commands.push((fsm_name(&i.fsm)?, Payload::Json(i.command.to_string())));
     }
     call(&http, &headers, ApiRequest::Batch { commands }).await
 }
 
-async fn status(State(http): State<Arc<Http>>, headers: HeaderMap) -> Response {
+async fn status(State(http): State<Arc<Http>>, headers: HeaderMap) -> Result<Response, HttpError> {
     call(&http, &headers, ApiRequest::Status).await
 }
 
-async fn fsms(State(http): State<Arc<Http>>, headers: HeaderMap) -> Response {
+async fn fsms(State(http): State<Arc<Http>>, headers: HeaderMap) -> Result<Response, HttpError> {
     call(&http, &headers, ApiRequest::ListFsms).await
 }
 
@@ -295,7 +294,7 @@ async fn readyz(State(http): State<Arc<Http>>) -> Response {
     };
     match problem {
         None => (StatusCode::OK, "ready\n").into_response(),
-        Some(p) => error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", p),
+        Some(p) => error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", p).into_response(),
     }
 }
 

@@ -306,18 +306,24 @@ pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
                 opt(s.applied)
             );
             println!(
-                "{:<6} {:<22} {:<8} {:<8} {:>8}",
-                "node", "address", "member", "role", "matched"
+                "{:<6} {:<22} {:<8} {:<8} {:>8} {:>6}",
+                "node", "address", "member", "role", "matched", "lag"
             );
             for n in s.nodes {
                 let role = if Some(n.id) == s.leader { "leader" } else { "" };
+                // The leader knows each member's matched index; lag is what it still lacks.
+                let lag = n
+                    .matched
+                    .zip(s.last_log)
+                    .map(|(m, last)| last.saturating_sub(m));
                 println!(
-                    "{:<6} {:<22} {:<8} {:<8} {:>8}",
+                    "{:<6} {:<22} {:<8} {:<8} {:>8} {:>6}",
                     n.id,
                     n.addr,
                     n.membership,
                     role,
-                    opt(n.matched)
+                    opt(n.matched),
+                    opt(lag)
                 );
             }
         }

@@ -22,6 +22,30 @@ pub struct DevArgs {
     /// Node 1 listens on this UDP port of 127.0.0.1, nodes 2 and 3 on the next two.
     #[arg(long, env = "WRAFT_DEV_PORT", default_value_t = 7001)]
     pub port: u16,
+    /// Node 1's HTTP port on 127.0.0.1 (nodes 2 and 3 on the next two).
+    #[arg(long, env = "WRAFT_DEV_HTTP_PORT", default_value_t = 8001)]
+    pub http_port: u16,
+}
+
+/// The dev cluster's HTTP tokens (`ROLE:TOKEN` lines in `<data>/http-tokens`), made on the
+/// first run from the kernel's random source.
+fn dev_tokens(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let path = data_dir.join("http-tokens");
+    if !path.exists() {
+        let mut random = [0u8; 48];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+        let lines: Vec<String> = ["admin", "writer", "reader"]
+            .iter()
+            .zip(random.chunks(16))
+            .map(|(role, r)| format!("{role}:{}", hex::encode(r)))
+            .collect();
+        std::fs::create_dir_all(data_dir)?;
+        std::fs::write(&path, lines.join("\n") + "\n")?;
+    }
+    Ok(std::fs::read_to_string(&path)?
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 fn identity(certs: &Path, name: &str) -> anyhow::Result<wraft_transport_quic::TlsIdentity> {
@@ -45,7 +69,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let dir = args.data_dir.join(format!("node-{id}"));
-        let config = NodeConfig::new(id, dir, *addr, identity(&certs, &format!("node-{id}"))?);
+        let mut config = NodeConfig::new(id, dir, *addr, identity(&certs, &format!("node-{id}"))?);
+        let http = SocketAddr::from(([127, 0, 0, 1], args.http_port + i as u16));
+        let tokens = dev_tokens(&args.data_dir)?
+            .iter()
+            .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        config.http = Some(wraft_host::http::HttpConfig::new(http, tokens));
         let node = ClusterNode::start(config)
             .await
             .with_context(|| format!("starting node {id} on {addr}"))?;
@@ -86,7 +116,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          wraft apply sequencer '{{\"Commit\":{{\"number\":1,\"hash\":\"0x{h1}\",\"parent_hash\":\"0x{h0}\",\"payload\":\"0x01\"}}}}'\n  \
          wraft query sequencer '\"Latest\"'\n  \
          wraft cluster status\n  \
-         wraft cluster transfer-leader\n\
+         wraft cluster transfer-leader\n  \
+         curl -s -H \"Authorization: Bearer $(sed -n 's/^reader://p' {d}/http-tokens)\" http://127.0.0.1:{hp}/v1/status\n  \
+         curl -s http://127.0.0.1:{hp}/metrics\n\
          Ctrl-C stops the cluster; `wraft dev` again resumes it from {d}.",
         addrs
             .iter()
@@ -95,6 +127,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .join(", "),
         h1 = "ab".repeat(32),
         h0 = "00".repeat(32),
+        hp = args.http_port,
     );
     println!("ready");
     super::serve::shutdown_signal().await;

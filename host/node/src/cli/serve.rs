@@ -12,7 +12,7 @@ use wraft_host::cluster::{ClusterNode, NodeConfig};
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// A TOML file with any of the keys below (`id`, `listen`, `data_dir`, `ca`, `cert`, `key`,
-    /// `initial_members`, `queue`).
+    /// `initial_members`, `queue`, `http_listen`, `http_tokens` as a list).
     #[arg(long, env = "WRAFT_CONFIG")]
     pub config: Option<PathBuf>,
     /// This node's id (its certificate must be `node-<id>`'s).
@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// Proposals admitted at once before callers get "queue full".
     #[arg(long, env = "WRAFT_QUEUE")]
     pub queue: Option<usize>,
+    /// TCP address of the HTTP port (`/healthz`, `/readyz`, `/metrics`, the JSON API).
+    #[arg(long, env = "WRAFT_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// A bearer token for the JSON API, as ROLE:TOKEN (role admin, writer or reader);
+    /// repeat the flag, or separate with commas in the variable.
+    #[arg(long = "http-token", env = "WRAFT_HTTP_TOKENS", value_delimiter = ',')]
+    pub http_tokens: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +60,9 @@ struct FileConfig {
     key: Option<PathBuf>,
     initial_members: Option<String>,
     queue: Option<usize>,
+    http_listen: Option<SocketAddr>,
+    #[serde(default)]
+    http_tokens: Vec<String>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -111,6 +121,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(q) = args.queue.or(file.queue) {
         config.queue = q;
     }
+    if let Some(listen) = args.http_listen.or(file.http_listen) {
+        let tokens = if args.http_tokens.is_empty() {
+            file.http_tokens
+        } else {
+            args.http_tokens
+        };
+        let tokens = tokens
+            .iter()
+            .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        config.http = Some(wraft_host::http::HttpConfig::new(listen, tokens));
+    }
     let node = ClusterNode::start(config).await?;
     if let Some(members) = members
         && !node.raft.is_initialized().await?
@@ -118,6 +140,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         node.raft.initialize(members).await?;
     }
     println!("node {id} serving on {}", node.addr);
+    if let Some(http) = node.http_addr {
+        println!("node {id} HTTP on http://{http}");
+    }
     shutdown_signal().await;
     eprintln!("shutting down node {id}");
     node.shutdown().await;

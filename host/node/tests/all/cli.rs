@@ -33,13 +33,31 @@ fn free_ports() -> u16 {
     }
 }
 
+/// Three consecutive free TCP ports on 127.0.0.1.
+fn free_tcp_ports() -> u16 {
+    let mut base = 30_000 + (std::process::id() % 20_000) as u16;
+    loop {
+        if (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+        base += 3;
+    }
+}
+
 #[test]
 fn wraft_dev_serves_apply_and_query_to_a_second_process() {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_ports();
+    let http_port = free_tcp_ports();
     let mut dev = Command::new(WRAFT)
         .current_dir(dir.path())
-        .args(["dev", "--port", &port.to_string()])
+        .args([
+            "dev",
+            "--port",
+            &port.to_string(),
+            "--http-port",
+            &http_port.to_string(),
+        ])
         .env("WRAFT_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -84,6 +102,25 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         text(&out.stdout).contains(r#""number":7"#),
         "{}",
         text(&out.stdout)
+    );
+    // The HTTP port, with the tokens `wraft dev` wrote.
+    let tokens =
+        std::fs::read_to_string(dir.path().join("wraft-data/dev/http-tokens")).expect("dev tokens");
+    let reader = tokens
+        .lines()
+        .find_map(|l| l.strip_prefix("reader:"))
+        .expect("a reader token");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).expect("http port");
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("request");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).expect("response");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"term\""),
+        "{answer}"
     );
     let out = wraft(dir.path(), &["cluster", "status", "--nodes", &nodes]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -29,6 +29,8 @@ pub struct Cluster {
     policy: SnapshotPolicy,
     queue: usize,
     pub auto_promote: Option<wraft_host::cluster::AutoPromote>,
+    /// Give every node an HTTP port with these tokens.
+    pub http_tokens: Option<Vec<(String, wraft_transport_quic::pki::Role)>>,
 }
 
 impl Cluster {
@@ -46,6 +48,31 @@ impl Cluster {
         queue: usize,
         auto_promote: Option<wraft_host::cluster::AutoPromote>,
     ) -> Self {
+        Self::start_all(n, policy, queue, auto_promote, None).await
+    }
+
+    /// Nodes with an HTTP port each, accepting `tokens`.
+    pub async fn start_http(
+        n: u64,
+        tokens: Vec<(String, wraft_transport_quic::pki::Role)>,
+    ) -> Self {
+        Self::start_all(
+            n,
+            SnapshotPolicy::default(),
+            wraft_host::api::DEFAULT_QUEUE,
+            None,
+            Some(tokens),
+        )
+        .await
+    }
+
+    async fn start_all(
+        n: u64,
+        policy: SnapshotPolicy,
+        queue: usize,
+        auto_promote: Option<wraft_host::cluster::AutoPromote>,
+        http_tokens: Option<Vec<(String, wraft_transport_quic::pki::Role)>>,
+    ) -> Self {
         let ca = DevCa::generate("wraft test CA").expect("CA");
         let mut c = Cluster {
             ca,
@@ -55,6 +82,7 @@ impl Cluster {
             policy,
             queue,
             auto_promote,
+            http_tokens,
         };
         for id in 1..=n {
             c.dirs.push(tempfile::tempdir().expect("tmp"));
@@ -86,6 +114,12 @@ impl Cluster {
         config.snapshots = self.policy;
         config.queue = self.queue;
         config.auto_promote = self.auto_promote;
+        if let Some(tokens) = &self.http_tokens {
+            config.http = Some(wraft_host::http::HttpConfig::new(
+                "127.0.0.1:0".parse().expect("addr"),
+                tokens.clone(),
+            ));
+        }
         ClusterNode::start(config).await.expect("node starts")
     }
 

@@ -10,6 +10,7 @@ mod determinism;
 mod examples;
 mod guests;
 mod hostile;
+mod http;
 mod lifecycle;
 mod membership;
 mod persistence;

@@ -1,0 +1,301 @@
+//! The HTTP port of real nodes: every curl example of docs/api.md, metrics that move, and
+//! refusals that leave the node serving.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wraft_core::FsmLimits;
+use wraft_transport_quic::pki::Role;
+
+use crate::cluster::Cluster;
+use crate::common::name;
+
+const ADMIN: &str = "admin-token-0123456789";
+const WRITER: &str = "writer-token-0123456789";
+const READER: &str = "reader-token-0123456789";
+
+fn tokens() -> Vec<(String, Role)> {
+    vec![
+        (ADMIN.into(), Role::Admin),
+        (WRITER.into(), Role::Writer),
+        (READER.into(), Role::Reader),
+    ]
+}
+
+/// One HTTP/1.1 exchange: (status, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a response");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// Splits a shell command line: whitespace, '...' (literal) and "..." ($VARs expanded).
+fn shell_words(line: &str, vars: &[(&str, String)]) -> Vec<String> {
+    let expand = |s: &str| {
+        vars.iter().fold(s.to_string(), |acc, (k, v)| {
+            acc.replace(&format!("${k}"), v)
+        })
+    };
+    let (mut words, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+    let mut plain = String::new();
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                cur.push_str(&expand(&std::mem::take(&mut plain)));
+                quote = Some(c);
+                any = true;
+            }
+            (Some(q), c) if c == q => {
+                let part = std::mem::take(&mut plain);
+                cur.push_str(&if q == '"' { expand(&part) } else { part });
+                quote = None;
+            }
+            (None, c) if c.is_whitespace() => {
+                cur.push_str(&expand(&std::mem::take(&mut plain)));
+                if any || !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            (_, c) => {
+                plain.push(c);
+                any = true;
+            }
+        }
+    }
+    cur.push_str(&expand(&plain));
+    if any || !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+/// Runs one `curl` command line as the test's HTTP client; returns (status, body).
+async fn curl(line: &str, vars: &[(&str, String)]) -> (u16, String) {
+    let words = shell_words(line, vars);
+    let (mut method, mut headers, mut data, mut url) = (None, Vec::new(), None, None);
+    let mut it = words.into_iter().skip(1);
+    while let Some(w) = it.next() {
+        match w.as_str() {
+            "-s" => {}
+            "-X" => method = it.next(),
+            "-H" => headers.push(it.next().expect("header")),
+            "-d" => data = it.next(),
+            other if other.starts_with("http://") => url = Some(other.to_string()),
+            other => panic!("the doc uses a curl option the test does not know: {other}"),
+        }
+    }
+    let url = url.expect("a URL");
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr: SocketAddr = host.parse().expect("host:port");
+    let method = method.unwrap_or_else(|| if data.is_some() { "POST" } else { "GET" }.into());
+    http(
+        addr,
+        &method,
+        path,
+        &headers,
+        data.unwrap_or_default().as_bytes(),
+    )
+    .await
+}
+
+async fn cluster_with_sequencer() -> Cluster {
+    let c = Cluster::start_http(3, tokens()).await;
+    let leader = c.leader().await.id;
+    let admin = c.client(Role::Admin, &[leader]);
+    let id = admin
+        .deploy(wraft_fsm_artifacts::LATEST_PAYLOAD.to_vec())
+        .await
+        .expect("deploy");
+    admin
+        .create_fsm(name("sequencer"), id, FsmLimits::default())
+        .await
+        .expect("create");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_curl_example_in_docs_api_md_runs() {
+    let mut c = cluster_with_sequencer().await;
+    // Through a follower, so forwarding is part of what the examples exercise.
+    let leader = c.leader().await.id;
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let node = c.node(follower).http_addr.expect("http port");
+    // The stale-read example needs the follower to have applied the FSM's creation.
+    c.converged_hashes_of("sequencer").await;
+    let vars = [
+        ("NODE", format!("http://{node}")),
+        ("ADMIN", ADMIN.to_string()),
+        ("WRITER", WRITER.to_string()),
+        ("READER", READER.to_string()),
+    ];
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md"))
+        .expect("docs/api.md");
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut ran = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with("curl ") {
+            continue;
+        }
+        let expected: u16 = lines
+            .get(i + 1)
+            .and_then(|l| l.strip_prefix("# -> "))
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("docs/api.md line {}: no `# -> STATUS` after it", i + 1));
+        let (status, body) = curl(line, &vars).await;
+        assert_eq!(
+            status,
+            expected,
+            "docs/api.md line {}: {line}\n{body}",
+            i + 1
+        );
+        if status >= 400 {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON error body");
+            assert!(v["error"].is_string() && v["message"].is_string(), "{body}");
+        }
+        ran += 1;
+    }
+    assert!(ran >= 15, "only {ran} examples found");
+    // What the examples wrote is there, on every node.
+    let hashes = c.converged_hashes_of("sequencer").await;
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    c.stop_all().await;
+}
+
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
+    let mut c = cluster_with_sequencer().await;
+    let leader = c.leader().await.id;
+    let node = c.node(leader).http_addr.expect("http port");
+    let (_, before) = http(node, "GET", "/metrics", &[], b"").await;
+    let auth = |t: &str| vec![format!("Authorization: Bearer {t}")];
+    for n in 1..=5u8 {
+        let cmd = format!(
+            r#"{{"Commit":{{"number":{n},"hash":"0x{}","parent_hash":"0x{}","payload":"0x01"}}}}"#,
+            hex::encode([n; 32]),
+            hex::encode([n - 1; 32])
+        );
+        let (status, body) = http(
+            node,
+            "POST",
+            "/v1/fsms/sequencer/apply",
+            &auth(WRITER),
+            cmd.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, after) = http(node, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    for name in [
+        "commit_marshal_duration_seconds_count",
+        "commit_raft_apply_duration_seconds_count",
+        "commit_payload_size_bytes_count",
+        "fsm_apply_duration_seconds_count",
+        "raft_log_store_duration_seconds_count",
+        "fsm_fuel_used_count",
+    ] {
+        assert!(
+            sample(&after, name) >= sample(&before, name) + 5.0,
+            "{name} did not move: before {} after {}",
+            sample(&before, name),
+            sample(&after, name)
+        );
+    }
+    for gauge in [
+        "raft_term",
+        "raft_committed_index",
+        "raft_applied_index",
+        "raft_leader_id",
+    ] {
+        assert!(sample(&after, gauge) >= 1.0, "{gauge} missing:\n{after}");
+    }
+    // Refusals: oversized body, unknown token, reader writing; each counted or explained.
+    let big = vec![b' '; (1 << 20) + 1];
+    let (status, body) = http(
+        node,
+        "POST",
+        "/v1/fsms/sequencer/apply",
+        &auth(WRITER),
+        &big,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("too_large"), "{body}");
+    let rejected = sample(&after, "proposals_rejected_total");
+    let (status, _) = http(
+        node,
+        "POST",
+        "/v1/fsms/sequencer/apply",
+        &auth(READER),
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, later) = http(node, "GET", "/metrics", &[], b"").await;
+    assert!(
+        sample(&later, "proposals_rejected_total") > rejected,
+        "{later}"
+    );
+    let (status, body) = http(node, "GET", "/readyz", &[], b"").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    c.stop_all().await;
+}
