@@ -103,18 +103,20 @@ impl Client {
         Err(last)
     }
 
-    async fn once(&self, request: &ApiRequest) -> Result<Result<ApiResponse, ApiError>, Attempt> {
+    /// The open connection, or a new one to the next node that answers.
+    async fn connection(&self) -> Result<quinn::Connection, String> {
         let mut current = self.current.lock().await;
-        let (_index, conn) = match current.as_ref().filter(|(_, c)| c.close_reason().is_none()) {
-            Some((i, c)) => (*i, c.clone()),
-            None => {
-                let start = current.as_ref().map_or(0, |(i, _)| i + 1);
-                let (i, c) = self.connect(start).await.map_err(Attempt::NotSent)?;
-                *current = Some((i, c.clone()));
-                (i, c)
-            }
-        };
-        drop(current);
+        if let Some((_, c)) = current.as_ref().filter(|(_, c)| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let start = current.as_ref().map_or(0, |(i, _)| i + 1);
+        let (i, c) = self.connect(start).await?;
+        *current = Some((i, c.clone()));
+        Ok(c)
+    }
+
+    async fn once(&self, request: &ApiRequest) -> Result<Result<ApiResponse, ApiError>, Attempt> {
+        let conn = self.connection().await.map_err(Attempt::NotSent)?;
         match api::call(&conn, request).await {
             Ok(result) => Ok(result),
             Err(e) => {
@@ -217,20 +219,7 @@ impl Client {
     ) -> Result<ModuleId, ClientError> {
         let deadline = Instant::now() + self.patience;
         loop {
-            let conn = {
-                let mut current = self.current.lock().await;
-                match current.as_ref().filter(|(_, c)| c.close_reason().is_none()) {
-                    Some((_, c)) => Ok(c.clone()),
-                    None => {
-                        let start = current.as_ref().map_or(0, |(i, _)| i + 1);
-                        self.connect(start).await.map(|(i, c)| {
-                            *current = Some((i, c.clone()));
-                            c
-                        })
-                    }
-                }
-            };
-            let retry = match conn {
+            let retry = match self.connection().await {
                 Err(e) => e,
                 Ok(conn) => match api::upload(&conn, bytes, &mut progress).await {
                     Ok(Ok(ApiResponse::Deployed(id))) => return Ok(id),
