@@ -123,6 +123,10 @@ pub enum ApiRequest {
     },
     /// Deployed modules (reader).
     ListModules,
+    /// A hot backup of the answering node's state (admin): the answer is
+    /// [`ApiResponse::Backup`] with the manifest, followed on the same stream by
+    /// [`crate::wire::Chunk`] frames of `manifest.file_bytes` bytes in all.
+    Backup,
     /// Deploy a module streamed after this frame as [`crate::wire::Chunk`] frames of
     /// `len` bytes in all (admin). The server turns it into [`ApiRequest::Deploy`] once
     /// every byte has arrived; the role and `len` (at most [`MAX_UPLOAD_BYTES`]) are checked
@@ -150,6 +154,7 @@ impl ApiRequest {
             | Self::DropFsm { .. }
             | Self::DropModule { .. }
             | Self::Upload { .. }
+            | Self::Backup
             | Self::AddLearner { .. }
             | Self::Promote { .. }
             | Self::Remove { .. }
@@ -234,6 +239,44 @@ pub enum ApiResponse {
     Leader(NodeId),
     /// Deployed modules.
     Modules(Vec<ModuleInfo>),
+    /// A backup's manifest; its file's bytes follow as chunks.
+    Backup(BackupManifest),
+}
+
+/// What a backup holds, as the node that took it describes it. Hashes are lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    /// The node that took it.
+    pub node: NodeId,
+    /// When (milliseconds since the Unix epoch).
+    pub taken_at_ms: u64,
+    /// The wraft version that wrote it.
+    pub version: String,
+    /// The last log index (and its term) the copied state includes.
+    pub applied_index: u64,
+    /// The term of that entry.
+    pub applied_term: u64,
+    /// Voters of the membership the copied state records.
+    pub voters: Vec<NodeId>,
+    /// Learners of that membership.
+    pub learners: Vec<NodeId>,
+    /// sha256 of the FSM registry and module table (as checkpoints compute it).
+    pub registry_sha256: String,
+    /// Each FSM's name and the sha256 of its keyspace.
+    pub fsms: Vec<(String, String)>,
+    /// Length of the copy (`state.mdb`).
+    pub file_bytes: u64,
+    /// sha256 of the copy.
+    pub file_sha256: String,
+}
+
+/// A backup file ready to stream; the server deletes it once sent (or on failure).
+#[derive(Debug)]
+pub struct BackupFile {
+    /// Its manifest.
+    pub manifest: BackupManifest,
+    /// The copy on the node's disk.
+    pub path: std::path::PathBuf,
 }
 
 /// A refused or failed request.
@@ -286,6 +329,73 @@ pub trait ApiHandler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, caller: Caller, request: ApiRequest)
     -> impl Future<Output = ApiResult> + Send;
+
+    /// Takes a consistent copy of the node's state for [`ApiRequest::Backup`] (the caller's
+    /// role is checked before).
+    fn backup(&self) -> impl Future<Output = Result<BackupFile, ApiError>> + Send;
+}
+
+/// Streams a backup to the caller: the manifest frame, then the file as chunks.
+pub async fn send_backup(
+    send: &mut quinn::SendStream,
+    backup: &BackupFile,
+) -> Result<(), WireError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(&backup.path)
+        .await
+        .map_err(|e| WireError::Frame(format!("backup file: {e}")))?;
+    let answer: ApiResult = Ok(ApiResponse::Backup(backup.manifest.clone()));
+    wire::send(send, &answer).await?;
+    let mut left = backup.manifest.file_bytes;
+    let mut buf = vec![0u8; UPLOAD_CHUNK];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        file.read_exact(&mut buf[..want])
+            .await
+            .map_err(|e| WireError::Frame(format!("backup file: {e}")))?;
+        wire::send(send, &wire::Chunk(buf[..want].to_vec())).await?;
+        left -= want as u64;
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// Asks the node at the other end of `conn` for a backup; writes its bytes to `out` and
+/// calls `progress(received, total)` after each chunk. Returns the manifest; the caller
+/// checks the bytes against it.
+pub async fn receive_backup(
+    conn: &quinn::Connection,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Result<BackupManifest, ApiError>, WireError> {
+    use tokio::io::AsyncWriteExt;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
+    wire::send(&mut send, &ApiRequest::Backup).await?;
+    send.finish()?;
+    let manifest = match wire::recv::<ApiResult>(&mut recv).await? {
+        Ok(ApiResponse::Backup(m)) => m,
+        Ok(other) => return Err(WireError::Frame(format!("unexpected answer {other:?}"))),
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut received = 0u64;
+    while received < manifest.file_bytes {
+        let wire::Chunk(chunk) = wire::recv(&mut recv).await?;
+        received += chunk.len() as u64;
+        if received > manifest.file_bytes {
+            return Err(WireError::Frame("backup longer than announced".into()));
+        }
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| WireError::Frame(format!("writing the backup: {e}")))?;
+        progress(received, manifest.file_bytes);
+    }
+    out.flush()
+        .await
+        .map_err(|e| WireError::Frame(format!("writing the backup: {e}")))?;
+    Ok(Ok(manifest))
 }
 
 /// Uploads `bytes` as a module on a new stream of `conn`, calling `progress(sent, total)`

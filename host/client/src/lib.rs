@@ -39,6 +39,9 @@ pub enum ClientError {
     /// The cluster refused or failed the request.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// A local file could not be written.
+    #[error("{0}")]
+    Local(String),
     /// The node answered with something this request does not expect.
     #[error("unexpected answer: {0:?}")]
     Unexpected(Box<ApiResponse>),
@@ -239,6 +242,38 @@ impl Client {
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Takes a hot backup of the first node that answers: writes the copy of its state to
+    /// `out`, calling `progress(received, total)` as chunks arrive, and returns the manifest
+    /// (which names the node). The caller verifies the bytes against the manifest.
+    pub async fn backup(
+        &self,
+        out: &std::path::Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<api::BackupManifest, ClientError> {
+        let conn = self
+            .connection()
+            .await
+            .map_err(|last| ClientError::Unreachable {
+                tried: self.nodes.join(","),
+                last,
+            })?;
+        let mut file = tokio::fs::File::create(out)
+            .await
+            .map_err(|e| ClientError::Local(format!("{}: {e}", out.display())))?;
+        let received = api::receive_backup(&conn, &mut file, progress).await;
+        file.sync_all()
+            .await
+            .map_err(|e| ClientError::Local(format!("{}: {e}", out.display())))?;
+        match received {
+            Ok(Ok(manifest)) => Ok(manifest),
+            Ok(Err(e)) => Err(ClientError::Api(e)),
+            Err(e) => Err(ClientError::Unreachable {
+                tried: self.nodes.join(","),
+                last: format!("backup cut short: {e}"),
+            }),
         }
     }
 

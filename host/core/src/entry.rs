@@ -71,6 +71,10 @@ impl fmt::Display for LogEntry {
             Command::UpgradeFsm { fsm, module_id } => write!(f, "upgrade fsm {fsm} to {module_id}"),
             Command::DropFsm { fsm } => write!(f, "drop fsm {fsm}"),
             Command::DropModule { module_id } => write!(f, "drop module {module_id}"),
+            Command::Checkpoint { leader } => match leader {
+                Some(d) => write!(f, "checkpoint (leader's digest at {})", d.index),
+                None => f.write_str("checkpoint"),
+            },
         }
     }
 }
@@ -128,6 +132,50 @@ pub enum Command {
         /// The module.
         module_id: ModuleId,
     },
+    /// A consistency checkpoint, proposed periodically by the leader. Every replica records
+    /// the digest of its state at this entry's index; if `leader` carries the leader's digest
+    /// at an earlier checkpoint that the replica also recorded, the replica compares the two
+    /// and, on a mismatch, raises an alarm and stops serving reads. Changes no FSM data.
+    Checkpoint {
+        /// The proposing leader's digest at its previous checkpoint.
+        leader: Option<StateDigest>,
+    },
+}
+
+/// Hashes of a node's state at one log index, as checkpoints compare them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    /// The checkpoint entry's index.
+    pub index: u64,
+    /// sha256 over the FSM registry and the module table.
+    pub registry: [u8; 32],
+    /// sha256 over each FSM's keyspace, in name order.
+    pub fsms: Vec<(FsmName, [u8; 32])>,
+}
+
+impl StateDigest {
+    /// The parts that differ from `other` ("registry", "fsm NAME", "fsm NAME missing"); empty
+    /// when the digests agree.
+    pub fn differences(&self, other: &StateDigest) -> Vec<alloc::string::String> {
+        use alloc::format;
+        let mut out = Vec::new();
+        if self.registry != other.registry {
+            out.push("registry".into());
+        }
+        for (name, hash) in &self.fsms {
+            match other.fsms.iter().find(|(n, _)| n == name) {
+                Some((_, h)) if h == hash => {}
+                Some(_) => out.push(format!("fsm {name}")),
+                None => out.push(format!("fsm {name} missing on the other side")),
+            }
+        }
+        for (name, _) in &other.fsms {
+            if !self.fsms.iter().any(|(n, _)| n == name) {
+                out.push(format!("fsm {name} missing here"));
+            }
+        }
+        out
+    }
 }
 
 /// Per-FSM resource limits, enforced identically on every replica.
@@ -258,6 +306,7 @@ mod serde_bytes_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
     use alloc::vec;
 
     fn name(s: &str) -> FsmName {
@@ -298,6 +347,14 @@ mod tests {
             Command::DropModule {
                 module_id: ModuleId([7; 32]),
             },
+            Command::Checkpoint { leader: None },
+            Command::Checkpoint {
+                leader: Some(StateDigest {
+                    index: 9,
+                    registry: [1; 32],
+                    fsms: vec![(name("a"), [2; 32])],
+                }),
+            },
         ];
         for command in commands {
             let e = LogEntry::new(1_700_000_000_000, command);
@@ -323,6 +380,23 @@ mod tests {
         let mut bytes = LogEntry::new(5, Command::DropFsm { fsm: name("a") }).to_bytes();
         bytes[0] = 1; // a future V2
         assert!(LogEntry::from_bytes(&bytes).is_err());
+    }
+
+    #[test]
+    fn digests_name_the_parts_that_differ() {
+        let a = StateDigest {
+            index: 4,
+            registry: [0; 32],
+            fsms: vec![(name("x"), [1; 32]), (name("y"), [2; 32])],
+        };
+        assert!(a.differences(&a).is_empty());
+        let mut b = a.clone();
+        b.fsms[1].1 = [3; 32];
+        b.fsms.push((name("z"), [4; 32]));
+        assert_eq!(
+            a.differences(&b),
+            vec!["fsm y".to_string(), "fsm z missing here".to_string()]
+        );
     }
 
     #[test]

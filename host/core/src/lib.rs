@@ -22,6 +22,6 @@ pub mod name;
 pub mod raft;
 pub mod rng;
 
-pub use entry::{Apply, Command, EntryResponse, FsmLimits, LogEntry, ModuleId};
+pub use entry::{Apply, Command, EntryResponse, FsmLimits, LogEntry, ModuleId, StateDigest};
 pub use error::ApplyError;
 pub use name::FsmName;

@@ -42,6 +42,7 @@ pub struct NodeApi {
     queue: Arc<Semaphore>,
     capacity: usize,
     forward: Forwarder,
+    data_dir: std::path::PathBuf,
 }
 
 struct Forwarder {
@@ -69,6 +70,7 @@ impl NodeApi {
         endpoint: quinn::Endpoint,
         identity: &TlsIdentity,
         capacity: usize,
+        data_dir: std::path::PathBuf,
     ) -> Result<Self, wraft_transport_quic::TransportError> {
         let forward = Forwarder {
             endpoint,
@@ -82,6 +84,7 @@ impl NodeApi {
             queue: Arc::new(Semaphore::new(capacity)),
             capacity,
             forward,
+            data_dir,
         })
     }
 
@@ -204,6 +207,10 @@ impl NodeApi {
             // The transport turns an upload into `Deploy` once its chunks have arrived.
             ApiRequest::Upload { .. } => Err(ApiError::BadRequest(
                 "an upload's chunks must follow it on its stream".into(),
+            )),
+            // The transport streams a backup itself (see `ApiHandler::backup`).
+            ApiRequest::Backup => Err(ApiError::BadRequest(
+                "a backup is streamed on its own QUIC stream (`wraft backup`)".into(),
             )),
         }
     }
@@ -474,6 +481,15 @@ impl NodeApi {
     }
 
     /// The cluster as this node sees it.
+    /// Why this node must not serve reads, if a checkpoint found its state diverged (or the
+    /// record cannot be read).
+    pub fn divergence(&self) -> Option<String> {
+        match self.store.divergence() {
+            Ok(d) => d.map(|d| d.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     pub fn status(&self) -> ClusterStatus {
         let m = self.metrics();
         let membership = m.membership_config.membership();
@@ -577,6 +593,22 @@ impl ApiHandler for NodeApi {
             request => (caller.role, request),
         };
         self.serve_as(role, request).await
+    }
+
+    async fn backup(&self) -> Result<wraft_transport_quic::api::BackupFile, ApiError> {
+        let (store, id, dir) = (self.store.clone(), self.id, self.data_dir.clone());
+        let started = std::time::Instant::now();
+        let taken = tokio::task::spawn_blocking(move || crate::ops::backup::take(&store, id, &dir))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("backup task: {e}")))?
+            .map_err(|e| ApiError::Unavailable(format!("backup failed: {e}")))?;
+        tracing::info!(
+            applied = taken.manifest.applied_index,
+            bytes = taken.manifest.file_bytes,
+            "backup copy taken in {:?}",
+            started.elapsed()
+        );
+        Ok(taken)
     }
 }
 

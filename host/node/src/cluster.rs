@@ -38,6 +38,56 @@ pub struct NodeConfig {
     pub auto_promote: Option<AutoPromote>,
     /// The HTTP port (health, metrics, JSON API), if any.
     pub http: Option<crate::http::HttpConfig>,
+    /// How often the leader proposes a consistency checkpoint (when entries were applied
+    /// since the last one); `None` turns checkpoints off.
+    pub checkpoint_interval: Option<Duration>,
+}
+
+/// Default interval between consistency checkpoints.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// While this node leads, proposes a checkpoint every `interval` if anything but a checkpoint
+/// was applied since the last one. Ends when raft shuts down.
+fn spawn_checkpoints(
+    id: NodeId,
+    raft: Raft,
+    store: Arc<StateStore>,
+    interval: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        use openraft::type_config::async_runtime::WatchReceiver;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let m = raft.metrics().borrow_watched().clone();
+            if m.running_state.is_err() {
+                break;
+            }
+            if m.current_leader != Some(id) {
+                continue;
+            }
+            let last = match store.last_checkpoint() {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("checkpoint skipped: {e}");
+                    continue;
+                }
+            };
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            if last.as_ref().is_some_and(|d| d.index >= applied) {
+                continue; // nothing applied since the last checkpoint
+            }
+            let entry = wraft_core::LogEntry::new(
+                crate::local::now_ms(),
+                wraft_core::Command::Checkpoint { leader: last },
+            );
+            if let Err(e) = raft.client_write(entry).await {
+                tracing::debug!("checkpoint not committed: {e}");
+            }
+        }
+    })
 }
 
 /// Kommander's learner promotion: while this node leads, a learner whose replication lag
@@ -124,6 +174,7 @@ impl NodeConfig {
             queue: DEFAULT_QUEUE,
             auto_promote: None,
             http: None,
+            checkpoint_interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
         }
     }
 }
@@ -160,11 +211,13 @@ pub struct ClusterNode {
     pub store: Arc<StateStore>,
     endpoint: quinn::Endpoint,
     tasks: Vec<JoinHandle<()>>,
+    _lock: crate::ops::DataDirLock,
 }
 
 impl ClusterNode {
     /// Opens the node's stores and starts raft and the transport.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let lock = crate::ops::DataDirLock::acquire(&config.data_dir)?;
         let runtime = Arc::new(
             FsmRuntime::with_cache(&config.data_dir.join("cache"))
                 .map_err(crate::state::StateError::from)?,
@@ -172,6 +225,8 @@ impl ClusterNode {
         let store = Arc::new(StateStore::open(&config.data_dir, runtime)?);
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?;
         let log = LogStore::open(&config.data_dir)?;
+        log.claim(config.id)?;
+        crate::ops::backup::remove_stale(&config.data_dir);
         let endpoint = quinn::Endpoint::server(server_config(&config.identity)?, config.listen)?;
         let addr = endpoint.local_addr()?;
         let network = RaftClient::new(config.id, endpoint.clone(), &config.identity)?;
@@ -193,6 +248,7 @@ impl ClusterNode {
             endpoint.clone(),
             &config.identity,
             config.queue,
+            config.data_dir.clone(),
         )?;
         crate::metrics::handle();
         let api = Arc::new(api);
@@ -208,6 +264,17 @@ impl ClusterNode {
             }
             None => None,
         };
+        if let Some(interval) = config.checkpoint_interval {
+            tasks.push(spawn_checkpoints(
+                config.id,
+                raft.clone(),
+                store.clone(),
+                interval,
+            ));
+        }
+        if store.divergence()?.is_some() {
+            metrics::gauge!("state_diverged").set(1.0);
+        }
         if let Some(auto) = config.auto_promote {
             tasks.push(auto.spawn(raft.clone()));
         }
@@ -219,6 +286,7 @@ impl ClusterNode {
             store,
             endpoint,
             tasks,
+            _lock: lock,
         })
     }
 

@@ -290,7 +290,7 @@ async fn readyz(State(http): State<Arc<Http>>) -> Response {
     let problem = match s.leader {
         None => Some("no leader".to_string()),
         Some(_) if lag > READY_LAG => Some(format!("applied trails committed by {lag}")),
-        Some(_) => None,
+        Some(_) => http.api.divergence(),
     };
     match problem {
         None => (StatusCode::OK, "ready\n").into_response(),

@@ -7,6 +7,8 @@
 //! * [`api`]: the client API a node serves (roles, forwarding, admission, read levels).
 //! * [`http`]: the HTTP port: health, readiness, Prometheus metrics, the JSON API.
 //! * [`metrics`]: the metrics registry and names.
+//! * [`ops`]: data directories offline and hot: the lock, `init generate|info|verify`,
+//!   backup and restore, compaction.
 //! * [`local`]: a single-node driver without raft (assigns log positions and timestamps
 //!   itself), behind `wraft local`.
 
@@ -15,6 +17,7 @@ pub mod cluster;
 pub mod http;
 pub mod local;
 pub mod metrics;
+pub mod ops;
 pub mod raft;
 pub mod runtime;
 pub mod state;

@@ -24,6 +24,7 @@ pub const EXAMPLES: &[(&str, &[u8])] = &[
 #[derive(Debug)]
 pub struct LocalNode {
     store: StateStore,
+    _lock: crate::ops::DataDirLock,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -42,9 +43,14 @@ impl LocalNode {
 
     /// Opens the state env under `data_dir`.
     pub fn open_with(data_dir: &Path, options: StateOptions) -> Result<Self, StateError> {
+        let lock = crate::ops::DataDirLock::acquire(data_dir).map_err(|e| StateError::Open {
+            path: data_dir.into(),
+            source: heed::Error::Io(e),
+        })?;
         let runtime = Arc::new(FsmRuntime::with_cache(&data_dir.join("cache"))?);
         Ok(Self {
             store: StateStore::open_with(data_dir, runtime, options)?,
+            _lock: lock,
         })
     }
 

@@ -24,6 +24,18 @@ enum Cmd {
     Serve(cli::serve::ServeArgs),
     /// Write a development CA and node/client certificates.
     Cert(cli::cert::CertArgs),
+    /// Pre-built cluster state (all nodes start as equals) and data-directory checks.
+    Init {
+        #[command(subcommand)]
+        cmd: cli::init::InitCmd,
+    },
+    /// Hot backup of a running node's state (a consistent LMDB copy and a manifest with
+    /// checksums) into a new directory.
+    Backup(cli::backup::BackupArgs),
+    /// Restore a backup into a stopped node's data directory (verified first).
+    Restore(cli::backup::RestoreArgs),
+    /// Give back the disk space LMDB keeps (a stopped node; `wraft init info` shows the gain).
+    Compact(cli::backup::CompactArgs),
     /// Apply a JSON command to an FSM and print its JSON output; or, with `--batch FILE`,
     /// apply a JSON array of `{"fsm": ..., "command": ...}` as one atomic Batch entry.
     Apply {
@@ -114,6 +126,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev(args) => cli::dev::run(args).await,
         Cmd::Serve(args) => cli::serve::run(args).await,
         Cmd::Cert(args) => cli::cert::run(args),
+        Cmd::Init { cmd } => cli::init::run(cmd),
+        Cmd::Backup(args) => cli::backup::run_backup(args).await,
+        Cmd::Restore(args) => cli::backup::run_restore(args),
+        Cmd::Compact(args) => cli::backup::run_compact(args),
         Cmd::Apply {
             batch: Some(file),
             conn,

@@ -1,8 +1,10 @@
 //! The `wraft` command line: one module per group of subcommands.
 
+pub mod backup;
 pub mod cert;
 pub mod client;
 pub mod dev;
+pub mod init;
 pub mod local;
 pub mod serve;
 

@@ -12,7 +12,8 @@ use wraft_host::cluster::{ClusterNode, NodeConfig};
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// A TOML file with any of the keys below (`id`, `listen`, `data_dir`, `ca`, `cert`, `key`,
-    /// `initial_members`, `queue`, `http_listen`, `http_tokens` as a list).
+    /// `initial_members`, `queue`, `http_listen`, `http_tokens` as a list,
+    /// `checkpoint_interval`).
     #[arg(long, env = "WRAFT_CONFIG")]
     pub config: Option<PathBuf>,
     /// This node's id (its certificate must be `node-<id>`'s).
@@ -47,6 +48,10 @@ pub struct ServeArgs {
     /// repeat the flag, or separate with commas in the variable.
     #[arg(long = "http-token", env = "WRAFT_HTTP_TOKENS", value_delimiter = ',')]
     pub http_tokens: Vec<String>,
+    /// Seconds between consistency checkpoints proposed while this node leads (0: off;
+    /// default 60).
+    #[arg(long, env = "WRAFT_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +68,7 @@ struct FileConfig {
     http_listen: Option<SocketAddr>,
     #[serde(default)]
     http_tokens: Vec<String>,
+    checkpoint_interval: Option<u64>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -133,6 +139,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         config.http = Some(wraft_host::http::HttpConfig::new(listen, tokens));
     }
+    if let Some(secs) = args.checkpoint_interval.or(file.checkpoint_interval) {
+        config.checkpoint_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+    }
     let node = ClusterNode::start(config).await?;
     if let Some(members) = members
         && !node.raft.is_initialized().await?
@@ -143,10 +152,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(http) = node.http_addr {
         println!("node {id} HTTP on http://{http}");
     }
-    shutdown_signal().await;
+    let wait = node.raft.wait(None);
+    let fatal = wait.metrics(|m| m.running_state.is_err(), "raft stopped");
+    let stopped = tokio::select! {
+        _ = shutdown_signal() => None,
+        m = fatal => Some(match m {
+            Ok(m) => match m.running_state {
+                Err(e) => e.to_string(),
+                Ok(()) => "unknown reason".into(),
+            },
+            Err(e) => e.to_string(),
+        }),
+    };
     eprintln!("shutting down node {id}");
     node.shutdown().await;
-    Ok(())
+    match stopped {
+        None => Ok(()),
+        Some(why) => bail!("node {id} stopped: raft hit a fatal error: {why}"),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -5,8 +5,8 @@ mod log_store;
 mod snapshot;
 mod state_machine;
 
-pub use log_store::{LogReader, LogStore};
-pub use snapshot::SnapshotPolicy;
+pub use log_store::{LogReader, LogStore, LogSummary};
+pub use snapshot::{SnapshotPolicy, decode_applied_state, verify_snapshot_file};
 pub use state_machine::StateMachine;
 
 pub use wraft_core::raft::{

@@ -109,6 +109,11 @@ fn seal(path: &Path) -> io::Result<[u8; 32]> {
 }
 
 /// Checks a snapshot file's trailer against its content; returns the copy's length.
+pub fn verify_snapshot_file(file: &mut File) -> io::Result<u64> {
+    verify(file)
+}
+
+/// Checks a snapshot file's trailer against its content; returns the copy's length.
 fn verify(file: &mut File) -> io::Result<u64> {
     let bad =
         |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {what}"));
@@ -162,12 +167,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Decodes the raft state blob stored with the applied state: the last applied log id and
+/// the membership.
+pub fn decode_applied_state(blob: &[u8]) -> io::Result<(Option<LogId>, StoredMembership)> {
+    postcard::from_bytes(blob).map_err(io_err)
+}
+
 /// Decodes the raft state blob stored with the applied state.
 pub(crate) fn decode_raft_state(
     blob: Option<Vec<u8>>,
 ) -> io::Result<(Option<LogId>, StoredMembership)> {
     match blob {
-        Some(b) => postcard::from_bytes(&b).map_err(io_err),
+        Some(b) => decode_applied_state(&b),
         None => Ok((None, StoredMembership::default())),
     }
 }

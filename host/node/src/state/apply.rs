@@ -141,6 +141,9 @@ impl StateStore {
             Command::UpgradeFsm { fsm, module_id } => self.upgrade(txn, fsm, *module_id, ctx),
             Command::DropFsm { fsm } => self.drop_fsm(txn, fsm),
             Command::DropModule { module_id } => self.drop_module(txn, module_id),
+            Command::Checkpoint { leader } => {
+                Ok(Ok(self.checkpoint(txn, leader.as_ref(), ctx.index)?))
+            }
         }
     }
 

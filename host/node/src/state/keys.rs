@@ -22,6 +22,11 @@ pub enum MetaTag {
     Format = 4,
     /// The raft layer's applied state (last applied log id and membership), opaque here.
     RaftState = 5,
+    /// This node's digest at the last checkpoint it applied (postcard `StateDigest`).
+    Checkpoint = 6,
+    /// Set when a checkpoint found this node's state different from the leader's
+    /// (postcard `Divergence`); reads are refused while it exists.
+    Divergence = 7,
 }
 
 /// `meta` key: group | tag.

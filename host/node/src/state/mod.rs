@@ -3,6 +3,8 @@
 //! the applied marker commit together.
 
 mod apply;
+mod digest;
+mod offline;
 mod snapshot;
 pub use apply::Committed;
 mod keys;
@@ -21,6 +23,7 @@ use crate::runtime::{
     CallEnv, EntryPoint, FsmRuntime, KvTarget, LoadedModule, ModuleError, RuntimeError,
 };
 
+pub use digest::Divergence;
 pub use keys::GroupId;
 pub use snapshot::copy_raft_state;
 
@@ -71,6 +74,13 @@ pub enum StateError {
         /// The ceiling.
         ceiling: usize,
     },
+    /// A checkpoint found this node's state different from the leader's: it serves no reads
+    /// until repaired.
+    #[error(
+        "this node's {0}; it serves no reads until it is repaired \
+         (restore a healthy node's backup: see docs/operations.md)"
+    )]
+    Diverged(Divergence),
     /// A snapshot file is not what its id says.
     #[error("snapshot {id}: {detail}")]
     Snapshot {
@@ -363,6 +373,9 @@ impl StateStore {
         input: &[u8],
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
         let rtxn = self.env.read_txn()?;
+        if let Some(d) = self.divergence_in(&rtxn)? {
+            return Err(StateError::Diverged(d));
+        }
         let (rec, module) = match self.fsm_and_module(&rtxn, fsm)? {
             Ok(found) => found,
             Err(e) => return Ok(Err(e)),
@@ -421,20 +434,7 @@ impl StateStore {
         let Some(rec) = self.record_in(&rtxn, fsm)? else {
             return Ok(None);
         };
-        let mut h = Sha256::new();
-        for item in self
-            .dbs
-            .data
-            .prefix_iter(&rtxn, &keys::data_prefix(self.group, rec.id))?
-        {
-            let (k, v) = item?;
-            let k = &k[16..];
-            h.update((k.len() as u32).to_le_bytes());
-            h.update(k);
-            h.update((v.len() as u32).to_le_bytes());
-            h.update(v);
-        }
-        Ok(Some(h.finalize().into()))
+        self.fsm_hash_in(&rtxn, &rec).map(Some)
     }
 }
 

@@ -14,6 +14,9 @@ use wraft_transport_quic::wire::{self, Reply, Request};
 use wraft_transport_quic::{ALPN_RAFT, TlsIdentity, client_config};
 
 pub use crate::common::setup_probe;
+
+const DEFAULT_CHECKPOINTS: Option<Duration> =
+    Some(wraft_host::cluster::DEFAULT_CHECKPOINT_INTERVAL);
 use crate::common::{name, probe_apply, probe_counter, raft_write};
 
 fn identity(ca: &DevCa, id: u64) -> TlsIdentity {
@@ -31,6 +34,8 @@ pub struct Cluster {
     pub auto_promote: Option<wraft_host::cluster::AutoPromote>,
     /// Give every node an HTTP port with these tokens.
     pub http_tokens: Option<Vec<(String, wraft_transport_quic::pki::Role)>>,
+    /// How often leaders propose consistency checkpoints.
+    checkpoint_interval: Option<Duration>,
 }
 
 impl Cluster {
@@ -48,7 +53,20 @@ impl Cluster {
         queue: usize,
         auto_promote: Option<wraft_host::cluster::AutoPromote>,
     ) -> Self {
-        Self::start_all(n, policy, queue, auto_promote, None).await
+        Self::start_all(n, policy, queue, auto_promote, None, DEFAULT_CHECKPOINTS).await
+    }
+
+    /// Nodes whose leader proposes a consistency checkpoint every `interval`.
+    pub async fn start_checkpointing(n: u64, interval: Duration) -> Self {
+        Self::start_all(
+            n,
+            SnapshotPolicy::default(),
+            wraft_host::api::DEFAULT_QUEUE,
+            None,
+            None,
+            Some(interval),
+        )
+        .await
     }
 
     /// Nodes with an HTTP port each, accepting `tokens`.
@@ -62,6 +80,7 @@ impl Cluster {
             wraft_host::api::DEFAULT_QUEUE,
             None,
             Some(tokens),
+            DEFAULT_CHECKPOINTS,
         )
         .await
     }
@@ -72,6 +91,7 @@ impl Cluster {
         queue: usize,
         auto_promote: Option<wraft_host::cluster::AutoPromote>,
         http_tokens: Option<Vec<(String, wraft_transport_quic::pki::Role)>>,
+        checkpoint_interval: Option<Duration>,
     ) -> Self {
         let ca = DevCa::generate("wraft test CA").expect("CA");
         let mut c = Cluster {
@@ -83,6 +103,7 @@ impl Cluster {
             queue,
             auto_promote,
             http_tokens,
+            checkpoint_interval,
         };
         for id in 1..=n {
             c.dirs.push(tempfile::tempdir().expect("tmp"));
@@ -114,6 +135,7 @@ impl Cluster {
         config.snapshots = self.policy;
         config.queue = self.queue;
         config.auto_promote = self.auto_promote;
+        config.checkpoint_interval = self.checkpoint_interval;
         if let Some(tokens) = &self.http_tokens {
             config.http = Some(wraft_host::http::HttpConfig::new(
                 "127.0.0.1:0".parse().expect("addr"),
@@ -121,6 +143,11 @@ impl Cluster {
             ));
         }
         ClusterNode::start(config).await.expect("node starts")
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> &std::path::Path {
+        self.dirs[id as usize - 1].path()
     }
 
     pub fn node(&self, id: u64) -> &ClusterNode {

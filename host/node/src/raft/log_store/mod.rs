@@ -22,6 +22,9 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Entry, LogId, TypeConfig, Vote, io_err};
 
+mod offline;
+pub use offline::LogSummary;
+
 /// Map size (address space) of the raft env; the file grows only as the log does.
 const MAP_SIZE: usize = 64 << 30;
 
@@ -31,6 +34,8 @@ enum Meta {
     Vote = 1,
     Committed = 2,
     Purged = 3,
+    /// The node id this env belongs to, written at first start (or by `wraft init`).
+    Owner = 4,
 }
 
 #[derive(Debug)]
@@ -212,6 +217,22 @@ impl LogStore {
         wtxn.commit().map_err(io_err)?;
         crate::metrics::seconds("raft_log_store_duration_seconds", started.elapsed());
         Ok(())
+    }
+
+    /// Records that this env belongs to node `id`, or refuses if it belongs to another node
+    /// (starting node 2 on node 1's data directory would vote twice in one term).
+    pub fn claim(&self, id: super::NodeId) -> io::Result<()> {
+        let rtxn = self.inner.env.read_txn().map_err(io_err)?;
+        let owner: Option<super::NodeId> = self.inner.get_meta(&rtxn, Meta::Owner)?;
+        drop(rtxn);
+        match owner {
+            Some(owner) if owner != id => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("this data directory belongs to node {owner}, not node {id}"),
+            )),
+            Some(_) => Ok(()),
+            None => self.inner.put_meta(Meta::Owner, &id),
+        }
     }
 
     /// Size of the env's data file in bytes.

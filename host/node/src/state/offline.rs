@@ -1,0 +1,129 @@
+//! The state env without a running node: read-only opening (of a data directory, or of a
+//! single-file LMDB copy such as a backup) and the checks behind `wraft init verify`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use heed::{EnvFlags, EnvOpenOptions};
+
+use super::{Dbs, FsmRecord, StateError, StateStore, decode, module_id};
+use crate::runtime::FsmRuntime;
+
+impl StateStore {
+    /// Opens an existing state env read-only: `path` is an env directory (`<data>/state`, safe
+    /// beside a running node) or, with `single_file`, an LMDB copy file (a backup's
+    /// `state.mdb`). Fails if it holds no wraft state.
+    pub fn open_read_only(path: &Path, single_file: bool) -> Result<Self, StateError> {
+        let open_err = |source| StateError::Open {
+            path: path.into(),
+            source,
+        };
+        let file = if single_file {
+            path.to_path_buf()
+        } else {
+            path.join("data.mdb")
+        };
+        let len = std::fs::metadata(&file)
+            .map_err(|e| open_err(heed::Error::Io(e)))?
+            .len() as usize;
+        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+        opts.map_size(
+            (len + (1 << 20))
+                .next_multiple_of(1 << 16)
+                .max(super::DEFAULT_MAX_STATE_BYTES),
+        )
+        .max_dbs(8);
+        let flags = if single_file {
+            EnvFlags::READ_ONLY | EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK
+        } else {
+            EnvFlags::READ_ONLY
+        };
+        // SAFETY: read-only. A copy file is private (no lock file needed); an env directory
+        // is coordinated with a node that may have it open through LMDB's lock file.
+        unsafe { opts.flags(flags) };
+        // SAFETY: as above; heed refuses a second open of the same env in this process.
+        let env = unsafe { opts.open(path) }.map_err(open_err)?;
+        let rtxn = env.read_txn()?;
+        let open = |name: &str| {
+            env.open_database(&rtxn, Some(name))?
+                .ok_or_else(|| StateError::Corrupt {
+                    what: format!("state env {}", path.display()),
+                    detail: format!("it has no {name} table"),
+                })
+        };
+        let dbs = Dbs {
+            meta: open("meta")?,
+            fsms: open("fsms")?,
+            modules: open("modules")?,
+            data: open("data")?,
+        };
+        // The handles become shared with the env only when the opening txn commits.
+        rtxn.commit()?;
+        Ok(Self {
+            env,
+            dbs,
+            runtime: Arc::new(FsmRuntime::new()?),
+            group: 0,
+            max_bytes: len,
+        })
+    }
+
+    /// Size of the env's data file in bytes.
+    pub fn file_bytes(&self) -> Result<u64, StateError> {
+        Ok(self.env.real_disk_size()?)
+    }
+
+    /// Bytes a compacting copy would give back: the file size minus the pages in use.
+    pub fn reclaimable_bytes(&self) -> Result<u64, StateError> {
+        let used = self.env.non_free_pages_size()?;
+        let meta_pages = 2 * u64::from(self.env.stat().page_size);
+        Ok(self.file_bytes()?.saturating_sub(used + meta_pages))
+    }
+
+    /// Checks every record a node relies on: each module's bytes hash to its id, each FSM
+    /// record decodes and names a stored module, the applied position and raft state decode.
+    /// Returns one precise sentence per problem.
+    pub fn check(&self) -> Result<Vec<String>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let mut problems = Vec::new();
+        let prefix = self.group.to_be_bytes();
+        let mut modules = Vec::new();
+        for item in self.dbs.modules.prefix_iter(&rtxn, &prefix)? {
+            let (k, v) = item?;
+            let Ok(id) = <[u8; 32]>::try_from(&k[8..]) else {
+                problems.push(format!("module key of {} bytes is malformed", k.len()));
+                continue;
+            };
+            let id = wraft_core::ModuleId(id);
+            let actual = module_id(v);
+            if actual != id {
+                problems.push(format!(
+                    "module {id}: its {} stored bytes hash to {actual}",
+                    v.len()
+                ));
+            }
+            modules.push(id);
+        }
+        for item in self.dbs.fsms.prefix_iter(&rtxn, &prefix)? {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[8..]).into_owned();
+            match decode::<FsmRecord>(&format!("fsm {name}"), v) {
+                Ok(rec) if !modules.contains(&rec.module_id) => problems.push(format!(
+                    "fsm {name} runs module {}, which is not stored",
+                    rec.module_id
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if let Err(e) = self.applied_in(&rtxn) {
+            problems.push(e.to_string());
+        }
+        if let Ok(Some(blob)) = self.raft_state()
+            && let Err(e) = crate::raft::decode_applied_state(&blob)
+        {
+            problems.push(format!("the stored raft state does not decode: {e}"));
+        }
+        Ok(problems)
+    }
+}
