@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const WRAFT: &str = env!("CARGO_BIN_EXE_wraft");
+pub(crate) const WRAFT: &str = env!("CARGO_BIN_EXE_wraft");
 
-fn wraft(cwd: &Path, args: &[&str]) -> Output {
+pub(crate) fn wraft(cwd: &Path, args: &[&str]) -> Output {
     Command::new(WRAFT)
         .current_dir(cwd)
         .args(args)
@@ -18,12 +18,12 @@ fn wraft(cwd: &Path, args: &[&str]) -> Output {
         .expect("run wraft")
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// Three consecutive free UDP ports on 127.0.0.1.
-fn free_ports() -> u16 {
+pub(crate) fn free_ports() -> u16 {
     let mut base = 20_000 + (std::process::id() % 20_000) as u16;
     loop {
         if (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {

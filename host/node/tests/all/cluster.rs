@@ -200,8 +200,20 @@ impl Cluster {
 
     /// Starts one more node (not a member yet); returns its id.
     pub async fn add_node(&mut self) -> u64 {
-        let id = self.nodes.len() as u64 + 1;
+        self.prepare_node_dir();
+        self.add_prepared_node().await
+    }
+
+    /// Creates the next node's data directory (to fill it before it starts).
+    pub fn prepare_node_dir(&mut self) -> std::path::PathBuf {
         self.dirs.push(tempfile::tempdir().expect("tmp"));
+        self.dirs[self.dirs.len() - 1].path().to_path_buf()
+    }
+
+    /// Starts the node whose directory [`Cluster::prepare_node_dir`] made; returns its id.
+    pub async fn add_prepared_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        assert_eq!(self.dirs.len() as u64, id, "prepare_node_dir first");
         let node = self.boot(id, "127.0.0.1:0".parse().expect("addr")).await;
         self.addrs.push(node.addr);
         self.nodes.push(Some(node));
@@ -275,7 +287,7 @@ impl Cluster {
 
 use openraft::type_config::async_runtime::WatchReceiver;
 
-async fn increments(raft: &Raft, n: u64) {
+pub(crate) async fn increments(raft: &Raft, n: u64) {
     for _ in 0..n {
         let r = raft_write(
             raft,

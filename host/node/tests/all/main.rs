@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod membership;
+mod ops;
 mod persistence;
 mod raft_storage;
 mod validation;
