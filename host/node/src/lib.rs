@@ -7,6 +7,7 @@
 //! * [`api`]: the client API a node serves (roles, forwarding, admission, read levels).
 //! * [`http`]: the HTTP port: health, readiness, Prometheus metrics, the JSON API.
 //! * [`metrics`]: the metrics registry and names.
+//! * [`disk`]: explaining failed writes (full disk, file-size limit, failing device).
 //! * [`ops`]: data directories offline and hot: the lock, `init generate|info|verify`,
 //!   backup and restore, compaction.
 //! * [`local`]: a single-node driver without raft (assigns log positions and timestamps
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod disk;
 pub mod http;
 pub mod local;
 pub mod metrics;

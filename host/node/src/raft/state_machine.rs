@@ -117,11 +117,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     },
                 })
                 .collect();
-            store.apply(&committed, Some(&blob))
+            store.apply(&committed, Some(&blob)).map_err(|e| match e {
+                // A storage fault, not a full map (that has its own message).
+                e @ (crate::state::StateError::Storage(_)
+                | crate::state::StateError::Runtime(crate::runtime::RuntimeError::Storage(
+                    _,
+                ))) => crate::disk::write_failed("applying to the state", store.path(), e),
+                e => io_err(e),
+            })
         })
         .await
-        .map_err(io_err)?
-        .map_err(io_err)?;
+        .map_err(io_err)??;
         self.applied = applied;
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {

@@ -241,6 +241,11 @@ impl StateStore {
         Ok(self.dbs.meta.get(&rtxn, &key)?.map(<[u8]>::to_vec))
     }
 
+    /// The env's directory (`<data>/state`).
+    pub fn path(&self) -> &std::path::Path {
+        self.env.path()
+    }
+
     /// The runtime this store runs modules in.
     pub fn runtime(&self) -> &Arc<FsmRuntime> {
         &self.runtime

@@ -476,3 +476,140 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
     c.stop_all().await;
 }
+
+/// Starts `wraft serve` for node `id` of a `wraft init generate`d cluster in `cwd`; with
+/// `file_limit_kib`, under `ulimit -f` (writes past it fail with EFBIG: a full disk).
+fn serve(cwd: &Path, id: u64, addr: &str, file_limit_kib: Option<u64>) -> Child {
+    let log = std::fs::File::create(cwd.join(format!("node-{id}.log"))).expect("log file");
+    let serve = format!(
+        "exec {WRAFT} serve --id {id} --listen {addr} --data-dir data/node-{id} \
+         --ca certs/ca.pem --cert certs/node-{id}.pem --key certs/node-{id}.key"
+    );
+    let script = match file_limit_kib {
+        // SIGXFSZ ignored, so the write returns EFBIG instead of killing the process.
+        Some(kib) => format!("trap '' XFSZ; ulimit -f {kib}; {serve}"),
+        None => serve,
+    };
+    Command::new("bash")
+        .current_dir(cwd)
+        .args(["-c", &script])
+        .env("WRAFT_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start wraft serve")
+}
+
+/// The `fsm` and `applied` lines `wraft init verify` prints for a stopped node's directory.
+fn verified_state(cwd: &Path, id: u64) -> String {
+    let dir = format!("data/node-{id}");
+    let (ok, out, err) = run(cwd, &["init", "verify", "--state-dir", &dir]);
+    assert!(ok, "node {id}: {out}{err}");
+    out.lines()
+        .filter(|l| l.trim_start().starts_with("fsm") || l.trim_start().starts_with("applied"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_stops_with_a_clear_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cwd = dir.path();
+    let (ok, _, err) = run(cwd, &["cert", "--out", "certs", "--nodes", "1,2,3"]);
+    assert!(ok, "{err}");
+    let port = free_ports();
+    let addrs: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
+    let (ok, _, err) = run(
+        cwd,
+        &[
+            "init",
+            "generate",
+            "--nodes",
+            &addrs.join(","),
+            "--ids",
+            "1,2,3",
+            "--initial-leader",
+            "1",
+            "--output-dir",
+            "data",
+        ],
+    );
+    assert!(ok, "{err}");
+    let mut nodes = Nodes(vec![
+        serve(cwd, 1, &addrs[0], None),
+        serve(cwd, 2, &addrs[1], None),
+        serve(cwd, 3, &addrs[2], Some(4096)),
+    ]);
+    let read = |f: &str| std::fs::read_to_string(cwd.join(f)).expect("pem");
+    let identity = wraft_transport_quic::TlsIdentity::from_pem(
+        &read("certs/ca.pem"),
+        &read("certs/admin.pem"),
+        &read("certs/admin.key"),
+    )
+    .expect("identity");
+    let client = wraft_client::Client::new(addrs[..2].to_vec(), &identity)
+        .expect("client")
+        .with_patience(Duration::from_secs(30));
+    let module = client
+        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+        .await
+        .expect("deploy");
+    client
+        .create_fsm(p(), module, wraft_core::FsmLimits::default())
+        .await
+        .expect("create");
+    // 64 KiB values until node 3's 4 MiB file limit stops it; the others keep acknowledging.
+    let value: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut written = 0u32;
+    let started = Instant::now();
+    let status = loop {
+        let key = written.to_be_bytes().to_vec();
+        let cmd = serde_json::json!({"Put": {"key": key, "value": value}}).to_string();
+        client
+            .apply_json(&p(), &cmd)
+            .await
+            .expect("the cluster keeps serving");
+        written += 1;
+        if let Some(status) = nodes.0[2].try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "node 3 never hit its file limit ({written} writes)"
+        );
+    };
+    assert!(!status.success(), "node 3 must exit with an error");
+    let log = std::fs::read_to_string(cwd.join("node-3.log")).expect("log");
+    assert!(log.contains("node 3 stopped"), "{log}");
+    assert!(log.contains("free on that filesystem"), "{log}");
+    // Two of three still acknowledge writes.
+    for i in 0..10u32 {
+        let cmd = serde_json::json!({"Put": {"key": (1_000_000 + i).to_be_bytes(), "value": [1]}});
+        client
+            .apply_json(&p(), &cmd.to_string())
+            .await
+            .expect("quorum of two");
+    }
+    // Its stores are intact; restarted with room, it catches up.
+    let (ok, out, err) = run(cwd, &["init", "verify", "--state-dir", "data/node-3"]);
+    assert!(ok, "a full disk must not corrupt: {out}{err}");
+    nodes.0[2] = serve(cwd, 3, &addrs[2], None);
+    let leader_applied = client.status().await.expect("status").applied;
+    let node3 = wraft_client::Client::new(vec![addrs[2].clone()], &identity)
+        .expect("client")
+        .with_patience(Duration::from_secs(30));
+    let started = Instant::now();
+    while node3.status().await.map(|s| s.applied).ok().flatten() < leader_applied {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "node 3 did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the last commit index reaches all
+    drop(nodes);
+    let states: Vec<String> = (1..=3).map(|id| verified_state(cwd, id)).collect();
+    assert!(states[0].contains("fsm           p:"), "{}", states[0]);
+    assert_eq!(states[0], states[1]);
+    assert_eq!(states[0], states[2], "node 3 reached the same state");
+}

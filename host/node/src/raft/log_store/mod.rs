@@ -330,10 +330,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<io::Result<Vec<_>>>()?;
         let inner = self.inner.clone();
         // The commit fsyncs: keep it off the async worker threads.
-        let result = tokio::task::spawn_blocking(move || Self::append_blocking(&inner, encoded))
-            .await
-            .map_err(io_err)
-            .and_then(|r| r);
+        let result = tokio::task::spawn_blocking(move || {
+            Self::append_blocking(&inner, encoded).map_err(|e| {
+                crate::disk::write_failed("appending to the raft log", inner.env.path(), e)
+            })
+        })
+        .await
+        .map_err(io_err)
+        .and_then(|r| r);
         match result {
             Ok(()) => {
                 callback.io_completed(Ok(()));

@@ -1,0 +1,52 @@
+//! Explaining failed writes. LMDB reports a full disk, a file-size limit and a failing
+//! device alike (a short write surfaces as EIO), so a write error is reported with where it
+//! happened and how much room that filesystem has left.
+
+use std::io;
+use std::path::Path;
+
+/// Free bytes (for unprivileged users) on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `s` is writable for one statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `s`.
+    let s = unsafe { s.assume_init() };
+    Some(u64::from(s.f_bavail).saturating_mul(u64::from(s.f_frsize)))
+}
+
+/// `what` (e.g. "appending to the raft log") in `dir` failed with `error`: the message says
+/// what the operator should check.
+pub fn write_failed(what: &str, dir: &Path, error: impl std::fmt::Display) -> io::Error {
+    let free = free_bytes(dir).map_or("unknown".to_string(), |b| format!("{} MiB", b >> 20));
+    io::Error::other(format!(
+        "{what} in {} failed: {error}. A full disk, a file-size limit (ulimit -f) or a failing \
+         device looks like this; {free} free on that filesystem. The failed write was not \
+         acknowledged: make room, then restart the node",
+        dir.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_of_an_existing_directory_is_known_and_a_missing_one_is_not() {
+        let dir = tempfile::tempdir().expect("tmp");
+        assert!(free_bytes(dir.path()).is_some_and(|b| b > 0));
+        assert_eq!(free_bytes(&dir.path().join("missing")), None);
+        let e = write_failed(
+            "appending to the raft log",
+            dir.path(),
+            "Input/output error",
+        );
+        assert!(e.to_string().contains("appending to the raft log in"));
+        assert!(e.to_string().contains("free on that filesystem"));
+    }
+}
