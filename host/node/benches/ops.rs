@@ -117,8 +117,8 @@ fn main() {
     let base = std::env::var_os("WRAFT_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(base).expect("bench dir");
     let data = dir.path().join("node");
-    let store = StateStore::open(&data, Arc::new(FsmRuntime::new().expect("runtime")))
-        .expect("state");
+    let store =
+        StateStore::open(&data, Arc::new(FsmRuntime::new().expect("runtime"))).expect("state");
     let fsm = FsmName::new("p").expect("name");
     let bytes = wraft_fsm_artifacts::PROBE.to_vec();
     let id = module_id(&bytes);
@@ -152,7 +152,12 @@ fn main() {
         .collect();
     let started = Instant::now();
     apply_all(&store, &mut next, puts);
-    let size = store.path().join("data.mdb").metadata().expect("size").len();
+    let size = store
+        .path()
+        .join("data.mdb")
+        .metadata()
+        .expect("size")
+        .len();
     println!(
         "state: {keys} keys of 1 KiB, data.mdb {:.1} MiB (filled in {:.1} s)",
         mib(size),
@@ -164,10 +169,7 @@ fn main() {
     let backup = timed("hot backup copy (copy + sha256 + digest)", size, || {
         ops::backup::take(&store, 1, &data).expect("backup")
     });
-    println!(
-        "  backup file {:.1} MiB",
-        mib(backup.manifest.file_bytes)
-    );
+    println!("  backup file {:.1} MiB", mib(backup.manifest.file_bytes));
     std::fs::remove_file(&backup.path).expect("remove backup");
     let deletes = (0..keys / 2)
         .map(|k| {
@@ -194,7 +196,12 @@ fn main() {
         ops::compact::compact(&data).expect("compact")
     });
     for c in done {
-        println!("  {}/: {:.1} -> {:.1} MiB", c.env, mib(c.before), mib(c.after));
+        println!(
+            "  {}/: {:.1} -> {:.1} MiB",
+            c.env,
+            mib(c.before),
+            mib(c.after)
+        );
     }
     let total = 100_000;
     let size = raft_env_size(&dir.path().join("raft-steady"), total);

@@ -17,7 +17,10 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `s`.
     let s = unsafe { s.assume_init() };
-    Some(u64::from(s.f_bavail).saturating_mul(u64::from(s.f_frsize)))
+    // The field types are narrower on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(s.f_bavail), u64::from(s.f_frsize));
+    Some(blocks.saturating_mul(size))
 }
 
 /// `what` (e.g. "appending to the raft log") in `dir` failed with `error`: the message says
