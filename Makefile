@@ -23,6 +23,9 @@ bench: setup
 	$(CARGO) bench -p wraft-host --bench apply
 	$(CARGO) bench -p wraft-host --bench log_append
 	$(CARGO) bench -p wraft-host --bench cluster
+	$(CARGO) bench -p wraft-host --bench examples
+	$(CARGO) bench -p wraft-host --bench lifecycle
+	$(CARGO) bench -p wraft-host --bench ops
 
 ## What CI runs.
 ci:
