@@ -272,9 +272,8 @@ impl ClusterNode {
                 interval,
             ));
         }
-        if store.divergence()?.is_some() {
-            metrics::gauge!("state_diverged").set(1.0);
-        }
+        let diverged = store.divergence()?.is_some();
+        metrics::gauge!("state_diverged").set(if diverged { 1.0 } else { 0.0 });
         if let Some(auto) = config.auto_promote {
             tasks.push(auto.spawn(raft.clone()));
         }
@@ -309,6 +308,7 @@ impl ClusterNode {
         drop(self.endpoint);
         // The UDP port is free once every endpoint handle is gone: wait for it, so a restart
         // on the same address succeeds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while std::net::UdpSocket::bind(self.addr).is_err()
             && tokio::time::Instant::now() < deadline
         {

@@ -32,6 +32,11 @@ impl StateStore {
         let src = open_copy(path)?;
         let result = self.import_env(&src);
         src.prepare_for_closing().wait();
+        if result.is_ok() {
+            // The imported state carries its own divergence record (normally none).
+            let diverged = self.divergence()?.is_some();
+            metrics::gauge!("state_diverged").set(if diverged { 1.0 } else { 0.0 });
+        }
         result
     }
 

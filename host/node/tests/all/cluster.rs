@@ -7,7 +7,7 @@ use std::time::Duration;
 use openraft::{BasicNode, ServerState};
 use tempfile::TempDir;
 use wraft_core::EntryResponse;
-use wraft_host::cluster::{ClusterNode, NodeConfig};
+use wraft_host::cluster::{ClusterNode, NodeConfig, NodeError};
 use wraft_host::raft::{Raft, SnapshotPolicy};
 use wraft_transport_quic::pki::DevCa;
 use wraft_transport_quic::wire::{self, Reply, Request};
@@ -126,6 +126,23 @@ impl Cluster {
     }
 
     async fn boot(&self, id: u64, listen: SocketAddr) -> ClusterNode {
+        // A restart reuses the node's port; on a loaded machine another socket (a parallel
+        // test's client) may hold it for a moment.
+        let mut tries = 0;
+        loop {
+            match ClusterNode::start(self.config(id, listen)).await {
+                Err(NodeError::Storage(e))
+                    if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                started => return started.expect("node starts"),
+            }
+        }
+    }
+
+    fn config(&self, id: u64, listen: SocketAddr) -> NodeConfig {
         let mut config = NodeConfig::new(
             id,
             self.dirs[id as usize - 1].path().to_path_buf(),
@@ -142,7 +159,7 @@ impl Cluster {
                 tokens.clone(),
             ));
         }
-        ClusterNode::start(config).await.expect("node starts")
+        config
     }
 
     /// Node `id`'s data directory.

@@ -105,31 +105,34 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-#[test]
-fn generated_nodes_start_as_equals_and_the_initial_leader_leads() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let cwd = dir.path();
+/// `wraft init generate` arguments for a 3-node cluster at `addrs` into `data/`.
+fn generate_args(addrs: &[String], leader: u64, term: u64) -> Vec<String> {
+    let args = format!(
+        "init generate --ids 1,2,3 --initial-leader {leader} --initial-term {term} \
+         --output-dir data --nodes {}",
+        addrs.join(",")
+    );
+    args.split_whitespace().map(String::from).collect()
+}
+
+/// Certificates (`certs/`) and generated data directories (`data/node-N`) in `cwd` for a
+/// 3-node cluster on free loopback ports; returns the nodes' addresses.
+fn generated_cluster(cwd: &Path, leader: u64, term: u64) -> Vec<String> {
     let (ok, _, err) = run(cwd, &["cert", "--out", "certs", "--nodes", "1,2,3"]);
     assert!(ok, "{err}");
     let port = free_ports();
     let addrs: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
-    let generate = [
-        "init",
-        "generate",
-        "--nodes",
-        &addrs.join(","),
-        "--ids",
-        "1,2,3",
-        "--initial-leader",
-        "2",
-        "--initial-term",
-        "7",
-        "--output-dir",
-        "data",
-    ];
-    let (ok, _, err) = run(cwd, &generate);
+    let (ok, _, err) = run(cwd, &strs(&generate_args(&addrs, leader, term)));
     assert!(ok, "{err}");
-    let (ok, _, err) = run(cwd, &generate);
+    addrs
+}
+
+#[test]
+fn generated_nodes_start_as_equals_and_the_initial_leader_leads() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cwd = dir.path();
+    let addrs = generated_cluster(cwd, 2, 7);
+    let (ok, _, err) = run(cwd, &strs(&generate_args(&addrs, 2, 7)));
     assert!(
         !ok && err.contains("--force"),
         "a second generate must refuse: {err}"
@@ -515,26 +518,7 @@ fn verified_state(cwd: &Path, id: u64) -> String {
 async fn a_node_whose_disk_fills_stops_with_a_clear_error_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let cwd = dir.path();
-    let (ok, _, err) = run(cwd, &["cert", "--out", "certs", "--nodes", "1,2,3"]);
-    assert!(ok, "{err}");
-    let port = free_ports();
-    let addrs: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
-    let (ok, _, err) = run(
-        cwd,
-        &[
-            "init",
-            "generate",
-            "--nodes",
-            &addrs.join(","),
-            "--ids",
-            "1,2,3",
-            "--initial-leader",
-            "1",
-            "--output-dir",
-            "data",
-        ],
-    );
-    assert!(ok, "{err}");
+    let addrs = generated_cluster(cwd, 1, 1);
     let mut nodes = Nodes(vec![
         serve(cwd, 1, &addrs[0], None),
         serve(cwd, 2, &addrs[1], None),

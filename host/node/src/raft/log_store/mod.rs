@@ -194,14 +194,22 @@ impl LogStore {
             .create_database(&mut wtxn, Some("meta"))
             .map_err(io_err)?;
         wtxn.commit().map_err(io_err)?;
-        Ok(Self {
+        Ok(Self::over(env, logs, meta))
+    }
+
+    fn over(
+        env: Env<WithoutTls>,
+        logs: Database<Bytes, Bytes>,
+        meta: Database<Bytes, Bytes>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 env,
                 logs,
                 meta,
                 group: 0,
             }),
-        })
+        }
     }
 
     /// Appends already-encoded entries in one durable transaction (the group commit).

@@ -3,12 +3,11 @@
 use std::io;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
 
 use heed::{EnvFlags, EnvOpenOptions};
 use openraft::{EntryPayload, Membership};
 
-use super::{Inner, LogStore, MAP_SIZE, Meta, decode_entry, encode_entry, log_key, meta_key};
+use super::{LogStore, MAP_SIZE, Meta, decode_entry, encode_entry, log_key, meta_key};
 use crate::raft::{Entry, LogId, Node, NodeId, Vote, io_err};
 
 /// What a raft env holds, read entry by entry (every checksum checked).
@@ -75,14 +74,7 @@ impl LogStore {
             .ok_or_else(|| missing("meta"))?;
         // The handles become shared with the env only when the opening txn commits.
         rtxn.commit().map_err(io_err)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                env,
-                logs,
-                meta,
-                group: 0,
-            }),
-        })
+        Ok(Self::over(env, logs, meta))
     }
 
     /// Writes the first state of a cluster member that starts without a bootstrap call:
