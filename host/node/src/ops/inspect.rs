@@ -237,7 +237,12 @@ impl Report {
     pub fn render(&self) -> String {
         let mut o = String::new();
         if let Some(r) = &self.raft {
-            let _ = writeln!(o, "raft/   {}", bytes(r.file_bytes));
+            let _ = writeln!(
+                o,
+                "raft/   {} ({} reclaimable by `wraft compact`)",
+                bytes(r.file_bytes),
+                bytes(r.reclaimable_bytes)
+            );
             let _ = writeln!(o, "  role          {}", role(r));
             let vote = r.vote.map_or("none".into(), |v| {
                 format!(

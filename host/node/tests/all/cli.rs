@@ -22,26 +22,41 @@ pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Three consecutive free UDP ports on 127.0.0.1.
-pub(crate) fn free_ports() -> u16 {
-    let mut base = 20_000 + (std::process::id() % 20_000) as u16;
-    loop {
-        if (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
+/// Fixed ports handed out by this test process, below Linux's ephemeral range (32768 and
+/// up) so no socket bound to port 0 (a restarted in-process node keeps its ephemeral port)
+/// can be taken by a fixed-port child, and never twice within one process.
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// Three consecutive ports free for `bind` on 127.0.0.1, in 10000..32000.
+fn free_three(bind: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::Ordering;
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        10_000 + (std::process::id() % 7_000) as u16 * 3,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..2_000 {
+        let mut base = NEXT_PORT.fetch_add(3, Ordering::SeqCst);
+        if base > 32_000 - 3 {
+            base = 10_000 + base % 3;
+            NEXT_PORT.store(base + 3, Ordering::SeqCst);
+        }
+        if (0..3).all(|i| bind(base + i)) {
             return base;
         }
-        base += 3;
     }
+    panic!("no three consecutive free ports on 127.0.0.1 in 10000..32000");
+}
+
+/// Three consecutive free UDP ports on 127.0.0.1.
+pub(crate) fn free_ports() -> u16 {
+    free_three(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Three consecutive free TCP ports on 127.0.0.1.
 fn free_tcp_ports() -> u16 {
-    let mut base = 30_000 + (std::process::id() % 20_000) as u16;
-    loop {
-        if (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-        base += 3;
-    }
+    free_three(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 #[test]

@@ -56,14 +56,18 @@ impl Cluster {
         Self::start_all(n, policy, queue, auto_promote, None, DEFAULT_CHECKPOINTS).await
     }
 
-    /// Nodes whose leader proposes a consistency checkpoint every `interval`.
+    /// Nodes whose leader proposes a consistency checkpoint every `interval` (each with an
+    /// HTTP port, for `/readyz`).
     pub async fn start_checkpointing(n: u64, interval: Duration) -> Self {
         Self::start_all(
             n,
             SnapshotPolicy::default(),
             wraft_host::api::DEFAULT_QUEUE,
             None,
-            None,
+            Some(vec![(
+                "reader-token-0123".to_string(),
+                wraft_transport_quic::pki::Role::Reader,
+            )]),
             Some(interval),
         )
         .await

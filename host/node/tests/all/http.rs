@@ -23,7 +23,7 @@ fn tokens() -> Vec<(String, Role)> {
 }
 
 /// One HTTP/1.1 exchange: (status, body).
-async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -257,6 +257,12 @@ async fn stale_read(c: &Cluster, id: u64) -> Result<Payload, wraft_client::Clien
         .await
 }
 
+/// Node `id`'s `/readyz` answer.
+async fn readyz(c: &Cluster, id: u64) -> (u16, String) {
+    let addr = c.node(id).http_addr.expect("http port");
+    crate::http::http(addr, "GET", "/readyz", &[], b"").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_altered_replica_is_caught_by_the_next_checkpoint_and_repaired_from_a_backup() {
     let mut c = Cluster::start_checkpointing(3, Duration::from_millis(200)).await;
@@ -290,7 +296,11 @@ async fn an_altered_replica_is_caught_by_the_next_checkpoint_and_repaired_from_a
         }
         other => panic!("a diverged replica must refuse reads: {other:?}"),
     }
+    let (status, body) = readyz(&c, victim).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("diverged"), "{body}");
     for id in (1..=3).filter(|id| *id != victim) {
+        assert_eq!(readyz(&c, id).await.0, 200);
         assert!(c.node(id).store.divergence().expect("read").is_none());
         assert!(stale_read(&c, id).await.is_ok());
     }
@@ -330,6 +340,7 @@ async fn an_altered_replica_is_caught_by_the_next_checkpoint_and_repaired_from_a
         stale_read(&c, victim).await.is_ok(),
         "the repaired replica serves reads"
     );
+    assert_eq!(readyz(&c, victim).await.0, 200);
     c.stop_all().await;
 }
 

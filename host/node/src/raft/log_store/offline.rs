@@ -31,6 +31,8 @@ pub struct LogSummary {
     pub owner: Option<NodeId>,
     /// Size of the env's data file in bytes.
     pub file_bytes: u64,
+    /// Bytes a compacting copy would give back.
+    pub reclaimable_bytes: u64,
     /// What is wrong, one precise sentence each; empty when the env is consistent.
     pub problems: Vec<String>,
 }
@@ -156,6 +158,15 @@ impl LogStore {
         let rtxn = inner.env.read_txn().map_err(io_err)?;
         let mut s = LogSummary {
             file_bytes: inner.env.real_disk_size().map_err(io_err)?,
+            reclaimable_bytes: {
+                let used = inner.env.non_free_pages_size().map_err(io_err)?;
+                let meta_pages = 2 * u64::from(inner.env.stat().page_size);
+                inner
+                    .env
+                    .real_disk_size()
+                    .map_err(io_err)?
+                    .saturating_sub(used + meta_pages)
+            },
             ..Default::default()
         };
         let meta = |tag: Meta, what: &str| -> io::Result<Option<Vec<u8>>> {
