@@ -56,9 +56,7 @@ fn spawn_checkpoints(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         use openraft::type_config::async_runtime::WatchReceiver;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let mut tick = crate::raft::ticker(interval);
         loop {
             tick.tick().await;
             let m = raft.metrics().borrow_watched().clone();

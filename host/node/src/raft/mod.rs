@@ -6,6 +6,7 @@ mod snapshot;
 mod state_machine;
 
 pub use log_store::{LogReader, LogStore, LogSummary};
+pub(crate) use snapshot::ticker;
 pub use snapshot::{SnapshotPolicy, decode_applied_state, verify_snapshot_file};
 pub use state_machine::StateMachine;
 

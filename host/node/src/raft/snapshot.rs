@@ -54,9 +54,7 @@ impl SnapshotPolicy {
     pub fn spawn_interval(&self, raft: super::Raft) -> tokio::task::JoinHandle<()> {
         let interval = self.interval;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
+            let mut tick = ticker(interval);
             loop {
                 tick.tick().await;
                 let (applied, snapshot) = {
@@ -73,6 +71,14 @@ impl SnapshotPolicy {
             }
         })
     }
+}
+
+/// A ticker for periodic node work: its first tick is one `interval` from now, and after a
+/// stall it waits a full interval again rather than firing a burst.
+pub(crate) fn ticker(interval: std::time::Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 const MAGIC: &[u8; 8] = b"WRAFTSN1";
