@@ -143,6 +143,17 @@ pub const MAX_UPLOAD_BYTES: u64 = 32 << 20;
 pub const UPLOAD_CHUNK: usize = 64 << 10;
 
 impl ApiRequest {
+    /// Refuses a caller holding `have` (none: not a client certificate) if this request
+    /// needs more.
+    pub fn authorize(&self, have: Option<Role>) -> Result<(), ApiError> {
+        let needed = self.required_role();
+        if have >= Some(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::NotAllowed { needed, have })
+        }
+    }
+
     /// The least role allowed to make this request.
     pub fn required_role(&self) -> Role {
         match self {
@@ -436,12 +447,7 @@ pub async fn receive_upload(
     role: Option<Role>,
     len: u64,
 ) -> Result<Vec<u8>, ApiError> {
-    if role < Some(Role::Admin) {
-        return Err(ApiError::NotAllowed {
-            needed: Role::Admin,
-            have: role,
-        });
-    }
+    ApiRequest::Upload { len }.authorize(role)?;
     if len > MAX_UPLOAD_BYTES {
         return Err(ApiError::BadRequest(format!(
             "invalid module: {len} bytes; the limit is {MAX_UPLOAD_BYTES}"

@@ -11,7 +11,6 @@ use wraft_core::raft::{NodeId, Snapshot, TypeConfig};
 use std::sync::Arc;
 
 use crate::api::{self, ApiError, ApiHandler, ApiRequest, ApiResult, Caller};
-use crate::pki::Role;
 use crate::wire::{self, Chunk, Reply, Request, WireError};
 use crate::{ALPN_CLIENT, ALPN_RAFT, TransportError, identity};
 
@@ -80,22 +79,22 @@ async fn serve_api_connection<H: ApiHandler>(
                         Err(e) => Err(e),
                     }
                 }
-                Ok(ApiRequest::Backup) if caller.role < Some(Role::Admin) => {
-                    Err(ApiError::NotAllowed {
-                        needed: Role::Admin,
-                        have: caller.role,
-                    })
-                }
-                Ok(ApiRequest::Backup) => match api.backup().await {
-                    Ok(backup) => {
-                        if let Err(e) = api::send_backup(&mut send, &backup).await {
-                            tracing::warn!("backup not delivered: {e}");
+                Ok(ApiRequest::Backup) => {
+                    let taken = async {
+                        ApiRequest::Backup.authorize(caller.role)?;
+                        api.backup().await
+                    };
+                    match taken.await {
+                        Ok(backup) => {
+                            if let Err(e) = api::send_backup(&mut send, &backup).await {
+                                tracing::warn!("backup not delivered: {e}");
+                            }
+                            let _ = tokio::fs::remove_file(&backup.path).await;
+                            return;
                         }
-                        let _ = tokio::fs::remove_file(&backup.path).await;
-                        return;
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
                 Ok(request) => api.handle(caller, request).await,
                 Err(e) => Err(ApiError::BadRequest(e.to_string())),
             };

@@ -23,6 +23,14 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(blocks.saturating_mul(size))
 }
 
+/// Bytes a compacting copy of an LMDB env would give back: its file minus the pages in use
+/// and the two meta pages.
+pub fn reclaimable(env: &heed::Env<heed::WithoutTls>) -> heed::Result<u64> {
+    let used = env.non_free_pages_size()?;
+    let meta_pages = 2 * u64::from(env.stat().page_size);
+    Ok(env.real_disk_size()?.saturating_sub(used + meta_pages))
+}
+
 /// `what` (e.g. "appending to the raft log") in `dir` failed with `error`: the message says
 /// what the operator should check.
 pub fn write_failed(what: &str, dir: &Path, error: impl std::fmt::Display) -> io::Error {

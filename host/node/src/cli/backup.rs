@@ -43,7 +43,7 @@ pub struct CompactArgs {
 /// Downloads a backup into `--out` and checks it against its manifest.
 pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
     let out = &args.out;
-    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+    if wraft_host::ops::occupied(out) {
         bail!("{} is not empty; give a new directory", out.display());
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

@@ -13,15 +13,14 @@
 //! agree with the backup on the term of that entry.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
 use wraft_core::raft::NodeId;
 use wraft_transport_quic::api::{BackupFile, BackupManifest};
 
-use super::{DataDirLock, OpsError, at};
+use super::{DataDirLock, OpsError, at, occupied};
 use crate::raft::{LogStore, decode_applied_state};
 use crate::state::StateStore;
 
@@ -32,21 +31,12 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// Extension of backup copies spooled in `<data>/snapshots/` while they stream.
 const SPOOL_EXT: &str = "backup";
 
-/// sha256 and length of a file, read in 1 MiB blocks.
+/// sha256 and length of a file.
 pub fn file_sha256(path: &Path) -> Result<([u8; 32], u64), OpsError> {
     let mut file = File::open(path).map_err(at(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(at(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((h.finalize().into(), len))
+    let len = file.metadata().map_err(at(path))?.len();
+    let sha = crate::raft::sha256_prefix(&mut file, len).map_err(at(path))?;
+    Ok((sha, len))
 }
 
 /// Describes the state copy at `path` (a single-file LMDB env).
@@ -86,10 +76,7 @@ fn describe(path: &Path, node: NodeId) -> Result<BackupManifest, OpsError> {
 pub fn take(store: &StateStore, node: NodeId, data_dir: &Path) -> Result<BackupFile, OpsError> {
     let dir = data_dir.join("snapshots");
     std::fs::create_dir_all(&dir).map_err(at(&dir))?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let path = dir.join(format!("backup-{nanos}.{SPOOL_EXT}"));
+    let path = crate::raft::unique_path(&dir, "backup", SPOOL_EXT);
     let result = store
         .copy_to(&path)
         .map_err(OpsError::from)
@@ -196,10 +183,6 @@ fn check_log(data_dir: &Path, m: &BackupManifest) -> Result<(), OpsError> {
     Ok(())
 }
 
-fn occupied(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
-}
-
 /// Restores `backup` into `data_dir` (whose node must be stopped). Without `force` it
 /// refuses a directory that already holds state or snapshots.
 pub fn restore(backup: &Path, data_dir: &Path, force: bool) -> Result<BackupManifest, OpsError> {
@@ -233,7 +216,5 @@ pub fn restore(backup: &Path, data_dir: &Path, force: bool) -> Result<BackupMani
 pub(crate) fn swap_in(from: &Path, to: &Path) -> Result<(), OpsError> {
     std::fs::rename(from, to).map_err(at(to))?;
     let dir: PathBuf = to.parent().map_or_else(|| ".".into(), Path::to_path_buf);
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(at(&dir))
+    crate::raft::sync_dir(&dir).map_err(at(&dir))
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use openraft::Membership;
 
-use super::{DataDirLock, OpsError, at};
+use super::{DataDirLock, OpsError, at, occupied};
 use crate::raft::{LogStore, Node, NodeId};
 
 /// What to generate.
@@ -75,8 +75,7 @@ pub fn generate(
         .map(|(id, _)| node_dir(output_dir, *id))
         .collect();
     for dir in &dirs {
-        let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
-        if occupied && !force {
+        if occupied(dir) && !force {
             return Err(OpsError::Exists(dir.clone()));
         }
     }

@@ -39,6 +39,11 @@ pub enum OpsError {
     Raft(std::io::Error),
 }
 
+/// Whether `dir` exists and holds anything.
+pub fn occupied(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// Attaches `path` to an IO error.
 pub(crate) fn at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OpsError {
     let path = path.into();

@@ -6,8 +6,8 @@ mod snapshot;
 mod state_machine;
 
 pub use log_store::{LogReader, LogStore, LogSummary};
-pub(crate) use snapshot::ticker;
 pub use snapshot::{SnapshotPolicy, decode_applied_state, verify_snapshot_file};
+pub(crate) use snapshot::{sha256_prefix, sync_dir, ticker, unique_path};
 pub use state_machine::StateMachine;
 
 pub use wraft_core::raft::{

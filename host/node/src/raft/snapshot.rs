@@ -85,7 +85,7 @@ const MAGIC: &[u8; 8] = b"WRAFTSN1";
 const TRAILER_LEN: u64 = 48;
 
 /// The sha256 of the first `len` bytes of `file`.
-fn sha256_prefix(file: &mut File, len: u64) -> io::Result<[u8; 32]> {
+pub(crate) fn sha256_prefix(file: &mut File, len: u64) -> io::Result<[u8; 32]> {
     file.seek(SeekFrom::Start(0))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -116,11 +116,6 @@ fn seal(path: &Path) -> io::Result<[u8; 32]> {
 
 /// Checks a snapshot file's trailer against its content; returns the copy's length.
 pub fn verify_snapshot_file(file: &mut File) -> io::Result<u64> {
-    verify(file)
-}
-
-/// Checks a snapshot file's trailer against its content; returns the copy's length.
-fn verify(file: &mut File) -> io::Result<u64> {
     let bad =
         |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {what}"));
     let total = file.metadata()?.len();
@@ -162,14 +157,15 @@ fn snapshot_name(meta: &SnapshotMeta, sha: &[u8; 32]) -> String {
     format!("{term}-{index}-{}", hex::encode(&sha[..8]))
 }
 
-fn unique_tmp(dir: &Path, what: &str) -> PathBuf {
+/// `<dir>/<what>-<nanos>.<ext>`: a name no other build, install or backup is using.
+pub(crate) fn unique_path(dir: &Path, what: &str, ext: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    dir.join(format!("{what}-{nanos}.tmp"))
+    dir.join(format!("{what}-{nanos}.{ext}"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -212,7 +208,7 @@ impl SnapshotDir {
     /// Builds a snapshot of `store` now.
     pub(crate) fn build(&self, store: &StateStore) -> io::Result<Snapshot> {
         self.remove_tmp()?;
-        let tmp = unique_tmp(&self.dir, "build");
+        let tmp = unique_path(&self.dir, "build", "tmp");
         store.copy_to(&tmp).map_err(io_err)?;
         // The metadata comes from the copy itself, so it matches the copied state exactly.
         let (last_log_id, last_membership) =
@@ -229,7 +225,7 @@ impl SnapshotDir {
     fn publish(&self, file: &Path, meta: &SnapshotMeta, name: &str) -> io::Result<Snapshot> {
         let (snap, meta_path) = self.paths(name);
         fs::rename(file, &snap)?;
-        let meta_tmp = unique_tmp(&self.dir, "meta");
+        let meta_tmp = unique_path(&self.dir, "meta", "tmp");
         fs::write(&meta_tmp, postcard::to_allocvec(meta).map_err(io_err)?)?;
         File::open(&meta_tmp)?.sync_all()?;
         fs::rename(&meta_tmp, &meta_path)?;
@@ -248,9 +244,9 @@ impl SnapshotDir {
         meta: &SnapshotMeta,
         mut data: File,
     ) -> io::Result<()> {
-        let len = verify(&mut data)?;
+        let len = verify_snapshot_file(&mut data)?;
         self.remove_tmp()?;
-        let tmp = unique_tmp(&self.dir, "install");
+        let tmp = unique_path(&self.dir, "install", "tmp");
         {
             let mut out = File::create(&tmp)?;
             io::copy(&mut (&mut data).take(len), &mut out)?;

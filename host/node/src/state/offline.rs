@@ -4,45 +4,54 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use heed::{EnvFlags, EnvOpenOptions};
+use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
 
 use super::{Dbs, FsmRecord, StateError, StateStore, decode, module_id};
 use crate::runtime::FsmRuntime;
+
+/// Opens an LMDB env read-only: an env directory (safe beside a running node, whose file
+/// may grow while it is read: the map leaves room up to the state ceiling) or a single-file
+/// copy (private: no lock file). Returns the env and its data file's length.
+pub(super) fn open_env(
+    path: &Path,
+    single_file: bool,
+) -> Result<(Env<WithoutTls>, usize), StateError> {
+    let open_err = |source| StateError::Open {
+        path: path.into(),
+        source,
+    };
+    let file = if single_file {
+        path.to_path_buf()
+    } else {
+        path.join("data.mdb")
+    };
+    let len = std::fs::metadata(&file)
+        .map_err(|e| open_err(heed::Error::Io(e)))?
+        .len() as usize;
+    let copy_map = (len + (1 << 20)).next_multiple_of(1 << 16);
+    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+    let flags = if single_file {
+        opts.map_size(copy_map);
+        EnvFlags::READ_ONLY | EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK
+    } else {
+        opts.map_size(copy_map.max(super::DEFAULT_MAX_STATE_BYTES));
+        EnvFlags::READ_ONLY
+    };
+    opts.max_dbs(8);
+    // SAFETY: read-only. A copy file is private (no lock file needed); an env directory
+    // is coordinated with a node that may have it open through LMDB's lock file.
+    unsafe { opts.flags(flags) };
+    // SAFETY: as above; heed refuses a second open of the same env in this process.
+    let env = unsafe { opts.open(path) }.map_err(open_err)?;
+    Ok((env, len))
+}
 
 impl StateStore {
     /// Opens an existing state env read-only: `path` is an env directory (`<data>/state`, safe
     /// beside a running node) or, with `single_file`, an LMDB copy file (a backup's
     /// `state.mdb`). Fails if it holds no wraft state.
     pub fn open_read_only(path: &Path, single_file: bool) -> Result<Self, StateError> {
-        let open_err = |source| StateError::Open {
-            path: path.into(),
-            source,
-        };
-        let file = if single_file {
-            path.to_path_buf()
-        } else {
-            path.join("data.mdb")
-        };
-        let len = std::fs::metadata(&file)
-            .map_err(|e| open_err(heed::Error::Io(e)))?
-            .len() as usize;
-        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(
-            (len + (1 << 20))
-                .next_multiple_of(1 << 16)
-                .max(super::DEFAULT_MAX_STATE_BYTES),
-        )
-        .max_dbs(8);
-        let flags = if single_file {
-            EnvFlags::READ_ONLY | EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK
-        } else {
-            EnvFlags::READ_ONLY
-        };
-        // SAFETY: read-only. A copy file is private (no lock file needed); an env directory
-        // is coordinated with a node that may have it open through LMDB's lock file.
-        unsafe { opts.flags(flags) };
-        // SAFETY: as above; heed refuses a second open of the same env in this process.
-        let env = unsafe { opts.open(path) }.map_err(open_err)?;
+        let (env, len) = open_env(path, single_file)?;
         let rtxn = env.read_txn()?;
         let open = |name: &str| {
             env.open_database(&rtxn, Some(name))?
@@ -75,9 +84,7 @@ impl StateStore {
 
     /// Bytes a compacting copy would give back: the file size minus the pages in use.
     pub fn reclaimable_bytes(&self) -> Result<u64, StateError> {
-        let used = self.env.non_free_pages_size()?;
-        let meta_pages = 2 * u64::from(self.env.stat().page_size);
-        Ok(self.file_bytes()?.saturating_sub(used + meta_pages))
+        Ok(crate::disk::reclaimable(&self.env)?)
     }
 
     /// Checks every record a node relies on: each module's bytes hash to its id, each FSM

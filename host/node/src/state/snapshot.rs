@@ -7,7 +7,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 use heed::types::Bytes;
-use heed::{CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
+use heed::{CompactionOption, Database, Env, WithoutTls};
 
 use super::keys::{self, MetaTag};
 use super::{StateError, StateStore};
@@ -76,18 +76,7 @@ fn path_name(env: &Env<WithoutTls>) -> String {
 
 /// Opens an LMDB copy (a single file) read-only.
 fn open_copy(path: &Path) -> Result<Env<WithoutTls>, StateError> {
-    let len = std::fs::metadata(path).map_err(heed::Error::Io)?.len() as usize;
-    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-    opts.map_size((len + (1 << 20)).next_multiple_of(1 << 16))
-        .max_dbs(8);
-    // SAFETY: a private copy file, read-only, without LMDB's lock file (nobody else uses it).
-    unsafe { opts.flags(EnvFlags::NO_SUB_DIR | EnvFlags::READ_ONLY | EnvFlags::NO_LOCK) };
-    // SAFETY: as above.
-    let env = unsafe { opts.open(path) }.map_err(|source| StateError::Open {
-        path: path.into(),
-        source,
-    })?;
-    Ok(env)
+    super::offline::open_env(path, true).map(|(env, _)| env)
 }
 
 /// The raft state stored in an LMDB copy of a state env (group 0).

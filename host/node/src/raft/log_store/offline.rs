@@ -158,15 +158,7 @@ impl LogStore {
         let rtxn = inner.env.read_txn().map_err(io_err)?;
         let mut s = LogSummary {
             file_bytes: inner.env.real_disk_size().map_err(io_err)?,
-            reclaimable_bytes: {
-                let used = inner.env.non_free_pages_size().map_err(io_err)?;
-                let meta_pages = 2 * u64::from(inner.env.stat().page_size);
-                inner
-                    .env
-                    .real_disk_size()
-                    .map_err(io_err)?
-                    .saturating_sub(used + meta_pages)
-            },
+            reclaimable_bytes: crate::disk::reclaimable(&inner.env).map_err(io_err)?,
             ..Default::default()
         };
         let meta = |tag: Meta, what: &str| -> io::Result<Option<Vec<u8>>> {
