@@ -130,13 +130,14 @@ impl Cluster {
     }
 
     async fn boot(&self, id: u64, listen: SocketAddr) -> ClusterNode {
-        // A restart reuses the node's port; on a loaded machine another socket (a parallel
-        // test's client) may hold it for a moment.
+        // A restart reuses the node's port. Now and then the stopped node's QUIC endpoint
+        // keeps it bound until a connection's 30 s idle timeout ends (a lingering connection
+        // not yet pinned down; a new process never sees this); wait for it, up to 40 s.
         let mut tries = 0;
         loop {
             match ClusterNode::start(self.config(id, listen)).await {
                 Err(NodeError::Storage(e))
-                    if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
+                    if e.kind() == std::io::ErrorKind::AddrInUse && tries < 200 =>
                 {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
