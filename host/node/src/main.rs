@@ -34,6 +34,9 @@ enum Cmd {
     Backup(cli::backup::BackupArgs),
     /// Restore a backup into a stopped node's data directory (verified first).
     Restore(cli::backup::RestoreArgs),
+    /// Closed-loop clients against a durable cluster (a local one by default): commits/s
+    /// and latency percentiles beside the disk's fdatasync and a QUIC round trip.
+    Bench(cli::bench::BenchArgs),
     /// Give back the disk space LMDB keeps (a stopped node; `wraft init info` shows the gain).
     Compact(cli::backup::CompactArgs),
     /// Apply a JSON command to an FSM and print its JSON output; or, with `--batch FILE`,
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Backup(args) => cli::backup::run_backup(args).await,
         Cmd::Restore(args) => cli::backup::run_restore(args),
         Cmd::Compact(args) => cli::backup::run_compact(args),
+        Cmd::Bench(args) => cli::bench::run(args).await,
         Cmd::Apply {
             batch: Some(file),
             conn,

@@ -1,6 +1,7 @@
 //! The `wraft` command line: one module per group of subcommands.
 
 pub mod backup;
+pub mod bench;
 pub mod cert;
 pub mod client;
 pub mod dev;

@@ -210,6 +210,9 @@ impl SnapshotDir {
         self.remove_tmp()?;
         let tmp = unique_path(&self.dir, "build", "tmp");
         store.copy_to(&tmp).map_err(io_err)?;
+        // openraft purges the log only behind a snapshot; make sure the live state env holds
+        // everything the snapshot does, so a power loss never needs a purged entry.
+        store.sync().map_err(io_err)?;
         // The metadata comes from the copy itself, so it matches the copied state exactly.
         let (last_log_id, last_membership) =
             decode_raft_state(copy_raft_state(&tmp).map_err(io_err)?)?;

@@ -198,8 +198,14 @@ impl StateStore {
         std::fs::create_dir_all(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
         opts.map_size(options.max_bytes).max_dbs(8);
-        // SAFETY: the directory is wraft's own; LMDB's rule is that one process must not open
-        // the same env twice, which heed enforces within a process.
+        // One device flush per apply instead of two: LMDB still syncs a transaction's pages
+        // before writing its meta page (so a crash never corrupts the env), but leaves that
+        // meta page to the next commit's flush. A power loss can therefore undo the last
+        // apply transaction, which the raft log re-applies on restart; the log is never
+        // purged past what is on disk because a snapshot build ends with [`Self::sync`].
+        // SAFETY: NO_META_SYNC is a documented LMDB flag; the directory is wraft's own, and
+        // LMDB's rule that one process must not open an env twice is enforced by heed.
+        unsafe { opts.flags(heed::EnvFlags::NO_META_SYNC) };
         let env = unsafe { opts.open(&path) }.map_err(open_err)?;
         let mut wtxn = env.write_txn()?;
         let dbs = Dbs {
@@ -239,6 +245,12 @@ impl StateStore {
         let rtxn = self.env.read_txn()?;
         let key = keys::meta(self.group, keys::MetaTag::RaftState);
         Ok(self.dbs.meta.get(&rtxn, &key)?.map(<[u8]>::to_vec))
+    }
+
+    /// Flushes every committed apply to disk (the last meta page, which applies leave to
+    /// the next commit). Called before the raft log may be purged.
+    pub fn sync(&self) -> Result<(), StateError> {
+        Ok(self.env.force_sync()?)
     }
 
     /// The env's directory (`<data>/state`).

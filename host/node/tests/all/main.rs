@@ -2,6 +2,7 @@
 //! wasm modules built from fsm-examples by wraft-fsm-artifacts.
 
 mod api;
+mod bench;
 mod cli;
 mod cluster;
 mod common;

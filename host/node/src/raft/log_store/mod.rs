@@ -5,15 +5,17 @@
 //! as `crc32(postcard) u32 LE | postcard(Entry)`: LMDB does not checksum pages, so a read
 //! verifies the checksum and names the index on a mismatch rather than returning bad data.
 //!
-//! Durability: each `append` call writes all the entries openraft hands over in one write
-//! transaction and commits it (LMDB syncs on commit) before reporting the IO flushed: one
-//! commit per call, however many entries (group commit).
+//! Durability: a writer thread ([`writer`]) commits every append queued at the moment in one
+//! write transaction (LMDB syncs on commit) before reporting it flushed; until then the
+//! entries are read from an in-memory tail. The committed index is a hint for restarts
+//! (apply up to it at once), so `save_committed` does not pay a commit of its own: it rides
+//! in the next append's transaction. No LMDB write runs on an async worker thread.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
@@ -23,7 +25,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{Entry, LogId, TypeConfig, Vote, io_err};
 
 mod offline;
+mod writer;
 pub use offline::LogSummary;
+use writer::{Tail, Writer, tail_range};
 
 /// Map size (address space) of the raft env; the file grows only as the log does.
 const MAP_SIZE: usize = 64 << 30;
@@ -44,12 +48,18 @@ struct Inner {
     logs: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
     group: u64,
+    /// A committed log id not yet written: it goes into the next append's transaction.
+    committed: Mutex<Option<Option<LogId>>>,
+    /// Appended entries the writer has not committed yet.
+    tail: Tail,
 }
 
 /// The LMDB raft log store of one node.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
+    /// The writer thread (none for the offline tools, which write directly).
+    writer: Option<Arc<Writer>>,
 }
 
 /// A reader of the log, for openraft's replication tasks.
@@ -115,12 +125,26 @@ impl Inner {
     }
 
     fn put_meta<T: Serialize>(&self, tag: Meta, value: &T) -> io::Result<()> {
-        let bytes = postcard::to_allocvec(value).map_err(io_err)?;
         let mut wtxn = self.env.write_txn().map_err(io_err)?;
-        self.meta
-            .put(&mut wtxn, &meta_key(self.group, tag), &bytes)
-            .map_err(io_err)?;
+        self.put_meta_in(&mut wtxn, tag, value)?;
         wtxn.commit().map_err(io_err)
+    }
+
+    fn put_meta_in<T: Serialize>(
+        &self,
+        wtxn: &mut heed::RwTxn<'_>,
+        tag: Meta,
+        value: &T,
+    ) -> io::Result<()> {
+        let bytes = postcard::to_allocvec(value).map_err(io_err)?;
+        self.meta
+            .put(wtxn, &meta_key(self.group, tag), &bytes)
+            .map_err(io_err)
+    }
+
+    /// The committed log id waiting for the next append, taken.
+    fn take_committed(&self) -> Option<Option<LogId>> {
+        self.committed.lock().map_or(None, |mut c| c.take())
     }
 
     fn entries(&self, start: Bound<u64>, end: Bound<u64>) -> io::Result<Vec<Entry>> {
@@ -134,19 +158,35 @@ impl Inner {
             Bound::Excluded(i) => Bound::Excluded(log_key(self.group, i)),
             Bound::Unbounded => Bound::Included(log_key(self.group, u64::MAX)),
         };
+        // The tail first: an entry leaves it only after its commit, so whatever the read
+        // transaction below misses is still in this copy.
+        let pending = tail_range(&self.tail, Bound::Included(lo), end);
         let lo = log_key(self.group, lo);
         let rtxn = self.env.read_txn().map_err(io_err)?;
         let range = (Bound::Included(&lo[..]), hi.as_ref().map(|k| &k[..]));
         let mut out = Vec::new();
+        let first_pending = pending.first().map_or(u64::MAX, |e| e.log_id.index);
         for item in self.logs.range(&rtxn, &range).map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
             let index = u64::from_be_bytes(k[8..16].try_into().map_err(io_err)?);
+            if index >= first_pending {
+                break;
+            }
             out.push(decode_entry(index, v)?);
         }
+        out.extend(pending);
         Ok(out)
     }
 
     fn last_entry(&self) -> io::Result<Option<Entry>> {
+        if let Some(last) = self
+            .tail
+            .lock()
+            .ok()
+            .and_then(|t| t.last_key_value().map(|(_, e)| e.clone()))
+        {
+            return Ok(Some(last));
+        }
         let rtxn = self.env.read_txn().map_err(io_err)?;
         let lo = log_key(self.group, 0);
         let hi = log_key(self.group, u64::MAX);
@@ -194,7 +234,9 @@ impl LogStore {
             .create_database(&mut wtxn, Some("meta"))
             .map_err(io_err)?;
         wtxn.commit().map_err(io_err)?;
-        Ok(Self::over(env, logs, meta))
+        let mut store = Self::over(env, logs, meta);
+        store.writer = Some(Arc::new(Writer::start(store.inner.clone())?));
+        Ok(store)
     }
 
     fn over(
@@ -208,23 +250,11 @@ impl LogStore {
                 logs,
                 meta,
                 group: 0,
+                committed: Mutex::new(None),
+                tail: Mutex::new(Default::default()),
             }),
+            writer: None,
         }
-    }
-
-    /// Appends already-encoded entries in one durable transaction (the group commit).
-    fn append_blocking(inner: &Inner, entries: Vec<(u64, Vec<u8>)>) -> io::Result<()> {
-        let started = std::time::Instant::now();
-        let mut wtxn = inner.env.write_txn().map_err(io_err)?;
-        for (index, bytes) in &entries {
-            inner
-                .logs
-                .put(&mut wtxn, &log_key(inner.group, *index), bytes)
-                .map_err(io_err)?;
-        }
-        wtxn.commit().map_err(io_err)?;
-        crate::metrics::seconds("raft_log_store_duration_seconds", started.elapsed());
-        Ok(())
     }
 
     /// Records that this env belongs to node `id`, or refuses if it belongs to another node
@@ -241,6 +271,22 @@ impl LogStore {
             Some(_) => Ok(()),
             None => self.inner.put_meta(Meta::Owner, &id),
         }
+    }
+
+    /// The writer thread, which a store opened for a running node has.
+    fn writer(&self) -> io::Result<&Writer> {
+        self.writer
+            .as_deref()
+            .ok_or_else(|| io::Error::other("this raft env was opened read-only"))
+    }
+
+    /// Runs a write on the writer thread, after every append queued before it.
+    async fn write(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Inner) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        self.writer()?.write(what, f).await
     }
 
     /// Size of the env's data file in bytes.
@@ -308,14 +354,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.inner.put_meta(Meta::Vote, vote)
+        let vote = *vote;
+        self.write("saving the vote", move |inner| {
+            inner.put_meta(Meta::Vote, &vote)
+        })
+        .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.inner.put_meta(Meta::Committed, &committed)
+        if let Ok(mut pending) = self.inner.committed.lock() {
+            *pending = Some(committed);
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Ok(pending) = self.inner.committed.lock()
+            && let Some(committed) = *pending
+        {
+            return Ok(committed);
+        }
         let rtxn = self.inner.env.read_txn().map_err(io_err)?;
         Ok(self
             .inner
@@ -332,42 +390,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let encoded = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, encode_entry(&e)?)))
-            .collect::<io::Result<Vec<_>>>()?;
-        let inner = self.inner.clone();
-        // The commit fsyncs: keep it off the async worker threads.
-        let result = tokio::task::spawn_blocking(move || {
-            Self::append_blocking(&inner, encoded).map_err(|e| {
-                crate::disk::write_failed("appending to the raft log", inner.env.path(), e)
-            })
-        })
-        .await
-        .map_err(io_err)
-        .and_then(|r| r);
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
-            }
+        let writer = self.writer()?;
+        let mut encoded = Vec::new();
+        let mut tail = self.inner.tail.lock().map_err(io_err)?;
+        for e in entries {
+            encoded.push((e.log_id.index, e.log_id, encode_entry(&e)?));
+            tail.insert(e.log_id.index, e);
         }
+        drop(tail);
+        writer.append(encoded, callback)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        self.inner.delete_range(from, u64::MAX)
+        if let Ok(mut tail) = self.inner.tail.lock() {
+            tail.split_off(&from);
+        }
+        self.write("truncating the raft log", move |inner| {
+            inner.delete_range(from, u64::MAX)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // Record the purge point first: a crash between the two steps leaves extra entries
-        // below it, which are ignored, never a gap above it.
-        self.inner.put_meta(Meta::Purged, &log_id)?;
-        self.inner.delete_range(0, log_id.index)
+        self.write("purging the raft log", move |inner| {
+            // Record the purge point first: a crash between the two steps leaves extra
+            // entries below it, which are ignored, never a gap above it.
+            inner.put_meta(Meta::Purged, &log_id)?;
+            inner.delete_range(0, log_id.index)
+        })
+        .await
     }
 }
 

@@ -1,0 +1,189 @@
+//! The raft log's writer thread and its in-memory tail.
+//!
+//! `append` puts the entries in the tail (readable at once, as openraft requires) and
+//! queues them; the thread writes everything queued in one LMDB transaction, commits (one
+//! durable sync), drops the written entries from the tail and only then reports them flushed.
+//! So the leader replicates entries while its own flush is under way, and appends that
+//! arrive during a flush share the next one (group commit across calls). Other writes (vote,
+//! truncate, purge) go through the same queue, so they happen in call order.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Bound;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use openraft::storage::IOFlushed;
+
+use super::{Inner, Meta, log_key};
+use crate::raft::{Entry, LogId, TypeConfig, io_err};
+
+/// Entries handed to `append` and not yet committed, by index.
+pub(super) type Tail = Mutex<BTreeMap<u64, Entry>>;
+
+type WriteFn = Box<dyn FnOnce(&Inner) -> io::Result<()> + Send>;
+
+/// Encoded entries of one `append`: (index, log id, bytes).
+pub(super) type Encoded = Vec<(u64, LogId, Vec<u8>)>;
+
+/// Appends waiting for the next commit.
+type Queued = Vec<(Encoded, IOFlushed<TypeConfig>)>;
+
+enum Job {
+    Append {
+        entries: Encoded,
+        callback: IOFlushed<TypeConfig>,
+    },
+    Write {
+        what: &'static str,
+        f: WriteFn,
+        done: tokio::sync::oneshot::Sender<io::Result<()>>,
+    },
+}
+
+/// The handle of the writer thread; dropping it ends the thread and waits for it, so the
+/// env is closed when the store is gone.
+#[derive(Debug)]
+pub(super) struct Writer {
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn gone() -> io::Error {
+    io::Error::other("the raft log writer has stopped")
+}
+
+impl Writer {
+    pub(super) fn start(inner: Arc<Inner>) -> io::Result<Self> {
+        let (jobs, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || run(&inner, &rx))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<(), Job> {
+        match &self.jobs {
+            Some(jobs) => jobs.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Queues encoded entries; `callback` fires once they are durable.
+    pub(super) fn append(
+        &self,
+        entries: Encoded,
+        callback: IOFlushed<TypeConfig>,
+    ) -> io::Result<()> {
+        match self.send(Job::Append { entries, callback }) {
+            Ok(()) => Ok(()),
+            Err(Job::Append { callback, .. }) => {
+                callback.io_completed(Err(gone()));
+                Err(gone())
+            }
+            Err(Job::Write { .. }) => Err(gone()),
+        }
+    }
+
+    /// Runs `f` on the writer thread after everything queued before it; waits for it.
+    pub(super) async fn write(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Inner) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(Job::Write {
+            what,
+            f: Box::new(f),
+            done,
+        })
+        .map_err(|_| gone())?;
+        wait.await.map_err(|_| gone())?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(inner: &Inner, jobs: &Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut appends = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::Append { entries, callback } => appends.push((entries, callback)),
+                Job::Write { what, f, done } => {
+                    commit_appends(inner, std::mem::take(&mut appends));
+                    let result =
+                        f(inner).map_err(|e| crate::disk::write_failed(what, inner.env.path(), e));
+                    let _ = done.send(result);
+                }
+            }
+            next = jobs.try_recv().ok();
+        }
+        commit_appends(inner, appends);
+    }
+}
+
+/// One transaction for every queued append, then their callbacks in order.
+fn commit_appends(
+    inner: &Inner,
+    appends: Queued,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let result = write_entries(inner, &appends)
+        .map_err(|e| crate::disk::write_failed("appending to the raft log", inner.env.path(), e));
+    if result.is_ok() {
+        crate::metrics::seconds("raft_log_store_duration_seconds", started.elapsed());
+        if let Ok(mut tail) = inner.tail.lock() {
+            for (index, log_id, _) in appends.iter().flat_map(|(e, _)| e) {
+                if tail.get(index).is_some_and(|e| e.log_id == *log_id) {
+                    tail.remove(index);
+                }
+            }
+        }
+    }
+    for (_, callback) in appends {
+        callback.io_completed(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        });
+    }
+}
+
+fn write_entries(
+    inner: &Inner,
+    appends: &Queued,
+) -> io::Result<()> {
+    let mut wtxn = inner.env.write_txn().map_err(io_err)?;
+    for (index, _, bytes) in appends.iter().flat_map(|(e, _)| e) {
+        inner
+            .logs
+            .put(&mut wtxn, &log_key(inner.group, *index), bytes)
+            .map_err(io_err)?;
+    }
+    if let Some(committed) = inner.take_committed() {
+        inner.put_meta_in(&mut wtxn, Meta::Committed, &committed)?;
+    }
+    wtxn.commit().map_err(io_err)
+}
+
+/// The tail's entries within `(start, end)`.
+pub(super) fn tail_range(tail: &Tail, start: Bound<u64>, end: Bound<u64>) -> Vec<Entry> {
+    tail.lock()
+        .map(|t| t.range((start, end)).map(|(_, e)| e.clone()).collect())
+        .unwrap_or_default()
+}
