@@ -18,14 +18,15 @@ dev: setup
 test: setup
 	$(CARGO) test --workspace
 
-## Micro-benchmarks (see docs/benchmarks.md).
+## Every benchmark of docs/benchmarks.md (criterion and bench binaries, then `wraft bench`).
 bench: setup
 	$(CARGO) bench -p wraft-host --bench apply
 	$(CARGO) bench -p wraft-host --bench log_append
-	$(CARGO) bench -p wraft-host --bench cluster
 	$(CARGO) bench -p wraft-host --bench examples
 	$(CARGO) bench -p wraft-host --bench lifecycle
 	$(CARGO) bench -p wraft-host --bench ops
+	$(CARGO) bench -p wraft-host --bench restart
+	$(CARGO) run --release -p wraft-host --bin wraft -- bench --size 256,4096
 
 ## What CI runs.
 ci:

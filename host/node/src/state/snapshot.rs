@@ -7,7 +7,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 use heed::types::Bytes;
-use heed::{CompactionOption, Database, Env, WithoutTls};
+use heed::{CompactionOption, Database, Env, MdbError, PutFlags, WithoutTls};
 
 use super::keys::{self, MetaTag};
 use super::{StateError, StateStore};
@@ -62,7 +62,12 @@ impl StateStore {
             dst.delete_range(&mut wtxn, &range)?;
             for item in src_db.prefix_iter(&rtxn, &group)? {
                 let (k, v) = item?;
-                dst.put(&mut wtxn, k, v)?;
+                // Keys arrive sorted into an emptied range: append them (full pages, no
+                // tree search), unless a key of a later group sorts after them.
+                match dst.put_with_flags(&mut wtxn, PutFlags::APPEND, k, v) {
+                    Err(heed::Error::Mdb(MdbError::KeyExist)) => dst.put(&mut wtxn, k, v)?,
+                    other => other?,
+                }
             }
         }
         wtxn.commit()?;

@@ -136,10 +136,7 @@ fn run(inner: &Inner, jobs: &Receiver<Job>) {
 }
 
 /// One transaction for every queued append, then their callbacks in order.
-fn commit_appends(
-    inner: &Inner,
-    appends: Queued,
-) {
+fn commit_appends(inner: &Inner, appends: Queued) {
     if appends.is_empty() {
         return;
     }
@@ -164,10 +161,7 @@ fn commit_appends(
     }
 }
 
-fn write_entries(
-    inner: &Inner,
-    appends: &Queued,
-) -> io::Result<()> {
+fn write_entries(inner: &Inner, appends: &Queued) -> io::Result<()> {
     let mut wtxn = inner.env.write_txn().map_err(io_err)?;
     for (index, _, bytes) in appends.iter().flat_map(|(e, _)| e) {
         inner
