@@ -138,7 +138,9 @@ impl NodeApi {
                 ref query,
                 consistency,
             } => {
-                if consistency != Consistency::Stale {
+                // The `fault-stale-reads` feature breaks this on purpose (every read served
+                // from local state), so the fault suite can show that it catches it.
+                if consistency != Consistency::Stale && !cfg!(feature = "fault-stale-reads") {
                     let policy = match consistency {
                         Consistency::Lease => ReadPolicy::LeaseRead,
                         _ => ReadPolicy::ReadIndex,

@@ -9,6 +9,7 @@ mod common;
 mod crash;
 mod determinism;
 mod examples;
+mod faults;
 mod guests;
 mod hostile;
 mod http;

@@ -1,0 +1,171 @@
+//! The node processes of a fault run: `wraft serve` children that can be killed (SIGKILL),
+//! restarted on the same data directory, paused (SIGSTOP) and resumed (SIGCONT).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+use crate::proxy::NodeId;
+
+/// How to start node `id`.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Its id.
+    pub id: NodeId,
+    /// The address it listens on.
+    pub listen: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// `--initial-members`, for the node that initializes the cluster.
+    pub initial_members: Option<String>,
+}
+
+/// One node process (or none, while it is down).
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// How it is started.
+    pub spec: NodeSpec,
+    wraft: PathBuf,
+    certs: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    /// Exit statuses of earlier runs that ended by themselves (not killed by the harness).
+    pub exits: Vec<String>,
+}
+
+impl NodeProcess {
+    /// A node that is not running yet; `log` collects its output across restarts.
+    pub fn new(wraft: &Path, certs: &Path, log: PathBuf, spec: NodeSpec) -> Self {
+        Self {
+            spec,
+            wraft: wraft.to_path_buf(),
+            certs: certs.to_path_buf(),
+            log,
+            child: None,
+            paused: false,
+            exits: Vec::new(),
+        }
+    }
+
+    /// Starts the process (if it is not running).
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.reap();
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let id = self.spec.id;
+        let mut cmd = Command::new(&self.wraft);
+        cmd.arg("serve")
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &self.spec.listen.to_string()])
+            .arg("--data-dir")
+            .arg(&self.spec.data_dir)
+            .arg("--ca")
+            .arg(self.certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(self.certs.join(format!("node-{id}.pem")))
+            .arg("--key")
+            .arg(self.certs.join(format!("node-{id}.key")))
+            .args(["--checkpoint-interval", "2"])
+            .env("WRAFT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(m) = &self.spec.initial_members {
+            cmd.args(["--initial-members", m]);
+        }
+        self.child = Some(cmd.spawn().context("starting wraft serve")?);
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Records a process that ended by itself (a crash, a refusal to start).
+    fn reap(&mut self) {
+        if let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.exits.push(status.to_string());
+            self.child = None;
+        }
+    }
+
+    /// Whether the process runs (paused counts as running).
+    pub fn running(&mut self) -> bool {
+        self.reap();
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no shutdown, no flush beyond what the node already made durable.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+
+    /// SIGSTOP.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.paused = self.child.is_some();
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    /// Whether it is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// SIGTERM and wait for a clean exit (up to 20 s, then SIGKILL); true if it exited
+    /// cleanly.
+    pub fn stop(&mut self) -> bool {
+        self.resume();
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// Everything the node printed, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}

@@ -1,0 +1,125 @@
+//! Fault schedules drawn from a seed: the same seed gives the same list of faults, their
+//! targets and their timing, so a failing run can be replayed.
+
+use std::time::Duration;
+
+use crate::Rng;
+use crate::proxy::{Faults, NodeId};
+
+/// Which node a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// This node.
+    Node(NodeId),
+    /// Whoever leads when the fault starts.
+    Leader,
+}
+
+/// One fault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// SIGKILL, then a restart on the same data directory when the fault ends.
+    Kill(Target),
+    /// SIGSTOP, then SIGCONT when the fault ends.
+    Pause(Target),
+    /// Network faults between nodes (partitions, loss, delay, duplication) until it ends.
+    Network(Faults),
+}
+
+/// A fault, when it starts and how long it lasts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Start, from the beginning of the run.
+    pub at: Duration,
+    /// Duration.
+    pub lasts: Duration,
+    /// What.
+    pub fault: Fault,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match &self.fault {
+            Fault::Kill(t) => format!("kill -9 {t:?}, restart"),
+            Fault::Pause(t) => format!("SIGSTOP {t:?}, SIGCONT"),
+            Fault::Network(n) => {
+                let mut blocked: Vec<_> = n.blocked.iter().collect();
+                blocked.sort();
+                format!(
+                    "network: blocked {blocked:?}, loss {:.0}%, duplicate {:.0}%, delay ≤ {:?}",
+                    n.loss * 100.0,
+                    n.duplicate * 100.0,
+                    n.max_delay
+                )
+            }
+        };
+        write!(
+            f,
+            "{:>6.1} s for {:.1} s: {what}",
+            self.at.as_secs_f64(),
+            self.lasts.as_secs_f64()
+        )
+    }
+}
+
+/// Faults one after another for `run`: a quiet gap of 0.5–2 s, then a fault of 1–4 s.
+pub fn draw(seed: u64, nodes: &[NodeId], run: Duration) -> Vec<Step> {
+    let mut rng = Rng::new(seed);
+    let mut steps = Vec::new();
+    let mut at = Duration::from_millis(500 + rng.below(1500));
+    while at < run {
+        let lasts = Duration::from_millis(1000 + rng.below(3000));
+        let node = nodes[rng.below(nodes.len() as u64) as usize];
+        let target = if rng.chance(0.4) {
+            Target::Leader
+        } else {
+            Target::Node(node)
+        };
+        let fault = match rng.below(7) {
+            0 | 1 => Fault::Kill(target),
+            2 => Fault::Pause(target),
+            3 => Fault::Network(Faults::isolate(node, nodes)),
+            4 => {
+                // One way only: `node` hears the others but cannot answer.
+                let mut f = Faults::healthy();
+                for &o in nodes.iter().filter(|&&o| o != node) {
+                    f.blocked.insert((node, o));
+                }
+                Fault::Network(f)
+            }
+            5 if nodes.len() >= 3 => {
+                let (left, right) = nodes.split_at(nodes.len() / 2 + 1);
+                Fault::Network(Faults::bridge(left[left.len() - 1], left, right))
+            }
+            _ => Fault::Network(Faults {
+                loss: 0.05 + (rng.below(20) as f64) / 100.0,
+                duplicate: (rng.below(15) as f64) / 100.0,
+                max_delay: Duration::from_millis(rng.below(30)),
+                ..Faults::healthy()
+            }),
+        };
+        steps.push(Step { at, lasts, fault });
+        at += lasts + Duration::from_millis(500 + rng.below(1500));
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_replays_the_same_schedule_and_seeds_differ() {
+        let nodes = [1, 2, 3];
+        let run = Duration::from_secs(30);
+        assert_eq!(draw(7, &nodes, run), draw(7, &nodes, run));
+        assert_ne!(draw(7, &nodes, run), draw(8, &nodes, run));
+        let steps = draw(7, &nodes, run);
+        assert!(steps.len() >= 5, "{steps:?}");
+        assert!(steps.iter().all(|s| s.at < run));
+        assert!(
+            steps.windows(2).all(|w| w[0].at + w[0].lasts < w[1].at),
+            "faults do not overlap"
+        );
+    }
+}
