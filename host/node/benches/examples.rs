@@ -132,10 +132,7 @@ fn square(lat: f64, lng: f64, side: f64, now: u64) -> Volume {
 }
 
 fn airspace() {
-    let volumes: usize = std::env::var("WRAFT_BENCH_VOLUMES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let volumes: usize = support::env_or("WRAFT_BENCH_VOLUMES", 100_000);
     let dir = support::bench_dir();
     let node = LocalNode::open(dir.path()).expect("open");
     let module = node

@@ -61,10 +61,7 @@ async fn stale_get(client: &Client, fsm: &FsmName, key: u64) -> bool {
 }
 
 fn main() {
-    let target_mib: u64 = std::env::var("WRAFT_BENCH_STATE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let target_mib: u64 = support::env_or("WRAFT_BENCH_STATE_MIB", 1024);
     let dir = support::bench_dir();
     let data = dir.path().join("node-1");
     let ca = DevCa::generate("bench CA").expect("ca");

@@ -536,18 +536,37 @@ impl NodeApi {
         else {
             return Err(ApiError::NoLeader);
         };
-        let conn = self
-            .forward
-            .connection(leader, &addr)
-            .await
-            .map_err(unavailable)?;
+        // A read may be sent again: if the cached connection broke (the leader restarted, a
+        // partition healed), dial once more before giving up. A write may not: it may have
+        // been applied before the connection broke.
+        let idempotent = matches!(
+            request,
+            ApiRequest::Query { .. }
+                | ApiRequest::ListFsms
+                | ApiRequest::ListModules
+                | ApiRequest::Status
+        );
         let forwarded = ApiRequest::Forwarded {
             role,
             request: Box::new(request),
         };
-        api::call(&conn, &forwarded)
-            .await
-            .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?
+        let mut attempts = if idempotent { 2 } else { 1 };
+        loop {
+            attempts -= 1;
+            let conn = self
+                .forward
+                .connection(leader, &addr)
+                .await
+                .map_err(unavailable)?;
+            match api::call(&conn, &forwarded).await {
+                Ok(answer) => return answer,
+                Err(e) if attempts > 0 => {
+                    tracing::debug!("forwarding to leader {leader} broke ({e}); dialing again");
+                    conn.close(0u32.into(), b"broken; dialing again");
+                }
+                Err(e) => return Err(unavailable(format!("forwarding to leader {leader}: {e}"))),
+            }
+        }
     }
 }
 

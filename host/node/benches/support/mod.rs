@@ -21,12 +21,17 @@ pub fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-/// Seconds per measurement, from `WRAFT_BENCH_SECS` (default 5).
-pub fn bench_secs() -> u64 {
-    std::env::var("WRAFT_BENCH_SECS")
+/// The number in variable `name`, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(default)
+}
+
+/// Seconds per measurement, from `WRAFT_BENCH_SECS` (default 5).
+pub fn bench_secs() -> u64 {
+    env_or("WRAFT_BENCH_SECS", 5)
 }
 
 /// A temp dir under `WRAFT_BENCH_DIR` (default: the system temp dir).
