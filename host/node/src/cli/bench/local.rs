@@ -79,18 +79,18 @@ impl LocalCluster {
 
     /// A client of all three nodes, as the admin.
     pub fn client(&self) -> anyhow::Result<Client> {
-        self.client_of(self.addrs.iter().map(ToString::to_string).collect())
+        let nodes = self.addrs.iter().map(ToString::to_string).collect();
+        Ok(Client::new(nodes, &self.identity()?)?)
     }
 
-    /// A client of `nodes`, as the admin.
-    pub fn client_of(&self, nodes: Vec<String>) -> anyhow::Result<Client> {
+    /// The admin's TLS identity.
+    pub fn identity(&self) -> anyhow::Result<wraft_transport_quic::TlsIdentity> {
         let certs = self.dir.join("certs");
-        let identity = crate::cli::load_identity(
+        crate::cli::load_identity(
             &certs.join("ca.pem"),
             &certs.join("admin.pem"),
             &certs.join("admin.key"),
-        )?;
-        Ok(Client::new(nodes, &identity)?)
+        )
     }
 
     async fn wait_for_leader(&mut self) -> anyhow::Result<()> {

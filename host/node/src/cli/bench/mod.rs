@@ -124,15 +124,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         Some(LocalCluster::start(&base, args.port).await?)
     };
-    let (client, cluster) = match &local {
+    let (identity, nodes, cluster) = match &local {
         Some(l) => (
-            l.client()?,
+            l.identity()?,
+            l.addrs.iter().map(ToString::to_string).collect(),
             format!("3 local nodes (processes) with data in {}", l.dir.display()),
         ),
-        None => (args.conn.client()?, args.conn.nodes.join(",")),
+        None => (
+            super::load_identity(&args.conn.ca, &args.conn.cert, &args.conn.key)?,
+            args.conn.nodes.clone(),
+            args.conn.nodes.join(","),
+        ),
     };
+    let client = Client::new(nodes, &identity)?;
     let fsm = prepare(&client, &args.fsm, local.is_some()).await?;
-    let leader = Arc::new(leader_clients(&client, &args.conn, local.as_ref()).await?);
+    let leader = Arc::new(leader_clients(&client, &identity).await?);
     let fdatasync = fdatasync_floor(local.as_ref().map_or(&base, |l| &l.dir))?;
     let round_trip = round_trip_floor(&leader[0]).await?;
     let at_rest = local.as_ref().map(LocalCluster::memory).unwrap_or_default();
@@ -232,8 +238,7 @@ async fn prepare(client: &Client, fsm: &str, all_examples: bool) -> anyhow::Resu
 /// hop than a well-routed client pays). One QUIC connection per 16 closed loops.
 async fn leader_clients(
     client: &Client,
-    conn: &Conn,
-    local: Option<&LocalCluster>,
+    identity: &wraft_transport_quic::TlsIdentity,
 ) -> anyhow::Result<Vec<Client>> {
     let status = client.status().await?;
     let leader = status.leader.context("the cluster has no leader")?;
@@ -244,13 +249,7 @@ async fn leader_clients(
         .map(|n| n.addr.clone())
         .context("the leader is not in the membership")?;
     (0..16)
-        .map(|_| match local {
-            Some(l) => l.client_of(vec![addr.clone()]),
-            None => {
-                let identity = super::load_identity(&conn.ca, &conn.cert, &conn.key)?;
-                Ok(Client::new(vec![addr.clone()], &identity)?)
-            }
-        })
+        .map(|_| Ok(Client::new(vec![addr.clone()], identity)?))
         .collect()
 }
 
