@@ -7,12 +7,16 @@
 //! - [`history`] and [`checker`]: what clients invoked and saw, and a linearizability
 //!   checker (Wing & Gong with Lowe's memoization, as Porcupine does) for a key-value store
 //!   of registers.
+//! - [`unsynced`]: lost unsynced writes: a preload library journals what each write to a
+//!   node's data directory overwrites until the file is synced; after a kill, undoing the
+//!   journals leaves the directory as a power loss could.
 
 pub mod checker;
 pub mod history;
 pub mod process;
 pub mod proxy;
 pub mod schedule;
+pub mod unsynced;
 
 /// SplitMix64: a small, seedable generator (schedules must replay from a seed).
 #[derive(Debug, Clone)]

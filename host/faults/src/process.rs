@@ -1,5 +1,6 @@
 //! The node processes of a fault run: `wraft serve` children that can be killed (SIGKILL),
-//! restarted on the same data directory, paused (SIGSTOP) and resumed (SIGCONT).
+//! restarted on the same data directory, paused (SIGSTOP) and resumed (SIGCONT), or lose
+//! power (SIGKILL, then every write it had not synced is undone: see [`crate::unsynced`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     /// `--initial-members`, for the node that initializes the cluster.
     pub initial_members: Option<String>,
+    /// Where the node journals its unsynced writes, so that it can lose power (None: it
+    /// runs without the preload library and can only be killed).
+    pub unsynced_journal: Option<PathBuf>,
 }
 
 /// One node process (or none, while it is down).
@@ -82,6 +86,12 @@ impl NodeProcess {
         if let Some(m) = &self.spec.initial_members {
             cmd.args(["--initial-members", m]);
         }
+        if let Some(journal) = &self.spec.unsynced_journal {
+            std::fs::create_dir_all(journal)?;
+            std::fs::create_dir_all(&self.spec.data_dir)?;
+            let root = self.spec.data_dir.canonicalize()?;
+            cmd.envs(crate::unsynced::env(&root, journal));
+        }
         self.child = Some(cmd.spawn().context("starting wraft serve")?);
         self.paused = false;
         Ok(())
@@ -110,6 +120,22 @@ impl NodeProcess {
             let _ = child.wait();
         }
         self.paused = false;
+    }
+
+    /// A power loss: SIGKILL, then every write the node had not synced is undone. Needs
+    /// `unsynced_journal`.
+    pub fn lose_power(&mut self) -> anyhow::Result<crate::unsynced::Lost> {
+        self.kill();
+        let journal = self
+            .spec
+            .unsynced_journal
+            .as_ref()
+            .context("a power loss needs the node's unsynced journal")?;
+        if !journal.exists() {
+            return Ok(crate::unsynced::Lost::default());
+        }
+        crate::unsynced::lose_unsynced_writes(&self.spec.data_dir, journal)
+            .with_context(|| format!("undoing node {}'s unsynced writes", self.spec.id))
     }
 
     /// SIGSTOP.

@@ -20,6 +20,10 @@ pub enum Target {
 pub enum Fault {
     /// SIGKILL, then a restart on the same data directory when the fault ends.
     Kill(Target),
+    /// A power loss: SIGKILL, the node's unsynced writes undone, a restart when it ends.
+    PowerLoss(Target),
+    /// Every node loses power at once (a rack or a data centre); all restart when it ends.
+    PowerLossAll,
     /// SIGSTOP, then SIGCONT when the fault ends.
     Pause(Target),
     /// Network faults between nodes (partitions, loss, delay, duplication) until it ends.
@@ -41,6 +45,8 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = match &self.fault {
             Fault::Kill(t) => format!("kill -9 {t:?}, restart"),
+            Fault::PowerLoss(t) => format!("power loss {t:?}, restart"),
+            Fault::PowerLossAll => "power loss of every node, restart".to_string(),
             Fault::Pause(t) => format!("SIGSTOP {t:?}, SIGCONT"),
             Fault::Network(n) => {
                 let mut blocked: Vec<_> = n.blocked.iter().collect();
@@ -62,7 +68,8 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// Faults one after another for `run`: a quiet gap of 0.5–2 s, then a fault of 1–4 s.
+/// Faults one after another for `run`: a quiet gap of 0.5–2 s, then a fault of 1–4 s. With
+/// five nodes or more, partitions may also split off a minority of two.
 pub fn draw(seed: u64, nodes: &[NodeId], run: Duration) -> Vec<Step> {
     let mut rng = Rng::new(seed);
     let mut steps = Vec::new();
@@ -75,11 +82,22 @@ pub fn draw(seed: u64, nodes: &[NodeId], run: Duration) -> Vec<Step> {
         } else {
             Target::Node(node)
         };
-        let fault = match rng.below(7) {
+        let fault = match rng.below(9) {
             0 | 1 => Fault::Kill(target),
-            2 => Fault::Pause(target),
-            3 => Fault::Network(Faults::isolate(node, nodes)),
-            4 => {
+            2 => Fault::PowerLoss(target),
+            3 => Fault::PowerLossAll,
+            4 => Fault::Pause(target),
+            5 if nodes.len() >= 5 && rng.chance(0.5) => {
+                let other = nodes[rng.below(nodes.len() as u64) as usize];
+                let minority = if other == node {
+                    vec![node]
+                } else {
+                    vec![node, other]
+                };
+                Fault::Network(Faults::split(&minority, nodes))
+            }
+            5 => Fault::Network(Faults::isolate(node, nodes)),
+            6 => {
                 // One way only: `node` hears the others but cannot answer.
                 let mut f = Faults::healthy();
                 for &o in nodes.iter().filter(|&&o| o != node) {
@@ -87,7 +105,7 @@ pub fn draw(seed: u64, nodes: &[NodeId], run: Duration) -> Vec<Step> {
                 }
                 Fault::Network(f)
             }
-            5 if nodes.len() >= 3 => {
+            7 if nodes.len() >= 3 => {
                 let (left, right) = nodes.split_at(nodes.len() / 2 + 1);
                 Fault::Network(Faults::bridge(left[left.len() - 1], left, right))
             }
@@ -116,6 +134,13 @@ mod tests {
         assert_ne!(draw(7, &nodes, run), draw(8, &nodes, run));
         let steps = draw(7, &nodes, run);
         assert!(steps.len() >= 5, "{steps:?}");
+        // Five nodes: some schedules split off a minority of two (2 × 3 pairs, both ways).
+        let five = [1, 2, 3, 4, 5];
+        assert!(
+            (0..40)
+                .flat_map(|seed| draw(seed, &five, run))
+                .any(|s| { matches!(&s.fault, Fault::Network(f) if f.blocked.len() == 12) })
+        );
         assert!(steps.iter().all(|s| s.at < run));
         assert!(
             steps.windows(2).all(|w| w[0].at + w[0].lasts < w[1].at),

@@ -27,36 +27,41 @@ pub(crate) fn text(b: &[u8]) -> String {
 /// can be taken by a fixed-port child, and never twice within one process.
 static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
-/// Three consecutive ports free for `bind` on 127.0.0.1, in 10000..32000.
-fn free_three(bind: impl Fn(u16) -> bool) -> u16 {
+/// `n` consecutive ports free for `bind` on 127.0.0.1, in 10000..32000.
+fn free_run(n: u16, bind: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::Ordering;
     let _ = NEXT_PORT.compare_exchange(
         0,
-        10_000 + (std::process::id() % 7_000) as u16 * 3,
+        10_000 + (std::process::id() % 3_000) as u16 * 5,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
     for _ in 0..2_000 {
-        let mut base = NEXT_PORT.fetch_add(3, Ordering::SeqCst);
-        if base > 32_000 - 3 {
-            base = 10_000 + base % 3;
-            NEXT_PORT.store(base + 3, Ordering::SeqCst);
+        let mut base = NEXT_PORT.fetch_add(n, Ordering::SeqCst);
+        if base > 32_000 - n {
+            base = 10_000 + base % 5;
+            NEXT_PORT.store(base + n, Ordering::SeqCst);
         }
-        if (0..3).all(|i| bind(base + i)) {
+        if (0..n).all(|i| bind(base + i)) {
             return base;
         }
     }
-    panic!("no three consecutive free ports on 127.0.0.1 in 10000..32000");
+    panic!("no {n} consecutive free ports on 127.0.0.1 in 10000..32000");
 }
 
-/// Three consecutive free UDP ports on 127.0.0.1.
+/// Three consecutive free UDP ports on 127.0.0.1 (a 3-node cluster).
 pub(crate) fn free_ports() -> u16 {
-    free_three(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
+    free_udp_ports(3)
+}
+
+/// `n` consecutive free UDP ports on 127.0.0.1.
+pub(crate) fn free_udp_ports(n: u16) -> u16 {
+    free_run(n, |p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Three consecutive free TCP ports on 127.0.0.1.
 fn free_tcp_ports() -> u16 {
-    free_three(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+    free_run(3, |p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 #[test]

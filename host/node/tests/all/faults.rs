@@ -1,14 +1,16 @@
-//! The fault-injection suite: a 3-node cluster of real `wraft serve` processes behind UDP
-//! fault proxies, clients recording a history of register writes and linearizable reads,
-//! and a seeded schedule of kill -9 / restart, SIGSTOP / SIGCONT, partitions (both ways,
-//! one way, bridge) and lossy, duplicating, delaying links. After the schedule: every node
+//! The fault-injection suite: a 3- or 5-node cluster of real `wraft serve` processes behind
+//! UDP fault proxies, clients recording a history of register writes and linearizable reads,
+//! and a seeded schedule of kill -9 / restart, power losses (of one node or all: unsynced
+//! writes undone), SIGSTOP / SIGCONT, partitions (both ways, one way, bridge, minority) and
+//! lossy, duplicating, delaying links. After the schedule: every node
 //! up and healed, all converge to the same applied index and state digest, a final read of
 //! every key, the history checked for linearizability, clean shutdowns, no panic in any
 //! log, and `wraft init verify` passing on every data directory.
 //!
 //! CI runs `WRAFT_FAULT_SEEDS` (default 2) schedules of `WRAFT_FAULT_SECS` (default 15)
-//! seconds from seed `WRAFT_FAULT_SEED` (default 1). A failure names its seed; docs/testing.md
-//! says how to replay one and how to run the long form.
+//! seconds from seed `WRAFT_FAULT_SEED` (default 1); odd seeds run 3 nodes, even seeds 5
+//! (`WRAFT_FAULT_NODES` forces one size). A failure names its seed; docs/testing.md says how
+//! to replay one and how to run the long form.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,13 +24,34 @@ use wraft_faults::history::{Event, History, Op, Outcome};
 use wraft_faults::process::{NodeProcess, NodeSpec};
 use wraft_faults::proxy::{Faults, Network, NodeId};
 use wraft_faults::schedule::{self, Fault, Target};
+use wraft_faults::unsynced::Lost;
 use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 
-use crate::cli::{WRAFT, free_ports, text, wraft};
+use crate::cli::{WRAFT, free_udp_ports, text};
 
 const KEYS: u32 = 24;
 const CLIENTS: u32 = 4;
-const NODES: [NodeId; 3] = [1, 2, 3];
+
+/// The binary under test: this build's, or `WRAFT_FAULT_BIN` (a long run can use a frozen
+/// copy while the tree is rebuilt).
+fn wraft_bin() -> std::path::PathBuf {
+    std::env::var_os("WRAFT_FAULT_BIN").map_or_else(|| WRAFT.into(), Into::into)
+}
+
+fn wraft(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(wraft_bin())
+        .current_dir(cwd)
+        .args(args)
+        .env("WRAFT_LOG", "error")
+        .output()
+        .expect("run wraft")
+}
+
+/// The cluster of a seed: 3 nodes for odd seeds, 5 for even ones, unless WRAFT_FAULT_NODES.
+fn nodes_of(seed: u64) -> Vec<NodeId> {
+    let n = env_u64("WRAFT_FAULT_NODES", if seed % 2 == 1 { 3 } else { 5 });
+    (1..=n).collect()
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -173,9 +196,26 @@ async fn converge(per_node: &[Client], deadline: Instant) -> Result<u64, String>
     Err(format!("nodes did not converge: applied {last:?}"))
 }
 
-/// Runs one schedule; an error names what failed.
-async fn run(seed: u64, secs: u64) -> Result<usize, String> {
+/// What a run did.
+struct Report {
+    acked: usize,
+    lost: Lost,
+}
+
+/// Runs one schedule on `nodes`; an error names what failed.
+async fn run(
+    seed: u64,
+    nodes_ids: &[NodeId],
+    steps: &[schedule::Step],
+    secs: u64,
+) -> Result<Report, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let count = nodes_ids.len();
+    let ids = nodes_ids
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let certs = dir.path().join("certs");
     let out = wraft(
         dir.path(),
@@ -184,14 +224,14 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
             "--out",
             certs.to_str().unwrap_or("certs"),
             "--nodes",
-            "1,2,3",
+            &ids,
         ],
     );
     if !out.status.success() {
         return Err(format!("wraft cert: {}", text(&out.stderr)));
     }
-    let base = free_ports();
-    let real: Vec<std::net::SocketAddr> = (0..3)
+    let base = free_udp_ports(count as u16);
+    let real: Vec<std::net::SocketAddr> = (0..count as u16)
         .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
         .collect();
     let network = Network::start(&real, seed)
@@ -204,11 +244,11 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
         .map(|(i, p)| format!("{}={p}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let mut nodes: Vec<NodeProcess> = NODES
+    let mut nodes: Vec<NodeProcess> = nodes_ids
         .iter()
         .map(|&id| {
             NodeProcess::new(
-                WRAFT.as_ref(),
+                &wraft_bin(),
                 &certs,
                 dir.path().join(format!("node-{id}.log")),
                 NodeSpec {
@@ -216,6 +256,7 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
                     listen: real[id as usize - 1],
                     data_dir: dir.path().join(format!("node-{id}")),
                     initial_members: (id == 1).then(|| members.clone()),
+                    unsynced_journal: Some(dir.path().join(format!("unsynced-{id}"))),
                 },
             )
         })
@@ -254,9 +295,14 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
         clients.spawn(client_loop(id, client, history.clone(), stop.clone(), seed));
     }
 
-    let steps = schedule::draw(seed, &NODES, Duration::from_secs(secs));
+    let mut lost = Lost::default();
+    let mut add = |l: Lost| {
+        lost.files.extend(l.files);
+        lost.writes += l.writes;
+        lost.bytes += l.bytes;
+    };
     let started = Instant::now();
-    for step in &steps {
+    for step in steps {
         if let Some(wait) = step.at.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
@@ -270,6 +316,23 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
                 nodes[n as usize - 1].kill();
                 tokio::time::sleep(step.lasts).await;
                 nodes[n as usize - 1].start().map_err(|e| e.to_string())?;
+            }
+            Fault::PowerLoss(t) => {
+                let n = target(t, leader(&admin).await);
+                add(nodes[n as usize - 1]
+                    .lose_power()
+                    .map_err(|e| format!("{e:#}"))?);
+                tokio::time::sleep(step.lasts).await;
+                nodes[n as usize - 1].start().map_err(|e| e.to_string())?;
+            }
+            Fault::PowerLossAll => {
+                for n in &mut nodes {
+                    add(n.lose_power().map_err(|e| format!("{e:#}"))?);
+                }
+                tokio::time::sleep(step.lasts).await;
+                for n in &mut nodes {
+                    n.start().map_err(|e| e.to_string())?;
+                }
             }
             Fault::Pause(t) => {
                 let n = target(t, leader(&admin).await);
@@ -362,7 +425,7 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
         }
     }
     let mut digests = Vec::new();
-    for id in NODES {
+    for &id in nodes_ids {
         let data = dir.path().join(format!("node-{id}"));
         let out = wraft(
             dir.path(),
@@ -381,7 +444,7 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
     }
     // The applied indexes may differ by the checkpoint entries the leader kept proposing
     // while the nodes were being stopped one by one; the state itself may not.
-    for (id, d) in NODES.iter().zip(&digests).skip(1) {
+    for (id, d) in nodes_ids.iter().zip(&digests).skip(1) {
         let parts = d.differences(&digests[0]);
         if !parts.is_empty() {
             return Err(format!(
@@ -391,7 +454,7 @@ async fn run(seed: u64, secs: u64) -> Result<usize, String> {
             ));
         }
     }
-    Ok(acked)
+    Ok(Report { acked, lost })
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -409,12 +472,22 @@ fn seeded_fault_schedules_lose_no_acknowledged_write_and_stay_linearizable() {
     let secs = env_u64("WRAFT_FAULT_SECS", 15);
     let rt = runtime();
     for seed in first..first + count {
-        let steps = schedule::draw(seed, &NODES, Duration::from_secs(secs));
+        let nodes = nodes_of(seed);
+        let steps = schedule::draw(seed, &nodes, Duration::from_secs(secs));
         let started = Instant::now();
-        match rt.block_on(run(seed, secs)) {
-            Ok(acked) => eprintln!(
-                "seed {seed}: ok, {acked} acknowledged writes, {} faults, {:.1} s",
+        match rt.block_on(run(seed, &nodes, &steps, secs)) {
+            Ok(r) => eprintln!(
+                "seed {seed}: ok, {} nodes, {} acknowledged writes, {} faults, power losses \
+                 undid {} unsynced writes ({} bytes) to {:?}, {:.1} s",
+                nodes.len(),
+                r.acked,
                 steps.len(),
+                r.lost.writes,
+                r.lost.bytes,
+                r.lost
+                    .files
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>(),
                 started.elapsed().as_secs_f64()
             ),
             Err(e) => {
@@ -440,7 +513,12 @@ fn the_suite_catches_a_build_that_serves_stale_reads() {
     let rt = runtime();
     let mut outcomes = Vec::new();
     for seed in first..first + 3 {
-        match rt.block_on(run(seed, secs)) {
+        let nodes = nodes_of(seed);
+        let steps = schedule::draw(seed, &nodes, Duration::from_secs(secs));
+        match rt
+            .block_on(run(seed, &nodes, &steps, secs))
+            .map(|r| r.acked)
+        {
             Err(e) if e.starts_with("not linearizable") => {
                 eprintln!("seed {seed} caught the broken build: {e}");
                 return;
