@@ -21,7 +21,7 @@ pub mod wire;
 
 pub use client::{RaftClient, RaftPeer};
 pub use server::serve;
-pub use tls::{TlsIdentity, client_config, server_config};
+pub use tls::{IDLE_TIMEOUT, TlsIdentity, client_config, endpoint_config, server_config};
 
 /// ALPN of raft RPC between nodes.
 pub const ALPN_RAFT: &[u8] = b"wraft-raft/1";

@@ -76,6 +76,34 @@ pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, TransportE
     Ok(server)
 }
 
+/// A node's endpoint configuration. Its stateless-reset key and the key that signs its
+/// connection ids are derived from the node's TLS private key, so a node restarted with the
+/// same key (after a crash or a power loss) recognizes the connection ids of its previous
+/// run and resets those connections: clients and peers learn at their next packet that the
+/// connection is gone and dial again, instead of waiting out the idle timeout on a
+/// connection nobody serves.
+pub fn endpoint_config(id: &TlsIdentity) -> quinn::EndpointConfig {
+    use ring::hmac;
+    let derive = hmac::Key::new(hmac::HMAC_SHA256, id.key.secret_der());
+    let reset = hmac::sign(&derive, b"wraft: QUIC stateless reset key, v1");
+    let cid = hmac::sign(&derive, b"wraft: QUIC connection id key, v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config =
+        quinn::EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
+/// How long a connection may go without hearing from its peer before it is given up, and
+/// how often an otherwise quiet connection pings: a peer that vanished without a word (and
+/// cannot answer with a stateless reset, e.g. behind a partition) is noticed in seconds.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The client side for `alpn`: trusts only the cluster CA and presents `id`'s certificate.
 pub fn client_config(id: &TlsIdentity, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -86,5 +114,13 @@ pub fn client_config(id: &TlsIdentity, alpn: &[u8]) -> Result<quinn::ClientConfi
         .map_err(tls("client certificate"))?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(cfg).map_err(tls("QUIC client config"))?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(IDLE_TIMEOUT).map_err(tls("idle timeout"))?,
+        ));
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport));
+    Ok(client)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use openraft::Config;
 use tokio::task::JoinHandle;
 use wraft_core::raft::NodeId;
-use wraft_transport_quic::{RaftClient, TlsIdentity, serve, server_config};
+use wraft_transport_quic::{RaftClient, TlsIdentity, endpoint_config, serve, server_config};
 
 use crate::api::{DEFAULT_QUEUE, NodeApi};
 
@@ -225,7 +225,12 @@ impl ClusterNode {
         let log = LogStore::open(&config.data_dir)?;
         log.claim(config.id)?;
         crate::ops::backup::remove_stale(&config.data_dir);
-        let endpoint = quinn::Endpoint::server(server_config(&config.identity)?, config.listen)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(&config.identity),
+            Some(server_config(&config.identity)?),
+            std::net::UdpSocket::bind(config.listen)?,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let addr = endpoint.local_addr()?;
         let network = RaftClient::new(config.id, endpoint.clone(), &config.identity)?;
         let mut raft_config = config.raft.clone();

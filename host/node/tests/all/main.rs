@@ -18,4 +18,5 @@ mod membership;
 mod ops;
 mod persistence;
 mod raft_storage;
+mod reconnect;
 mod validation;

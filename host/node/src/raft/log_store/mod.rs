@@ -219,6 +219,13 @@ impl LogStore {
         std::fs::create_dir_all(&path)?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
         opts.map_size(MAP_SIZE).max_dbs(4);
+        // The `fault-lazy-fsync` feature breaks durability on purpose (see writer.rs), so
+        // the fault suite can show that it catches it.
+        #[cfg(feature = "fault-lazy-fsync")]
+        // SAFETY: NO_SYNC is a documented LMDB flag (commits skip fsync).
+        unsafe {
+            opts.flags(heed::EnvFlags::NO_SYNC)
+        };
         // SAFETY: wraft's own directory, opened once per process (heed enforces it).
         let env = unsafe { opts.open(&path) }.map_err(|e| {
             io::Error::other(format!(

@@ -116,7 +116,16 @@ impl Drop for Writer {
 }
 
 fn run(inner: &Inner, jobs: &Receiver<Job>) {
+    #[cfg(feature = "fault-lazy-fsync")]
+    let mut synced = std::time::Instant::now();
     while let Ok(first) = jobs.recv() {
+        // Broken on purpose (`fault-lazy-fsync`): commits are not durable, the env is
+        // synced at most every 200 ms.
+        #[cfg(feature = "fault-lazy-fsync")]
+        if synced.elapsed() >= std::time::Duration::from_millis(200) {
+            let _ = inner.env.force_sync();
+            synced = std::time::Instant::now();
+        }
         let mut appends = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next {
