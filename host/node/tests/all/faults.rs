@@ -563,7 +563,7 @@ fn the_suite_catches_a_build_that_serves_stale_reads() {
         let steps = schedule::draw(seed, &nodes, Duration::from_secs(secs));
         match rt
             .block_on(run(seed, &nodes, &steps, secs))
-            .map(|r| r.acked)
+            .map(|r| (r.acked, r.lost.writes))
         {
             Err(e) if e.starts_with("not linearizable") => {
                 eprintln!("seed {seed} caught the broken build: {e}");
