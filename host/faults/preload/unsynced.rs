@@ -8,6 +8,10 @@
 //! truncates each file back to its size at its last sync: the files are left as a power
 //! loss could leave them (what Jepsen's lazyfs does with a FUSE filesystem).
 //!
+//! It also fills the disk on demand: while the file `$WRAFT_DISK_FULL` exists, a write that
+//! would make a file under the root larger fails with ENOSPC, as on a full filesystem
+//! (overwrites within a file still succeed; they need no new blocks).
+//!
 //! Built by wraft-faults' build script with plain `rustc` (no dependencies). Interposed:
 //! write, pwrite(64), writev, pwritev(64), ftruncate(64), fsync, fdatasync, sync, syncfs,
 //! unlink, unlinkat, rename, renameat, renameat2. Writes on an `O_DSYNC`/`O_SYNC`
@@ -46,6 +50,16 @@ unsafe extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
     fn lseek64(fd: c_int, offset: i64, whence: c_int) -> i64;
+    fn __errno_location() -> *mut c_int;
+}
+
+const ENOSPC: c_int = 28;
+
+/// A write refused for want of room: -1 with errno ENOSPC.
+fn no_space() -> isize {
+    // SAFETY: glibc's errno of this thread.
+    unsafe { *__errno_location() = ENOSPC };
+    -1
 }
 
 /// The next definition of `$name` (libc's), as a function of type `$ty`.
@@ -69,6 +83,7 @@ macro_rules! real {
 struct Config {
     root: PathBuf,
     journal: PathBuf,
+    disk_full: Option<PathBuf>,
 }
 
 fn config() -> Option<&'static Config> {
@@ -78,6 +93,7 @@ fn config() -> Option<&'static Config> {
             Some(Config {
                 root: std::env::var_os("WRAFT_UNSYNCED_ROOT")?.into(),
                 journal: std::env::var_os("WRAFT_UNSYNCED_JOURNAL")?.into(),
+                disk_full: std::env::var_os("WRAFT_DISK_FULL").map(Into::into),
             })
         })
         .as_ref()
@@ -124,9 +140,11 @@ fn journal_of(cfg: &Config, meta: &std::fs::Metadata) -> PathBuf {
     cfg.journal.join(format!("{}-{}", meta.dev(), meta.ino()))
 }
 
-/// Journals the bytes `[offset, offset + len)` of the file behind `fd` before they change.
-/// `offset` is None for a write at the descriptor's position.
-fn before_write(fd: c_int, offset: Option<i64>, len: u64) {
+/// Journals the bytes `[offset, offset + len)` of the file behind `fd` before they change,
+/// or refuses the write (false) if it would grow the file while the disk is full. `offset`
+/// is None for a write at the descriptor's position.
+fn before_write(fd: c_int, offset: Option<i64>, len: u64) -> bool {
+    let mut allowed = true;
     guarded(|cfg| {
         let Some((path, meta)) = tracked(cfg, fd) else {
             return;
@@ -138,6 +156,10 @@ fn before_write(fd: c_int, offset: Option<i64>, len: u64) {
             None if unsafe { fcntl(fd, F_GETFL) } & O_APPEND != 0 => size,
             None => unsafe { lseek64(fd, 0, SEEK_CUR) }.max(0) as u64,
         };
+        if at.saturating_add(len) > size && cfg.disk_full.as_ref().is_some_and(|f| f.exists()) {
+            allowed = false;
+            return;
+        }
         let old_len = size.saturating_sub(at).min(len);
         let mut old = vec![0u8; old_len as usize];
         if old_len > 0 {
@@ -162,6 +184,7 @@ fn before_write(fd: c_int, offset: Option<i64>, len: u64) {
             fail(&format!("journaling to {}: {e}", journal.display()));
         }
     });
+    allowed
 }
 
 /// After a successful sync of `fd`: its journal is durable history, not undo.
@@ -231,37 +254,49 @@ fn iov_len(iov: *const IoVec, n: c_int) -> u64 {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: usize) -> isize {
-    before_write(fd, None, n as u64);
+    if !before_write(fd, None, n as u64) {
+        return no_space();
+    }
     real!("write": extern "C" fn(c_int, *const c_void, usize) -> isize)(fd, buf, n)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: usize, off: i64) -> isize {
-    before_write(fd, Some(off), n as u64);
+    if !before_write(fd, Some(off), n as u64) {
+        return no_space();
+    }
     real!("pwrite": extern "C" fn(c_int, *const c_void, usize, i64) -> isize)(fd, buf, n, off)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, n: usize, off: i64) -> isize {
-    before_write(fd, Some(off), n as u64);
+    if !before_write(fd, Some(off), n as u64) {
+        return no_space();
+    }
     real!("pwrite64": extern "C" fn(c_int, *const c_void, usize, i64) -> isize)(fd, buf, n, off)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const IoVec, n: c_int) -> isize {
-    before_write(fd, None, iov_len(iov, n));
+    if !before_write(fd, None, iov_len(iov, n)) {
+        return no_space();
+    }
     real!("writev": extern "C" fn(c_int, *const IoVec, c_int) -> isize)(fd, iov, n)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwritev(fd: c_int, iov: *const IoVec, n: c_int, off: i64) -> isize {
-    before_write(fd, Some(off), iov_len(iov, n));
+    if !before_write(fd, Some(off), iov_len(iov, n)) {
+        return no_space();
+    }
     real!("pwritev": extern "C" fn(c_int, *const IoVec, c_int, i64) -> isize)(fd, iov, n, off)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwritev64(fd: c_int, iov: *const IoVec, n: c_int, off: i64) -> isize {
-    before_write(fd, Some(off), iov_len(iov, n));
+    if !before_write(fd, Some(off), iov_len(iov, n)) {
+        return no_space();
+    }
     real!("pwritev64": extern "C" fn(c_int, *const IoVec, c_int, i64) -> isize)(fd, iov, n, off)
 }
 
@@ -271,7 +306,8 @@ fn before_truncate(fd: c_int, len: i64) {
         .and_then(|cfg| tracked(cfg, fd))
         .map_or(0, |(_, m)| m.len() as i64);
     let (at, n) = (len.min(size), (size - len).unsigned_abs());
-    before_write(fd, Some(at), n);
+    // Growing by ftruncate makes a sparse file: it needs no room, so it is never refused.
+    let _ = before_write(fd, Some(at.min(size)), if len > size { 0 } else { n });
 }
 
 #[unsafe(no_mangle)]

@@ -1,6 +1,9 @@
 //! The node processes of a fault run: `wraft serve` children that can be killed (SIGKILL),
 //! restarted on the same data directory, paused (SIGSTOP) and resumed (SIGCONT), or lose
-//! power (SIGKILL, then every write it had not synced is undone: see [`crate::unsynced`]).
+//! power (SIGKILL, then every write it had not synced is undone: see [`crate::unsynced`]),
+//! or run out of disk (files may not grow: see [`crate::unsynced`]).
+//! Nodes snapshot every 200 entries and keep 50 behind a snapshot, so kills land during
+//! snapshots and lagging followers catch up by installing one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,9 @@ pub struct NodeProcess {
     paused: bool,
     /// Exit statuses of earlier runs that ended by themselves (not killed by the harness).
     pub exits: Vec<String>,
+    /// Checkpoint and snapshot flags: checkpoints every 2 s, a snapshot every 200 entries or
+    /// 3 s, 50 entries kept behind it. A test may change them before `start`.
+    pub tuning: Vec<String>,
 }
 
 impl NodeProcess {
@@ -51,6 +57,18 @@ impl NodeProcess {
             child: None,
             paused: false,
             exits: Vec::new(),
+            tuning: [
+                "--checkpoint-interval",
+                "2",
+                "--snapshot-entries",
+                "200",
+                "--snapshot-trailing-entries",
+                "50",
+                "--snapshot-interval",
+                "3",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 
@@ -78,7 +96,7 @@ impl NodeProcess {
             .arg(self.certs.join(format!("node-{id}.pem")))
             .arg("--key")
             .arg(self.certs.join(format!("node-{id}.key")))
-            .args(["--checkpoint-interval", "2"])
+            .args(&self.tuning)
             .env("WRAFT_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -91,6 +109,7 @@ impl NodeProcess {
             std::fs::create_dir_all(&self.spec.data_dir)?;
             let root = self.spec.data_dir.canonicalize()?;
             cmd.envs(crate::unsynced::env(&root, journal));
+            cmd.env("WRAFT_DISK_FULL", disk_full_flag(journal));
         }
         self.child = Some(cmd.spawn().context("starting wraft serve")?);
         self.paused = false;
@@ -136,6 +155,34 @@ impl NodeProcess {
         }
         crate::unsynced::lose_unsynced_writes(&self.spec.data_dir, journal)
             .with_context(|| format!("undoing node {}'s unsynced writes", self.spec.id))
+    }
+
+    /// The disk fills: from now on a write that would make one of the node's files larger
+    /// fails with ENOSPC (overwrites still succeed). The node is expected to stop with a
+    /// clear error; [`NodeProcess::free_disk`] ends the fault. Needs `unsynced_journal`.
+    pub fn fill_disk(&mut self) -> anyhow::Result<()> {
+        let journal = self
+            .spec
+            .unsynced_journal
+            .as_ref()
+            .context("a full disk needs the node's preload library (unsynced_journal)")?;
+        std::fs::write(disk_full_flag(journal), b"")
+            .with_context(|| format!("filling node {}'s disk", self.spec.id))
+    }
+
+    /// Room again; a node the full disk stopped is restarted (that exit is expected: it
+    /// is not kept in `exits` if the node said why).
+    pub fn free_disk(&mut self) -> anyhow::Result<()> {
+        if let Some(journal) = &self.spec.unsynced_journal {
+            let _ = std::fs::remove_file(disk_full_flag(journal));
+        }
+        if self.running() {
+            return Ok(());
+        }
+        if self.log().contains("make room, then restart the node") {
+            self.exits.pop();
+        }
+        self.start()
     }
 
     /// SIGSTOP.
@@ -187,6 +234,11 @@ impl NodeProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The file whose existence means "the disk is full" to the preload library.
+fn disk_full_flag(journal: &Path) -> PathBuf {
+    journal.with_extension("disk-full")
 }
 
 impl Drop for NodeProcess {

@@ -24,6 +24,9 @@ pub enum Fault {
     PowerLoss(Target),
     /// Every node loses power at once (a rack or a data centre); all restart when it ends.
     PowerLossAll,
+    /// The node's disk fills up (no file may grow); room again when it ends, and a restart
+    /// if the node stopped.
+    DiskFull(Target),
     /// SIGSTOP, then SIGCONT when the fault ends.
     Pause(Target),
     /// Network faults between nodes (partitions, loss, delay, duplication) until it ends.
@@ -47,6 +50,7 @@ impl std::fmt::Display for Step {
             Fault::Kill(t) => format!("kill -9 {t:?}, restart"),
             Fault::PowerLoss(t) => format!("power loss {t:?}, restart"),
             Fault::PowerLossAll => "power loss of every node, restart".to_string(),
+            Fault::DiskFull(t) => format!("disk full {t:?}, room again"),
             Fault::Pause(t) => format!("SIGSTOP {t:?}, SIGCONT"),
             Fault::Network(n) => {
                 let mut blocked: Vec<_> = n.blocked.iter().collect();
@@ -82,8 +86,9 @@ pub fn draw(seed: u64, nodes: &[NodeId], run: Duration) -> Vec<Step> {
         } else {
             Target::Node(node)
         };
-        let fault = match rng.below(9) {
+        let fault = match rng.below(10) {
             0 | 1 => Fault::Kill(target),
+            9 => Fault::DiskFull(target),
             2 => Fault::PowerLoss(target),
             3 => Fault::PowerLossAll,
             4 => Fault::Pause(target),
@@ -134,6 +139,16 @@ mod tests {
         assert_ne!(draw(7, &nodes, run), draw(8, &nodes, run));
         let steps = draw(7, &nodes, run);
         assert!(steps.len() >= 5, "{steps:?}");
+        // Every kind of fault comes up within a few seeds.
+        let kinds: std::collections::HashSet<_> = (0..40)
+            .flat_map(|seed| draw(seed, &nodes, run))
+            .map(|s| std::mem::discriminant(&s.fault))
+            .collect();
+        assert_eq!(
+            kinds.len(),
+            6,
+            "kill, power loss, all, disk full, pause, network"
+        );
         // Five nodes: some schedules split off a minority of two (2 × 3 pairs, both ways).
         let five = [1, 2, 3, 4, 5];
         assert!(

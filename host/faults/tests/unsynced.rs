@@ -91,3 +91,49 @@ fn unsynced_writes_are_lost_and_synced_ones_survive() {
     );
     assert_eq!(std::fs::read_dir(&journal).expect("journal").count(), 0);
 }
+
+const FULL_CHILD: &str = "WRAFT_DISK_FULL_TEST_DIR";
+
+#[test]
+fn a_full_disk_refuses_writes_that_grow_a_file_but_not_overwrites() {
+    if let Some(root) = std::env::var_os(FULL_CHILD) {
+        let root = Path::new(&root);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(root.join("f"))
+            .expect("open");
+        f.write_all_at(b"XY", 1)
+            .expect("an overwrite needs no room");
+        let grow = f.write_all_at(b"more", 3).expect_err("growing needs room");
+        assert_eq!(grow.raw_os_error(), Some(libc::ENOSPC), "{grow}");
+        let new = File::create(root.join("new")).and_then(|mut n| n.write_all(b"x"));
+        assert!(new.is_err(), "a new file's first byte needs room");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("data");
+    std::fs::create_dir(&root).expect("data dir");
+    let root = root.canonicalize().expect("canonical");
+    std::fs::write(root.join("f"), b"abcd").expect("f");
+    let journal = dir.path().join("journal");
+    std::fs::create_dir(&journal).expect("journal dir");
+    let full = dir.path().join("full");
+    std::fs::write(&full, b"").expect("flag");
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "a_full_disk_refuses_writes_that_grow_a_file_but_not_overwrites",
+            "--exact",
+        ])
+        .env(FULL_CHILD, &root)
+        .envs(unsynced::env(&root, &journal))
+        .env("WRAFT_DISK_FULL", &full)
+        .output()
+        .expect("child");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(root.join("f")).expect("f"), b"aXYd");
+}

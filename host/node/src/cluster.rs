@@ -296,11 +296,22 @@ impl ClusterNode {
     /// (up to 5 s) for in-flight requests to release the stores, so the same data directory
     /// can be opened again by this process.
     pub async fn shutdown(self) {
-        let _ = self.raft.shutdown().await;
+        // Bounded: after a fatal storage error, a stop must not wait on raft forever.
+        if tokio::time::timeout(Duration::from_secs(5), self.raft.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("raft did not stop within 5 s; closing the node anyway");
+        }
         self.endpoint.close(0u32.into(), b"node shutting down");
         for t in self.tasks {
             t.abort();
-            let _ = t.await;
+            if tokio::time::timeout(Duration::from_secs(2), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a node task did not stop within 2 s of being aborted");
+            }
         }
         // Let peers see the close; do not wait out the idle timeout of a dead peer.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

@@ -52,6 +52,16 @@ pub struct ServeArgs {
     /// default 60).
     #[arg(long, env = "WRAFT_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Option<u64>,
+    /// Snapshot once this many entries were applied since the last one (default 4096).
+    #[arg(long, env = "WRAFT_SNAPSHOT_ENTRIES")]
+    pub snapshot_entries: Option<u64>,
+    /// Snapshot at least this often, in seconds, while entries are applied (default 60).
+    #[arg(long, env = "WRAFT_SNAPSHOT_INTERVAL")]
+    pub snapshot_interval: Option<u64>,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up
+    /// from the log rather than from a whole snapshot (default 2048).
+    #[arg(long, env = "WRAFT_SNAPSHOT_TRAILING_ENTRIES")]
+    pub snapshot_trailing_entries: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +79,9 @@ struct FileConfig {
     #[serde(default)]
     http_tokens: Vec<String>,
     checkpoint_interval: Option<u64>,
+    snapshot_entries: Option<u64>,
+    snapshot_interval: Option<u64>,
+    snapshot_trailing_entries: Option<u64>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -113,6 +126,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
     }
+    let snapshot_entries = args.snapshot_entries.or(file.snapshot_entries);
+    let snapshot_interval = args.snapshot_interval.or(file.snapshot_interval);
+    anyhow::ensure!(
+        snapshot_entries != Some(0),
+        "--snapshot-entries must be at least 1"
+    );
+    anyhow::ensure!(
+        snapshot_interval != Some(0),
+        "--snapshot-interval must be at least 1 second"
+    );
     let id = need!(id, "id");
     let listen = need!(listen, "listen");
     let data_dir = need!(data_dir, "data-dir");
@@ -141,6 +164,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(secs) = args.checkpoint_interval.or(file.checkpoint_interval) {
         config.checkpoint_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+    }
+    if let Some(n) = snapshot_entries {
+        config.snapshots.threshold = n;
+    }
+    if let Some(secs) = snapshot_interval {
+        config.snapshots.interval = std::time::Duration::from_secs(secs);
+    }
+    if let Some(n) = args
+        .snapshot_trailing_entries
+        .or(file.snapshot_trailing_entries)
+    {
+        config.snapshots.trailing_logs = n;
     }
     let node = ClusterNode::start(config).await?;
     if let Some(members) = members

@@ -62,9 +62,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (store, dir) = (self.store.clone(), self.snapshots.clone());
         let started = std::time::Instant::now();
+        let where_ = dir.path().to_path_buf();
         let snapshot = tokio::task::spawn_blocking(move || dir.build(&store))
             .await
-            .map_err(io_err)??;
+            .map_err(io_err)?
+            .map_err(|e| storage_fault("building a snapshot", &where_, e))?;
         crate::metrics::seconds("snapshot_build_duration_seconds", started.elapsed());
         if let Ok(m) = snapshot.snapshot.metadata() {
             metrics::histogram!("snapshot_size_bytes").record(m.len() as f64);
@@ -151,9 +153,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let (store, dir, meta_owned) = (self.store.clone(), self.snapshots.clone(), meta.clone());
         let started = std::time::Instant::now();
+        let where_ = dir.path().to_path_buf();
         tokio::task::spawn_blocking(move || dir.install(&store, &meta_owned, snapshot))
             .await
-            .map_err(io_err)??;
+            .map_err(io_err)?
+            .map_err(|e| storage_fault("installing a snapshot", &where_, e))?;
         crate::metrics::seconds("snapshot_install_duration_seconds", started.elapsed());
         self.applied = decode_raft_state(self.store.raft_state().map_err(io_err)?)?;
         Ok(())
@@ -164,5 +168,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || dir.current())
             .await
             .map_err(io_err)?
+    }
+}
+
+/// A snapshot's I/O error, explained as a storage fault unless it is about the data itself
+/// (a corrupt or foreign snapshot is `InvalidData` and keeps its own message).
+fn storage_fault(what: &str, dir: &std::path::Path, e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        e
+    } else {
+        crate::disk::write_failed(what, dir, e)
     }
 }

@@ -302,6 +302,13 @@ fn serve_explains_a_bad_configuration() {
         "{}",
         text(&out.stderr)
     );
+    let out = wraft(dir.path(), &["serve", "--snapshot-entries", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--snapshot-entries must be at least 1"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
