@@ -176,10 +176,18 @@ impl NodeProcess {
         if let Some(journal) = &self.spec.unsynced_journal {
             let _ = std::fs::remove_file(disk_full_flag(journal));
         }
+        const STOPPING: &str = "make room, then restart the node";
+        if self.running() && self.log().contains(STOPPING) {
+            // It is stopping because of the disk: let it finish.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while self.running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         if self.running() {
             return Ok(());
         }
-        if self.log().contains("make room, then restart the node") {
+        if self.log().contains(STOPPING) {
             self.exits.pop();
         }
         self.start()
