@@ -165,6 +165,14 @@ pub(crate) fn unique_path(dir: &Path, what: &str, ext: &str) -> PathBuf {
     dir.join(format!("{what}-{nanos}.{ext}"))
 }
 
+/// Removes `path`; one already gone is fine.
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -185,10 +193,13 @@ pub(crate) fn decode_raft_state(
     }
 }
 
-/// The snapshot directory of one node.
+/// The snapshot directory of one node. Builds and installs may be asked for at the same
+/// time (openraft builds in a task of its own while a leader's snapshot arrives): they take
+/// turns, so one never publishes, or clears away, the other's files mid-way.
 #[derive(Debug, Clone)]
 pub(crate) struct SnapshotDir {
     dir: PathBuf,
+    turn: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl SnapshotDir {
@@ -197,10 +208,24 @@ impl SnapshotDir {
         &self.dir
     }
 
+    /// Opens (creating) `<data_dir>/snapshots` and clears the temporary files a previous
+    /// run left (a build, an install or a received snapshot cut short): nothing else uses
+    /// the directory yet.
     pub(crate) fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("snapshots");
         fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        let snapshots = Self {
+            dir,
+            turn: Default::default(),
+        };
+        snapshots.remove_tmp()?;
+        Ok(snapshots)
+    }
+
+    fn take_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
@@ -212,7 +237,7 @@ impl SnapshotDir {
 
     /// Builds a snapshot of `store` now.
     pub(crate) fn build(&self, store: &StateStore) -> io::Result<Snapshot> {
-        self.remove_tmp()?;
+        let _turn = self.take_turn();
         let tmp = unique_path(&self.dir, "build", "tmp");
         store.copy_to(&tmp).map_err(io_err)?;
         // openraft purges the log only behind a snapshot; make sure the live state env holds
@@ -253,7 +278,7 @@ impl SnapshotDir {
         mut data: File,
     ) -> io::Result<()> {
         let len = verify_snapshot_file(&mut data)?;
-        self.remove_tmp()?;
+        let _turn = self.take_turn();
         let tmp = unique_path(&self.dir, "install", "tmp");
         {
             let mut out = File::create(&tmp)?;
@@ -273,6 +298,7 @@ impl SnapshotDir {
 
     /// The newest complete snapshot, if any.
     pub(crate) fn current(&self) -> io::Result<Option<Snapshot>> {
+        let _turn = self.take_turn();
         let mut best: Option<(SnapshotMeta, String)> = None;
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
@@ -320,7 +346,7 @@ impl SnapshotDir {
                 Some("snap" | "meta")
             );
             if ours && stem != keep {
-                fs::remove_file(&path)?;
+                remove_if_present(&path)?;
             }
         }
         Ok(())
@@ -330,7 +356,7 @@ impl SnapshotDir {
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "tmp") {
-                fs::remove_file(&path)?;
+                remove_if_present(&path)?;
             }
         }
         Ok(())

@@ -340,3 +340,41 @@ async fn the_interval_knob_snapshots_without_reaching_the_threshold() {
     raft.shutdown().await.expect("shutdown");
     timer.abort();
 }
+
+/// openraft builds snapshots in a task of its own, so a build can run while a leader's
+/// snapshot is being installed: neither may clear away or replace the other's files (a
+/// 5-node fault run stopped a node with "building a snapshot ... No such file or
+/// directory" when an install removed the build's temporary file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_build_and_an_install_at_the_same_time_both_succeed() {
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let mut sm_a = StateMachine::open(a.path(), runtime()).expect("sm");
+    let mut sm_b = StateMachine::open(b.path(), runtime()).expect("sm");
+    sm_a.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot of a");
+    for round in 0..30 {
+        let from_a = sm_a
+            .get_current_snapshot()
+            .await
+            .expect("current")
+            .expect("a has a snapshot");
+        let mut builder = sm_b.get_snapshot_builder().await;
+        let (built, installed) = tokio::join!(
+            builder.build_snapshot(),
+            sm_b.install_snapshot(&from_a.meta, from_a.snapshot)
+        );
+        built.unwrap_or_else(|e| panic!("round {round}: build failed: {e}"));
+        installed.unwrap_or_else(|e| panic!("round {round}: install failed: {e}"));
+        assert!(
+            sm_b.get_current_snapshot()
+                .await
+                .expect("current")
+                .is_some(),
+            "round {round}: b keeps a snapshot"
+        );
+    }
+}
