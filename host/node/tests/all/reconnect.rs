@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use wraft_faults::process::{NodeProcess, NodeSpec};
 use wraft_transport_quic::api::{self, ApiRequest, ApiResponse};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, IDLE_TIMEOUT, TlsIdentity, client_config, dial};
 
-use crate::cli::{WRAFT, free_ports, text, wraft};
+use crate::cli::free_ports;
+use crate::faults::{certs_for, node_processes};
 
 /// A new connection to `addr` that answered `Status`, within 30 s.
 async fn connect_when_serving(
@@ -37,31 +37,10 @@ async fn connect_when_serving(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_resets_the_connections_of_its_previous_run() {
     let dir = tempfile::tempdir().expect("tmp");
-    let certs = dir.path().join("certs");
-    let out = wraft(
-        dir.path(),
-        &[
-            "cert",
-            "--out",
-            certs.to_str().expect("utf-8"),
-            "--nodes",
-            "1",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let certs = certs_for(dir.path(), &[1]).expect("certs");
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_ports()));
-    let mut node = NodeProcess::new(
-        WRAFT.as_ref(),
-        &certs,
-        dir.path().join("node.log"),
-        NodeSpec {
-            id: 1,
-            listen,
-            data_dir: dir.path().join("node-1"),
-            initial_members: Some(format!("1={listen}")),
-            unsynced_journal: None,
-        },
-    );
+    let mut nodes = node_processes(dir.path(), &certs, &[1], &[listen], &format!("1={listen}"));
+    let node = &mut nodes[0];
     node.start().expect("start");
     let read = |f: &str| std::fs::read_to_string(certs.join(f)).expect("cert file");
     let identity = TlsIdentity::from_pem(&read("ca.pem"), &read("admin.pem"), &read("admin.key"))
