@@ -103,6 +103,22 @@ pub(crate) fn node_processes(
         .collect()
 }
 
+/// Deploys the probe module and creates FSM `r` from it (the registers under test).
+async fn create_register(admin: &Client) -> Result<(), String> {
+    let module = admin
+        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+        .await
+        .map_err(|e| format!("deploy: {e}"))?;
+    admin
+        .create_fsm(
+            FsmName::new("r").expect("name"),
+            module,
+            FsmLimits::default(),
+        )
+        .await
+        .map_err(|e| format!("create: {e}"))
+}
+
 /// The cluster of a seed: 3 nodes for odd seeds, 5 for even ones, unless WRAFT_FAULT_NODES.
 fn nodes_of(seed: u64) -> Vec<NodeId> {
     let n = env_u64("WRAFT_FAULT_NODES", if seed % 2 == 1 { 3 } else { 5 });
@@ -311,18 +327,7 @@ async fn run_in(
     let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
         .map_err(|e| e.to_string())?
         .with_patience(Duration::from_secs(30));
-    let module = admin
-        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-        .await
-        .map_err(|e| format!("deploy: {e}"))?;
-    admin
-        .create_fsm(
-            FsmName::new("r").expect("name"),
-            module,
-            FsmLimits::default(),
-        )
-        .await
-        .map_err(|e| format!("create: {e}"))?;
+    create_register(&admin).await?;
 
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -675,18 +680,7 @@ fn a_power_loss_right_after_a_snapshot_install_loses_nothing() {
         let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
             .expect("client")
             .with_patience(Duration::from_secs(30));
-        let module = admin
-            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-            .await
-            .expect("deploy");
-        admin
-            .create_fsm(
-                FsmName::new("r").expect("name"),
-                module,
-                FsmLimits::default(),
-            )
-            .await
-            .expect("create");
+        create_register(&admin).await.expect("the register FSM");
         let per_node: Vec<Client> = addrs
             .iter()
             .map(|a| Client::new(vec![a.clone()], &identity(&certs, "reader")).expect("client"))
