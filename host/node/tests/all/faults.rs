@@ -528,12 +528,73 @@ async fn run_in(
         if !parts.is_empty() {
             return Err(format!(
                 "node {id}'s state (at index {}) differs from node 1's (at index {}, converged at \
-                 {applied}) in {parts:?}",
-                d.index, digests[0].index
+                 {applied}) in {parts:?}{}",
+                d.index,
+                digests[0].index,
+                explain_difference(dir.path(), *id, &events)
             ));
         }
     }
     Ok(Report { acked, lost })
+}
+
+/// Which registers differ between node 1 and node `other` (read from their stopped data
+/// directories), and what the history says about each value.
+fn explain_difference(dir: &std::path::Path, other: NodeId, events: &[Event]) -> String {
+    let read_all = |id: NodeId| -> Result<Vec<Option<u64>>, String> {
+        let path = dir.join(format!("node-{id}/state"));
+        let store = wraft_host::state::StateStore::open_read_only(&path, false)
+            .map_err(|e| e.to_string())?;
+        (0..KEYS)
+            .map(|key| {
+                let ApiRequest::Query { query, .. } = get(key) else {
+                    return Err("not a query".to_string());
+                };
+                let Payload::Postcard(q) = query else {
+                    return Err("not postcard".to_string());
+                };
+                let out = store
+                    .query(&FsmName::new("r").expect("name"), &q)
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                read_value(&ApiResponse::Output(Payload::Postcard(out)))
+            })
+            .collect()
+    };
+    let (a, b) = match (read_all(1), read_all(other)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => return format!("\n(could not read the registers: {a:?} / {b:?})"),
+    };
+    let mut out = String::new();
+    let writes_of = |v: Option<u64>| -> String {
+        let Some(v) = v else {
+            return "never written".into();
+        };
+        let found: Vec<String> = events
+            .iter()
+            .filter(|e| e.op == Op::Write(v))
+            .map(|e| {
+                format!(
+                    "client {} {:?} [{:.3} s .. {:.3} s]",
+                    e.client,
+                    e.outcome,
+                    e.call as f64 / 1e9,
+                    e.ret as f64 / 1e9
+                )
+            })
+            .collect();
+        format!("{v} written by {found:?}")
+    };
+    for key in 0..KEYS as usize {
+        if a[key] != b[key] {
+            out.push_str(&format!(
+                "\n  key {key}: node 1 has {}; node {other} has {}",
+                writes_of(a[key]),
+                writes_of(b[key])
+            ));
+        }
+    }
+    out
 }
 
 fn runtime() -> tokio::runtime::Runtime {
