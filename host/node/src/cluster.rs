@@ -221,8 +221,9 @@ impl ClusterNode {
                 .map_err(crate::state::StateError::from)?,
         );
         let store = Arc::new(StateStore::open(&config.data_dir, runtime)?);
-        let sm = StateMachine::with_store(&config.data_dir, store.clone())?;
         let log = LogStore::open(&config.data_dir)?;
+        let sm = StateMachine::with_store(&config.data_dir, store.clone())?
+            .applying_only_durable(log.durable());
         log.claim(config.id)?;
         crate::ops::backup::remove_stale(&config.data_dir);
         let endpoint = quinn::Endpoint::new(

@@ -12,7 +12,9 @@ use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 
 use super::snapshot::{SnapshotDir, decode_raft_state};
-use super::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, io_err};
+use super::{
+    DurableLog, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, io_err,
+};
 use crate::runtime::FsmRuntime;
 use crate::state::{AppliedPosition, Committed, StateStore};
 
@@ -22,6 +24,8 @@ pub struct StateMachine {
     store: Arc<StateStore>,
     snapshots: SnapshotDir,
     applied: (Option<LogId>, StoredMembership),
+    /// The local raft log's progress on disk; entries are applied only once they are in it.
+    durable: Option<DurableLog>,
 }
 
 /// Builds snapshots from a point-in-time copy of the state env.
@@ -47,7 +51,18 @@ impl StateMachine {
             store,
             snapshots,
             applied,
+            durable: None,
         })
+    }
+
+    /// Applies an entry only once `log` has it on disk. openraft hands over entries the
+    /// cluster committed while this node's own append may still be in flight; applying them
+    /// then lets a power loss leave the state ahead of the log (and of the newest snapshot),
+    /// which openraft cannot start from. A running node always has this; tests of the state
+    /// machine alone need not.
+    pub fn applying_only_durable(mut self, log: DurableLog) -> Self {
+        self.durable = Some(log);
+        self
     }
 
     /// The state store (for queries and state hashes).
@@ -97,6 +112,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = batch.last() else {
             return Ok(());
         };
+        if let Some(durable) = &mut self.durable {
+            durable.wait_for(last.log_id.index).await?;
+        }
         let mut applied = (Some(last.log_id), self.applied.1.clone());
         for e in &batch {
             if let EntryPayload::Membership(m) = &e.payload {

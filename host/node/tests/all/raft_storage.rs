@@ -29,6 +29,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         };
         let dir = tempfile::tempdir().map_err(err)?;
         let log = LogStore::open(dir.path()).map_err(err)?;
+        // Without `applying_only_durable`: the suite applies entries it never appended.
         let sm = StateMachine::open(dir.path(), runtime()).map_err(err)?;
         Ok((dir, log, sm))
     }
@@ -87,7 +88,9 @@ async fn start(
     policy: SnapshotPolicy,
 ) -> (Raft, Arc<wraft_host::state::StateStore>) {
     let log = LogStore::open(dir).expect("log store");
-    let sm = StateMachine::open(dir, runtime()).expect("state machine");
+    let sm = StateMachine::open(dir, runtime())
+        .expect("state machine")
+        .applying_only_durable(log.durable());
     let store = sm.store().clone();
     let mut config = Config {
         election_timeout_min: 150,
@@ -377,4 +380,68 @@ async fn a_snapshot_build_and_an_install_at_the_same_time_both_succeed() {
             "round {round}: b keeps a snapshot"
         );
     }
+}
+
+fn blank(index: u64) -> wraft_host::raft::Entry {
+    wraft_host::raft::Entry {
+        log_id: openraft::LogId::new(
+            openraft::impls::leader_id_adv::LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        ),
+        payload: openraft::EntryPayload::Blank,
+    }
+}
+
+/// openraft may hand the state machine entries the cluster committed before this node's own
+/// append is on disk; applying them then would let a power loss leave the state ahead of the
+/// log. The state machine waits for the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_is_applied_only_once_the_local_log_has_it_on_disk() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut log = LogStore::open(dir.path()).expect("log");
+    let mut sm = StateMachine::open(dir.path(), runtime())
+        .expect("sm")
+        .applying_only_durable(log.durable());
+    let mut apply = tokio::spawn(async move {
+        let entries = futures_util::stream::iter((1..=3).map(|i| Ok((blank(i), None))));
+        sm.apply(entries).await.expect("apply");
+        sm.applied_state().await.expect("applied").0
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut apply)
+            .await
+            .is_err(),
+        "applied entries the log does not have"
+    );
+    let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+    log.append((1..=3).map(blank), openraft::storage::IOFlushed::signal(tx))
+        .await
+        .expect("append");
+    rx.await.expect("callback").expect("durable");
+    let applied = tokio::time::timeout(Duration::from_secs(10), apply)
+        .await
+        .expect("applies once the log is durable")
+        .expect("task");
+    assert_eq!(applied.map(|l| l.index), Some(3));
+    // A truncation takes entries off the disk again: applying one of them waits anew.
+    log.truncate_after(Some(blank(1).log_id))
+        .await
+        .expect("truncate");
+    let other = tempfile::tempdir().expect("tmp");
+    let mut sm = StateMachine::open(other.path(), runtime())
+        .expect("sm")
+        .applying_only_durable(log.durable());
+    let waits = tokio::spawn(async move {
+        let entries = futures_util::stream::iter([Ok((blank(2), None))]);
+        sm.apply(entries).await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waits)
+            .await
+            .is_err(),
+        "applied an entry truncated from the log"
+    );
 }

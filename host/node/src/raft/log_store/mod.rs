@@ -27,7 +27,8 @@ use super::{Entry, LogId, TypeConfig, Vote, io_err};
 mod offline;
 mod writer;
 pub use offline::LogSummary;
-use writer::{Tail, Writer, tail_range};
+pub use writer::DurableLog;
+use writer::{DurableSender, Tail, Writer, tail_range, truncated};
 
 /// Map size (address space) of the raft env; the file grows only as the log does.
 const MAP_SIZE: usize = 64 << 30;
@@ -52,6 +53,8 @@ struct Inner {
     committed: Mutex<Option<Option<LogId>>>,
     /// Appended entries the writer has not committed yet.
     tail: Tail,
+    /// How far the log is on disk, for the state machine.
+    durable: DurableSender,
 }
 
 /// The LMDB raft log store of one node.
@@ -242,6 +245,15 @@ impl LogStore {
             .map_err(io_err)?;
         wtxn.commit().map_err(io_err)?;
         let mut store = Self::over(env, logs, meta);
+        let end = match store.inner.last_entry()? {
+            Some(last) => last.log_id.index + 1,
+            None => {
+                let rtxn = store.inner.env.read_txn().map_err(io_err)?;
+                let purged: Option<LogId> = store.inner.get_meta(&rtxn, Meta::Purged)?;
+                purged.map_or(0, |p| p.index + 1)
+            }
+        };
+        store.inner.durable.send_modify(|d| d.end = end);
         store.writer = Some(Arc::new(Writer::start(store.inner.clone())?));
         Ok(store)
     }
@@ -259,6 +271,7 @@ impl LogStore {
                 group: 0,
                 committed: Mutex::new(None),
                 tail: Mutex::new(Default::default()),
+                durable: DurableSender::new(Default::default()),
             }),
             writer: None,
         }
@@ -294,6 +307,12 @@ impl LogStore {
         f: impl FnOnce(&Inner) -> io::Result<()> + Send + 'static,
     ) -> io::Result<()> {
         self.writer()?.write(what, f).await
+    }
+
+    /// How far this log is on disk; a state machine given it applies nothing before that
+    /// ([`super::StateMachine::applying_only_durable`]).
+    pub fn durable(&self) -> DurableLog {
+        DurableLog(self.inner.durable.subscribe())
     }
 
     /// Size of the env's data file in bytes.
@@ -414,6 +433,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tail.split_off(&from);
         }
         self.write("truncating the raft log", move |inner| {
+            truncated(&inner.durable, from);
             inner.delete_range(from, u64::MAX)
         })
         .await

@@ -42,6 +42,48 @@ enum Job {
     },
 }
 
+/// How far the raft log is on disk: every entry below `end` is durable (or purged into a
+/// snapshot, which is durable too). `failed` once an append could not be written: nothing
+/// more will become durable in this process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Durability {
+    pub(super) end: u64,
+    pub(super) failed: bool,
+}
+
+/// What the state machine waits on before it applies entries: openraft may hand it committed
+/// entries this node has only in its in-memory tail, and a state that runs ahead of the log on
+/// disk is one a power loss can leave behind with no log to explain it (openraft refuses to
+/// start on it when the newest snapshot is older).
+#[derive(Debug, Clone)]
+pub struct DurableLog(pub(super) tokio::sync::watch::Receiver<Durability>);
+
+impl DurableLog {
+    /// Returns once the entry at `index` is on disk in the raft log.
+    pub async fn wait_for(&mut self, index: u64) -> io::Result<()> {
+        let now = self
+            .0
+            .wait_for(|d| d.end > index || d.failed)
+            .await
+            .map_err(|_| gone())?;
+        if now.end > index {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "raft log entry {index} was not written to disk; it is not applied"
+            )))
+        }
+    }
+}
+
+/// The sending side, kept in the store.
+pub(super) type DurableSender = tokio::sync::watch::Sender<Durability>;
+
+/// Lowers the durable end to `from` (a truncation removed what lay above).
+pub(super) fn truncated(durable: &DurableSender, from: u64) {
+    durable.send_modify(|d| d.end = d.end.min(from));
+}
+
 /// The handle of the writer thread; dropping it ends the thread and waits for it, so the
 /// env is closed when the store is gone.
 #[derive(Debug)]
@@ -152,6 +194,16 @@ fn commit_appends(inner: &Inner, appends: Queued) {
     let started = std::time::Instant::now();
     let result = write_entries(inner, &appends)
         .map_err(|e| crate::disk::write_failed("appending to the raft log", inner.env.path(), e));
+    let last = appends
+        .iter()
+        .flat_map(|(e, _)| e)
+        .map(|(i, _, _)| *i)
+        .max();
+    inner.durable.send_modify(|d| match (&result, last) {
+        (Ok(()), Some(last)) => d.end = d.end.max(last + 1),
+        (Ok(()), None) => {}
+        (Err(_), _) => d.failed = true,
+    });
     if result.is_ok() {
         crate::metrics::seconds("raft_log_store_duration_seconds", started.elapsed());
         if let Ok(mut tail) = inner.tail.lock() {
