@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup dev test bench ci
+.PHONY: setup dev test bench ci edge-setup edge edge-test
 
 ## Rust targets and components the build needs (idempotent, offline once installed).
 setup:
@@ -27,6 +27,26 @@ bench: setup
 	$(CARGO) bench -p wraft-host --bench ops
 	$(CARGO) bench -p wraft-host --bench restart
 	$(CARGO) run --release -p wraft-host --bin wraft -- bench --size 256,4096
+
+## Cross toolchains, Rust targets and qemu-user for the edge builds (targets/edge-linux).
+edge-setup: setup
+	bash targets/edge-linux/setup.sh
+
+## wraft for edge boards with the size-tuned `edge` profile: aarch64 (Cranelift) and armv7
+## (Pulley); prints the binary sizes (docs/edge.md).
+edge: edge-setup
+	$(CARGO) build --profile edge --bin wraft --target aarch64-unknown-linux-gnu
+	$(CARGO) build --profile edge --bin wraft --target armv7-unknown-linux-gnueabihf
+	ls -l target/aarch64-unknown-linux-gnu/edge/wraft target/armv7-unknown-linux-gnueabihf/edge/wraft
+
+## One x86_64, one aarch64 (qemu-aarch64) and one armv7 (qemu-arm) node in one cluster:
+## identical state for every FSM (host/node/tests/all/edge.rs). Dev builds: quicker to build.
+EDGE_BINS = WRAFT_EDGE_AARCH64=$(CURDIR)/target/aarch64-unknown-linux-gnu/debug/wraft \
+	WRAFT_EDGE_ARMV7=$(CURDIR)/target/armv7-unknown-linux-gnueabihf/debug/wraft
+edge-test: edge-setup
+	$(CARGO) build --bin wraft --target aarch64-unknown-linux-gnu
+	$(CARGO) build --bin wraft --target armv7-unknown-linux-gnueabihf
+	$(EDGE_BINS) $(CARGO) test -p wraft-host --test all edge -- --ignored --nocapture
 
 ## What CI runs.
 ci:

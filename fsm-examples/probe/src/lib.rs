@@ -45,6 +45,10 @@ pub enum Command {
     Context,
     /// Do nothing.
     Nop,
+    /// Store `rounds` under `key`, then mix a number `rounds` times (floating point and
+    /// integer work) and output it: with a fuel limit, commands past some `rounds` run out of
+    /// fuel and their write is undone, at the same command on every node.
+    Spin { key: Vec<u8>, rounds: u64 },
 }
 
 /// Outputs.
@@ -163,6 +167,18 @@ impl Fsm for Probe {
                 }
             }
             Command::Nop => Output::None,
+            Command::Spin { key, rounds } => {
+                ctx.put_as(&key, &rounds);
+                let mut x = 1.0f64;
+                let mut n = 0u64;
+                for i in 0..core::hint::black_box(rounds) {
+                    x = x * 1.000_001 + 0.5 / (i as f64 + 1.0);
+                    n = n
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(x.to_bits());
+                }
+                Output::Number(n)
+            }
         })
     }
 

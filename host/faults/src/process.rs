@@ -44,6 +44,9 @@ pub struct NodeProcess {
     /// Checkpoint and snapshot flags: checkpoints every 2 s, a snapshot every 200 entries or
     /// 3 s, 50 entries kept behind it. A test may change them before `start`.
     pub tuning: Vec<String>,
+    /// A program the binary runs under, with its arguments (an emulator such as
+    /// `qemu-aarch64 -L /usr/aarch64-linux-gnu` for a binary of another architecture).
+    pub runner: Vec<String>,
 }
 
 impl NodeProcess {
@@ -69,6 +72,7 @@ impl NodeProcess {
             ]
             .map(String::from)
             .to_vec(),
+            runner: Vec::new(),
         }
     }
 
@@ -84,7 +88,14 @@ impl NodeProcess {
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
         let id = self.spec.id;
-        let mut cmd = Command::new(&self.wraft);
+        let mut cmd = match self.runner.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.wraft);
+                cmd
+            }
+            None => Command::new(&self.wraft),
+        };
         cmd.arg("serve")
             .args(["--id", &id.to_string()])
             .args(["--listen", &self.spec.listen.to_string()])
@@ -236,6 +247,11 @@ impl NodeProcess {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(child.id() as libc::pid_t, sig) };
         }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Everything the node printed, across restarts.

@@ -41,6 +41,10 @@ pub struct NodeConfig {
     /// How often the leader proposes a consistency checkpoint (when entries were applied
     /// since the last one); `None` turns checkpoints off.
     pub checkpoint_interval: Option<Duration>,
+    /// Ceiling of the state env in bytes (LMDB map size).
+    pub max_state_bytes: usize,
+    /// Ceiling of the raft log env in bytes (LMDB map size).
+    pub max_log_bytes: usize,
 }
 
 /// Default interval between consistency checkpoints.
@@ -160,6 +164,12 @@ impl NodeConfig {
             election_timeout_max: 600,
             heartbeat_interval: 100,
             enable_pre_vote: Some(true),
+            // A leader that restarts must win an election in a new term. Resuming in its old
+            // term is unsafe here: it replicates entries before its own flush of them, so a
+            // power loss can cost it entries its followers keep, and its next proposals
+            // would reuse their log ids with other contents (followers match entries by log
+            // id and keep theirs: the replicas diverge). In a new term, ids never collide.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         Self {
@@ -173,6 +183,8 @@ impl NodeConfig {
             auto_promote: None,
             http: None,
             checkpoint_interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
+            max_state_bytes: crate::state::DEFAULT_MAX_STATE_BYTES,
+            max_log_bytes: crate::raft::DEFAULT_MAX_LOG_BYTES,
         }
     }
 }
@@ -220,11 +232,20 @@ impl ClusterNode {
             FsmRuntime::with_cache(&config.data_dir.join("cache"))
                 .map_err(crate::state::StateError::from)?,
         );
-        let store = Arc::new(StateStore::open(&config.data_dir, runtime)?);
-        let log = LogStore::open(&config.data_dir)?;
+        let options = crate::state::StateOptions {
+            max_bytes: config.max_state_bytes,
+        };
+        let store = Arc::new(StateStore::open_with(&config.data_dir, runtime, options)?);
+        let log = LogStore::open_sized(&config.data_dir, config.max_log_bytes)?;
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?
             .applying_only_durable(log.durable());
         log.claim(config.id)?;
+        // A node that led when it stopped (or the initial leader of `wraft init generate`)
+        // campaigns at once in a new term (after a pre-vote, so a leader elected meanwhile
+        // is left alone) rather than waiting out an election timeout.
+        let led = openraft::storage::RaftLogReader::read_vote(&mut log.clone())
+            .await?
+            .is_some_and(|v| v.is_committed() && v.leader_id().node_id == config.id);
         crate::ops::backup::remove_stale(&config.data_dir);
         let endpoint = quinn::Endpoint::new(
             endpoint_config(&config.identity),
@@ -244,6 +265,9 @@ impl ClusterNode {
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if led {
+            let _ = raft.trigger().elect(true).await;
+        }
         let spool = config.data_dir.join("snapshots");
         let api = NodeApi::new(
             config.id,

@@ -62,6 +62,14 @@ pub struct ServeArgs {
     /// from the log rather than from a whole snapshot (default 2048).
     #[arg(long, env = "WRAFT_SNAPSHOT_TRAILING_ENTRIES")]
     pub snapshot_trailing_entries: Option<u64>,
+    /// Ceiling of the state env in bytes (LMDB map size; the file grows up to it). Default
+    /// 64 GiB on 64-bit hosts, 1 GiB on 32-bit ones; lower it where address space is short.
+    #[arg(long, env = "WRAFT_MAX_STATE_BYTES")]
+    pub max_state_bytes: Option<usize>,
+    /// Ceiling of the raft log env in bytes (default 64 GiB on 64-bit hosts, 512 MiB on
+    /// 32-bit ones); the log only holds entries since the last snapshot.
+    #[arg(long, env = "WRAFT_MAX_LOG_BYTES")]
+    pub max_log_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +90,8 @@ struct FileConfig {
     snapshot_entries: Option<u64>,
     snapshot_interval: Option<u64>,
     snapshot_trailing_entries: Option<u64>,
+    max_state_bytes: Option<usize>,
+    max_log_bytes: Option<usize>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -176,6 +186,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .or(file.snapshot_trailing_entries)
     {
         config.snapshots.trailing_logs = n;
+    }
+    if let Some(n) = args.max_state_bytes.or(file.max_state_bytes) {
+        config.max_state_bytes = n;
+    }
+    if let Some(n) = args.max_log_bytes.or(file.max_log_bytes) {
+        config.max_log_bytes = n;
     }
     let node = ClusterNode::start(config).await?;
     if let Some(members) = members

@@ -1,6 +1,7 @@
 //! `wraft init generate`: data directories whose raft env already holds the cluster's
 //! membership and the initial leader's vote, so every node starts as an equal (no node runs a
-//! bootstrap call) and the initial leader leads as soon as it starts.
+//! bootstrap call) and the initial leader, finding its own committed vote, campaigns as soon as
+//! it starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@ mod log_store;
 mod snapshot;
 mod state_machine;
 
-pub use log_store::{DurableLog, LogReader, LogStore, LogSummary};
+pub use log_store::{DEFAULT_MAX_LOG_BYTES, DurableLog, LogReader, LogStore, LogSummary};
 pub use snapshot::{SnapshotPolicy, decode_applied_state, verify_snapshot_file};
 pub(crate) use snapshot::{sha256_prefix, sync_dir, ticker, unique_path};
 pub use state_machine::StateMachine;

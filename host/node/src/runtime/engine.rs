@@ -1,15 +1,16 @@
 //! The one wasmtime engine configuration every node uses. Anything that could make two
 //! replicas compute different results from the same module and input is turned off here.
 
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmFeatures,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, WasmFeatures};
+#[cfg(target_pointer_width = "64")]
+use wasmtime::{Enabled, PoolingAllocationConfig};
 
 use super::RuntimeError;
 
 /// Largest linear memory an FSM may be given, in 64 KiB pages (1 GiB).
 pub const MAX_MEMORY_PAGES: u32 = 16_384;
 
+#[cfg(target_pointer_width = "64")]
 /// Instances the pooling allocator keeps slots for: applies run one at a time, queries and
 /// codec calls run beside them.
 const POOL_INSTANCES: u32 = 64;
@@ -17,12 +18,58 @@ const POOL_INSTANCES: u32 = 64;
 /// Largest table (function references) an FSM module may declare.
 pub const TABLE_ELEMENTS: usize = 10_000;
 
+#[cfg(target_pointer_width = "64")]
 /// Bytes of each pooled memory slot kept resident between calls.
 const KEEP_RESIDENT: usize = 2 << 20;
 
-/// Builds the deterministic engine.
-pub fn deterministic_engine() -> Result<Engine, RuntimeError> {
+/// How FSM code runs. Both compile through Cranelift's wasm frontend (same fuel counting,
+/// same NaN canonicalization), so a module gives the same outputs and state under either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Machine code for this CPU (x86_64, aarch64, riscv64, s390x).
+    Native,
+    /// Pulley, wasmtime's portable bytecode interpreter: for CPUs Cranelift does not target
+    /// (32-bit ARM), and to check that a module's results do not depend on the backend.
+    Pulley,
+}
+
+impl Backend {
+    /// Native code where Cranelift targets this CPU, Pulley elsewhere.
+    pub fn for_this_host() -> Self {
+        if cfg!(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64",
+            target_arch = "s390x"
+        )) {
+            Self::Native
+        } else {
+            Self::Pulley
+        }
+    }
+
+    /// The name shown in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => "cranelift",
+            Self::Pulley => "pulley",
+        }
+    }
+}
+
+/// Builds the deterministic engine for `backend`.
+pub fn deterministic_engine(backend: Backend) -> Result<Engine, RuntimeError> {
     let mut config = Config::new();
+    if backend == Backend::Pulley {
+        let pulley = if cfg!(target_pointer_width = "64") {
+            "pulley64"
+        } else {
+            "pulley32"
+        };
+        config
+            .target(pulley)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+    }
     config
         // Determinism.
         .cranelift_nan_canonicalization(true)
@@ -42,6 +89,14 @@ pub fn deterministic_engine() -> Result<Engine, RuntimeError> {
         // A fresh instance per call costs microseconds with pooled slots and CoW memory images.
         .memory_init_cow(true);
 
+    config.allocation_strategy(allocation());
+    Engine::new(&config).map_err(|e| RuntimeError::Engine(e.to_string()))
+}
+
+/// Pooled instance slots on 64-bit hosts: each memory slot reserves address space for the
+/// largest memory (plus guard pages), which 64 slots can afford only in a 64-bit space.
+#[cfg(target_pointer_width = "64")]
+fn allocation() -> InstanceAllocationStrategy {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_core_instances(POOL_INSTANCES)
         .total_memories(POOL_INSTANCES)
@@ -57,6 +112,14 @@ pub fn deterministic_engine() -> Result<Engine, RuntimeError> {
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(|e| RuntimeError::Engine(e.to_string()))
+    InstanceAllocationStrategy::Pooling(pool)
+}
+
+/// On 32-bit hosts (armv7 boards) memories are allocated per instance and grow by moving:
+/// a pool of 1 GiB reservations does not fit a 4 GiB address space. The limits an FSM sees
+/// (`memory_pages`) are the same as everywhere; a growth the board cannot back is a fault of
+/// this node, never a different answer (see `CallState::memory_grow_failed`).
+#[cfg(not(target_pointer_width = "64"))]
+fn allocation() -> InstanceAllocationStrategy {
+    InstanceAllocationStrategy::OnDemand
 }

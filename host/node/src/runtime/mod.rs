@@ -17,7 +17,7 @@ use wraft_core::abi::{self, EntryContext, status};
 use wraft_core::{ApplyError, FsmLimits, ModuleId};
 
 pub use artifact_cache::ArtifactCache;
-pub use engine::MAX_MEMORY_PAGES;
+pub use engine::{Backend, MAX_MEMORY_PAGES};
 pub(crate) use error::HostAbort;
 pub use error::RuntimeError;
 pub(crate) use keyspace::prefix_successor;
@@ -126,10 +126,16 @@ impl std::fmt::Debug for FsmRuntime {
 }
 
 impl FsmRuntime {
-    /// A runtime with the deterministic engine and the `wraft` imports.
-    /// No compile cache on disk (every start compiles its modules).
+    /// A runtime with the deterministic engine and the `wraft` imports, running FSMs on
+    /// this host's backend ([`Backend::for_this_host`]). No compile cache on disk (every
+    /// start compiles its modules).
     pub fn new() -> Result<Self, RuntimeError> {
-        let engine = engine::deterministic_engine()?;
+        Self::with_backend(Backend::for_this_host())
+    }
+
+    /// As [`FsmRuntime::new`], on a chosen backend.
+    pub fn with_backend(backend: Backend) -> Result<Self, RuntimeError> {
+        let engine = engine::deterministic_engine(backend)?;
         let mut linker = Linker::new(&engine);
         host::define_imports(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
         Ok(Self {

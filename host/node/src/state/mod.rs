@@ -31,7 +31,11 @@ pub use snapshot::copy_raft_state;
 pub const STATE_FORMAT: u32 = 1;
 
 /// Default ceiling of the state env (LMDB map size): 64 GiB of address space.
+#[cfg(target_pointer_width = "64")]
 pub const DEFAULT_MAX_STATE_BYTES: usize = 64 << 30;
+/// Default ceiling of the state env on 32-bit hosts, whose whole address space is 4 GiB.
+#[cfg(not(target_pointer_width = "64"))]
+pub const DEFAULT_MAX_STATE_BYTES: usize = 1 << 30;
 
 /// Errors of the state layer. All are node faults: nothing here is a replicated outcome.
 #[derive(Debug, thiserror::Error)]

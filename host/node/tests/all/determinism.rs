@@ -3,6 +3,7 @@
 
 use probe::Command as C;
 use wraft_core::{Command, EntryResponse, FsmLimits, LogEntry};
+use wraft_host::runtime::{Backend, FsmRuntime};
 use wraft_host::state::{AppliedPosition, Committed, StateStore, module_id};
 
 use crate::common::{name, probe_apply, runtime};
@@ -65,7 +66,16 @@ fn replay(
     log: &[LogEntry],
     chunk: usize,
 ) -> (StateStore, Vec<EntryResponse>) {
-    let store = StateStore::open(dir, runtime()).expect("open");
+    replay_on(dir, log, chunk, runtime())
+}
+
+fn replay_on(
+    dir: &std::path::Path,
+    log: &[LogEntry],
+    chunk: usize,
+    runtime: std::sync::Arc<FsmRuntime>,
+) -> (StateStore, Vec<EntryResponse>) {
+    let store = StateStore::open(dir, runtime).expect("open");
     let mut responses = Vec::new();
     let committed: Vec<Committed<'_>> = log
         .iter()
@@ -103,4 +113,48 @@ fn replicas_reach_identical_state_and_responses() {
     assert!(ha.is_some());
     assert_eq!(ha, b.fsm_hash(&name("p")).expect("hash"));
     assert_eq!(a.applied().expect("a"), b.applied().expect("b"));
+}
+
+/// The backend is not part of the answer: Cranelift's machine code and the Pulley interpreter
+/// (what armv7 boards run) give the same responses, fail with the same fuel exhaustion at the
+/// same entries and leave the same state.
+#[test]
+fn cranelift_and_pulley_give_the_same_outputs_and_state() {
+    let mut log = log();
+    // Floating point work that runs out of fuel past some number of rounds.
+    for i in 0..120u64 {
+        let cmd = C::Spin {
+            key: format!("spin{i}").into_bytes(),
+            rounds: i * 2_500,
+        };
+        log.push(LogEntry::new(2_000 + i, probe_apply("p", &cmd)));
+    }
+    let (a_dir, b_dir) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let native = FsmRuntime::with_backend(Backend::Native).expect("cranelift");
+    let pulley = FsmRuntime::with_backend(Backend::Pulley).expect("pulley");
+    let (a, ra) = replay_on(a_dir.path(), &log, 16, native.into());
+    let (b, rb) = replay_on(b_dir.path(), &log, 16, pulley.into());
+    for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
+        assert_eq!(x, y, "entry {} answered differently", i + 1);
+    }
+    assert_eq!(ra.len(), rb.len());
+    let spins = &ra[ra.len() - 120..];
+    let out_of_fuel = |r: &EntryResponse| {
+        matches!(
+            r,
+            EntryResponse::Failed(wraft_core::ApplyError::OutOfFuel { .. })
+        )
+    };
+    let exhausted = spins.iter().filter(|r| out_of_fuel(r)).count();
+    assert!(
+        exhausted > 0 && exhausted < spins.len(),
+        "the spins straddle the fuel limit ({exhausted} of {} ran out)",
+        spins.len()
+    );
+    let (da, db) = (a.digest().expect("digest"), b.digest().expect("digest"));
+    assert!(da.differences(&db).is_empty(), "{:?}", da.differences(&db));
+    assert_eq!(da.fsms, db.fsms);
 }

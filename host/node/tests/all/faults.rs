@@ -132,7 +132,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn identity(certs: &std::path::Path, name: &str) -> wraft_transport_quic::TlsIdentity {
+pub(crate) fn identity(certs: &std::path::Path, name: &str) -> wraft_transport_quic::TlsIdentity {
     let read = |f: String| std::fs::read_to_string(certs.join(f)).expect("cert file");
     wraft_transport_quic::TlsIdentity::from_pem(
         &read("ca.pem".into()),
@@ -248,7 +248,7 @@ async fn leader(admin: &Client) -> Option<NodeId> {
 }
 
 /// Waits until every node reports the same applied index, at least `at_least`.
-async fn converge(per_node: &[Client], deadline: Instant) -> Result<u64, String> {
+pub(crate) async fn converge(per_node: &[Client], deadline: Instant) -> Result<u64, String> {
     let mut last = Vec::new();
     while Instant::now() < deadline {
         let mut applied = Vec::new();

@@ -30,8 +30,12 @@ pub use offline::LogSummary;
 pub use writer::DurableLog;
 use writer::{DurableSender, Tail, Writer, tail_range, truncated};
 
-/// Map size (address space) of the raft env; the file grows only as the log does.
-const MAP_SIZE: usize = 64 << 30;
+/// Default map size (address space) of the raft env; the file grows only as the log does.
+#[cfg(target_pointer_width = "64")]
+pub const DEFAULT_MAX_LOG_BYTES: usize = 64 << 30;
+/// Default map size of the raft env on 32-bit hosts (4 GiB of address space in all).
+#[cfg(not(target_pointer_width = "64"))]
+pub const DEFAULT_MAX_LOG_BYTES: usize = 512 << 20;
 
 #[repr(u8)]
 #[derive(Debug, Clone, Copy)]
@@ -216,12 +220,17 @@ impl Inner {
 }
 
 impl LogStore {
-    /// Opens (creating if needed) `<data_dir>/raft`.
+    /// Opens (creating if needed) `<data_dir>/raft` with the default map size.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
+        Self::open_sized(data_dir, DEFAULT_MAX_LOG_BYTES)
+    }
+
+    /// Opens (creating if needed) `<data_dir>/raft`, which may grow to `max_bytes`.
+    pub fn open_sized(data_dir: &Path, max_bytes: usize) -> io::Result<Self> {
         let path = data_dir.join("raft");
         std::fs::create_dir_all(&path)?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(MAP_SIZE).max_dbs(4);
+        opts.map_size(max_bytes).max_dbs(4);
         // The `fault-lazy-fsync` feature breaks durability on purpose (see writer.rs), so
         // the fault suite can show that it catches it.
         #[cfg(feature = "fault-lazy-fsync")]

@@ -7,7 +7,7 @@ use std::path::Path;
 use heed::{EnvFlags, EnvOpenOptions};
 use openraft::{EntryPayload, Membership};
 
-use super::{LogStore, MAP_SIZE, Meta, decode_entry, encode_entry, log_key, meta_key};
+use super::{DEFAULT_MAX_LOG_BYTES, LogStore, Meta, decode_entry, encode_entry, log_key, meta_key};
 use crate::raft::{Entry, LogId, Node, NodeId, Vote, io_err};
 
 /// What a raft env holds, read entry by entry (every checksum checked).
@@ -49,7 +49,7 @@ impl LogStore {
             ));
         }
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(MAP_SIZE).max_dbs(4);
+        opts.map_size(DEFAULT_MAX_LOG_BYTES).max_dbs(4);
         // SAFETY: read-only; the lock file coordinates with a node that may have it open.
         unsafe { opts.flags(EnvFlags::READ_ONLY) };
         // SAFETY: as above; heed refuses a second open of the same env in this process.
@@ -82,7 +82,7 @@ impl LogStore {
     /// Writes the first state of a cluster member that starts without a bootstrap call:
     /// the membership entry at index 0 (as `Raft::initialize` would append it on the initial
     /// leader) and the initial leader's committed vote in `term`, so the initial leader
-    /// resumes leadership at startup and the others follow it. Refuses a non-empty env.
+    /// campaigns at startup (in `term + 1`) and the others follow it. Refuses a non-empty env.
     pub fn seed(
         &self,
         term: u64,
