@@ -15,7 +15,9 @@ pub const MAX_MEMORY_PAGES: u32 = 16_384;
 /// codec calls run beside them.
 const POOL_INSTANCES: u32 = 64;
 
-/// Largest table (function references) an FSM module may declare.
+/// Largest table (function references) an FSM module may declare or grow to, on every host
+/// (the pool's slot size on 64-bit hosts, the limiter's bound everywhere), so a table that
+/// does not fit fails the same way on every architecture.
 pub const TABLE_ELEMENTS: usize = 10_000;
 
 #[cfg(target_pointer_width = "64")]

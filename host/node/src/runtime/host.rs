@@ -91,7 +91,7 @@ impl ResourceLimiter for CallState {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= super::engine::TABLE_ELEMENTS)
     }
 }
 

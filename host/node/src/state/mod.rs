@@ -5,6 +5,7 @@
 mod apply;
 mod digest;
 mod offline;
+pub(crate) use offline::READ_ONLY_HEADROOM;
 mod snapshot;
 pub use apply::Committed;
 mod keys;

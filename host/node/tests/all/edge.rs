@@ -351,7 +351,7 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
     let hashes: Vec<BTreeMap<String, String>> = nodes
         .iter()
         .zip(&arches)
-        .map(|(n, (bin, runner))| fsm_hashes(bin, runner, &n.spec.data_dir.join("state")))
+        .map(|(n, (bin, runner))| fsm_hashes(bin, runner, &n.spec.data_dir))
         .collect();
     assert_eq!(hashes[0].len(), 4, "four FSMs: {:?}", hashes[0]);
     for (i, h) in hashes.iter().enumerate().skip(1) {

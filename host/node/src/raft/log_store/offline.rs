@@ -7,7 +7,7 @@ use std::path::Path;
 use heed::{EnvFlags, EnvOpenOptions};
 use openraft::{EntryPayload, Membership};
 
-use super::{DEFAULT_MAX_LOG_BYTES, LogStore, Meta, decode_entry, encode_entry, log_key, meta_key};
+use super::{LogStore, Meta, decode_entry, encode_entry, log_key, meta_key};
 use crate::raft::{Entry, LogId, Node, NodeId, Vote, io_err};
 
 /// What a raft env holds, read entry by entry (every checksum checked).
@@ -48,8 +48,12 @@ impl LogStore {
                 format!("{} holds no raft env (no data.mdb)", path.display()),
             ));
         }
+        let len = std::fs::metadata(path.join("data.mdb"))?.len() as usize;
+        let map = len
+            .saturating_add(crate::state::READ_ONLY_HEADROOM)
+            .next_multiple_of(1 << 16);
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(DEFAULT_MAX_LOG_BYTES).max_dbs(4);
+        opts.map_size(map).max_dbs(4);
         // SAFETY: read-only; the lock file coordinates with a node that may have it open.
         unsafe { opts.flags(EnvFlags::READ_ONLY) };
         // SAFETY: as above; heed refuses a second open of the same env in this process.
