@@ -238,6 +238,10 @@ async fn receive_snapshot(
         }
         file.write_all(&bytes).await?;
     }
+    // tokio's File writes in the background and keeps a failed write's error for the next
+    // write or flush; `sync_all` alone would drop it (a full disk would then hand raft a
+    // short file, refused as a corrupt snapshot, which stops the node).
+    file.flush().await?;
     file.sync_all().await?;
     Ok(path)
 }
