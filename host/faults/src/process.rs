@@ -88,14 +88,7 @@ impl NodeProcess {
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
         let id = self.spec.id;
-        let mut cmd = match self.runner.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(&self.wraft);
-                cmd
-            }
-            None => Command::new(&self.wraft),
-        };
+        let mut cmd = command_under(&self.runner, &self.wraft);
         cmd.arg("serve")
             .args(["--id", &id.to_string()])
             .args(["--listen", &self.spec.listen.to_string()])
@@ -257,6 +250,18 @@ impl NodeProcess {
     /// Everything the node printed, across restarts.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A command running `program` under `runner` (an emulator and its arguments; none: directly).
+pub fn command_under(runner: &[String], program: &Path) -> Command {
+    match runner.split_first() {
+        Some((emulator, args)) => {
+            let mut cmd = Command::new(emulator);
+            cmd.args(args).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }
 

@@ -49,14 +49,6 @@ impl Backend {
             Self::Pulley
         }
     }
-
-    /// The name shown in logs and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Native => "cranelift",
-            Self::Pulley => "pulley",
-        }
-    }
 }
 
 /// Builds the deterministic engine for `backend`.

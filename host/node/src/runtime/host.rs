@@ -56,12 +56,8 @@ impl ResourceLimiter for CallState {
         &mut self,
         _current: usize,
         desired: usize,
-        maximum: Option<usize>,
+        _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Past the module's own declared maximum: -1, as the wasm spec says.
-        if maximum.is_some_and(|m| desired > m) {
-            return Ok(false);
-        }
         if desired > self.memory_pages as usize * 65536 {
             return Err(abort(ApplyError::MemoryLimit {
                 pages: self.memory_pages,
@@ -73,8 +69,9 @@ impl ResourceLimiter for CallState {
     /// The limits allowed the growth but this host could not back it (a 32-bit board out of
     /// address space or memory). Answering -1 to the guest would make this replica's result
     /// differ from the others', so the call fails as a fault of this node instead.
-    /// wasmtime also reports here a growth past the memory type's 4 GiB, which fails (-1) the
-    /// same way on every node; only an OS refusal is this node's own.
+    /// wasmtime also reports here a growth past the module's declared maximum or the memory
+    /// type's 4 GiB, which fails (-1) the same way on every node; only an OS refusal is this
+    /// node's own.
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         let host_refused = error.is::<wasmtime::OutOfMemory>()
             || error.chain().any(|c| c.is::<rustix::io::Errno>());

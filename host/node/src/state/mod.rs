@@ -5,7 +5,7 @@
 mod apply;
 mod digest;
 mod offline;
-pub(crate) use offline::READ_ONLY_HEADROOM;
+pub(crate) use offline::live_map_size;
 mod snapshot;
 pub use apply::Committed;
 mod keys;

@@ -9,12 +9,17 @@ use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
 use super::{Dbs, FsmRecord, StateError, StateStore, decode, module_id};
 use crate::runtime::FsmRuntime;
 
-/// Opens an LMDB env read-only: an env directory (safe beside a running node, whose file
-/// may grow while it is read: the map leaves room up to the state ceiling) or a single-file
-/// copy (private: no lock file). Returns the env and its data file's length.
-/// Bytes a read-only open of a live env may see it grow by.
-pub(crate) const READ_ONLY_HEADROOM: usize = 256 << 20;
+/// The map size for reading a live env whose data file is `len` bytes: room for what a
+/// running node may write during an inspection (256 MiB), without asking for the node's whole
+/// ceiling (which a 32-bit host or qemu-user may not be able to map). For the state and the
+/// raft env alike.
+pub(crate) fn live_map_size(len: usize) -> usize {
+    len.saturating_add(256 << 20).next_multiple_of(1 << 16)
+}
 
+/// Opens an LMDB env read-only: an env directory (safe beside a running node, whose file
+/// may grow while it is read: see [`live_map_size`]) or a single-file copy (private: no lock
+/// file). Returns the env and its data file's length.
 pub(super) fn open_env(
     path: &Path,
     single_file: bool,
@@ -32,17 +37,12 @@ pub(super) fn open_env(
         .map_err(|e| open_err(heed::Error::Io(e)))?
         .len() as usize;
     let copy_map = (len + (1 << 20)).next_multiple_of(1 << 16);
-    // Room for what a running node may write during an inspection, without asking for the
-    // node's whole ceiling (which a 32-bit host or qemu-user may not be able to map).
-    let live_map = len
-        .saturating_add(READ_ONLY_HEADROOM)
-        .next_multiple_of(1 << 16);
     let mut opts = EnvOpenOptions::new().read_txn_without_tls();
     let flags = if single_file {
         opts.map_size(copy_map);
         EnvFlags::READ_ONLY | EnvFlags::NO_SUB_DIR | EnvFlags::NO_LOCK
     } else {
-        opts.map_size(live_map);
+        opts.map_size(live_map_size(len));
         EnvFlags::READ_ONLY
     };
     opts.max_dbs(8);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use probe::Command as P;
 use wraft_client::{Client, ClientError};
 use wraft_core::{ApplyError, FsmLimits, FsmName};
-use wraft_faults::process::{NodeProcess, NodeSpec};
+use wraft_faults::process::{NodeProcess, NodeSpec, command_under};
 use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Payload};
 
 use crate::cli::{WRAFT, free_udp_ports, text};
@@ -131,15 +131,7 @@ async fn apply_alone(
 /// `fsm name -> state hash` from `wraft init verify` run by the node's own binary (an armv7
 /// LMDB file is not readable by a 64-bit build).
 fn fsm_hashes(bin: &Path, runner: &[String], data: &Path) -> BTreeMap<String, String> {
-    let mut cmd = match runner.split_first() {
-        Some((program, args)) => {
-            let mut c = std::process::Command::new(program);
-            c.args(args).arg(bin);
-            c
-        }
-        None => std::process::Command::new(bin),
-    };
-    let out = cmd
+    let out = command_under(runner, bin)
         .args(["init", "verify", "--state-dir"])
         .arg(data)
         .env("WRAFT_LOG", "error")

@@ -49,11 +49,8 @@ impl LogStore {
             ));
         }
         let len = std::fs::metadata(path.join("data.mdb"))?.len() as usize;
-        let map = len
-            .saturating_add(crate::state::READ_ONLY_HEADROOM)
-            .next_multiple_of(1 << 16);
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(map).max_dbs(4);
+        opts.map_size(crate::state::live_map_size(len)).max_dbs(4);
         // SAFETY: read-only; the lock file coordinates with a node that may have it open.
         unsafe { opts.flags(EnvFlags::READ_ONLY) };
         // SAFETY: as above; heed refuses a second open of the same env in this process.
