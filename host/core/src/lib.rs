@@ -6,6 +6,8 @@
 //!   import and export names and signatures, status codes, the entry context layout.
 //! * [`error`]: the deterministic errors an entry can produce, recorded as its response.
 //! * [`frame`]: length-prefixed, checksummed postcard frames over `embedded-io`.
+//! * [`link`]: COBS-delimited, checksummed postcard frames for lossy byte streams (UARTs).
+//! * [`voter`]: the passive voter a microcontroller runs, and its flash storage.
 //!
 //! The crate is `no_std` + `alloc`; the `std` feature (default) adds `std::error::Error`
 //! integrations. It builds for `thumbv7em-none-eabihf` with `--no-default-features`.
@@ -17,10 +19,12 @@ pub mod abi;
 pub mod entry;
 pub mod error;
 pub mod frame;
+pub mod link;
 pub mod name;
 #[cfg(feature = "raft")]
 pub mod raft;
 pub mod rng;
+pub mod voter;
 
 pub use entry::{Apply, Command, EntryResponse, FsmLimits, LogEntry, ModuleId, StateDigest};
 pub use error::ApplyError;

@@ -1,0 +1,170 @@
+use super::*;
+use crate::voter::{LeaderId, LogId, Run, Vote};
+use alloc::vec;
+use alloc::vec::Vec;
+use embedded_storage::nor_flash::{ErrorType, ReadNorFlash};
+
+const SECTOR: usize = 1024;
+
+/// NOR flash in memory: programming only clears bits, erase sets a sector to 0xFF, and power
+/// can fail after a budget of programmed/erased bytes (the op in progress is left half done,
+/// later ops fail).
+#[derive(Debug, Clone)]
+struct Nor {
+    bytes: Vec<u8>,
+    budget: usize,
+    erases: Vec<u32>,
+}
+
+impl Nor {
+    fn new(sectors: usize) -> Self {
+        Self {
+            bytes: vec![0xFF; sectors * SECTOR],
+            budget: usize::MAX,
+            erases: vec![0; sectors],
+        }
+    }
+    fn spend(&mut self, n: usize) -> Result<usize, NorFlashErrorKind> {
+        if self.budget >= n {
+            self.budget -= n;
+            Ok(n)
+        } else {
+            Err(NorFlashErrorKind::Other)
+        }
+    }
+}
+
+impl ErrorType for Nor {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for Nor {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        let o = offset as usize;
+        bytes.copy_from_slice(&self.bytes[o..o + bytes.len()]);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl NorFlash for Nor {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = SECTOR;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        assert!(from as usize % SECTOR == 0 && to as usize % SECTOR == 0);
+        let (from, to) = (from as usize, to as usize);
+        let done = self.spend(to - from);
+        let upto = if done.is_ok() { to } else { from + core::mem::take(&mut self.budget) };
+        self.bytes[from..upto].fill(0xFF);
+        self.erases[from / SECTOR] += 1;
+        done.map(|_| ())
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        assert!(offset as usize % 4 == 0 && bytes.len() % 4 == 0);
+        let o = offset as usize;
+        let n = match self.spend(bytes.len()) {
+            Ok(n) => n,
+            Err(_) => core::mem::take(&mut self.budget),
+        };
+        for (dst, src) in self.bytes[o..o + n].iter_mut().zip(bytes) {
+            *dst &= *src;
+        }
+        if n < bytes.len() {
+            self.budget = 0;
+            return Err(NorFlashErrorKind::Other);
+        }
+        Ok(())
+    }
+}
+
+/// The k-th state of a script: each differs from the one before.
+fn state(k: u64) -> Persisted {
+    let leader = LeaderId { term: k / 3 + 1, node: k % 3 };
+    Persisted {
+        vote: Vote { leader, committed: k % 2 == 0 },
+        committed: Some(LogId { leader, index: k * 10 }),
+        tail: (0..k % 5)
+            .map(|i| Run { leader: LeaderId { term: k + i, node: 1 }, count: (k as u32) + 1 })
+            .collect(),
+        boots: 0,
+    }
+}
+
+fn without_boots(mut s: Persisted) -> Persisted {
+    s.boots = 0;
+    s
+}
+
+#[test]
+fn state_survives_reopening_and_boots_are_counted() {
+    let (mut store, s) = FlashStore::open(Nor::new(4)).expect("open");
+    assert_eq!((s.boots, s.vote), (1, Vote::default()));
+    for k in 0..300 {
+        store.save(&state(k)).expect("save");
+    }
+    let (store, s) = FlashStore::open(store.into_inner()).expect("reopen");
+    assert_eq!(without_boots(s.clone()), state(299));
+    assert_eq!(s.boots, 1, "boots come from the saved state, which the script set to 0");
+    let (_, again) = FlashStore::open(store.into_inner()).expect("reopen");
+    assert_eq!(again.boots, 2);
+}
+
+#[test]
+fn a_power_cut_anywhere_keeps_the_last_acknowledged_state() {
+    // Cut power after every possible number of programmed bytes across several laps of the
+    // ring (every cut lands in some write or erase), then reopen on the surviving bytes.
+    let mut cuts = 0;
+    for budget in (0..26_000).step_by(13) {
+        let mut nor = Nor::new(3);
+        nor.budget = budget;
+        let Ok((mut store, _)) = FlashStore::open(nor) else {
+            continue;
+        };
+        let mut acked = None;
+        let mut attempted = None;
+        for k in 0..400 {
+            attempted = Some(state(k));
+            if store.save(&state(k)).is_err() {
+                break;
+            }
+            acked = Some(state(k));
+        }
+        let mut nor = store.into_inner();
+        if nor.budget > 0 {
+            continue;
+        }
+        cuts += 1;
+        nor.budget = usize::MAX;
+        let (_, loaded) = FlashStore::open(nor).expect("reopen after the cut");
+        let loaded = without_boots(loaded);
+        let fine = Some(&loaded) == acked.as_ref()
+            || Some(&loaded) == attempted.as_ref()
+            || (acked.is_none() && loaded == Persisted::default());
+        assert!(fine, "budget {budget}: loaded {loaded:?}, acked {acked:?}");
+    }
+    assert!(cuts > 1_500, "only {cuts} cuts landed");
+}
+
+#[test]
+fn sectors_wear_evenly() {
+    let (mut store, _) = FlashStore::open(Nor::new(8)).expect("open");
+    for k in 0..20_000 {
+        store.save(&state(k % 7)).expect("save");
+    }
+    let nor = store.into_inner();
+    let (lo, hi) = (nor.erases.iter().min(), nor.erases.iter().max());
+    assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "erases {:?}", nor.erases);
+    assert!(lo.is_some_and(|l| *l > 10), "erases {:?}", nor.erases);
+}
+
+#[test]
+fn blank_and_foreign_flash_start_from_the_default_state() {
+    let mut nor = Nor::new(2);
+    nor.bytes.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    let (_, s) = FlashStore::open(nor).expect("open foreign");
+    assert_eq!(without_boots(s), Persisted::default());
+    assert!(matches!(FlashStore::open(Nor::new(1)), Err(FlashError::Layout)));
+}
