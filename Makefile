@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup dev test bench ci edge-setup edge edge-test
+.PHONY: setup dev test bench ci edge-setup edge edge-test embedded-setup embedded embedded-test
 
 ## Rust targets and components the build needs (idempotent, offline once installed).
 setup:
@@ -47,6 +47,22 @@ edge-test: edge-setup
 	$(CARGO) build --bin wraft --target aarch64-unknown-linux-gnu
 	$(CARGO) build --bin wraft --target armv7-unknown-linux-gnueabihf
 	$(EDGE_BINS) $(CARGO) test -p wraft-host --test all edge -- --ignored --nocapture
+
+## qemu-system-arm and the thumbv7em target for the Cortex-M passive voter (targets/cortex-m).
+embedded-setup: setup
+	bash targets/cortex-m/setup.sh
+
+## The passive-voter firmware for a Cortex-M4 (QEMU's mps2-an386); prints its flash and RAM
+## use (docs/embedded.md). memory.x caps it at 128 KiB of flash and 64 KiB of RAM.
+VOTER_FIRMWARE = $(CURDIR)/target/thumbv7em-none-eabihf/release/wraft-voter
+embedded: embedded-setup
+	cd targets/cortex-m && $(CARGO) build --release
+	size -A $(VOTER_FIRMWARE) | grep -E '^(\.vector_table|\.text|\.rodata|\.data|\.bss|\.uninit) '
+
+## Two `wraft serve` nodes and the firmware in qemu-system-arm as one three-voter cluster
+## (host/node/tests/all/embedded.rs).
+embedded-test: embedded
+	WRAFT_VOTER_FIRMWARE=$(VOTER_FIRMWARE) $(CARGO) test -p wraft-host --test all embedded -- --ignored --nocapture
 
 ## What CI runs.
 ci:

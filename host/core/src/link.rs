@@ -49,7 +49,11 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     let mut body = postcard::to_allocvec(msg).unwrap_or_default();
     let crc = crc32fast::hash(&body);
     body.extend_from_slice(&crc.to_le_bytes());
-    debug_assert!(body.len() <= MAX_BODY, "link message of {} bytes", body.len());
+    debug_assert!(
+        body.len() <= MAX_BODY,
+        "link message of {} bytes",
+        body.len()
+    );
     out.push(0);
     cobs_encode(&body, out);
     out.push(0);

@@ -432,16 +432,25 @@ impl NodeApi {
     /// afterwards: the real outcome, not a timeout.
     async fn transfer_leader(&self, to: Option<NodeId>) -> ApiResult {
         let m = self.metrics();
-        let voters: Vec<NodeId> = m
-            .membership_config
-            .membership()
+        let membership = m.membership_config.membership();
+        // Passive voters never lead: not a target, explicit or chosen.
+        let voters: Vec<NodeId> = membership
             .voter_ids()
             .filter(|v| *v != self.id)
+            .filter(|v| {
+                membership
+                    .get_node(v)
+                    .is_none_or(|n| !crate::voter::is_passive(&n.addr))
+            })
             .collect();
         let target = match to {
             Some(t) if t == self.id => return Ok(ApiResponse::Leader(self.id)),
             Some(t) if voters.contains(&t) => t,
-            Some(t) => return Err(ApiError::BadRequest(format!("node {t} is not a voter"))),
+            Some(t) => {
+                return Err(ApiError::BadRequest(format!(
+                    "node {t} is not a voter that can lead"
+                )));
+            }
             None => {
                 let matched: BTreeMap<NodeId, u64> = m
                     .replication
@@ -553,11 +562,12 @@ impl NodeApi {
         let mut attempts = if idempotent { 2 } else { 1 };
         loop {
             attempts -= 1;
-            let conn = self
-                .forward
-                .connection(leader, &addr)
-                .await
-                .map_err(unavailable)?;
+            // Nothing was sent if the leader cannot be reached: the caller may retry anything
+            // (the leader this node knows has likely died, and an election is under way).
+            let conn = self.forward.connection(leader, &addr).await.map_err(|e| {
+                tracing::debug!("leader {leader} unreachable for forwarding: {e}");
+                ApiError::NoLeader
+            })?;
             match api::call(&conn, &forwarded).await {
                 Ok(answer) => return answer,
                 Err(e) if attempts > 0 => {

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub max_state_bytes: usize,
     /// Ceiling of the raft log env in bytes (LMDB map size).
     pub max_log_bytes: usize,
+    /// Byte streams to the passive voters this node is wired to.
+    pub voter_links: crate::voter::VoterLinks,
 }
 
 /// Default interval between consistency checkpoints.
@@ -185,6 +187,7 @@ impl NodeConfig {
             checkpoint_interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
             max_state_bytes: crate::state::DEFAULT_MAX_STATE_BYTES,
             max_log_bytes: crate::raft::DEFAULT_MAX_LOG_BYTES,
+            voter_links: Default::default(),
         }
     }
 }
@@ -254,7 +257,7 @@ impl ClusterNode {
             Arc::new(quinn::TokioRuntime),
         )?;
         let addr = endpoint.local_addr()?;
-        let network = RaftClient::new(config.id, endpoint.clone(), &config.identity)?;
+        let quic = RaftClient::new(config.id, endpoint.clone(), &config.identity)?;
         let mut raft_config = config.raft.clone();
         config.snapshots.configure(&mut raft_config);
         let raft_config = Arc::new(
@@ -262,6 +265,9 @@ impl ClusterNode {
                 .validate()
                 .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
+        // A voter honours the leader's lease as openraft's followers do (election_timeout_max).
+        let lease = Duration::from_millis(raft_config.election_timeout_max);
+        let network = crate::voter::PeerNetwork::new(quic, &config.voter_links, lease);
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;

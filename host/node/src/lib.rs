@@ -10,6 +10,7 @@
 //! * [`disk`]: explaining failed writes (full disk, file-size limit, failing device).
 //! * [`ops`]: data directories offline and hot: the lock, `init generate|info|verify`,
 //!   backup and restore, compaction.
+//! * [`voter`]: passive voters (microcontrollers) as members, over a UART or TCP byte stream.
 //! * [`local`]: a single-node driver without raft (assigns log positions and timestamps
 //!   itself), behind `wraft local`.
 
@@ -23,3 +24,4 @@ pub mod ops;
 pub mod raft;
 pub mod runtime;
 pub mod state;
+pub mod voter;

@@ -24,6 +24,11 @@ enum Cmd {
     Serve(cli::serve::ServeArgs),
     /// Write a development CA and node/client certificates.
     Cert(cli::cert::CertArgs),
+    /// Passive voters (microcontrollers) reached over a byte stream.
+    Voter {
+        #[command(subcommand)]
+        cmd: cli::voter::VoterCmd,
+    },
     /// Pre-built cluster state (all nodes start as equals) and data-directory checks.
     Init {
         #[command(subcommand)]
@@ -129,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev(args) => cli::dev::run(args).await,
         Cmd::Serve(args) => cli::serve::run(args).await,
         Cmd::Cert(args) => cli::cert::run(args),
+        Cmd::Voter { cmd } => cli::voter::run(cmd).await,
         Cmd::Init { cmd } => cli::init::run(cmd),
         Cmd::Backup(args) => cli::backup::run_backup(args).await,
         Cmd::Restore(args) => cli::backup::run_restore(args),

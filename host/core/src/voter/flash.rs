@@ -63,7 +63,7 @@ impl<F: NorFlash> FlashStore<F> {
     pub fn open(flash: F) -> Result<(Self, Persisted), FlashError> {
         let sector = u32::try_from(F::ERASE_SIZE).map_err(|_| FlashError::Layout)?;
         let sectors = u32::try_from(flash.capacity()).map_err(|_| FlashError::Layout)? / sector;
-        if sectors < 2 || F::ERASE_SIZE < 2 * MAX_RECORD || ALIGN % F::WRITE_SIZE != 0 {
+        if sectors < 2 || F::ERASE_SIZE < 2 * MAX_RECORD || !ALIGN.is_multiple_of(F::WRITE_SIZE) {
             return Err(FlashError::Layout);
         }
         let mut store = Self {
@@ -98,7 +98,11 @@ impl<F: NorFlash> FlashStore<F> {
         self.flash
     }
 
-    fn scan(&mut self, s: u32, newest: &mut Option<(u32, u32, Persisted)>) -> Result<(), FlashError> {
+    fn scan(
+        &mut self,
+        s: u32,
+        newest: &mut Option<(u32, u32, Persisted)>,
+    ) -> Result<(), FlashError> {
         let start = s * self.sector;
         let end = start + self.sector;
         let mut pos = start;
@@ -142,7 +146,11 @@ impl<F: NorFlash> FlashStore<F> {
         let seq = self.seq.wrapping_add(1);
         buf[..4].copy_from_slice(&MAGIC.to_le_bytes());
         buf[4..8].copy_from_slice(&seq.to_le_bytes());
-        buf[8..10].copy_from_slice(&u16::try_from(len).map_err(|_| FlashError::TooLarge)?.to_le_bytes());
+        buf[8..10].copy_from_slice(
+            &u16::try_from(len)
+                .map_err(|_| FlashError::TooLarge)?
+                .to_le_bytes(),
+        );
         let crc = crc32fast::hash(&buf[4..HEADER + len]);
         buf[HEADER + len..HEADER + len + 4].copy_from_slice(&crc.to_le_bytes());
         let total = record_len(len);

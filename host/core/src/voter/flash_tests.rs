@@ -54,16 +54,20 @@ impl NorFlash for Nor {
     const WRITE_SIZE: usize = 4;
     const ERASE_SIZE: usize = SECTOR;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        assert!(from as usize % SECTOR == 0 && to as usize % SECTOR == 0);
+        assert!((from as usize).is_multiple_of(SECTOR) && (to as usize).is_multiple_of(SECTOR));
         let (from, to) = (from as usize, to as usize);
         let done = self.spend(to - from);
-        let upto = if done.is_ok() { to } else { from + core::mem::take(&mut self.budget) };
+        let upto = if done.is_ok() {
+            to
+        } else {
+            from + core::mem::take(&mut self.budget)
+        };
         self.bytes[from..upto].fill(0xFF);
         self.erases[from / SECTOR] += 1;
         done.map(|_| ())
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        assert!(offset as usize % 4 == 0 && bytes.len() % 4 == 0);
+        assert!((offset as usize).is_multiple_of(4) && bytes.len().is_multiple_of(4));
         let o = offset as usize;
         let n = match self.spend(bytes.len()) {
             Ok(n) => n,
@@ -82,12 +86,27 @@ impl NorFlash for Nor {
 
 /// The k-th state of a script: each differs from the one before.
 fn state(k: u64) -> Persisted {
-    let leader = LeaderId { term: k / 3 + 1, node: k % 3 };
+    let leader = LeaderId {
+        term: k / 3 + 1,
+        node: k % 3,
+    };
     Persisted {
-        vote: Vote { leader, committed: k % 2 == 0 },
-        committed: Some(LogId { leader, index: k * 10 }),
+        vote: Vote {
+            leader,
+            committed: k.is_multiple_of(2),
+        },
+        committed: Some(LogId {
+            leader,
+            index: k * 10,
+        }),
         tail: (0..k % 5)
-            .map(|i| Run { leader: LeaderId { term: k + i, node: 1 }, count: (k as u32) + 1 })
+            .map(|i| Run {
+                leader: LeaderId {
+                    term: k + i,
+                    node: 1,
+                },
+                count: (k as u32) + 1,
+            })
             .collect(),
         boots: 0,
     }
@@ -107,7 +126,10 @@ fn state_survives_reopening_and_boots_are_counted() {
     }
     let (store, s) = FlashStore::open(store.into_inner()).expect("reopen");
     assert_eq!(without_boots(s.clone()), state(299));
-    assert_eq!(s.boots, 1, "boots come from the saved state, which the script set to 0");
+    assert_eq!(
+        s.boots, 1,
+        "boots come from the saved state, which the script set to 0"
+    );
     let (_, again) = FlashStore::open(store.into_inner()).expect("reopen");
     assert_eq!(again.boots, 2);
 }
@@ -156,15 +178,25 @@ fn sectors_wear_evenly() {
     }
     let nor = store.into_inner();
     let (lo, hi) = (nor.erases.iter().min(), nor.erases.iter().max());
-    assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "erases {:?}", nor.erases);
+    assert!(
+        hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+        "erases {:?}",
+        nor.erases
+    );
     assert!(lo.is_some_and(|l| *l > 10), "erases {:?}", nor.erases);
 }
 
 #[test]
 fn blank_and_foreign_flash_start_from_the_default_state() {
     let mut nor = Nor::new(2);
-    nor.bytes.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    nor.bytes
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
     let (_, s) = FlashStore::open(nor).expect("open foreign");
     assert_eq!(without_boots(s), Persisted::default());
-    assert!(matches!(FlashStore::open(Nor::new(1)), Err(FlashError::Layout)));
+    assert!(matches!(
+        FlashStore::open(Nor::new(1)),
+        Err(FlashError::Layout)
+    ));
 }

@@ -9,22 +9,27 @@
 //! * [`PassiveVoter`]: the sans-IO state machine (requests in, responses out, time passed in).
 //! * [`VoterStore`]: where it persists; [`FlashStore`] keeps it on NOR flash
 //!   (`embedded-storage`), wear-levelled and torn-write safe.
-//! * The wire types below travel in [`crate::link`] frames, wrapped in an [`Envelope`].
+//! * The wire types below travel in [`crate::link`] frames, wrapped in an [`Envelope`];
+//!   [`VoterPort`] serves a voter on any `embedded-io` stream.
 //!
 //! The types mirror openraft's with its default "advanced" leader ids (a leader id is a term
 //! and a node id, totally ordered), so the bridge maps them field for field.
 
 mod flash;
 mod passive;
+mod port;
 
 pub use flash::{FlashError, FlashStore};
 pub use passive::{MAX_RUNS, PassiveVoter, Persisted, VoterStore};
+pub use port::VoterPort;
 
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 /// A leader: the term it was elected in and its node id. Ordered by term, then node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct LeaderId {
     /// Election term.
     pub term: u64,
@@ -44,7 +49,9 @@ pub struct LogId {
 
 /// A vote for a leader; `committed` once a quorum granted it (the leader is established).
 /// Ordered by leader id, then committed over not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Vote {
     /// The candidate or leader voted for.
     pub leader: LeaderId,

@@ -99,7 +99,9 @@ impl Persisted {
             if start >= index {
                 break;
             }
-            let count = run.count.min(u32::try_from(index - start).unwrap_or(u32::MAX));
+            let count = run
+                .count
+                .min(u32::try_from(index - start).unwrap_or(u32::MAX));
             keep.push(Run {
                 leader: run.leader,
                 count,

@@ -85,12 +85,18 @@ const OK: Response = Response::Append(AppendOutcome::Success);
 fn grants_one_vote_per_term_to_an_up_to_date_candidate_and_persists_it_first() {
     let mut v = voter();
     assert!(ask(&mut v, 0, vote(1, 1, false), None));
-    assert_eq!(v.store().saved.last().map(|s| s.vote), Some(vote(1, 1, false)));
+    assert_eq!(
+        v.store().saved.last().map(|s| s.vote),
+        Some(vote(1, 1, false))
+    );
     // Another candidate in the same term: (1, 2) > (1, 1) in openraft's advanced order, and
     // openraft grants it too; a lower term never.
     assert!(!ask(&mut v, 0, vote(0, 9, false), None));
     // Log before the vote: a candidate with less log is refused even in a higher term.
-    assert_eq!(append(&mut v, 0, vote(1, 1, true), None, &[(1, 1, 3)], None), OK);
+    assert_eq!(
+        append(&mut v, 0, vote(1, 1, true), None, &[(1, 1, 3)], None),
+        OK
+    );
     assert!(!ask(&mut v, 10_000, vote(2, 2, false), Some(id(1, 1, 1))));
     assert!(ask(&mut v, 10_000, vote(2, 2, false), Some(id(1, 1, 2))));
     assert_eq!(v.state().vote, vote(2, 2, false));
@@ -99,7 +105,10 @@ fn grants_one_vote_per_term_to_an_up_to_date_candidate_and_persists_it_first() {
 #[test]
 fn a_leader_lease_refuses_candidates_until_it_expires_unless_the_leader_hands_over() {
     let mut v = voter();
-    assert_eq!(append(&mut v, 1_000, vote(1, 1, true), None, &[(1, 1, 1)], None), OK);
+    assert_eq!(
+        append(&mut v, 1_000, vote(1, 1, true), None, &[(1, 1, 1)], None),
+        OK
+    );
     let last = Some(id(1, 1, 0));
     assert!(!ask(&mut v, 1_599, vote(2, 2, false), last));
     let transfer = v.handle(
@@ -137,15 +146,30 @@ fn appends_are_durable_before_acknowledged_and_heartbeats_write_nothing() {
     let l = vote(1, 1, true);
     assert_eq!(append(&mut v, 0, l, None, &[(1, 1, 5)], None), OK);
     let writes = v.store().writes();
-    assert_eq!(v.store().saved.last().and_then(Persisted::last), Some(id(1, 1, 4)));
+    assert_eq!(
+        v.store().saved.last().and_then(Persisted::last),
+        Some(id(1, 1, 4))
+    );
     // Heartbeats, with and without a new commit point.
     assert_eq!(append(&mut v, 1, l, Some(id(1, 1, 4)), &[], None), OK);
-    assert_eq!(append(&mut v, 2, l, Some(id(1, 1, 4)), &[], Some(id(1, 1, 3))), OK);
+    assert_eq!(
+        append(&mut v, 2, l, Some(id(1, 1, 4)), &[], Some(id(1, 1, 3))),
+        OK
+    );
     assert_eq!(v.store().writes(), writes);
     assert_eq!(v.state().committed, Some(id(1, 1, 3)));
-    assert_eq!(v.state().tail, vec![Run { leader: leader(1, 1), count: 1 }]);
+    assert_eq!(
+        v.state().tail,
+        vec![Run {
+            leader: leader(1, 1),
+            count: 1
+        }]
+    );
     // A resent, already held batch is acknowledged without a write.
-    assert_eq!(append(&mut v, 3, l, Some(id(1, 1, 1)), &[(1, 1, 2)], None), OK);
+    assert_eq!(
+        append(&mut v, 3, l, Some(id(1, 1, 1)), &[(1, 1, 2)], None),
+        OK
+    );
     assert_eq!(v.store().writes(), writes);
     assert_eq!(v.state().last(), Some(id(1, 1, 4)));
 }
@@ -168,7 +192,14 @@ fn a_missing_prev_is_a_conflict_and_a_new_leader_overwrites_the_uncommitted_tail
     );
     assert_eq!(v.state().last(), Some(id(1, 1, 0)));
     assert_eq!(
-        append(&mut v, 10_000, second, Some(id(1, 1, 0)), &[(2, 2, 2)], None),
+        append(
+            &mut v,
+            10_000,
+            second,
+            Some(id(1, 1, 0)),
+            &[(2, 2, 2)],
+            None
+        ),
         OK
     );
     assert_eq!(v.state().last(), Some(id(2, 2, 2)));
@@ -189,7 +220,10 @@ fn committed_ids_are_forgotten_and_match_anything() {
     assert!(v.state().tail.is_empty());
     assert_eq!(v.state().committed, Some(id(3, 1, 99)));
     // Below the commit point every prev matches, as in openraft's `has_log_id`.
-    assert_eq!(append(&mut v, 0, l, Some(id(3, 1, 42)), &[(3, 1, 57)], None), OK);
+    assert_eq!(
+        append(&mut v, 0, l, Some(id(3, 1, 42)), &[(3, 1, 57)], None),
+        OK
+    );
     assert_eq!(v.state().last(), Some(id(3, 1, 99)));
 }
 
@@ -198,12 +232,26 @@ fn a_snapshot_moves_the_commit_point_and_keeps_a_matching_tail_only() {
     let mut v = voter();
     let l = vote(1, 1, true);
     append(&mut v, 0, l, None, &[(1, 1, 10)], None);
-    let keep = v.handle(0, &Request::Snapshot { vote: l, last: id(1, 1, 4), lease_ms: 0 });
+    let keep = v.handle(
+        0,
+        &Request::Snapshot {
+            vote: l,
+            last: id(1, 1, 4),
+            lease_ms: 0,
+        },
+    );
     assert_eq!(keep, Response::Snapshot { vote: l });
     assert_eq!(v.state().last(), Some(id(1, 1, 9)));
     assert_eq!(v.state().committed, Some(id(1, 1, 4)));
     let l2 = vote(2, 2, true);
-    v.handle(0, &Request::Snapshot { vote: l2, last: id(2, 2, 20), lease_ms: 0 });
+    v.handle(
+        0,
+        &Request::Snapshot {
+            vote: l2,
+            last: id(2, 2, 20),
+            lease_ms: 0,
+        },
+    );
     assert_eq!(v.state().last(), Some(id(2, 2, 20)));
     assert!(v.state().tail.is_empty());
 }
@@ -213,7 +261,14 @@ fn a_failed_save_grants_and_acknowledges_nothing() {
     let mut v = voter();
     v.store.fail = true;
     assert!(matches!(
-        v.handle(0, &Request::Vote { vote: vote(1, 1, false), last: None, transfer: false }),
+        v.handle(
+            0,
+            &Request::Vote {
+                vote: vote(1, 1, false),
+                last: None,
+                transfer: false
+            }
+        ),
         Response::Refused(Refusal::Storage)
     ));
     assert_eq!(

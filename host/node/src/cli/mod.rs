@@ -8,6 +8,7 @@ pub mod dev;
 pub mod init;
 pub mod local;
 pub mod serve;
+pub mod voter;
 
 use std::path::Path;
 

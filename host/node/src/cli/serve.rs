@@ -12,8 +12,8 @@ use wraft_host::cluster::{ClusterNode, NodeConfig};
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// A TOML file with any of the keys below (`id`, `listen`, `data_dir`, `ca`, `cert`, `key`,
-    /// `initial_members`, `queue`, `http_listen`, `http_tokens` as a list,
-    /// `checkpoint_interval`).
+    /// `initial_members`, `queue`, `http_listen`, `http_tokens` and `voter_links` as lists,
+    /// `checkpoint_interval`, ...).
     #[arg(long, env = "WRAFT_CONFIG")]
     pub config: Option<PathBuf>,
     /// This node's id (its certificate must be `node-<id>`'s).
@@ -70,6 +70,11 @@ pub struct ServeArgs {
     /// 32-bit ones); the log only holds entries since the last snapshot.
     #[arg(long, env = "WRAFT_MAX_LOG_BYTES")]
     pub max_log_bytes: Option<usize>,
+    /// The byte stream to a passive voter (a microcontroller, docs/embedded.md) wired to this
+    /// host, as ID=tcp:HOST:PORT or ID=/dev/ttyX; repeat the flag, or separate with commas in
+    /// the variable.
+    #[arg(long = "voter-link", env = "WRAFT_VOTER_LINKS", value_delimiter = ',')]
+    pub voter_links: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +97,8 @@ struct FileConfig {
     snapshot_trailing_entries: Option<u64>,
     max_state_bytes: Option<usize>,
     max_log_bytes: Option<usize>,
+    #[serde(default)]
+    voter_links: Vec<String>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -192,6 +199,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.max_log_bytes.or(file.max_log_bytes) {
         config.max_log_bytes = n;
+    }
+    let links = if args.voter_links.is_empty() {
+        file.voter_links
+    } else {
+        args.voter_links
+    };
+    for link in links {
+        let (voter, addr) = wraft_host::voter::parse_link(&link).map_err(anyhow::Error::msg)?;
+        config.voter_links.insert(voter, addr);
     }
     let node = ClusterNode::start(config).await?;
     if let Some(members) = members

@@ -61,7 +61,12 @@ pub(crate) fn free_udp_ports(n: u16) -> u16 {
 
 /// Three consecutive free TCP ports on 127.0.0.1.
 fn free_tcp_ports() -> u16 {
-    free_run(3, |p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+    free_tcp_run(3)
+}
+
+/// `n` consecutive free TCP ports on 127.0.0.1.
+pub(crate) fn free_tcp_run(n: u16) -> u16 {
+    free_run(n, |p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod common;
 mod crash;
 mod determinism;
 mod edge;
+mod embedded;
 mod examples;
 mod faults;
 mod guests;

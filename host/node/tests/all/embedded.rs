@@ -1,0 +1,349 @@
+//! A microcontroller in the quorum: two `wraft serve` processes and the Cortex-M firmware
+//! (targets/cortex-m) in `qemu-system-arm` (mps2-an386) form a three-voter cluster. Each
+//! Linux node is wired to its own UART of the microcontroller (QEMU exposes both as TCP
+//! sockets); the firmware keeps its state in a semihosted flash file.
+//!
+//! Writes commit; the leader is killed and the other Linux node, elected with the
+//! microcontroller's vote, commits with it as the only other voter; the firmware is
+//! restarted and comes back with the same term and vote and keeps acknowledging; the killed
+//! node returns and both Linux nodes end with the same state.
+//!
+//! Needs the firmware build and qemu-system-arm: `make embedded-test` sets
+//! `WRAFT_VOTER_FIRMWARE`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wraft_client::Client;
+use wraft_core::{FsmLimits, FsmName};
+use wraft_faults::process::{NodeProcess, NodeSpec};
+use wraft_transport_quic::api::{ClusterStatus, Consistency, Payload};
+
+use crate::cli::{WRAFT, free_tcp_run, free_udp_ports, text};
+use crate::faults::{certs_for, identity};
+
+/// The firmware under QEMU, its UARTs on two TCP ports, its flash a file in `dir`.
+struct Mcu {
+    firmware: PathBuf,
+    dir: PathBuf,
+    uarts: [u16; 2],
+    child: Option<Child>,
+}
+
+impl Mcu {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("qemu.log"))
+            .expect("qemu log");
+        let serial = |port: u16| format!("tcp:127.0.0.1:{port},server=on,wait=off");
+        let child = Command::new("qemu-system-arm")
+            .args(["-M", "mps2-an386", "-display", "none", "-monitor", "none"])
+            .args(["-semihosting-config", "enable=on,target=native"])
+            .arg("-kernel")
+            .arg(&self.firmware)
+            .args(["-serial", &serial(self.uarts[0])])
+            .args(["-serial", &serial(self.uarts[1])])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start qemu-system-arm (make embedded-setup installs it)");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default()
+    }
+
+    /// Waits for the firmware's `boot N` banner.
+    fn wait_boot(&self, n: u32) -> String {
+        let want = format!("wraft-voter: boot {n} ");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(line) = self.log().lines().find(|l| l.starts_with(&want)) {
+                return line.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no `{want}` banner from the firmware:\n{}", self.log());
+    }
+
+    /// `wraft voter status` on the UART of a Linux node that is down.
+    fn status(&self, uart: usize) -> VoterStatus {
+        let link = format!("tcp:127.0.0.1:{}", self.uarts[uart]);
+        let out = Command::new(WRAFT)
+            .args(["voter", "status", "--link", &link])
+            .env("WRAFT_LOG", "error")
+            .output()
+            .expect("run wraft voter status");
+        let report = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "wraft voter status: {report}{}",
+            text(&out.stderr)
+        );
+        let field = |k: &str| {
+            report
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                .unwrap_or_else(|| panic!("no {k} in {report}"))
+                .to_string()
+        };
+        VoterStatus {
+            vote: field("vote"),
+            last: field("last"),
+            boots: field("boots").parse().expect("boots"),
+        }
+    }
+}
+
+impl Drop for Mcu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct VoterStatus {
+    vote: String,
+    last: String,
+    boots: u32,
+}
+
+fn firmware() -> PathBuf {
+    let path = std::env::var_os("WRAFT_VOTER_FIRMWARE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("WRAFT_VOTER_FIRMWARE is not set: `make embedded-test` builds the firmware")
+        });
+    assert!(path.exists(), "{}: no such file", path.display());
+    path
+}
+
+fn sequencer() -> FsmName {
+    FsmName::new("sequencer").expect("name")
+}
+
+fn block(n: u64) -> String {
+    let hash = |n: u64| format!("0x{n:064x}");
+    format!(
+        r#"{{"Commit":{{"number":{n},"hash":"{}","parent_hash":"{}","payload":"0x{:02x}"}}}}"#,
+        hash(n),
+        hash(n - 1),
+        n % 256
+    )
+}
+
+/// The latest block number a node holds (read locally, no leader needed).
+async fn latest(client: &Client) -> u64 {
+    let out = client
+        .query_json(&sequencer(), r#""Latest""#, Consistency::Stale)
+        .await
+        .expect("query");
+    let Payload::Json(json) = out else {
+        panic!("not JSON: {out:?}")
+    };
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    v["number"].as_u64().unwrap_or(0)
+}
+
+async fn commit_blocks(writer: &Client, from: u64, to: u64) {
+    for n in from..=to {
+        writer
+            .apply_json(&sequencer(), &block(n))
+            .await
+            .unwrap_or_else(|e| panic!("block {n}: {e}"));
+    }
+}
+
+async fn status(node: &Client) -> ClusterStatus {
+    node.status().await.expect("status")
+}
+
+/// Waits until `check` holds for the status of `node`.
+async fn wait_for(
+    node: &Client,
+    what: &str,
+    check: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = node.status().await
+            && check(&s)
+        {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+#[ignore = "needs the Cortex-M firmware and qemu-system-arm: make embedded-test"]
+fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_node() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = certs_for(dir.path(), &[1, 2]).expect("certs");
+    let udp = free_udp_ports(2);
+    let tcp = free_tcp_run(2);
+    let listen = [udp, udp + 1].map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+    let mcu_dir = dir.path().join("mcu");
+    std::fs::create_dir_all(&mcu_dir).expect("mcu dir");
+    let mut mcu = Mcu {
+        firmware: firmware(),
+        dir: mcu_dir,
+        uarts: [tcp, tcp + 1],
+        child: None,
+    };
+    mcu.start();
+    let banner = mcu.wait_boot(1);
+    assert!(banner.contains("vote T0-N0 last None"), "{banner}");
+
+    let members = format!("1={},2={},3=voter:mcu", listen[0], listen[1]);
+    let mut nodes: Vec<NodeProcess> = (0..2)
+        .map(|i| {
+            let id = i as u64 + 1;
+            let mut n = NodeProcess::new(
+                Path::new(WRAFT),
+                &certs,
+                dir.path().join(format!("node-{id}.log")),
+                NodeSpec {
+                    id,
+                    listen: listen[i],
+                    data_dir: dir.path().join(format!("node-{id}")),
+                    initial_members: (id == 1).then(|| members.clone()),
+                    unsynced_journal: None,
+                },
+            );
+            // No checkpoints: they would keep the log moving while the test waits for the
+            // two Linux nodes to hold the same entries.
+            n.tuning = ["--checkpoint-interval", "0"].map(String::from).to_vec();
+            n.tuning.push("--voter-link".into());
+            n.tuning.push(format!("3=tcp:127.0.0.1:{}", mcu.uarts[i]));
+            n
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start().expect("start");
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    let client = |addrs: Vec<String>, who: &str| {
+        Client::new(addrs, &identity(&certs, who))
+            .expect("client")
+            .with_patience(Duration::from_secs(60))
+    };
+    rt.block_on(async {
+        let admin = client(addrs.clone(), "admin");
+        let id = admin
+            .deploy(wraft_fsm_artifacts::LATEST_PAYLOAD.to_vec())
+            .await
+            .expect("deploy");
+        admin
+            .create_fsm(sequencer(), id, FsmLimits::default())
+            .await
+            .expect("create");
+        let writer = client(addrs.clone(), "writer");
+        commit_blocks(&writer, 1, 20).await;
+        let each: Vec<Client> = addrs
+            .iter()
+            .map(|a| client(vec![a.clone()], "reader"))
+            .collect();
+
+        // The three voters agree; wait until both Linux nodes hold the same log, so the
+        // microcontroller has nothing the survivor lacks, then kill the leader.
+        let s = wait_for(&each[0], "a leader", |s| s.leader.is_some()).await;
+        let leader = s.leader.expect("leader") as usize;
+        let voter_row = s
+            .nodes
+            .iter()
+            .find(|n| n.id == 3)
+            .expect("voter 3 in membership");
+        assert_eq!(voter_row.membership, "voter");
+        let lead_last = status(&each[leader - 1]).await.last_log;
+        let survivor = 3 - leader;
+        wait_for(&each[survivor - 1], "the follower to catch up", |s| {
+            s.last_log == lead_last && s.applied == lead_last
+        })
+        .await;
+        nodes[leader - 1].kill();
+        eprintln!("killed leader {leader}; {survivor} must win with the microcontroller's vote");
+
+        let elected = Instant::now();
+        let s = wait_for(&each[survivor - 1], "the survivor to lead", |s| {
+            s.leader == Some(survivor as u64)
+        })
+        .await;
+        eprintln!(
+            "node {survivor} leads in term {} after {:?}",
+            s.term,
+            elected.elapsed()
+        );
+        let writer = client(vec![addrs[survivor - 1].clone()], "writer");
+        commit_blocks(&writer, 21, 40).await;
+        assert_eq!(latest(&each[survivor - 1]).await, 40);
+        // Only the microcontroller can have acknowledged these: it holds their ids.
+        let before = mcu.status(leader - 1);
+        assert_eq!(
+            before.vote,
+            format!("T{}-N{survivor} committed", s.term),
+            "{before:?} vs {s:?}"
+        );
+
+        // Restart the firmware: same term and vote, from flash.
+        mcu.kill();
+        mcu.start();
+        let banner = mcu.wait_boot(2);
+        assert!(
+            banner.contains(&format!("vote T{}-N{survivor} (committed)", s.term)),
+            "{banner}"
+        );
+        let after = mcu.status(leader - 1);
+        assert_eq!((&after.vote, &after.last), (&before.vote, &before.last));
+        assert_eq!(after.boots, 2);
+        // And it still makes the majority.
+        commit_blocks(&writer, 41, 50).await;
+        assert_eq!(latest(&each[survivor - 1]).await, 50);
+        let voter_now = mcu.status(leader - 1);
+        assert_ne!(
+            voter_now.last, before.last,
+            "the voter acknowledged the new blocks"
+        );
+    });
+
+    // The killed node returns and catches up: both Linux nodes hold the same state.
+    let killed = nodes
+        .iter()
+        .position(|n| n.pid().is_none())
+        .expect("a killed node");
+    nodes[killed].start().expect("restart");
+    rt.block_on(async {
+        let a = client(vec![addrs[0].clone()], "reader");
+        let b = client(vec![addrs[1].clone()], "reader");
+        let target = status(&b).await.applied.max(status(&a).await.applied);
+        for c in [&a, &b] {
+            wait_for(c, "catch-up", |s| s.applied >= target).await;
+            assert_eq!(latest(c).await, 50);
+        }
+    });
+    for n in &mut nodes {
+        assert!(
+            n.stop(),
+            "node {} did not stop cleanly:\n{}",
+            n.spec.id,
+            n.log()
+        );
+        assert!(!n.log().contains("panicked"), "{}", n.log());
+    }
+    assert!(!mcu.log().contains("panic"), "{}", mcu.log());
+}

@@ -1,0 +1,116 @@
+//! wraft's passive voter as Cortex-M4 firmware (QEMU `mps2-an386`; docs/embedded.md).
+//!
+//! Two UARTs, one wired to each Linux host's bridge, both served by one
+//! [`PassiveVoter`]; its state on NOR flash (here a semihosted file, `wraft-voter.flash` in
+//! QEMU's working directory). It never sends anything it was not asked for.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod flash;
+mod uart;
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m_rt::{entry, exception};
+use cortex_m_semihosting::{debug, hprintln};
+use embedded_alloc::LlffHeap as Heap;
+use wraft_core::voter::{FlashStore, PassiveVoter, VoterPort};
+
+#[global_allocator]
+static HEAP: Heap = Heap::empty();
+/// Decoded requests, responses and the voter's state clone per request: a few KiB at most.
+const HEAP_SIZE: usize = 16 * 1024;
+
+/// Milliseconds since boot, counted by SysTick.
+static MILLIS: AtomicU32 = AtomicU32::new(0);
+/// The processor clock of the MPS2 FPGA images.
+const CORE_HZ: u32 = 25_000_000;
+/// Stay awake this long after the last byte (a frame arrives in a burst), then sleep until
+/// the next tick.
+const AWAKE_MS: u32 = 3;
+
+#[exception]
+fn SysTick() {
+    MILLIS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[entry]
+fn main() -> ! {
+    {
+        use core::mem::MaybeUninit;
+        static mut HEAP_MEM: [MaybeUninit<u8>; HEAP_SIZE] = [MaybeUninit::uninit(); HEAP_SIZE];
+        // SAFETY: runs once, before any allocation; HEAP_MEM is used by nothing else.
+        unsafe { HEAP.init(core::ptr::addr_of_mut!(HEAP_MEM) as usize, HEAP_SIZE) }
+    }
+    let Some(mut core) = cortex_m::Peripherals::take() else {
+        fail(&"core peripherals already taken")
+    };
+    core.SYST.set_clock_source(SystClkSource::Core);
+    core.SYST.set_reload(CORE_HZ / 1000 - 1);
+    core.SYST.clear_current();
+    core.SYST.enable_counter();
+    core.SYST.enable_interrupt();
+
+    let Some(flash) = flash::HostFileFlash::open(b"wraft-voter.flash\0") else {
+        fail(&"cannot open wraft-voter.flash (is QEMU run with semihosting on?)")
+    };
+    let (store, state) = match FlashStore::open(flash) {
+        Ok(opened) => opened,
+        Err(e) => fail(&e),
+    };
+    hprintln!(
+        "wraft-voter: boot {} vote T{}-N{}{} last {:?} committed {:?}",
+        state.boots,
+        state.vote.leader.term,
+        state.vote.leader.node,
+        if state.vote.committed {
+            " (committed)"
+        } else {
+            ""
+        },
+        state.last().map(|l| l.index),
+        state.committed.map(|c| c.index),
+    );
+    let mut voter = PassiveVoter::new(state, store);
+    let mut ports = [
+        VoterPort::new(uart::Uart::new(uart::UART0)),
+        VoterPort::new(uart::Uart::new(uart::UART1)),
+    ];
+    let (mut now, mut seen) = (0u64, MILLIS.load(Ordering::Relaxed));
+    let mut last_byte = seen;
+    loop {
+        let tick = MILLIS.load(Ordering::Relaxed);
+        now += u64::from(tick.wrapping_sub(seen));
+        seen = tick;
+        let mut busy = false;
+        for port in &mut ports {
+            // The UART's error type is Infallible.
+            busy |= port.poll(&mut voter, now).unwrap_or(false);
+        }
+        if busy {
+            last_byte = tick;
+        } else if tick.wrapping_sub(last_byte) > AWAKE_MS {
+            cortex_m::asm::wfi();
+        }
+    }
+}
+
+fn fail(why: &dyn core::fmt::Display) -> ! {
+    hprintln!("wraft-voter: {}", why);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("wraft-voter: panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
