@@ -101,7 +101,11 @@ impl NodeProcess {
             .arg("--key")
             .arg(self.certs.join(format!("node-{id}.key")))
             .args(&self.tuning)
-            .env("WRAFT_LOG", "warn")
+            // WRAFT_NODE_LOG (a tracing filter) makes a test's nodes say more.
+            .env(
+                "WRAFT_LOG",
+                std::env::var("WRAFT_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -21,16 +21,14 @@ use wraft_core::voter::{FlashStore, PassiveVoter, VoterPort};
 
 #[global_allocator]
 static HEAP: Heap = Heap::empty();
-/// Decoded requests, responses and the voter's state clone per request: a few KiB at most.
-const HEAP_SIZE: usize = 16 * 1024;
+/// The largest decoded request (a 1 KiB frame of minimal runs: about 8 KiB of `Run`s) plus
+/// the state clone and the answer, with room for fragmentation.
+const HEAP_SIZE: usize = 24 * 1024;
 
 /// Milliseconds since boot, counted by SysTick.
 static MILLIS: AtomicU32 = AtomicU32::new(0);
 /// The processor clock of the MPS2 FPGA images.
 const CORE_HZ: u32 = 25_000_000;
-/// Stay awake this long after the last byte (a frame arrives in a burst), then sleep until
-/// the next tick.
-const AWAKE_MS: u32 = 3;
 
 #[exception]
 fn SysTick() {
@@ -79,22 +77,39 @@ fn main() -> ! {
         VoterPort::new(uart::Uart::new(uart::UART0)),
         VoterPort::new(uart::Uart::new(uart::UART1)),
     ];
+    // SAFETY: the handler (DefaultHandler below) only acknowledges the UARTs' RX interrupts;
+    // no critical section relies on these lines being masked.
+    unsafe {
+        cortex_m::peripheral::NVIC::unmask(uart::RxIrq::Uart0);
+        cortex_m::peripheral::NVIC::unmask(uart::RxIrq::Uart1);
+    }
     let (mut now, mut seen) = (0u64, MILLIS.load(Ordering::Relaxed));
-    let mut last_byte = seen;
     loop {
         let tick = MILLIS.load(Ordering::Relaxed);
         now += u64::from(tick.wrapping_sub(seen));
         seen = tick;
-        let mut busy = false;
         for port in &mut ports {
             // The UART's error type is Infallible.
-            busy |= port.poll(&mut voter, now).unwrap_or(false);
+            let _ = port.poll(&mut voter, now);
         }
-        if busy {
-            last_byte = tick;
-        } else if tick.wrapping_sub(last_byte) > AWAKE_MS {
-            cortex_m::asm::wfi();
-        }
+        // Sleep until a byte or the next tick. With interrupts masked, a byte that arrives
+        // between the check and `wfi` still wakes it (the interrupt is pending).
+        cortex_m::interrupt::free(|_| {
+            let idle = [uart::UART0, uart::UART1]
+                .into_iter()
+                .all(|base| !uart::Uart::at(base).rx_ready());
+            if idle {
+                cortex_m::asm::wfi();
+            }
+        });
+    }
+}
+
+/// A UART's RX interrupt: acknowledge it; the main loop reads the byte.
+#[exception]
+unsafe fn DefaultHandler(_irqn: i16) {
+    for base in [uart::UART0, uart::UART1] {
+        uart::Uart::at(base).clear_rx_interrupt();
     }
 }
 

@@ -8,13 +8,32 @@ pub const UART0: usize = 0x4000_4000;
 /// See [`UART0`].
 pub const UART1: usize = 0x4000_5000;
 
+/// Their RX interrupts on the MPS2 boards (TX is the next number).
+#[derive(Debug, Clone, Copy)]
+pub enum RxIrq {
+    /// UART0 RX.
+    Uart0 = 0,
+    /// UART1 RX.
+    Uart1 = 2,
+}
+
+// SAFETY: the numbers are the board's interrupt numbers for these lines.
+unsafe impl cortex_m::interrupt::InterruptNumber for RxIrq {
+    fn number(self) -> u16 {
+        self as u16
+    }
+}
+
 const DATA: usize = 0x00;
 const STATE: usize = 0x04;
 const CTRL: usize = 0x08;
+const INTSTATUS: usize = 0x0C;
 const BAUDDIV: usize = 0x10;
 const STATE_TX_FULL: u32 = 1 << 0;
 const STATE_RX_FULL: u32 = 1 << 1;
-const CTRL_TX_RX_ENABLE: u32 = 0b11;
+/// TX and RX on, and the RX interrupt (so a byte wakes the core from `wfi`).
+const CTRL_ENABLE: u32 = 0b1011;
+const INT_RX: u32 = 1 << 1;
 /// 25 MHz peripheral clock / 115 200 baud.
 const DIVISOR: u32 = 25_000_000 / 115_200;
 
@@ -29,8 +48,23 @@ impl Uart {
     pub fn new(base: usize) -> Self {
         let uart = Self { base };
         uart.set(BAUDDIV, DIVISOR);
-        uart.set(CTRL, CTRL_TX_RX_ENABLE);
+        uart.set(CTRL, CTRL_ENABLE);
         uart
+    }
+
+    /// Whether a byte waits to be read.
+    pub fn rx_ready(&self) -> bool {
+        self.get(STATE) & STATE_RX_FULL != 0
+    }
+
+    /// Acknowledges the RX interrupt (the byte stays until read).
+    pub fn clear_rx_interrupt(&self) {
+        self.set(INTSTATUS, INT_RX);
+    }
+
+    /// The UART at `base` as it is (no reconfiguration).
+    pub fn at(base: usize) -> Self {
+        Self { base }
     }
 
     fn get(&self, reg: usize) -> u32 {
@@ -51,7 +85,7 @@ impl embedded_io::ErrorType for Uart {
 
 impl embedded_io::ReadReady for Uart {
     fn read_ready(&mut self) -> Result<bool, Infallible> {
-        Ok(self.get(STATE) & STATE_RX_FULL != 0)
+        Ok(self.rx_ready())
     }
 }
 

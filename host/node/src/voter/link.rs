@@ -149,6 +149,14 @@ impl VoterLink {
             };
             self.exchange(c, &envelope).await
         };
+        let started = std::time::Instant::now();
+        let kind = match &envelope.body {
+            Request::Append { runs, .. } if runs.is_empty() => "heartbeat",
+            Request::Append { .. } => "append",
+            Request::Vote { .. } | Request::PreVote { .. } => "vote",
+            Request::Snapshot { .. } => "snapshot",
+            Request::Status => "status",
+        };
         let result = match tokio::time::timeout(ttl, exchange).await {
             Ok(r) => r,
             Err(_) => Err(VoterLinkError::Timeout {
@@ -156,6 +164,7 @@ impl VoterLink {
                 ttl,
             }),
         };
+        tracing::debug!(link = %self.addr, kind, ok = result.is_ok(), took = ?started.elapsed(), "voter call");
         if result.is_err() {
             *conn = None;
         }

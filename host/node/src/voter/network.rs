@@ -342,3 +342,48 @@ impl RaftNetworkV2<TypeConfig> for PeerRpc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::entry::RaftEntry;
+
+    fn id(term: u64, node: u64, index: u64) -> LogId {
+        LogId::new(RaftLeaderId::new(term, node), index)
+    }
+
+    #[test]
+    fn entries_become_runs_by_leader_and_stop_at_the_cap() {
+        let entries: Vec<Entry> = [(1, 1), (1, 1), (2, 2), (3, 1), (3, 1), (3, 1)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(t, n))| Entry::new_blank(id(t, n, i as u64)))
+            .collect();
+        let (r, covered) = runs(&entries);
+        let counts: Vec<(u64, u32)> = r.iter().map(|r| (r.leader.term, r.count)).collect();
+        assert_eq!((counts, covered), (vec![(1, 2), (2, 1), (3, 3)], 6));
+        // One leader per entry, more leaders than a voter's tail holds: cut at the cap.
+        let many: Vec<Entry> = (0..MAX_RUNS as u64 + 5)
+            .map(|i| Entry::new_blank(id(i + 1, 1, i)))
+            .collect();
+        let (r, covered) = runs(&many);
+        assert_eq!((r.len(), covered), (MAX_RUNS, MAX_RUNS));
+    }
+
+    #[test]
+    fn votes_and_log_ids_map_both_ways() {
+        for v in [Vote::new(7, 3), Vote::new_committed(9, 1)] {
+            assert_eq!(from_core_vote(to_core_vote(&v)), v);
+        }
+        let l = id(4, 2, 1234);
+        assert_eq!(from_core_id(to_core_id(&l)), l);
+        // The voter's order is openraft's: compare a few pairs.
+        let (a, b) = (Vote::new(3, 2), Vote::new_committed(3, 1));
+        assert_eq!(
+            a.partial_cmp(&b),
+            to_core_vote(&a).partial_cmp(&to_core_vote(&b))
+        );
+        let (x, y) = (id(2, 5, 10), id(3, 1, 4));
+        assert_eq!(x.cmp(&y), to_core_id(&x).cmp(&to_core_id(&y)));
+    }
+}

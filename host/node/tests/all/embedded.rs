@@ -38,7 +38,7 @@ impl Mcu {
             .append(true)
             .open(self.dir.join("qemu.log"))
             .expect("qemu log");
-        let serial = |port: u16| format!("tcp:127.0.0.1:{port},server=on,wait=off");
+        let serial = |port: u16| format!("tcp:127.0.0.1:{port},server=on,wait=off,nodelay=on");
         let child = Command::new("qemu-system-arm")
             .args(["-M", "mps2-an386", "-display", "none", "-monitor", "none"])
             .args(["-semihosting-config", "enable=on,target=native"])
@@ -158,13 +158,17 @@ async fn latest(client: &Client) -> u64 {
     v["number"].as_u64().unwrap_or(0)
 }
 
-async fn commit_blocks(writer: &Client, from: u64, to: u64) {
+/// Commits blocks `from..=to` one after another; prints the mean commit latency.
+async fn commit_blocks(writer: &Client, from: u64, to: u64, quorum: &str) {
+    let start = Instant::now();
     for n in from..=to {
         writer
             .apply_json(&sequencer(), &block(n))
             .await
             .unwrap_or_else(|e| panic!("block {n}: {e}"));
     }
+    let each = start.elapsed() / (to - from + 1) as u32;
+    eprintln!("blocks {from}..={to} with {quorum}: {each:?} per commit");
 }
 
 async fn status(node: &Client) -> ClusterStatus {
@@ -254,7 +258,7 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
             .await
             .expect("create");
         let writer = client(addrs.clone(), "writer");
-        commit_blocks(&writer, 1, 20).await;
+        commit_blocks(&writer, 1, 20, "two Linux nodes and the voter").await;
         let each: Vec<Client> = addrs
             .iter()
             .map(|a| client(vec![a.clone()], "reader"))
@@ -290,7 +294,7 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
             elected.elapsed()
         );
         let writer = client(vec![addrs[survivor - 1].clone()], "writer");
-        commit_blocks(&writer, 21, 40).await;
+        commit_blocks(&writer, 21, 40, "one Linux node and the voter").await;
         assert_eq!(latest(&each[survivor - 1]).await, 40);
         // Only the microcontroller can have acknowledged these: it holds their ids.
         let before = mcu.status(leader - 1);
@@ -312,7 +316,7 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
         assert_eq!((&after.vote, &after.last), (&before.vote, &before.last));
         assert_eq!(after.boots, 2);
         // And it still makes the majority.
-        commit_blocks(&writer, 41, 50).await;
+        commit_blocks(&writer, 41, 50, "one Linux node and the restarted voter").await;
         assert_eq!(latest(&each[survivor - 1]).await, 50);
         let voter_now = mcu.status(leader - 1);
         assert_ne!(

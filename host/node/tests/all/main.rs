@@ -23,3 +23,4 @@ mod persistence;
 mod raft_storage;
 mod reconnect;
 mod validation;
+mod voter_link;
