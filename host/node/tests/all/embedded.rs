@@ -296,6 +296,23 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
         let writer = client(vec![addrs[survivor - 1].clone()], "writer");
         commit_blocks(&writer, 21, 40, "one Linux node and the voter").await;
         assert_eq!(latest(&each[survivor - 1]).await, 40);
+        // Line noise on the idle UART (the dead leader's) leaves the voter serving.
+        {
+            use std::io::Write as _;
+            let mut noise = std::net::TcpStream::connect(("127.0.0.1", mcu.uarts[leader - 1]))
+                .expect("connect to the idle UART");
+            let bytes: Vec<u8> = (0u32..4096)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            noise.write_all(&bytes).expect("noise");
+        }
+        commit_blocks(
+            &writer,
+            41,
+            45,
+            "one Linux node and the voter, after line noise",
+        )
+        .await;
         // Only the microcontroller can have acknowledged these: it holds their ids.
         let before = mcu.status(leader - 1);
         assert_eq!(
@@ -316,7 +333,7 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
         assert_eq!((&after.vote, &after.last), (&before.vote, &before.last));
         assert_eq!(after.boots, 2);
         // And it still makes the majority.
-        commit_blocks(&writer, 41, 50, "one Linux node and the restarted voter").await;
+        commit_blocks(&writer, 46, 50, "one Linux node and the restarted voter").await;
         assert_eq!(latest(&each[survivor - 1]).await, 50);
         let voter_now = mcu.status(leader - 1);
         assert_ne!(
