@@ -83,14 +83,18 @@ fn main() -> ! {
         cortex_m::peripheral::NVIC::unmask(uart::RxIrq::Uart0);
         cortex_m::peripheral::NVIC::unmask(uart::RxIrq::Uart1);
     }
+    // Milliseconds since boot as a u64 (the u32 tick count wraps after 49 days).
     let (mut now, mut seen) = (0u64, MILLIS.load(Ordering::Relaxed));
-    loop {
+    let mut clock = move || {
         let tick = MILLIS.load(Ordering::Relaxed);
         now += u64::from(tick.wrapping_sub(seen));
         seen = tick;
+        now
+    };
+    loop {
         for port in &mut ports {
             // The UART's error type is Infallible.
-            let _ = port.poll(&mut voter, now);
+            let _ = port.poll(&mut voter, &mut clock);
         }
         // Sleep until a byte or the next tick. With interrupts masked, a byte that arrives
         // between the check and `wfi` still wakes it (the interrupt is pending).

@@ -34,6 +34,9 @@ pub enum FlashError {
     /// Fewer than two sectors, sectors smaller than two records, or a write size over 16.
     #[error("flash region too small or oddly shaped for the voter's records")]
     Layout,
+    /// Saves failed in every other sector since the last good record, which is kept.
+    #[error("saves failed in every sector; the flash is worn out or failing")]
+    Worn,
     /// The state does not fit in one record.
     #[error("voter state does not fit in a {MAX_RECORD}-byte record")]
     TooLarge,
@@ -55,6 +58,8 @@ pub struct FlashStore<F> {
     pos: u32,
     /// End of the sector being filled (erased when writing moved into it).
     end: u32,
+    /// The sector holding the newest good record: never erased.
+    newest: u32,
 }
 
 impl<F: NorFlash> FlashStore<F> {
@@ -73,6 +78,7 @@ impl<F: NorFlash> FlashStore<F> {
             seq: 0,
             pos: 0,
             end: 0,
+            newest: u32::MAX,
         };
         let mut newest: Option<(u32, u32, Persisted)> = None;
         for s in 0..sectors {
@@ -81,6 +87,7 @@ impl<F: NorFlash> FlashStore<F> {
         let (mut state, next_sector) = match newest {
             Some((seq, s, state)) => {
                 store.seq = seq;
+                store.newest = s;
                 (state, (s + 1) % sectors)
             }
             None => (Persisted::default(), 0),
@@ -155,21 +162,40 @@ impl<F: NorFlash> FlashStore<F> {
         buf[HEADER + len..HEADER + len + 4].copy_from_slice(&crc.to_le_bytes());
         let total = record_len(len);
         if self.pos + total as u32 > self.end {
-            self.pos = self.end % (self.sectors * self.sector);
-            self.end = self.pos + self.sector;
-            self.flash.erase(self.pos, self.end).map_err(flash_err)?;
+            // Move to the next sector (from a partly filled one: the rest stays unused).
+            let start = self.end.div_ceil(self.sector) * self.sector % (self.sectors * self.sector);
+            if start / self.sector == self.newest {
+                // Saves kept failing all the way round the ring: keep the last good state.
+                return Err(FlashError::Worn);
+            }
+            self.pos = start;
+            self.end = start + self.sector;
+            if let Err(e) = self.flash.erase(start, self.end) {
+                self.end = self.pos;
+                return Err(flash_err(e));
+            }
         }
-        // Whatever happens below, this space and this sequence number are used up: a retry
-        // never programs over a half-written record, nor reuses its number.
+        // This sequence number is used up whatever happens: no two records share one.
         let at = self.pos;
         self.pos += total as u32;
         self.seq = seq;
-        self.flash.write(at, &buf[..total]).map_err(flash_err)?;
+        let written = self.write_verified(at, &buf[..total]);
+        if written.is_ok() {
+            self.newest = at / self.sector;
+        } else {
+            // A scan stops at the first bad record of a sector, so nothing may follow a
+            // failed one in its sector: the next save starts a freshly erased sector.
+            self.end = self.pos;
+        }
+        written
+    }
+
+    fn write_verified(&mut self, at: u32, record: &[u8]) -> Result<(), FlashError> {
+        self.flash.write(at, record).map_err(flash_err)?;
         let mut check = [0u8; MAX_RECORD];
-        self.flash
-            .read(at, &mut check[..total])
-            .map_err(flash_err)?;
-        if check[..total] != buf[..total] {
+        let check = &mut check[..record.len()];
+        self.flash.read(at, check).map_err(flash_err)?;
+        if check != record {
             return Err(FlashError::Verify);
         }
         Ok(())

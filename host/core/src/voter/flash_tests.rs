@@ -200,3 +200,91 @@ fn blank_and_foreign_flash_start_from_the_default_state() {
         Err(FlashError::Layout)
     ));
 }
+
+/// Fails the writes whose (0-based) numbers are in `fail`, then works.
+#[derive(Debug)]
+struct Flaky {
+    nor: Nor,
+    writes: usize,
+    fail: Vec<usize>,
+}
+
+impl ErrorType for Flaky {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for Flaky {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.nor.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.nor.capacity()
+    }
+}
+
+impl NorFlash for Flaky {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = SECTOR;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.nor.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        let n = self.writes;
+        self.writes += 1;
+        if self.fail.contains(&n) {
+            // Half the record lands, as when a program operation fails midway.
+            let half = bytes.len() / 2 / 4 * 4;
+            let _ = self.nor.write(offset, &bytes[..half]);
+            return Err(NorFlashErrorKind::Other);
+        }
+        self.nor.write(offset, bytes)
+    }
+}
+
+#[test]
+fn saves_acknowledged_after_a_failed_one_survive_reopening() {
+    // Write 0 is the boot record; write `fail_at` fails; then a few more saves, so the last
+    // acknowledged one may sit right behind the failed one.
+    for fail_at in 1..40 {
+        for after in 1..4 {
+            let flaky = Flaky {
+                nor: Nor::new(4),
+                writes: 0,
+                fail: vec![fail_at],
+            };
+            let (mut store, _) = FlashStore::open(flaky).expect("open");
+            let mut acked = None;
+            for k in 0..(fail_at + after) as u64 {
+                if store.save(&state(k)).is_ok() {
+                    acked = Some(state(k));
+                }
+            }
+            let (_, loaded) = FlashStore::open(store.into_inner().nor).expect("reopen");
+            assert_eq!(
+                Some(without_boots(loaded)),
+                acked,
+                "write {fail_at} failed, then {after} more"
+            );
+        }
+    }
+}
+
+#[test]
+fn failing_saves_never_erase_the_last_good_record() {
+    let flaky = Flaky {
+        nor: Nor::new(3),
+        writes: 0,
+        fail: (3..10_000).collect(),
+    };
+    let (mut store, _) = FlashStore::open(flaky).expect("open");
+    store.save(&state(1)).expect("save 1");
+    store.save(&state(2)).expect("save 2");
+    let mut errors = Vec::new();
+    for k in 3..20 {
+        errors.push(store.save(&state(k)).expect_err("failing flash"));
+    }
+    assert!(errors.contains(&FlashError::Worn), "{errors:?}");
+    let (_, loaded) = FlashStore::open(store.into_inner().nor).expect("reopen");
+    assert_eq!(without_boots(loaded), state(2));
+}

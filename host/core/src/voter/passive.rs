@@ -265,6 +265,15 @@ fn append(
         state.truncate(prev.index);
         return Ok(AppendOutcome::Conflict);
     }
+    // The log matches the leader's up to `prev`: commit what the leader committed up to
+    // there first, so a tail at its run bound can make room before the new entries.
+    if let (Some(prev), Some(commit)) = (*prev, *commit) {
+        state.commit(if commit.index <= prev.index {
+            commit
+        } else {
+            prev
+        });
+    }
     let mut index = prev.map_or(0, |p| p.index + 1);
     let mut last = *prev;
     for run in runs {

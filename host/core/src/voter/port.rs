@@ -32,11 +32,13 @@ impl<P: Read + Write + ReadReady> VoterPort<P> {
     }
 
     /// Reads what has arrived (without blocking) and answers every whole request in it.
-    /// Returns whether any byte arrived.
+    /// `now_ms` is read as each request is handled (a lease starts when its request is
+    /// handled, never earlier: flash writes for earlier requests take time). Returns whether
+    /// any byte arrived.
     pub fn poll<S: VoterStore>(
         &mut self,
         voter: &mut PassiveVoter<S>,
-        now_ms: u64,
+        now_ms: &mut impl FnMut() -> u64,
     ) -> Result<bool, P::Error> {
         let mut any = false;
         let mut buf = [0u8; 64];
@@ -56,7 +58,7 @@ impl<P: Read + Write + ReadReady> VoterPort<P> {
                     self.dropped = self.dropped.wrapping_add(1);
                     continue;
                 };
-                let body = voter.handle(now_ms, &body);
+                let body = voter.handle(now_ms(), &body);
                 self.out.clear();
                 link::encode(&Envelope { seq, body }, &mut self.out);
                 self.port.write_all(&self.out)?;
@@ -135,7 +137,7 @@ mod tests {
         wire.rx.extend(good);
         let mut port = VoterPort::new(wire);
         let mut voter = PassiveVoter::new(Persisted::default(), Mem);
-        assert_eq!(port.poll(&mut voter, 0), Ok(true));
+        assert_eq!(port.poll(&mut voter, &mut || 0), Ok(true));
         assert_eq!(port.dropped(), 2, "the noise and the corrupted copy");
         let mut d = Decoder::new();
         let answers: Vec<Envelope<Response>> = port
@@ -148,6 +150,6 @@ mod tests {
         assert_eq!(answers.len(), 1);
         assert_eq!(answers[0].seq, 7);
         assert!(matches!(&answers[0].body, Response::Status(s) if s.vote == Vote::default()));
-        assert_eq!(port.poll(&mut voter, 0), Ok(false));
+        assert_eq!(port.poll(&mut voter, &mut || 0), Ok(false));
     }
 }

@@ -98,9 +98,15 @@ impl std::fmt::Debug for VoterLink {
 impl VoterLink {
     /// A link to `addr`, opened on first use.
     pub fn new(addr: LinkAddr) -> Self {
+        // Sequence numbers start somewhere new in every process, so an answer still buffered
+        // in a serial bridge from a previous run cannot pass for an answer to this one.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().rotate_left(16);
         Self {
             addr,
-            conn: Mutex::new((0, None)),
+            conn: Mutex::new((seed, None)),
         }
     }
 
