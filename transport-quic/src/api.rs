@@ -321,6 +321,11 @@ pub enum ApiError {
     /// The node could not serve it (storage fault, shutting down, leader unreachable).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The write was appended to the log, then the node lost leadership and its entry was
+    /// replaced: it may have been committed (by the next leader) or not. Read before
+    /// resending: a blind retry could apply it twice.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// A response frame.

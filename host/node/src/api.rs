@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use tokio::sync::Semaphore;
@@ -313,12 +314,23 @@ impl NodeApi {
         crate::metrics::seconds("commit_raft_apply_duration_seconds", replicate.elapsed());
         let response = match written {
             Ok(r) => r.data,
-            Err(e) => {
-                return match e.forward_to_leader() {
-                    Some(_) => self.forward(role, request).await,
-                    None => Err(unavailable(e)),
-                };
+            // Refused before it was appended: the leader (if any) can take it.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                return self.forward(role, request).await;
             }
+            // Appended, then replaced when this node adopted another leader's log: the next
+            // leader may have committed it. Forwarding it again could apply it twice (the
+            // fault suite caught exactly that, seed 5002): the caller must find out first.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(to))) => {
+                crate::metrics::rejected("outcome_unknown");
+                tracing::warn!("a proposal's entry was discarded on a leader change: {to}");
+                return Err(ApiError::OutcomeUnknown(format!(
+                    "node {} lost leadership before its entry committed; it may still have \
+                     been committed by the next leader",
+                    self.id
+                )));
+            }
+            Err(e) => return Err(unavailable(e)),
         };
         match (response, &request) {
             (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),

@@ -134,6 +134,7 @@ fn api_error(e: ApiError) -> HttpError {
         ApiError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
         ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
     };
     error(status, kind, e)
 }
