@@ -104,7 +104,7 @@ pub(crate) fn node_processes(
 }
 
 /// Deploys the probe module and creates FSM `r` from it (the registers under test).
-async fn create_register(admin: &Client) -> Result<(), String> {
+pub(crate) async fn create_register(admin: &Client) -> Result<(), String> {
     let module = admin
         .deploy(wraft_fsm_artifacts::PROBE.to_vec())
         .await
@@ -142,7 +142,7 @@ pub(crate) fn identity(certs: &std::path::Path, name: &str) -> wraft_transport_q
     .expect("identity")
 }
 
-fn put(key: u32, value: u64) -> ApiRequest {
+pub(crate) fn put(key: u32, value: u64) -> ApiRequest {
     let cmd = probe::Command::Put {
         key: key.to_be_bytes().to_vec(),
         value: value.to_be_bytes().to_vec(),
@@ -605,7 +605,7 @@ fn explain_difference(dir: &std::path::Path, other: NodeId, events: &[Event]) ->
     out
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

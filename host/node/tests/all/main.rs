@@ -8,6 +8,7 @@ mod cluster;
 mod common;
 mod crash;
 mod determinism;
+mod discarded;
 mod edge;
 mod embedded;
 mod examples;

@@ -1,0 +1,167 @@
+//! A write whose entry a deposed leader discards must not be proposed again: the next leader
+//! may have committed it (fault seed 5002 at 68748f1 caught one client write applied twice).
+//!
+//! Node L leads; its followers receive its append of an increment but L hears nothing back,
+//! so it cannot commit it. L is cut off; a follower is elected with the increment in its log
+//! and commits it, then snapshots and purges far past it. When the network heals, L installs
+//! that snapshot over the entry it proposed, and openraft answers L's pending proposal with
+//! `LogEntryDiscarded`. wraft used to forward the request to the new leader again.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use wraft_client::{Client, ClientError};
+use wraft_core::FsmName;
+use wraft_faults::proxy::{Faults, Network};
+use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
+
+use crate::cli::free_udp_ports;
+use crate::faults::{certs_for, create_register, identity, node_processes, put, runtime};
+
+fn incr() -> ApiRequest {
+    let cmd = probe::Command::Incr {
+        key: b"counter".to_vec(),
+    };
+    ApiRequest::Apply {
+        fsm: FsmName::new("r").expect("name"),
+        command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+    }
+}
+
+async fn counter(client: &Client) -> u64 {
+    let q = probe::Query::Get {
+        key: b"counter".to_vec(),
+    };
+    let answer = client
+        .request(ApiRequest::Query {
+            fsm: FsmName::new("r").expect("name"),
+            query: Payload::Postcard(postcard::to_allocvec(&q).expect("encode")),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .expect("read the counter");
+    let ApiResponse::Output(Payload::Postcard(bytes)) = answer else {
+        panic!("unexpected answer {answer:?}")
+    };
+    match postcard::from_bytes::<probe::Output>(&bytes).expect("output") {
+        probe::Output::None => 0,
+        probe::Output::Bytes(b) => postcard::from_bytes(&b).expect("a u64"),
+        other => panic!("unexpected output {other:?}"),
+    }
+}
+
+#[test]
+fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ids = [1, 2, 3];
+        let certs = certs_for(dir.path(), &ids).expect("certs");
+        let base = free_udp_ports(3);
+        let real: Vec<std::net::SocketAddr> = (0..3)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
+            .collect();
+        let network = Network::start(&real, 7).await.expect("proxies");
+        let members = network
+            .proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}={p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = node_processes(dir.path(), &certs, &ids, &real, &members);
+        for n in &mut nodes {
+            // Snapshots every 20 entries keeping 5, so the new leader purges the entry soon.
+            n.tuning = [
+                "--checkpoint-interval",
+                "0",
+                "--snapshot-entries",
+                "20",
+                "--snapshot-trailing-entries",
+                "5",
+                "--snapshot-interval",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec();
+            n.start().expect("start");
+        }
+        let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+        let client = |addrs: Vec<String>, patience: u64| {
+            Client::new(addrs, &identity(&certs, "writer"))
+                .expect("client")
+                .with_patience(Duration::from_secs(patience))
+        };
+        let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
+            .expect("client")
+            .with_patience(Duration::from_secs(30));
+        create_register(&admin).await.expect("the register FSM");
+        let leader = admin
+            .status()
+            .await
+            .expect("status")
+            .leader
+            .expect("leader");
+        let others: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+        let addr = |id: u64| addrs[id as usize - 1].clone();
+
+        // 1. The followers get the leader's append of the increment; the leader hears nothing.
+        network.set(Faults {
+            blocked: others.iter().map(|&o| (o, leader)).collect::<HashSet<_>>(),
+            ..Faults::healthy()
+        });
+        let to_leader = client(vec![addr(leader)], 1);
+        let pending = tokio::spawn(async move { to_leader.request(incr()).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // 2. The leader is cut off; a follower takes over with the increment in its log,
+        //    commits it, and snapshots well past it.
+        network.set(Faults::isolate(leader, &ids));
+        let rest = client(others.iter().map(|&o| addr(o)).collect(), 30);
+        for i in 0..80u64 {
+            rest.request(put((i % 8) as u32, i)).await.expect("write");
+        }
+        assert_eq!(
+            counter(&rest).await,
+            1,
+            "the new leader committed the increment"
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+
+        // 3. Heal. The old leader installs the snapshot over its own entry; whatever its
+        //    caller hears, the increment happened once.
+        network.set(Faults::healthy());
+        let answer = tokio::time::timeout(Duration::from_secs(60), pending)
+            .await
+            .expect("the old leader answers its caller")
+            .expect("task");
+        eprintln!("the old leader answered its caller: {answer:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client(vec![addr(leader)], 1)
+            .status()
+            .await
+            .ok()
+            .and_then(|s| s.leader)
+            == Some(leader)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the old leader never stepped down"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(counter(&admin).await, 1, "the increment was applied twice");
+        match answer {
+            Ok(_) | Err(ClientError::Api(ApiError::OutcomeUnknown(_))) => {}
+            Err(e) => panic!("unexpected answer to the increment: {e}"),
+        }
+        for n in &mut nodes {
+            assert!(
+                n.stop(),
+                "node {} did not stop cleanly:\n{}",
+                n.spec.id,
+                n.log()
+            );
+        }
+    });
+}
