@@ -126,14 +126,14 @@ impl VoterLink {
                 s.set_nodelay(true).map_err(open_err)?;
                 Box::new(s)
             }
-            LinkAddr::Device(p) => Box::new(
-                tokio::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(p)
-                    .await
-                    .map_err(open_err)?,
-            ),
+            LinkAddr::Device(p) => {
+                let mut options = tokio::fs::OpenOptions::new();
+                options.read(true).write(true);
+                // A serial line must not become the node's controlling terminal.
+                #[cfg(unix)]
+                options.custom_flags(libc::O_NOCTTY);
+                Box::new(options.open(p).await.map_err(open_err)?)
+            }
         };
         Ok(Conn {
             stream,

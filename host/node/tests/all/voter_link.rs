@@ -138,3 +138,108 @@ fn a_voter_link_to_nothing_is_an_open_error() {
     let r = rt.block_on(link.call(Request::Status, Duration::from_secs(2)));
     assert!(matches!(r, Err(VoterLinkError::Open { .. })), "{r:?}");
 }
+
+/// A pseudo-terminal in raw mode: (master, path of the slave device, the slave fd kept open
+/// so the line does not hang up between the link's opens).
+fn raw_pty() -> (std::fs::File, std::path::PathBuf, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds into the locals; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: termios is plain data, filled by tcgetattr before use.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `slave` is an open terminal fd and `t` a valid termios.
+    unsafe {
+        assert_eq!(libc::tcgetattr(slave, &mut t), 0);
+        libc::cfmakeraw(&mut t);
+        assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0);
+    }
+    // SAFETY: ttyname returns a pointer to a static NUL-terminated buffer (or null).
+    let name = unsafe { libc::ttyname(slave) };
+    assert!(!name.is_null(), "ttyname");
+    // SAFETY: non-null, NUL-terminated, read before any other ttyname call.
+    let path = unsafe { std::ffi::CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: both fds were just opened by openpty and are owned by nothing else.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    (master, path.into(), slave)
+}
+
+#[test]
+fn a_voter_link_over_a_serial_device() {
+    use wraft_core::voter::{AppendOutcome, LeaderId, Run, Vote};
+    let (mut master, path, _slave) = raw_pty();
+    let requests = 3;
+    let voter = std::thread::spawn(move || {
+        let mut voter = PassiveVoter::new(Persisted::default(), Mem);
+        let mut decoder = Decoder::new();
+        let mut buf = [0u8; 64];
+        let mut answered = 0;
+        while answered < requests {
+            let n = master.read(&mut buf).expect("read the line");
+            for &b in &buf[..n] {
+                if let Some(Ok(body)) = decoder.feed(b) {
+                    let req: Envelope<Request> = link::decode(body).expect("request");
+                    let answer = Envelope {
+                        seq: req.seq,
+                        body: voter.handle(0, &req.body),
+                    };
+                    let mut out = Vec::new();
+                    link::encode(&answer, &mut out);
+                    master.write_all(&out).expect("answer");
+                    answered += 1;
+                }
+            }
+        }
+        // The master goes back to the test: closing it now would hang up the line before
+        // the last answer is read.
+        (voter.state().clone(), master)
+    });
+    let link = VoterLink::new(LinkAddr::Device(path));
+    let leader = LeaderId { term: 3, node: 1 };
+    let vote = Vote {
+        leader,
+        committed: true,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ttl = Duration::from_secs(5);
+        assert!(status(link.call(Request::Status, ttl).await));
+        // Bytes a terminal would translate (CR, NL, XON/XOFF, 0x00, 0xFF) pass unchanged in
+        // raw mode: a run count of 0x0D0A and a term of 0x11_13_FF.
+        let append = Request::Append {
+            vote,
+            prev: None,
+            runs: vec![Run {
+                leader,
+                count: 0x0D0A,
+            }],
+            commit: None,
+            lease_ms: 0x11_13_FF,
+        };
+        let r = link.call(append, ttl).await;
+        assert!(
+            matches!(r, Ok(Response::Append(AppendOutcome::Success))),
+            "{r:?}"
+        );
+        assert!(status(link.call(Request::Status, ttl).await));
+    });
+    let (state, _master) = voter.join().expect("voter");
+    assert_eq!(state.vote, vote);
+    assert_eq!(state.last().map(|l| l.index), Some(0x0D0A - 1));
+}
