@@ -57,7 +57,9 @@ embedded-setup: setup
 VOTER_FIRMWARE = $(CURDIR)/target/thumbv7em-none-eabihf/release/wraft-voter
 embedded: embedded-setup
 	cd targets/cortex-m && $(CARGO) build --release
-	size -A $(VOTER_FIRMWARE) | grep -E '^(\.vector_table|\.text|\.rodata|\.data|\.bss|\.uninit) '
+	@if command -v size >/dev/null; then \
+		size -A $(VOTER_FIRMWARE) | grep -E '^(\.vector_table|\.text|\.rodata|\.data|\.bss|\.uninit) '; \
+	else ls -l $(VOTER_FIRMWARE); echo "(binutils' size prints the sections)"; fi
 
 ## Two `wraft serve` nodes and the firmware in qemu-system-arm as one three-voter cluster
 ## (host/node/tests/all/embedded.rs).
