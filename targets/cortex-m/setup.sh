@@ -5,9 +5,13 @@ set -euo pipefail
 
 rustup target add thumbv7em-none-eabihf
 
-if ! command -v qemu-system-arm >/dev/null; then
+need=()
+# The firmware's build script and the host crates link with the system C compiler.
+command -v cc >/dev/null || need+=(build-essential)
+command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
+if ((${#need[@]})); then
     sudo=()
     [[ $(id -u) == 0 ]] || sudo=(sudo)
     "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends qemu-system-arm
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi

@@ -330,6 +330,14 @@ impl NodeApi {
                     self.id
                 )));
             }
+            // Raft stopped (shutdown, a storage fault) with the proposal in flight: it may
+            // have been appended and may yet commit elsewhere.
+            Err(RaftError::Fatal(e)) => {
+                return Err(ApiError::OutcomeUnknown(format!(
+                    "node {} stopped with the write in flight: {e}",
+                    self.id
+                )));
+            }
             Err(e) => return Err(unavailable(e)),
         };
         match (response, &request) {

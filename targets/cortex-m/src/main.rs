@@ -21,9 +21,10 @@ use wraft_core::voter::{FlashStore, PassiveVoter, VoterPort};
 
 #[global_allocator]
 static HEAP: Heap = Heap::empty();
-/// The largest decoded request (a 1 KiB frame of minimal runs: about 8 KiB of `Run`s) plus
-/// the state clone and the answer, with room for fragmentation.
-const HEAP_SIZE: usize = 24 * 1024;
+/// A decoded request (at most 16 runs: decoding refuses more before allocating), the state's
+/// copy while it is handled (at most 16 runs), the answer and its frame: about 2 KiB at
+/// most, with room for fragmentation.
+const HEAP_SIZE: usize = 8 * 1024;
 
 /// Milliseconds since boot, counted by SysTick.
 static MILLIS: AtomicU32 = AtomicU32::new(0);
@@ -123,6 +124,13 @@ fn fail(why: &dyn core::fmt::Display) -> ! {
     loop {
         cortex_m::asm::wfi();
     }
+}
+
+/// A fault (bad memory access, undefined instruction): say where, then stop, so the host
+/// sees the voter gone rather than a core silently spinning.
+#[exception]
+unsafe fn HardFault(frame: &cortex_m_rt::ExceptionFrame) -> ! {
+    fail(&format_args!("hard fault at pc {:#010x}", frame.pc()))
 }
 
 #[panic_handler]

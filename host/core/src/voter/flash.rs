@@ -93,11 +93,19 @@ impl<F: NorFlash> FlashStore<F> {
             None => (Persisted::default(), 0),
         };
         state.boots = state.boots.wrapping_add(1);
+        // Start the boot's record in the sector after the newest record: `end` at that
+        // sector's start makes `append` move into it (erasing it). A sector that fails is
+        // skipped; every sector failing is an error (the newest record's is never erased).
         store.pos = next_sector * sector;
-        store.end = store.pos + sector;
-        store.flash.erase(store.pos, store.end).map_err(flash_err)?;
-        store.append(&state)?;
-        Ok((store, state))
+        store.end = store.pos;
+        let mut last = Ok(());
+        for _ in 0..sectors {
+            last = store.append(&state);
+            if last.is_ok() {
+                break;
+            }
+        }
+        last.map(|()| (store, state))
     }
 
     /// Gives the flash back.
@@ -171,7 +179,8 @@ impl<F: NorFlash> FlashStore<F> {
             self.pos = start;
             self.end = start + self.sector;
             if let Err(e) = self.flash.erase(start, self.end) {
-                self.end = self.pos;
+                // Skip this sector next time (`end` just past its start).
+                self.end = start + 1;
                 return Err(flash_err(e));
             }
         }

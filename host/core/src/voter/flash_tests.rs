@@ -207,6 +207,8 @@ struct Flaky {
     nor: Nor,
     writes: usize,
     fail: Vec<usize>,
+    erases: usize,
+    fail_erase: Vec<usize>,
 }
 
 impl ErrorType for Flaky {
@@ -227,6 +229,11 @@ impl NorFlash for Flaky {
     const WRITE_SIZE: usize = 4;
     const ERASE_SIZE: usize = SECTOR;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        let n = self.erases;
+        self.erases += 1;
+        if self.fail_erase.contains(&n) {
+            return Err(NorFlashErrorKind::Other);
+        }
         self.nor.erase(from, to)
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
@@ -252,6 +259,8 @@ fn saves_acknowledged_after_a_failed_one_survive_reopening() {
                 nor: Nor::new(4),
                 writes: 0,
                 fail: vec![fail_at],
+                erases: 0,
+                fail_erase: Vec::new(),
             };
             let (mut store, _) = FlashStore::open(flaky).expect("open");
             let mut acked = None;
@@ -276,6 +285,8 @@ fn failing_saves_never_erase_the_last_good_record() {
         nor: Nor::new(3),
         writes: 0,
         fail: (3..10_000).collect(),
+        erases: 0,
+        fail_erase: Vec::new(),
     };
     let (mut store, _) = FlashStore::open(flaky).expect("open");
     store.save(&state(1)).expect("save 1");
@@ -287,4 +298,32 @@ fn failing_saves_never_erase_the_last_good_record() {
     assert!(errors.contains(&FlashError::Worn), "{errors:?}");
     let (_, loaded) = FlashStore::open(store.into_inner().nor).expect("reopen");
     assert_eq!(without_boots(loaded), state(2));
+}
+
+#[test]
+fn a_sector_that_will_not_erase_or_program_is_skipped_at_boot_and_after() {
+    // The boot's first erase and first write fail; later the third erase fails too.
+    let flaky = Flaky {
+        nor: Nor::new(4),
+        writes: 0,
+        fail: vec![0],
+        erases: 0,
+        fail_erase: vec![0, 3],
+    };
+    let (mut store, s) = FlashStore::open(flaky).expect("open skips the bad sectors");
+    assert_eq!(s.boots, 1);
+    let mut acked = None;
+    for k in 0..100 {
+        if store.save(&state(k)).is_ok() {
+            acked = Some(state(k));
+        }
+    }
+    let flaky = store.into_inner();
+    assert!(
+        flaky.erases > 4,
+        "the ring went round: {} erases",
+        flaky.erases
+    );
+    let (_, loaded) = FlashStore::open(flaky.nor).expect("reopen");
+    assert_eq!(Some(without_boots(loaded)), acked);
 }

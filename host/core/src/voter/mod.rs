@@ -20,7 +20,7 @@ mod passive;
 mod port;
 
 pub use flash::{FlashError, FlashStore};
-pub use passive::{MAX_RUNS, PassiveVoter, Persisted, VoterStore};
+pub use passive::{MAX_APPEND, MAX_RUNS, PassiveVoter, Persisted, VoterStore};
 pub use port::VoterPort;
 
 use alloc::vec::Vec;
@@ -93,7 +93,9 @@ pub enum Request {
         vote: Vote,
         /// The id of the entry before the first appended one.
         prev: Option<LogId>,
-        /// The appended entries' ids, from `prev.index + 1` on.
+        /// The appended entries' ids, from `prev.index + 1` on: at most [`MAX_RUNS`] runs and
+        /// [`MAX_APPEND`] entries (decoding refuses more before allocating for them).
+        #[serde(deserialize_with = "bounded_runs")]
         runs: Vec<Run>,
         /// The leader's commit point.
         commit: Option<LogId>,
@@ -156,6 +158,9 @@ pub enum Refusal {
     Storage,
     /// The uncommitted tail would need more than [`MAX_RUNS`] runs; retry once more commits.
     TailFull,
+    /// The request is out of bounds: more than [`MAX_APPEND`] entries, or log indexes near
+    /// `u64::MAX` (no real log gets there; a corrupted or forged frame would).
+    Invalid,
 }
 
 /// What a voter holds.
@@ -173,6 +178,32 @@ pub struct Status {
     pub boots: u32,
     /// Records written to storage since it was formatted.
     pub writes: u32,
+}
+
+/// Decodes at most [`MAX_RUNS`] runs: a frame that passed its CRC may still claim thousands,
+/// and a microcontroller's heap must not be sized by a length read off the wire.
+fn bounded_runs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Run>, D::Error> {
+    struct Runs;
+    impl<'de> serde::de::Visitor<'de> for Runs {
+        type Value = Vec<Run>;
+        fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+            write!(f, "at most {MAX_RUNS} runs")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Run>, A::Error> {
+            if seq.size_hint().is_some_and(|n| n > MAX_RUNS) {
+                return Err(serde::de::Error::invalid_length(MAX_RUNS + 1, &self));
+            }
+            let mut runs = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(run) = seq.next_element::<Run>()? {
+                if runs.len() == MAX_RUNS {
+                    return Err(serde::de::Error::invalid_length(MAX_RUNS + 1, &self));
+                }
+                runs.push(run);
+            }
+            Ok(runs)
+        }
+    }
+    d.deserialize_seq(Runs)
 }
 
 /// A request or response with the sequence number that pairs them.

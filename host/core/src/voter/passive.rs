@@ -10,6 +10,12 @@ use super::{AppendOutcome, LeaderId, LogId, Refusal, Request, Response, Run, Sta
 /// record small.
 pub const MAX_RUNS: usize = 16;
 
+/// Most entries one append may carry (the bridge cuts longer ones; openraft sends 300).
+pub const MAX_APPEND: u64 = 4096;
+
+/// Log indexes stay below this: index arithmetic (`+ 1`, `+ count`) then never overflows.
+const MAX_INDEX: u64 = 1 << 62;
+
 /// Everything the voter persists, written whole on every change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
@@ -168,6 +174,9 @@ impl<S: VoterStore> PassiveVoter<S> {
     /// Handles one request at `now_ms` (any monotonic millisecond clock). A response that
     /// grants or acknowledges anything is only returned once that is durable.
     pub fn handle(&mut self, now_ms: u64, request: &Request) -> Response {
+        if !in_bounds(request) {
+            return Response::Refused(Refusal::Invalid);
+        }
         let mut next = self.state.clone();
         let mut lease_until = self.lease_until;
         let response = match request {
@@ -248,6 +257,23 @@ impl<S: VoterStore> PassiveVoter<S> {
         self.state = next;
         self.lease_until = lease_until;
         response
+    }
+}
+
+/// Whether every index in `request` (and every index an append reaches) is below
+/// [`MAX_INDEX`], and an append carries at most [`MAX_APPEND`] entries.
+fn in_bounds(request: &Request) -> bool {
+    let ok = |id: &Option<LogId>| id.is_none_or(|id| id.index < MAX_INDEX);
+    match request {
+        Request::Vote { last, .. } | Request::PreVote { last, .. } => ok(last),
+        Request::Snapshot { last, .. } => last.index < MAX_INDEX,
+        Request::Append {
+            prev, runs, commit, ..
+        } => {
+            let count: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
+            ok(prev) && ok(commit) && count <= MAX_APPEND
+        }
+        Request::Status => true,
     }
 }
 

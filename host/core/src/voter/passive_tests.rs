@@ -299,3 +299,62 @@ fn the_tail_is_bounded_in_runs() {
     );
     assert_eq!(v.state().tail.len(), 1);
 }
+
+#[test]
+fn out_of_bounds_requests_are_refused_and_change_nothing() {
+    let mut v = voter();
+    let l = vote(1, 1, true);
+    let huge = append(&mut v, 0, l, None, &[(1, 1, u32::MAX)], None);
+    assert_eq!(huge, Response::Refused(Refusal::Invalid));
+    let far = v.handle(
+        0,
+        &Request::Snapshot {
+            vote: l,
+            last: id(1, 1, u64::MAX),
+            lease_ms: 0,
+        },
+    );
+    assert_eq!(far, Response::Refused(Refusal::Invalid));
+    let far_vote = v.handle(
+        0,
+        &Request::Vote {
+            vote: vote(2, 2, false),
+            last: Some(id(2, 2, u64::MAX - 1)),
+            transfer: false,
+        },
+    );
+    assert_eq!(far_vote, Response::Refused(Refusal::Invalid));
+    assert_eq!(v.state(), &Persisted::default());
+    assert!(v.store().saved.is_empty());
+}
+
+#[test]
+fn more_runs_than_the_bound_do_not_decode() {
+    let runs = |n: usize| Request::Append {
+        vote: vote(1, 1, true),
+        prev: None,
+        runs: (0..n)
+            .map(|i| Run {
+                leader: leader(i as u64 + 1, 1),
+                count: 1,
+            })
+            .collect(),
+        commit: None,
+        lease_ms: 0,
+    };
+    let ok = postcard::to_allocvec(&runs(MAX_RUNS)).expect("encode");
+    assert_eq!(
+        postcard::from_bytes::<Request>(&ok).ok(),
+        Some(runs(MAX_RUNS))
+    );
+    let over = postcard::to_allocvec(&runs(MAX_RUNS + 1)).expect("encode");
+    assert!(postcard::from_bytes::<Request>(&over).is_err());
+    // A length prefix claiming a million runs is refused before anything is allocated.
+    let mut forged = over.clone();
+    let at = forged
+        .iter()
+        .position(|&b| b == (MAX_RUNS + 1) as u8)
+        .expect("length");
+    forged.splice(at..=at, [0xC0, 0x84, 0x3D]);
+    assert!(postcard::from_bytes::<Request>(&forged).is_err());
+}

@@ -81,6 +81,32 @@ struct Conn {
     decoder: Box<Decoder>,
 }
 
+/// A serial device as a non-blocking stream on the reactor: a call that times out leaves no
+/// read behind (a blocking read would keep the fd and eat the next answer, and one per
+/// timeout would fill tokio's blocking pool). The device must not become the node's
+/// controlling terminal.
+#[cfg(unix)]
+fn open_device(path: &std::path::Path) -> std::io::Result<impl Stream + use<>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use tokio::net::unix::pipe;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let writer = pipe::Sender::from_file_unchecked(file.try_clone()?)?;
+    let reader = pipe::Receiver::from_file_unchecked(file)?;
+    Ok(tokio::io::join(reader, writer))
+}
+
+#[cfg(not(unix))]
+fn open_device(path: &std::path::Path) -> std::io::Result<tokio::net::TcpStream> {
+    Err(std::io::Error::other(format!(
+        "serial devices ({}) are supported on unix hosts only",
+        path.display()
+    )))
+}
+
 /// The stream to one voter; reopened after any failure.
 pub struct VoterLink {
     addr: LinkAddr,
@@ -126,14 +152,7 @@ impl VoterLink {
                 s.set_nodelay(true).map_err(open_err)?;
                 Box::new(s)
             }
-            LinkAddr::Device(p) => {
-                let mut options = tokio::fs::OpenOptions::new();
-                options.read(true).write(true);
-                // A serial line must not become the node's controlling terminal.
-                #[cfg(unix)]
-                options.custom_flags(libc::O_NOCTTY);
-                Box::new(options.open(p).await.map_err(open_err)?)
-            }
+            LinkAddr::Device(p) => Box::new(open_device(p).map_err(open_err)?),
         };
         Ok(Conn {
             stream,
@@ -144,36 +163,46 @@ impl VoterLink {
     /// Sends `body` and waits up to `ttl` for its answer (including opening the stream).
     /// Any failure drops the stream; the next call reopens it.
     pub async fn call(&self, body: Request, ttl: Duration) -> Result<Response, VoterLinkError> {
-        let mut guard = self.conn.lock().await;
-        let (seq, conn) = &mut *guard;
-        *seq = seq.wrapping_add(1);
-        let envelope = Envelope { seq: *seq, body };
-        let exchange = async {
-            let c = match conn {
-                Some(c) => c,
-                None => conn.insert(self.open().await?),
-            };
-            self.exchange(c, &envelope).await
-        };
         let started = std::time::Instant::now();
-        let kind = match &envelope.body {
+        let kind = match &body {
             Request::Append { runs, .. } if runs.is_empty() => "heartbeat",
             Request::Append { .. } => "append",
             Request::Vote { .. } | Request::PreVote { .. } => "vote",
             Request::Snapshot { .. } => "snapshot",
             Request::Status => "status",
         };
+        // Waiting for the link (another call in flight) counts against the deadline too.
+        let exchange = async {
+            let mut guard = self.conn.lock().await;
+            let (seq, conn) = &mut *guard;
+            *seq = seq.wrapping_add(1);
+            let envelope = Envelope { seq: *seq, body };
+            let c = match conn {
+                Some(c) => c,
+                None => conn.insert(self.open().await?),
+            };
+            let answer = self.exchange(c, &envelope).await;
+            if answer.is_err() {
+                *conn = None;
+            }
+            answer
+        };
         let result = match tokio::time::timeout(ttl, exchange).await {
             Ok(r) => r,
-            Err(_) => Err(VoterLinkError::Timeout {
-                addr: self.addr.to_string(),
-                ttl,
-            }),
+            Err(_) => {
+                // Reopen next time (unless another call holds the link: stale answers and
+                // half-sent frames are harmless, the sequence numbers and the framing see
+                // to that).
+                if let Ok(mut guard) = self.conn.try_lock() {
+                    guard.1 = None;
+                }
+                Err(VoterLinkError::Timeout {
+                    addr: self.addr.to_string(),
+                    ttl,
+                })
+            }
         };
         tracing::debug!(link = %self.addr, kind, ok = result.is_ok(), took = ?started.elapsed(), "voter call");
-        if result.is_err() {
-            *conn = None;
-        }
         result
     }
 

@@ -14,7 +14,9 @@ use openraft::raft::{
 };
 use openraft::vote::RaftLeaderId;
 use wraft_core::raft::{Entry, LogId, Node, NodeId, Snapshot, TypeConfig, Vote};
-use wraft_core::voter::{self as core, AppendOutcome, MAX_RUNS, Request, Response, Run};
+use wraft_core::voter::{
+    self as core, AppendOutcome, MAX_APPEND, MAX_RUNS, Request, Response, Run,
+};
 use wraft_transport_quic::{RaftClient, RaftPeer};
 
 use super::{VoterLink, VoterLinkError, VoterLinks};
@@ -143,10 +145,14 @@ impl VoterRpc {
     }
 }
 
-/// Entry ids as runs, at most [`MAX_RUNS`] of them, and how many entries those cover.
+/// Entry ids as runs, at most [`MAX_RUNS`] of them covering at most [`MAX_APPEND`] entries,
+/// and how many entries those cover.
 fn runs(entries: &[Entry]) -> (Vec<Run>, usize) {
     let mut runs: Vec<Run> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
+        if i as u64 == MAX_APPEND {
+            return (runs, i);
+        }
         let leader = to_core_id(&entry.log_id).leader;
         let full = runs.len() == MAX_RUNS;
         match runs.last_mut() {

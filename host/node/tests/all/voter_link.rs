@@ -163,11 +163,13 @@ fn raw_pty() -> (std::fs::File, std::path::PathBuf, std::fs::File) {
         libc::cfmakeraw(&mut t);
         assert_eq!(libc::tcsetattr(slave, libc::TCSANOW, &t), 0);
     }
-    // SAFETY: ttyname returns a pointer to a static NUL-terminated buffer (or null).
-    let name = unsafe { libc::ttyname(slave) };
-    assert!(!name.is_null(), "ttyname");
-    // SAFETY: non-null, NUL-terminated, read before any other ttyname call.
-    let path = unsafe { std::ffi::CStr::from_ptr(name) }
+    // ttyname_r, not ttyname: tests run in parallel and ttyname shares one buffer.
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: `slave` is an open terminal fd; `name` is writable for its length.
+    let rc = unsafe { libc::ttyname_r(slave, name.as_mut_ptr(), name.len()) };
+    assert_eq!(rc, 0, "ttyname_r");
+    // SAFETY: ttyname_r wrote a NUL-terminated name into `name`.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
         .to_string_lossy()
         .into_owned();
     // SAFETY: both fds were just opened by openpty and are owned by nothing else.
@@ -242,4 +244,51 @@ fn a_voter_link_over_a_serial_device() {
     let (state, _master) = voter.join().expect("voter");
     assert_eq!(state.vote, vote);
     assert_eq!(state.last().map(|l| l.index), Some(0x0D0A - 1));
+}
+
+#[test]
+fn a_silent_voter_on_a_serial_device_costs_one_call_not_the_next() {
+    let (mut master, path, _slave) = raw_pty();
+    let voter = std::thread::spawn(move || {
+        let mut voter = PassiveVoter::new(Persisted::default(), Mem);
+        let mut decoder = Decoder::new();
+        let mut buf = [0u8; 64];
+        let mut seen = 0;
+        while seen < 3 {
+            let n = master.read(&mut buf).expect("read the line");
+            for &b in &buf[..n] {
+                let Some(Ok(body)) = decoder.feed(b) else {
+                    continue;
+                };
+                seen += 1;
+                if seen == 1 {
+                    // Silent: the first request times out.
+                    continue;
+                }
+                let req: Envelope<Request> = link::decode(body).expect("request");
+                let answer = Envelope {
+                    seq: req.seq,
+                    body: voter.handle(0, &req.body),
+                };
+                let mut out = Vec::new();
+                link::encode(&answer, &mut out);
+                master.write_all(&out).expect("answer");
+            }
+        }
+        master
+    });
+    let link = VoterLink::new(LinkAddr::Device(path));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let silent = link.call(Request::Status, Duration::from_millis(300)).await;
+        assert!(
+            matches!(silent, Err(VoterLinkError::Timeout { .. })),
+            "{silent:?}"
+        );
+        for _ in 0..2 {
+            let r = link.call(Request::Status, Duration::from_secs(5)).await;
+            assert!(matches!(r, Ok(Response::Status(_))), "{r:?}");
+        }
+    });
+    drop(voter.join().expect("voter"));
 }
