@@ -182,36 +182,48 @@ fn raw_pty() -> (std::fs::File, std::path::PathBuf, std::fs::File) {
     (master, path.into(), slave)
 }
 
-#[test]
-fn a_voter_link_over_a_serial_device() {
-    use wraft_core::voter::{AppendOutcome, LeaderId, Run, Vote};
-    let (mut master, path, _slave) = raw_pty();
-    let requests = 3;
-    let voter = std::thread::spawn(move || {
+/// A voter on the master side of a pty: reads `requests` requests, answers all but the first
+/// `silent` of them, then hands back its state and the master (closing the master at once
+/// would hang up the line before the last answer is read).
+fn pty_voter(
+    mut master: std::fs::File,
+    requests: usize,
+    silent: usize,
+) -> std::thread::JoinHandle<(Persisted, std::fs::File)> {
+    std::thread::spawn(move || {
         let mut voter = PassiveVoter::new(Persisted::default(), Mem);
         let mut decoder = Decoder::new();
         let mut buf = [0u8; 64];
-        let mut answered = 0;
-        while answered < requests {
+        let mut seen = 0;
+        while seen < requests {
             let n = master.read(&mut buf).expect("read the line");
             for &b in &buf[..n] {
-                if let Some(Ok(body)) = decoder.feed(b) {
-                    let req: Envelope<Request> = link::decode(body).expect("request");
-                    let answer = Envelope {
-                        seq: req.seq,
-                        body: voter.handle(0, &req.body),
-                    };
-                    let mut out = Vec::new();
-                    link::encode(&answer, &mut out);
-                    master.write_all(&out).expect("answer");
-                    answered += 1;
+                let Some(Ok(body)) = decoder.feed(b) else {
+                    continue;
+                };
+                seen += 1;
+                if seen <= silent {
+                    continue;
                 }
+                let req: Envelope<Request> = link::decode(body).expect("request");
+                let answer = Envelope {
+                    seq: req.seq,
+                    body: voter.handle(0, &req.body),
+                };
+                let mut out = Vec::new();
+                link::encode(&answer, &mut out);
+                master.write_all(&out).expect("answer");
             }
         }
-        // The master goes back to the test: closing it now would hang up the line before
-        // the last answer is read.
         (voter.state().clone(), master)
-    });
+    })
+}
+
+#[test]
+fn a_voter_link_over_a_serial_device() {
+    use wraft_core::voter::{AppendOutcome, LeaderId, Run, Vote};
+    let (master, path, _slave) = raw_pty();
+    let voter = pty_voter(master, 3, 0);
     let link = VoterLink::new(LinkAddr::Device(path));
     let leader = LeaderId { term: 3, node: 1 };
     let vote = Vote {
@@ -248,35 +260,8 @@ fn a_voter_link_over_a_serial_device() {
 
 #[test]
 fn a_silent_voter_on_a_serial_device_costs_one_call_not_the_next() {
-    let (mut master, path, _slave) = raw_pty();
-    let voter = std::thread::spawn(move || {
-        let mut voter = PassiveVoter::new(Persisted::default(), Mem);
-        let mut decoder = Decoder::new();
-        let mut buf = [0u8; 64];
-        let mut seen = 0;
-        while seen < 3 {
-            let n = master.read(&mut buf).expect("read the line");
-            for &b in &buf[..n] {
-                let Some(Ok(body)) = decoder.feed(b) else {
-                    continue;
-                };
-                seen += 1;
-                if seen == 1 {
-                    // Silent: the first request times out.
-                    continue;
-                }
-                let req: Envelope<Request> = link::decode(body).expect("request");
-                let answer = Envelope {
-                    seq: req.seq,
-                    body: voter.handle(0, &req.body),
-                };
-                let mut out = Vec::new();
-                link::encode(&answer, &mut out);
-                master.write_all(&out).expect("answer");
-            }
-        }
-        master
-    });
+    let (master, path, _slave) = raw_pty();
+    let voter = pty_voter(master, 3, 1);
     let link = VoterLink::new(LinkAddr::Device(path));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
