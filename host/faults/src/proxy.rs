@@ -116,6 +116,16 @@ impl Network {
         })
     }
 
+    /// `--initial-members` naming each node by its proxy: `1=ADDR,2=ADDR,...`.
+    pub fn members(&self) -> String {
+        self.proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}={p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Replaces the faults in force.
     pub fn set(&self, faults: Faults) {
         if let Ok(mut f) = self.faults.lock() {

@@ -61,13 +61,7 @@ fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
             .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
             .collect();
         let network = Network::start(&real, 7).await.expect("proxies");
-        let members = network
-            .proxies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}={p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members = network.members();
         let mut nodes = node_processes(dir.path(), &certs, &ids, &real, &members);
         for n in &mut nodes {
             // Snapshots every 20 entries keeping 5, so the new leader purges the entry soon.

@@ -315,13 +315,7 @@ async fn run_in(
     let network = Network::start(&real, seed)
         .await
         .map_err(|e| e.to_string())?;
-    let members = network
-        .proxies
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}={p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let members = network.members();
     let mut nodes = node_processes(dir.path(), &certs, nodes_ids, &real, &members);
     if let Some(tuning) = tuning {
         for n in &mut nodes {
