@@ -42,3 +42,25 @@ pub fn parse_link(s: &str) -> Result<(NodeId, LinkAddr), String> {
         .map_err(|_| format!("voter link id {id:?} is not a number"))?;
     Ok((id, addr.trim().parse()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voter_links_parse_or_say_why_not() {
+        assert_eq!(
+            parse_link("3=tcp:127.0.0.1:5001"),
+            Ok((3, LinkAddr::Tcp("127.0.0.1:5001".into())))
+        );
+        assert_eq!(
+            parse_link(" 4 = /dev/ttyS1 "),
+            Ok((4, LinkAddr::Device("/dev/ttyS1".into())))
+        );
+        for bad in ["3", "x=tcp:1:2", "3=udp:1:2", "3=ttyS1"] {
+            let e = parse_link(bad).expect_err(bad);
+            assert!(e.contains("voter link"), "{bad}: {e}");
+        }
+        assert!(is_passive("voter:mcu") && !is_passive("127.0.0.1:7001"));
+    }
+}
