@@ -209,6 +209,22 @@ pub enum NodeError {
     Raft(String),
 }
 
+/// Whether `error` comes from a write that found no room (a full disk, a quota, a file-size
+/// limit), anywhere in its chain of causes.
+fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), StorageFull | QuotaExceeded | FileTooLarge)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct ClusterNode {
@@ -228,8 +244,24 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    /// Opens the node's stores and starts raft and the transport.
+    /// Opens the node's stores and starts raft and the transport. A full disk (or file-size
+    /// limit) while starting is explained as it is while running: make room, then restart.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let data_dir = config.data_dir.clone();
+        Self::open(config).await.map_err(|e| {
+            if out_of_space(&e) {
+                NodeError::Storage(crate::disk::write_failed(
+                    "starting the node",
+                    &data_dir,
+                    &e,
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
+    async fn open(config: NodeConfig) -> Result<Self, NodeError> {
         let lock = crate::ops::DataDirLock::acquire(&config.data_dir)?;
         let runtime = Arc::new(
             FsmRuntime::with_cache(&config.data_dir.join("cache"))

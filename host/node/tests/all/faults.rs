@@ -827,3 +827,43 @@ fn a_power_loss_right_after_a_snapshot_install_loses_nothing() {
         }
     });
 }
+
+/// A node started on a full disk stops with the same advice as one whose disk fills while it
+/// runs (seed 6056 at 7795e15: a node restarted during a full-disk fault failed to write its
+/// `LOCK` and exited with a bare "No space left on device").
+#[test]
+#[cfg(not(any(feature = "fault-stale-reads", feature = "fault-lazy-fsync")))]
+fn a_node_started_on_a_full_disk_says_how_to_recover() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let certs = certs_for(dir.path(), &[1]).expect("certs");
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_udp_ports(1)));
+        let members = format!("1={listen}");
+        let mut nodes = node_processes(dir.path(), &certs, &[1], &[listen], &members);
+        let node = &mut nodes[0];
+        node.start().expect("start");
+        let client = Client::new(vec![listen.to_string()], &identity(&certs, "reader"))
+            .expect("client")
+            .with_patience(Duration::from_secs(30));
+        client.status().await.expect("serving");
+        assert!(node.stop(), "clean stop");
+
+        node.fill_disk().expect("fill the disk");
+        node.start().expect("start on a full disk");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.running() {
+            assert!(
+                Instant::now() < deadline,
+                "a node with no room kept running"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = node.log();
+        assert!(log.contains("make room, then restart the node"), "{log}");
+        // Room again: the harness restarts it, the exit is expected, it serves.
+        node.free_disk().expect("room again");
+        assert!(node.exits.is_empty(), "{:?}", node.exits);
+        client.status().await.expect("serving again");
+        assert!(node.stop(), "clean stop");
+    });
+}
