@@ -47,6 +47,9 @@ pub struct NodeProcess {
     /// A program the binary runs under, with its arguments (an emulator such as
     /// `qemu-aarch64 -L /usr/aarch64-linux-gnu` for a binary of another architecture).
     pub runner: Vec<String>,
+    /// The node's log filter (`WRAFT_LOG`): `WRAFT_NODE_LOG` if set, else `warn`. A test may
+    /// change it before `start` to watch for a line.
+    pub log_filter: String,
 }
 
 impl NodeProcess {
@@ -73,6 +76,7 @@ impl NodeProcess {
             .map(String::from)
             .to_vec(),
             runner: Vec::new(),
+            log_filter: std::env::var("WRAFT_NODE_LOG").unwrap_or_else(|_| "warn".into()),
         }
     }
 
@@ -101,11 +105,7 @@ impl NodeProcess {
             .arg("--key")
             .arg(self.certs.join(format!("node-{id}.key")))
             .args(&self.tuning)
-            // WRAFT_NODE_LOG (a tracing filter) makes a test's nodes say more.
-            .env(
-                "WRAFT_LOG",
-                std::env::var("WRAFT_NODE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("WRAFT_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

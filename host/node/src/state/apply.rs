@@ -278,8 +278,15 @@ impl StateStore {
             Err(e) => return Ok(Err(e)),
         };
         if module.capabilities.migrate {
+            tracing::info!(
+                "upgrading fsm {fsm} to module {module_id}: migrating its state from version {} \
+                 to {}",
+                rec.fsm_version,
+                module.fsm_version
+            );
             let migrate = EntryPoint::Migrate(rec.fsm_version);
             if let Err(e) = self.run(txn, fsm, &rec, &module, migrate, &[], ctx)? {
+                tracing::warn!("upgrade of fsm {fsm} to module {module_id} refused: {e}");
                 return Ok(Err(e));
             }
         }
@@ -291,6 +298,11 @@ impl StateStore {
         self.dbs
             .fsms
             .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
+        // The batch's transaction commits after this line: a crash before then undoes it all.
+        tracing::info!(
+            "upgraded fsm {fsm} to module {module_id} (version {})",
+            rec.fsm_version
+        );
         Ok(Ok(EntryResponse::Done))
     }
 

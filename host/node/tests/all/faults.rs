@@ -38,7 +38,7 @@ fn wraft_bin() -> std::path::PathBuf {
     std::env::var_os("WRAFT_FAULT_BIN").map_or_else(|| WRAFT.into(), Into::into)
 }
 
-fn wraft(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn wraft(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(wraft_bin())
         .current_dir(cwd)
         .args(args)

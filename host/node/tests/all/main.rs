@@ -23,5 +23,6 @@ mod ops;
 mod persistence;
 mod raft_storage;
 mod reconnect;
+mod upgrade_crash;
 mod validation;
 mod voter_link;
