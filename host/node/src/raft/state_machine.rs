@@ -78,14 +78,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (store, dir) = (self.store.clone(), self.snapshots.clone());
         let started = std::time::Instant::now();
         let where_ = dir.path().to_path_buf();
+        tracing::info!("building a snapshot");
         let snapshot = tokio::task::spawn_blocking(move || dir.build(&store))
             .await
             .map_err(io_err)?
             .map_err(|e| storage_fault("building a snapshot", &where_, e))?;
         crate::metrics::seconds("snapshot_build_duration_seconds", started.elapsed());
-        if let Ok(m) = snapshot.snapshot.metadata() {
-            metrics::histogram!("snapshot_size_bytes").record(m.len() as f64);
-        }
+        let len = snapshot.snapshot.metadata().map(|m| m.len()).unwrap_or(0);
+        metrics::histogram!("snapshot_size_bytes").record(len as f64);
+        tracing::info!(
+            "built a snapshot up to {} ({len} bytes) in {} ms",
+            display_log_id(&snapshot.meta.last_log_id),
+            started.elapsed().as_millis()
+        );
         Ok(snapshot)
     }
 }
@@ -172,11 +177,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (store, dir, meta_owned) = (self.store.clone(), self.snapshots.clone(), meta.clone());
         let started = std::time::Instant::now();
         let where_ = dir.path().to_path_buf();
+        let upto = display_log_id(&meta.last_log_id);
+        tracing::info!("installing a snapshot up to {upto}");
         tokio::task::spawn_blocking(move || dir.install(&store, &meta_owned, snapshot))
             .await
             .map_err(io_err)?
             .map_err(|e| storage_fault("installing a snapshot", &where_, e))?;
         crate::metrics::seconds("snapshot_install_duration_seconds", started.elapsed());
+        tracing::info!(
+            "installed a snapshot up to {upto} in {} ms",
+            started.elapsed().as_millis()
+        );
         self.applied = decode_raft_state(self.store.raft_state().map_err(io_err)?)?;
         Ok(())
     }
@@ -187,6 +198,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(io_err)?
     }
+}
+
+/// `term-index` of a snapshot's last entry, or `nothing`.
+fn display_log_id(id: &Option<LogId>) -> String {
+    id.as_ref().map_or_else(
+        || "nothing".to_string(),
+        |id| format!("{}-{}", id.leader_id.term, id.index),
+    )
 }
 
 /// A snapshot's I/O error, explained as a storage fault unless it is about the data itself

@@ -23,6 +23,7 @@ mod ops;
 mod persistence;
 mod raft_storage;
 mod reconnect;
+mod snapshot_crash;
 mod upgrade_crash;
 mod validation;
 mod voter_link;

@@ -1,0 +1,419 @@
+//! Crashes in the middle of building and of installing a snapshot lose nothing.
+//!
+//! A build copies the state env into a `.tmp` file, syncs the live env, seals the copy and
+//! renames it into place with its metadata; an install copies the received file, imports it
+//! in one transaction, syncs and publishes it. A crash anywhere leaves the old snapshot (or
+//! none) and a stray `.tmp` that the next start removes; the raft log still holds whatever
+//! the state lacks. Three `wraft serve` processes under the unsynced-write layer, 40 MB of
+//! state so a build takes a while, and snapshots every `EVERY` entries. Each round crashes
+//! its victim the moment it logs that it started: the leader's kill -9 mid-build, a
+//! follower's power loss mid-build, a power loss of every node mid-build, and a lagging
+//! follower's power loss mid-install. Then every acknowledged write must be on every node,
+//! the data directories must verify, and the state digests must agree.
+
+use std::time::{Duration, Instant};
+
+use wraft_client::{Client, ClientError};
+use wraft_core::{FsmLimits, FsmName};
+use wraft_faults::process::NodeProcess;
+use wraft_transport_quic::api::{ApiError, ApiRequest, Payload};
+
+use crate::cli::free_udp_ports;
+use crate::faults::{certs_for, identity, node_processes, runtime, wraft};
+
+/// Batches of `PER_BATCH` pairs of `VALUE` bytes: 40 MB of state.
+const BATCHES: u32 = 40;
+const PER_BATCH: u32 = 250;
+const VALUE: usize = 4096;
+/// Snapshot every this many applied entries, keeping a few behind.
+const EVERY: u32 = 30;
+
+fn fsm() -> FsmName {
+    FsmName::new("s").expect("name")
+}
+
+fn value_of(key: u32) -> Vec<u8> {
+    key.to_be_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(VALUE)
+        .collect()
+}
+
+fn put(key: u32) -> (FsmName, Payload) {
+    let cmd = probe::Command::Put {
+        key: key.to_be_bytes().to_vec(),
+        value: value_of(key),
+    };
+    (
+        fsm(),
+        Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+    )
+}
+
+/// Keys written so far and acknowledged.
+struct Written {
+    next: u32,
+}
+
+impl Written {
+    /// Writes `entries` more entries: big batches while filling, then one pair each.
+    async fn write(&mut self, client: &Client, entries: u32) {
+        for _ in 0..entries {
+            let per = if self.next < BATCHES * PER_BATCH {
+                PER_BATCH
+            } else {
+                1
+            };
+            // Puts are idempotent: a write whose outcome a crash made unknown is sent again
+            // until it is acknowledged.
+            let mut tries = 0;
+            loop {
+                let commands = (self.next..self.next + per).map(put).collect();
+                match client.request(ApiRequest::Batch { commands }).await {
+                    Ok(_) => break,
+                    Err(
+                        ClientError::Ambiguous(_) | ClientError::Api(ApiError::OutcomeUnknown(_)),
+                    ) if tries < 10 => {
+                        tries += 1;
+                    }
+                    Err(e) => panic!("write of keys from {}: {e}", self.next),
+                }
+            }
+            self.next += per;
+        }
+    }
+}
+
+fn count(node: &NodeProcess, line: &str) -> usize {
+    node.log().matches(line).count()
+}
+
+/// Writes one entry at a time until `node` has logged `line` more than `before` times, for up
+/// to `entries` entries.
+async fn write_until_logged(
+    written: &mut Written,
+    client: &Client,
+    node: &NodeProcess,
+    line: &str,
+    before: usize,
+    entries: u32,
+) -> bool {
+    for _ in 0..entries {
+        if count(node, line) > before {
+            return true;
+        }
+        written.write(client, 1).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if count(node, line) > before {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// The last index of the newest snapshot `node` logged it built.
+fn newest_built(node: &NodeProcess) -> u64 {
+    node.log()
+        .lines()
+        .filter_map(|l| l.split("built a snapshot up to ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|id| id.split('-').nth(1)?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// How long the newest `what` ("built a snapshot", "installed a snapshot") `node` logged
+/// took.
+fn last_took(node: &NodeProcess, what: &str) -> Duration {
+    let ms = node
+        .log()
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.rsplit(" in ").next()?.strip_suffix(" ms")?.parse().ok())
+        .next_back()
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
+/// Waits `fraction` of the victim's last `what`, then reports where the crash will land.
+async fn wait_into(node: &NodeProcess, what: &str, fraction: f64) -> Duration {
+    let delay = last_took(node, what).mul_f64(fraction);
+    tokio::time::sleep(delay).await;
+    delay
+}
+
+/// Waits until every node has applied what any of them had committed.
+async fn caught_up(addrs: &[String], certs: &std::path::Path) {
+    let each: Vec<Client> = addrs
+        .iter()
+        .map(|a| {
+            Client::new(vec![a.clone()], &identity(certs, "admin"))
+                .expect("client")
+                .with_patience(Duration::from_secs(30))
+        })
+        .collect();
+    let mut committed = 0;
+    for c in &each {
+        committed = committed.max(c.status().await.expect("status").committed.unwrap_or(0));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (c, addr) in each.iter().zip(addrs) {
+        while c.status().await.expect("status").applied.unwrap_or(0) < committed {
+            assert!(
+                Instant::now() < deadline,
+                "node at {addr} never applied {committed}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+const BUILDING: &str = "building a snapshot";
+const BUILT: &str = "built a snapshot";
+const INSTALLING: &str = "installing a snapshot";
+const INSTALLED: &str = "installed a snapshot";
+
+#[test]
+fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ids = [1, 2, 3];
+        let certs = certs_for(dir.path(), &ids).expect("certs");
+        let base = free_udp_ports(3);
+        let real: Vec<std::net::SocketAddr> = (0..3)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
+            .collect();
+        let members = real
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = node_processes(dir.path(), &certs, &ids, &real, &members);
+        for n in &mut nodes {
+            n.log_filter = "warn,wraft_host::raft=info".into();
+            n.tuning = [
+                "--checkpoint-interval",
+                "0",
+                "--snapshot-entries",
+                &EVERY.to_string(),
+                "--snapshot-trailing-entries",
+                "3",
+                "--snapshot-interval",
+                "3600",
+            ]
+            .map(String::from)
+            .to_vec();
+            n.start().expect("start");
+        }
+        let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+        let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
+            .expect("client")
+            .with_patience(Duration::from_secs(60));
+        let module = admin
+            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+            .await
+            .expect("deploy");
+        admin
+            .create_fsm(fsm(), module, FsmLimits::default())
+            .await
+            .expect("create");
+        let mut written = Written { next: 0 };
+        written.write(&admin, BATCHES).await;
+        let leader = || async {
+            admin
+                .status()
+                .await
+                .expect("status")
+                .leader
+                .expect("a leader")
+        };
+
+        // 1.–3. During a build: the leader's kill -9 as it starts, a follower's power loss
+        //    half-way through (by its previous build's duration), everyone's power loss
+        //    three quarters of the way.
+        for (round, fraction) in [
+            ("leader kill", 0.0),
+            ("follower power loss", 0.5),
+            ("power loss of every node", 0.75),
+        ] {
+            let l = leader().await;
+            let victim = if round == "follower power loss" {
+                ids.iter().copied().find(|&i| i != l).expect("a follower")
+            } else {
+                l
+            };
+            let v = &nodes[victim as usize - 1];
+            let building = count(v, BUILDING);
+            let seen =
+                write_until_logged(&mut written, &admin, v, BUILDING, building, 2 * EVERY).await;
+            assert!(
+                seen,
+                "{round}: node {victim} never started a snapshot:\n{}",
+                v.log()
+            );
+            let into = wait_into(v, BUILT, fraction).await;
+            match round {
+                "leader kill" => nodes[victim as usize - 1].kill(),
+                "follower power loss" => {
+                    nodes[victim as usize - 1].lose_power().expect("power loss");
+                }
+                _ => {
+                    for n in nodes.iter_mut() {
+                        n.kill();
+                    }
+                    for n in nodes.iter_mut() {
+                        n.lose_power().expect("power loss");
+                    }
+                }
+            }
+            // Its log is complete now.
+            let v = &nodes[victim as usize - 1];
+            let mid = count(v, BUILT) < count(v, BUILDING);
+            assert!(
+                mid || fraction > 0.0,
+                "{round}: node {victim} finished its snapshot before the crash"
+            );
+            eprintln!(
+                "{round}: node {victim} crashed {into:?} into a build{}",
+                if mid { "" } else { ", which had finished" }
+            );
+            for n in nodes.iter_mut() {
+                n.start().expect("restart");
+            }
+            written.write(&admin, 5).await;
+            caught_up(&addrs, &certs).await;
+        }
+
+        // 4.–5. During an install: a follower misses enough for the others to snapshot past
+        //    its log, comes back, and loses power as it starts installing; then again 60 %
+        //    of the way (by its previous install's duration).
+        for fraction in [0.0, 0.6] {
+            let l = leader().await;
+            let victim = ids.iter().copied().find(|&i| i != l).expect("a follower");
+            let victim_last = Client::new(
+                vec![addrs[victim as usize - 1].clone()],
+                &identity(&certs, "admin"),
+            )
+            .expect("client")
+            .status()
+            .await
+            .expect("status")
+            .last_log
+            .unwrap_or(0);
+            nodes[victim as usize - 1].kill();
+            let others: Vec<String> = ids
+                .iter()
+                .filter(|&&i| i != victim)
+                .map(|&i| addrs[i as usize - 1].clone())
+                .collect();
+            let rest = Client::new(others, &identity(&certs, "admin"))
+                .expect("client")
+                .with_patience(Duration::from_secs(60));
+            // Until the leader has a snapshot well past the victim's log (it purges behind).
+            let past = victim_last + u64::from(EVERY);
+            for _ in 0..20 * EVERY {
+                if newest_built(&nodes[l as usize - 1]) > past {
+                    break;
+                }
+                written.write(&rest, 1).await;
+            }
+            assert!(
+                newest_built(&nodes[l as usize - 1]) > past,
+                "the leader never snapshotted past index {past}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let v = &mut nodes[victim as usize - 1];
+            let installing = count(v, INSTALLING);
+            v.start().expect("restart");
+            let v = &nodes[victim as usize - 1];
+            let seen = write_until_logged(&mut written, &rest, v, INSTALLING, installing, 0).await;
+            assert!(
+                seen,
+                "node {victim} never installed a snapshot:\n{}",
+                v.log()
+            );
+            let into = wait_into(v, INSTALLED, fraction).await;
+            nodes[victim as usize - 1].lose_power().expect("power loss");
+            let v = &nodes[victim as usize - 1];
+            let mid = count(v, INSTALLED) < count(v, INSTALLING);
+            assert!(
+                mid || fraction > 0.0,
+                "node {victim} finished installing before the crash"
+            );
+            eprintln!(
+                "follower power loss: node {victim} crashed {into:?} into an install{}",
+                if mid { "" } else { ", which had finished" }
+            );
+            nodes[victim as usize - 1].start().expect("restart");
+            written.write(&admin, 5).await;
+            caught_up(&addrs, &certs).await;
+        }
+
+        // Every node applies everything written, then stops cleanly.
+        caught_up(&addrs, &certs).await;
+        for n in &mut nodes {
+            assert!(
+                n.stop(),
+                "node {} did not stop cleanly:\n{}",
+                n.spec.id,
+                n.log()
+            );
+            assert!(
+                n.exits.is_empty(),
+                "node {} exited: {:?}",
+                n.spec.id,
+                n.exits
+            );
+        }
+        let mut digests = Vec::new();
+        for &id in &ids {
+            let data = dir.path().join(format!("node-{id}"));
+            let out = wraft(
+                dir.path(),
+                &[
+                    "init",
+                    "verify",
+                    "--state-dir",
+                    data.to_str().expect("utf-8"),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "node {id}'s data directory needs repair: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let store = wraft_host::state::StateStore::open_read_only(&data.join("state"), false)
+                .expect("state");
+            // Every acknowledged pair (one key in 7, to keep it quick) with its value.
+            for key in (0..written.next).step_by(7) {
+                let q = postcard::to_allocvec(&probe::Query::Get {
+                    key: key.to_be_bytes().to_vec(),
+                })
+                .expect("encode");
+                let out = store
+                    .query(&fsm(), &q)
+                    .expect("query")
+                    .expect("query answered");
+                assert_eq!(
+                    postcard::from_bytes::<probe::Output>(&out).expect("output"),
+                    probe::Output::Bytes(value_of(key)),
+                    "node {id}: key {key}"
+                );
+            }
+            digests.push(store.digest().expect("digest"));
+        }
+        for (id, d) in ids.iter().zip(&digests).skip(1) {
+            let parts = d.differences(&digests[0]);
+            assert!(
+                parts.is_empty(),
+                "node {id}'s state differs from node 1's: {parts:?}"
+            );
+        }
+    });
+}
