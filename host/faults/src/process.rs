@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context;
 
 use crate::proxy::NodeId;
+use crate::unsynced::Survival;
 
 /// How to start node `id`.
 #[derive(Debug, Clone)]
@@ -149,9 +150,9 @@ impl NodeProcess {
         self.paused = false;
     }
 
-    /// A power loss: SIGKILL, then every write the node had not synced is undone. Needs
-    /// `unsynced_journal`.
-    pub fn lose_power(&mut self) -> anyhow::Result<crate::unsynced::Lost> {
+    /// A power loss: SIGKILL, then the writes the node had not synced are undone (all of
+    /// them, or all but a torn subset: [`Survival`]). Needs `unsynced_journal`.
+    pub fn lose_power(&mut self, survival: Survival) -> anyhow::Result<crate::unsynced::Lost> {
         self.kill();
         let journal = self
             .spec
@@ -161,7 +162,7 @@ impl NodeProcess {
         if !journal.exists() {
             return Ok(crate::unsynced::Lost::default());
         }
-        crate::unsynced::lose_unsynced_writes(&self.spec.data_dir, journal)
+        crate::unsynced::lose_unsynced_writes(&self.spec.data_dir, journal, survival)
             .with_context(|| format!("undoing node {}'s unsynced writes", self.spec.id))
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::Rng;
 use crate::proxy::{Faults, NodeId};
+use crate::unsynced::Survival;
 
 /// Which node a fault hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,10 +21,12 @@ pub enum Target {
 pub enum Fault {
     /// SIGKILL, then a restart on the same data directory when the fault ends.
     Kill(Target),
-    /// A power loss: SIGKILL, the node's unsynced writes undone, a restart when it ends.
-    PowerLoss(Target),
+    /// A power loss: SIGKILL, the node's unsynced writes undone (all, or all but a torn
+    /// subset), a restart when it ends.
+    PowerLoss(Target, Survival),
     /// Every node loses power at once (a rack or a data centre); all restart when it ends.
-    PowerLossAll,
+    /// With a torn subset surviving, each node's is drawn from its own seed.
+    PowerLossAll(Survival),
     /// The node's disk fills up (no file may grow); room again when it ends, and a restart
     /// if the node stopped.
     DiskFull(Target),
@@ -48,8 +51,8 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = match &self.fault {
             Fault::Kill(t) => format!("kill -9 {t:?}, restart"),
-            Fault::PowerLoss(t) => format!("power loss {t:?}, restart"),
-            Fault::PowerLossAll => "power loss of every node, restart".to_string(),
+            Fault::PowerLoss(t, s) => format!("power loss {t:?}{}, restart", torn(s)),
+            Fault::PowerLossAll(s) => format!("power loss of every node{}, restart", torn(s)),
             Fault::DiskFull(t) => format!("disk full {t:?}, room again"),
             Fault::Pause(t) => format!("SIGSTOP {t:?}, SIGCONT"),
             Fault::Network(n) => {
@@ -72,6 +75,22 @@ impl std::fmt::Display for Step {
     }
 }
 
+fn torn(s: &Survival) -> &'static str {
+    match s {
+        Survival::Nothing => "",
+        Survival::Torn(_) => " (a torn subset of unsynced writes survives)",
+    }
+}
+
+/// Half the power losses keep a torn subset of the unsynced writes.
+fn survival(rng: &mut Rng) -> Survival {
+    if rng.chance(0.5) {
+        Survival::Torn(rng.next_u64())
+    } else {
+        Survival::Nothing
+    }
+}
+
 /// Faults one after another for `run`: a quiet gap of 0.5–2 s, then a fault of 1–4 s. With
 /// five nodes or more, partitions may also split off a minority of two.
 pub fn draw(seed: u64, nodes: &[NodeId], run: Duration) -> Vec<Step> {
@@ -89,8 +108,8 @@ pub fn draw(seed: u64, nodes: &[NodeId], run: Duration) -> Vec<Step> {
         let fault = match rng.below(10) {
             0 | 1 => Fault::Kill(target),
             9 => Fault::DiskFull(target),
-            2 => Fault::PowerLoss(target),
-            3 => Fault::PowerLossAll,
+            2 => Fault::PowerLoss(target, survival(&mut rng)),
+            3 => Fault::PowerLossAll(survival(&mut rng)),
             4 => Fault::Pause(target),
             5 if nodes.len() >= 5 && rng.chance(0.5) => {
                 let other = nodes[rng.below(nodes.len() as u64) as usize];

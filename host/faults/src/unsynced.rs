@@ -2,9 +2,10 @@
 //! `preload/unsynced.rs`), which journals the bytes each write to its data directory is
 //! about to overwrite until the file is synced. After the process is killed,
 //! [`lose_unsynced_writes`] undoes those journals: every file is left as it was at its last
-//! fsync/fdatasync, as after a power loss (not a process crash, which keeps the page cache).
+//! fsync/fdatasync, as after a power loss (not a process crash, which keeps the page cache),
+//! or, with [`Survival::Torn`], with a random subset of its unsynced overwrites kept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,19 @@ pub fn env(root: &Path, journal: &Path) -> Vec<(String, PathBuf)> {
     ]
 }
 
+/// Which unsynced writes a power loss keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Survival {
+    /// None: every file is left as at its last sync (the harshest case, and the usual one
+    /// with a volatile disk cache).
+    Nothing,
+    /// A torn subset: each unsynced overwrite inside a file's synced length survives or not
+    /// by a coin flip drawn from this seed, independently of the others (a disk may persist
+    /// unsynced writes in any order). A file keeps the length of its last sync, so what was
+    /// written past it (appends, growth) never survives.
+    Torn(u64),
+}
+
 /// What a power loss undid.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lost {
@@ -31,6 +45,8 @@ pub struct Lost {
     pub writes: usize,
     /// Bytes those writes had written.
     pub bytes: u64,
+    /// Unsynced writes that survived ([`Survival::Torn`]).
+    pub kept: usize,
 }
 
 /// One journaled write: where, how much, and what it overwrote.
@@ -77,28 +93,128 @@ fn files_by_inode(root: &Path, out: &mut HashMap<String, PathBuf>) -> std::io::R
     Ok(())
 }
 
-/// Undoes every unsynced write journaled under `journal` to the files under `root`
-/// (whose process must be dead), newest first, and truncates each file to its size at its
+/// Byte ranges `[start, end)` that surviving writes own, merged.
+#[derive(Default)]
+struct Owned(BTreeMap<u64, u64>);
+
+impl Owned {
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        let overlapping: Vec<(u64, u64)> = self
+            .0
+            .range(..=end)
+            .filter(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.0.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.0.insert(start, end);
+    }
+
+    /// The parts of `[start, end)` no surviving write owns.
+    fn free(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        let mut at = start;
+        let first = self.0.range(..=start).next_back().map(|(&s, &e)| (s, e));
+        for (s, e) in first
+            .into_iter()
+            .chain(self.0.range(start + 1..end).map(|(&s, &e)| (s, e)))
+        {
+            if e <= at {
+                continue;
+            }
+            if s > at {
+                out.push((at, s.min(end)));
+            }
+            at = at.max(e);
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        out
+    }
+}
+
+/// How to undo one file's journal (`records`, oldest first): the `(offset, bytes)` to write
+/// back, in order, and how many writes `survives` kept. Walking newest first, an undone
+/// write puts back what it overwrote, except where a newer surviving write owns the bytes;
+/// so every byte ends as the newest surviving write left it, or as at the last sync. The
+/// caller then cuts the file to its synced length (`records[0].size_before`).
+fn undo_plan(
+    records: &[Record],
+    mut survives: impl FnMut(&Record) -> bool,
+) -> (Vec<(u64, Vec<u8>)>, usize) {
+    let mut owned = Owned::default();
+    let mut plan = Vec::new();
+    let mut kept = 0;
+    for r in records.iter().rev() {
+        if survives(r) {
+            owned.insert(r.at, r.at + r.len);
+            kept += 1;
+            continue;
+        }
+        let end = r.at + r.old.len() as u64;
+        for (s, e) in owned.free(r.at, end) {
+            plan.push((s, r.old[(s - r.at) as usize..(e - r.at) as usize].to_vec()));
+        }
+    }
+    (plan, kept)
+}
+
+/// Undoes the unsynced writes journaled under `journal` to the files under `root` (whose
+/// process must be dead) but those `survival` keeps, and cuts each file to its size at its
 /// last sync; the journals are removed. Files deleted since are skipped.
-pub fn lose_unsynced_writes(root: &Path, journal: &Path) -> std::io::Result<Lost> {
+pub fn lose_unsynced_writes(
+    root: &Path,
+    journal: &Path,
+    survival: Survival,
+) -> std::io::Result<Lost> {
     let mut files = HashMap::new();
     files_by_inode(root, &mut files)?;
     let mut lost = Lost::default();
-    for entry in std::fs::read_dir(journal)? {
-        let entry = entry?;
+    let mut coin = match survival {
+        Survival::Nothing => None,
+        Survival::Torn(seed) => Some(crate::Rng::new(seed)),
+    };
+    let mut journals: Vec<_> = std::fs::read_dir(journal)?.collect::<Result<_, _>>()?;
+    // The same seed tears the same writes whatever order the directory lists them in.
+    journals.sort_by_key(|e| e.file_name());
+    for entry in journals {
         let records = parse(&std::fs::read(entry.path())?);
         let name = entry.file_name().to_string_lossy().into_owned();
         if let (Some(path), Some(first)) = (files.get(&name), records.first()) {
+            let synced_len = first.size_before;
+            let mut kept_bytes = 0;
+            let (plan, kept) = undo_plan(&records, |r| {
+                let survives =
+                    r.at + r.len <= synced_len && coin.as_mut().is_some_and(|c| c.chance(0.5));
+                if survives {
+                    kept_bytes += r.len;
+                }
+                survives
+            });
             let file = OpenOptions::new().write(true).open(path)?;
-            for r in records.iter().rev() {
-                file.write_all_at(&r.old, r.at)?;
-                lost.bytes += r.len;
+            for (at, bytes) in &plan {
+                file.write_all_at(bytes, *at)?;
             }
-            file.set_len(first.size_before)?;
+            file.set_len(synced_len)?;
             file.sync_all()?;
             lost.files
                 .push(path.strip_prefix(root).unwrap_or(path).to_path_buf());
-            lost.writes += records.len();
+            lost.writes += records.len() - kept;
+            lost.kept += kept;
+            lost.bytes += records.iter().map(|r| r.len).sum::<u64>() - kept_bytes;
         }
         std::fs::remove_file(entry.path())?;
     }
@@ -124,5 +240,74 @@ mod tests {
         assert_eq!(full[1].old, b"xyz");
         assert_eq!(full[1].at, 5);
         assert_eq!(parse(&bytes[..bytes.len() - 1]).len(), 1);
+    }
+
+    /// Random writes over a synced file, journaled as the preload library journals them,
+    /// then a random subset kept: the undo must leave the synced bytes with exactly the kept
+    /// writes applied, in their order, and the synced length.
+    #[test]
+    fn a_torn_undo_leaves_exactly_the_surviving_writes() {
+        let mut rng = crate::Rng::new(11);
+        for case in 0..500 {
+            let synced: Vec<u8> = (0..rng.below(64)).map(|_| rng.below(256) as u8).collect();
+            let mut current = synced.clone();
+            let mut records = Vec::new();
+            let mut writes = Vec::new();
+            for _ in 0..rng.below(12) {
+                let at = rng.below(current.len() as u64 + 8);
+                let data: Vec<u8> = (0..1 + rng.below(24))
+                    .map(|_| rng.below(256) as u8)
+                    .collect();
+                let size = current.len() as u64;
+                let old_len = size.saturating_sub(at).min(data.len() as u64) as usize;
+                records.push(Record {
+                    at,
+                    len: data.len() as u64,
+                    size_before: size,
+                    old: current
+                        .get(at as usize..at as usize + old_len)
+                        .unwrap_or_default()
+                        .to_vec(),
+                });
+                let end = at as usize + data.len();
+                if current.len() < end {
+                    current.resize(end, 0);
+                }
+                current[at as usize..end].copy_from_slice(&data);
+                writes.push((at, data));
+            }
+            let keep: Vec<bool> = records
+                .iter()
+                .map(|r| r.at + r.len <= synced.len() as u64 && rng.chance(0.5))
+                .collect();
+            let mut newest_first = keep.iter().rev();
+            let (plan, kept) = undo_plan(&records, |_| *newest_first.next().unwrap_or(&false));
+            for (at, bytes) in plan {
+                let end = at as usize + bytes.len();
+                current[at as usize..end].copy_from_slice(&bytes);
+            }
+            current.truncate(synced.len());
+            let mut expected = synced.clone();
+            for ((at, data), k) in writes.iter().zip(&keep) {
+                if *k {
+                    expected[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+                }
+            }
+            assert_eq!(current, expected, "case {case}");
+            assert_eq!(kept, keep.iter().filter(|k| **k).count());
+        }
+    }
+
+    #[test]
+    fn owned_ranges_merge_and_leave_the_gaps_free() {
+        let mut o = Owned::default();
+        o.insert(10, 20);
+        o.insert(30, 40);
+        assert_eq!(o.free(0, 50), vec![(0, 10), (20, 30), (40, 50)]);
+        assert_eq!(o.free(12, 18), vec![]);
+        assert_eq!(o.free(15, 35), vec![(20, 30)]);
+        o.insert(18, 32);
+        assert_eq!(o.free(0, 50), vec![(0, 10), (40, 50)]);
+        assert_eq!(o.0.len(), 1, "one range: {:?}", o.0);
     }
 }

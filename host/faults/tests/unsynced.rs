@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use wraft_faults::unsynced::{self, Lost};
+use wraft_faults::unsynced::{self, Lost, Survival};
 
 const CHILD: &str = "WRAFT_UNSYNCED_TEST_DIR";
 
@@ -75,7 +75,8 @@ fn unsynced_writes_are_lost_and_synced_ones_survive() {
     assert_eq!(read("b").len(), 10_000);
     assert_eq!(read("c"), b"a");
 
-    let mut lost = unsynced::lose_unsynced_writes(&root, &journal).expect("undo");
+    let mut lost =
+        unsynced::lose_unsynced_writes(&root, &journal, Survival::Nothing).expect("undo");
     lost.files.sort();
     assert_eq!(read("a"), b"hello");
     assert_eq!(read("b"), b"");
@@ -86,7 +87,8 @@ fn unsynced_writes_are_lost_and_synced_ones_survive() {
         Lost {
             files: ["a", "b", "c"].map(Into::into).to_vec(),
             writes: 4,
-            bytes: 2 + 6 + 10_000 + 2
+            bytes: 2 + 6 + 10_000 + 2,
+            kept: 0,
         }
     );
     assert_eq!(std::fs::read_dir(&journal).expect("journal").count(), 0);

@@ -24,7 +24,7 @@ use wraft_faults::history::{Event, History, Op, Outcome};
 use wraft_faults::process::{NodeProcess, NodeSpec};
 use wraft_faults::proxy::{Faults, Network, NodeId};
 use wraft_faults::schedule::{self, Fault, Target};
-use wraft_faults::unsynced::Lost;
+use wraft_faults::unsynced::{Lost, Survival};
 use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 
 use crate::cli::{WRAFT, free_udp_ports, text};
@@ -350,6 +350,7 @@ async fn run_in(
         lost.files.extend(l.files);
         lost.writes += l.writes;
         lost.bytes += l.bytes;
+        lost.kept += l.kept;
     };
     let started = Instant::now();
     for step in steps {
@@ -367,17 +368,24 @@ async fn run_in(
                 tokio::time::sleep(step.lasts).await;
                 nodes[n as usize - 1].start().map_err(|e| e.to_string())?;
             }
-            Fault::PowerLoss(t) => {
+            Fault::PowerLoss(t, survival) => {
                 let n = target(t, leader(&admin).await);
                 add(nodes[n as usize - 1]
-                    .lose_power()
+                    .lose_power(*survival)
                     .map_err(|e| format!("{e:#}"))?);
                 tokio::time::sleep(step.lasts).await;
                 nodes[n as usize - 1].start().map_err(|e| e.to_string())?;
             }
-            Fault::PowerLossAll => {
+            Fault::PowerLossAll(survival) => {
                 for n in &mut nodes {
-                    add(n.lose_power().map_err(|e| format!("{e:#}"))?);
+                    n.kill();
+                }
+                for n in &mut nodes {
+                    let own = match *survival {
+                        Survival::Torn(seed) => Survival::Torn(seed ^ n.spec.id),
+                        nothing => nothing,
+                    };
+                    add(n.lose_power(own).map_err(|e| format!("{e:#}"))?);
                 }
                 tokio::time::sleep(step.lasts).await;
                 for n in &mut nodes {
@@ -624,12 +632,13 @@ fn seeded_fault_schedules_lose_no_acknowledged_write_and_stay_linearizable() {
         match rt.block_on(run(seed, &nodes, &steps, secs, None)) {
             Ok(r) => eprintln!(
                 "seed {seed}: ok, {} nodes, {} acknowledged writes, {} faults, power losses \
-                 undid {} unsynced writes ({} bytes) to {:?}, {:.1} s",
+                 undid {} unsynced writes ({} bytes, {} kept torn) to {:?}, {:.1} s",
                 nodes.len(),
                 r.acked,
                 steps.len(),
                 r.lost.writes,
                 r.lost.bytes,
+                r.lost.kept,
                 r.lost
                     .files
                     .iter()
@@ -691,7 +700,7 @@ fn the_suite_catches_a_build_that_acknowledges_writes_before_fsync() {
         .map(|at| schedule::Step {
             at: Duration::from_secs(at),
             lasts: Duration::from_secs(1),
-            fault: Fault::PowerLossAll,
+            fault: Fault::PowerLossAll(Survival::Nothing),
         })
         .collect();
     let rt = runtime();
@@ -789,7 +798,7 @@ fn a_power_loss_right_after_a_snapshot_install_loses_nothing() {
             assert!(Instant::now() < deadline, "node 3 never caught up");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let lost = nodes[2].lose_power().expect("power loss");
+        let lost = nodes[2].lose_power(Survival::Nothing).expect("power loss");
         let installed = std::fs::read_dir(dir.path().join("node-3/snapshots"))
             .expect("snapshots dir")
             .flatten()

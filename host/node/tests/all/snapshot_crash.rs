@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use wraft_client::{Client, ClientError};
 use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
+use wraft_faults::unsynced::Survival;
 use wraft_transport_quic::api::{ApiError, ApiRequest, Payload};
 
 use crate::cli::free_udp_ports;
@@ -261,14 +262,16 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
             match round {
                 "leader kill" => nodes[victim as usize - 1].kill(),
                 "follower power loss" => {
-                    nodes[victim as usize - 1].lose_power().expect("power loss");
+                    nodes[victim as usize - 1]
+                        .lose_power(Survival::Nothing)
+                        .expect("power loss");
                 }
                 _ => {
                     for n in nodes.iter_mut() {
                         n.kill();
                     }
                     for n in nodes.iter_mut() {
-                        n.lose_power().expect("power loss");
+                        n.lose_power(Survival::Nothing).expect("power loss");
                     }
                 }
             }
@@ -339,7 +342,9 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
                 v.log()
             );
             let into = wait_into(v, INSTALLED, fraction).await;
-            nodes[victim as usize - 1].lose_power().expect("power loss");
+            nodes[victim as usize - 1]
+                .lose_power(Survival::Nothing)
+                .expect("power loss");
             let v = &nodes[victim as usize - 1];
             let mid = count(v, INSTALLED) < count(v, INSTALLING);
             assert!(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use wraft_client::Client;
 use wraft_core::{FsmLimits, FsmName, ModuleId};
 use wraft_faults::process::NodeProcess;
+use wraft_faults::unsynced::Survival;
 use wraft_transport_quic::api::{ApiRequest, ApiResponse, Payload};
 
 use crate::cli::free_udp_ports;
@@ -206,7 +207,7 @@ fn a_crash_in_the_middle_of_a_migration_leaves_the_upgrade_applied_exactly_once(
             let crashed_at = Instant::now();
             match crash {
                 Crash::FollowerPowerLoss => {
-                    v.lose_power().expect("power loss");
+                    v.lose_power(Survival::Nothing).expect("power loss");
                 }
                 Crash::LeaderKill => v.kill(),
                 Crash::EveryonePowerLoss => {
@@ -214,7 +215,7 @@ fn a_crash_in_the_middle_of_a_migration_leaves_the_upgrade_applied_exactly_once(
                         n.kill();
                     }
                     for n in nodes.iter_mut() {
-                        n.lose_power().expect("power loss");
+                        n.lose_power(Survival::Nothing).expect("power loss");
                     }
                 }
             }
