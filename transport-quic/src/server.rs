@@ -221,27 +221,128 @@ async fn receive_snapshot(
     dir: &Path,
     len: u64,
 ) -> Result<PathBuf, TransportError> {
-    tokio::fs::create_dir_all(dir).await?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let path = dir.join(format!("receive-{nanos}.tmp"));
-    let mut file = tokio::fs::File::create(&path).await?;
-    let mut got = 0u64;
-    while got < len {
+    let mut spool = Spool::create(dir, len).await?;
+    while !spool.complete() {
         let Chunk(bytes) = wire::recv(recv).await?;
-        got += bytes.len() as u64;
-        if got > len {
+        spool.push(&bytes).await?;
+    }
+    spool.finish().await
+}
+
+/// A snapshot being received into `receive-<nanos>.tmp` under the spool directory.
+struct Spool {
+    file: tokio::fs::File,
+    path: PathBuf,
+    got: u64,
+    len: u64,
+}
+
+impl Spool {
+    async fn create(dir: &Path, len: u64) -> Result<Self, TransportError> {
+        tokio::fs::create_dir_all(dir).await?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = dir.join(format!("receive-{nanos}.tmp"));
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(Self {
+            file,
+            path,
+            got: 0,
+            len,
+        })
+    }
+
+    fn complete(&self) -> bool {
+        self.got >= self.len
+    }
+
+    async fn push(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.got += bytes.len() as u64;
+        if self.got > self.len {
             return Err(TransportError::Peer(format!(
-                "snapshot longer than the announced {len} bytes"
+                "snapshot longer than the announced {} bytes",
+                self.len
             )));
         }
-        file.write_all(&bytes).await?;
+        self.file.write_all(bytes).await?;
+        Ok(())
     }
-    // tokio's File writes in the background and keeps a failed write's error for the next
-    // write or flush; `sync_all` alone would drop it (a full disk would then hand raft a
-    // short file, refused as a corrupt snapshot, which stops the node).
-    file.flush().await?;
-    file.sync_all().await?;
-    Ok(path)
+
+    /// The spooled file, once every byte is on disk.
+    async fn finish(mut self) -> Result<PathBuf, TransportError> {
+        // tokio's File writes in the background and keeps a failed write's error for the
+        // next write or flush; `sync_all` alone would drop it (a full disk would then hand
+        // raft a short file, refused as a corrupt snapshot, which stops the node).
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        Ok(self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHILD: &str = "WRAFT_SPOOL_TEST_DIR";
+    const CHUNK_LEN: usize = 64 << 10;
+
+    /// Run in a child whose files may not grow past one chunk (RLIMIT_FSIZE, with SIGXFSZ
+    /// ignored so the write fails with EFBIG instead of killing it): the second and last
+    /// chunk's write fails in tokio's background, and only a flush reports it.
+    fn spool_past_the_limit(dir: &Path) {
+        // SAFETY: plain libc calls on this (single-purpose child) process.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: CHUNK_LEN as libc::rlim_t,
+                rlim_max: CHUNK_LEN as libc::rlim_t,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0, "setrlimit");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut spool = Spool::create(dir, 2 * CHUNK_LEN as u64)
+                .await
+                .expect("create");
+            let chunk = vec![7u8; CHUNK_LEN];
+            spool.push(&chunk).await.expect("the first chunk fits");
+            spool
+                .push(&chunk)
+                .await
+                .expect("the second is written in the background");
+            assert!(spool.complete());
+            match spool.finish().await {
+                Err(e) => eprintln!("refused as it should be: {e}"),
+                Ok(path) => panic!(
+                    "a spool file cut short was accepted: {} bytes",
+                    std::fs::metadata(path).map_or(0, |m| m.len())
+                ),
+            }
+        });
+    }
+
+    #[test]
+    fn a_snapshot_spool_that_cannot_be_written_fails_instead_of_coming_back_short() {
+        if let Some(dir) = std::env::var_os(CHILD) {
+            spool_past_the_limit(Path::new(&dir));
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "server::tests::a_snapshot_spool_that_cannot_be_written_fails_instead_of_coming_back_short",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD, dir.path())
+            .output()
+            .expect("child");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("refused as it should be"), "{stderr}");
+    }
 }
