@@ -321,8 +321,9 @@ pub enum ApiError {
     /// The node could not serve it (storage fault, shutting down, leader unreachable).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The write was appended to the log, then the node lost leadership and its entry was
-    /// replaced: it may have been committed (by the next leader) or not. Read before
+    /// The write may or may not have been applied: it was appended to the log and the node
+    /// lost leadership before it committed (the next leader may commit it), or a follower
+    /// forwarded it to the leader and the connection broke before the answer. Read before
     /// resending: a blind retry could apply it twice.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
@@ -473,10 +474,20 @@ pub async fn receive_upload(
 
 /// Sends one request on a new stream of `conn` and reads its answer.
 pub async fn call(conn: &quinn::Connection, request: &ApiRequest) -> Result<ApiResult, WireError> {
-    let (mut send, mut recv) = conn
+    let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
+    exchange(send, recv, request).await
+}
+
+/// Sends one request on a stream the caller opened (so it knows nothing was sent if that
+/// failed) and reads its answer.
+pub async fn exchange(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    request: &ApiRequest,
+) -> Result<ApiResult, WireError> {
     wire::send(&mut send, request).await?;
     send.finish()?;
     wire::recv(&mut recv).await

@@ -172,6 +172,27 @@ fn undo_plan(
     (plan, kept)
 }
 
+/// Whether a journaled write may survive a torn power loss: an overwrite inside the file's
+/// synced length. A record that ends exactly at the end of the file as it was then, over
+/// bytes that were all there, never survives: that is how a shrinking `ftruncate` is
+/// journaled (the cut bytes), and keeping a truncation is not what keeping a write means.
+/// Genuine writes of that shape are undone with it, which a disk may also do.
+fn may_survive(r: &Record, synced_len: u64) -> bool {
+    let truncation_shaped = r.at + r.len == r.size_before && r.old.len() as u64 == r.len;
+    r.len > 0 && r.at + r.len <= synced_len && !truncation_shaped
+}
+
+/// FNV-1a of a path's bytes.
+fn path_hash(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
 /// Undoes the unsynced writes journaled under `journal` to the files under `root` (whose
 /// process must be dead) but those `survival` keeps, and cuts each file to its size at its
 /// last sync; the journals are removed. Files deleted since are skipped.
@@ -183,22 +204,23 @@ pub fn lose_unsynced_writes(
     let mut files = HashMap::new();
     files_by_inode(root, &mut files)?;
     let mut lost = Lost::default();
-    let mut coin = match survival {
-        Survival::Nothing => None,
-        Survival::Torn(seed) => Some(crate::Rng::new(seed)),
-    };
-    let mut journals: Vec<_> = std::fs::read_dir(journal)?.collect::<Result<_, _>>()?;
-    // The same seed tears the same writes whatever order the directory lists them in.
-    journals.sort_by_key(|e| e.file_name());
-    for entry in journals {
+    for entry in std::fs::read_dir(journal)? {
+        let entry = entry?;
         let records = parse(&std::fs::read(entry.path())?);
         let name = entry.file_name().to_string_lossy().into_owned();
         if let (Some(path), Some(first)) = (files.get(&name), records.first()) {
             let synced_len = first.size_before;
+            let relative = path.strip_prefix(root).unwrap_or(path);
+            // One coin per record from the seed and the file's path (not its inode, which
+            // differs between runs): a seed tears the same writes in every replay.
+            let mut coin = match survival {
+                Survival::Nothing => None,
+                Survival::Torn(seed) => Some(crate::Rng::new(seed ^ path_hash(relative))),
+            };
             let mut kept_bytes = 0;
             let (plan, kept) = undo_plan(&records, |r| {
-                let survives =
-                    r.at + r.len <= synced_len && coin.as_mut().is_some_and(|c| c.chance(0.5));
+                let heads = coin.as_mut().is_some_and(|c| c.chance(0.5));
+                let survives = heads && may_survive(r, synced_len);
                 if survives {
                     kept_bytes += r.len;
                 }
@@ -210,8 +232,7 @@ pub fn lose_unsynced_writes(
             }
             file.set_len(synced_len)?;
             file.sync_all()?;
-            lost.files
-                .push(path.strip_prefix(root).unwrap_or(path).to_path_buf());
+            lost.files.push(relative.to_path_buf());
             lost.writes += records.len() - kept;
             lost.kept += kept;
             lost.bytes += records.iter().map(|r| r.len).sum::<u64>() - kept_bytes;
@@ -242,23 +263,37 @@ mod tests {
         assert_eq!(parse(&bytes[..bytes.len() - 1]).len(), 1);
     }
 
-    /// Random writes over a synced file, journaled as the preload library journals them,
-    /// then a random subset kept: the undo must leave the synced bytes with exactly the kept
-    /// writes applied, in their order, and the synced length.
+    /// Random writes and shrinking truncations over a synced file, journaled as the preload
+    /// library journals them, then a random subset kept: the undo must leave the synced
+    /// bytes with exactly the kept writes applied, in their order, at the synced length.
     #[test]
     fn a_torn_undo_leaves_exactly_the_surviving_writes() {
         let mut rng = crate::Rng::new(11);
-        for case in 0..500 {
+        for case in 0..2000 {
             let synced: Vec<u8> = (0..rng.below(64)).map(|_| rng.below(256) as u8).collect();
             let mut current = synced.clone();
             let mut records = Vec::new();
+            // The data of each record that is a write (None: a truncation).
             let mut writes = Vec::new();
             for _ in 0..rng.below(12) {
-                let at = rng.below(current.len() as u64 + 8);
+                let size = current.len() as u64;
+                if rng.chance(0.2) {
+                    // ftruncate to a shorter length: the cut bytes are journaled.
+                    let to = rng.below(size + 1);
+                    records.push(Record {
+                        at: to,
+                        len: size - to,
+                        size_before: size,
+                        old: current[to as usize..].to_vec(),
+                    });
+                    current.truncate(to as usize);
+                    writes.push(None);
+                    continue;
+                }
+                let at = rng.below(size + 8);
                 let data: Vec<u8> = (0..1 + rng.below(24))
                     .map(|_| rng.below(256) as u8)
                     .collect();
-                let size = current.len() as u64;
                 let old_len = size.saturating_sub(at).min(data.len() as u64) as usize;
                 records.push(Record {
                     at,
@@ -274,23 +309,30 @@ mod tests {
                     current.resize(end, 0);
                 }
                 current[at as usize..end].copy_from_slice(&data);
-                writes.push((at, data));
+                writes.push(Some((at, data)));
             }
             let keep: Vec<bool> = records
                 .iter()
-                .map(|r| r.at + r.len <= synced.len() as u64 && rng.chance(0.5))
+                .map(|r| may_survive(r, synced.len() as u64) && rng.chance(0.5))
                 .collect();
             let mut newest_first = keep.iter().rev();
             let (plan, kept) = undo_plan(&records, |_| *newest_first.next().unwrap_or(&false));
             for (at, bytes) in plan {
                 let end = at as usize + bytes.len();
+                if current.len() < end {
+                    current.resize(end, 0);
+                }
                 current[at as usize..end].copy_from_slice(&bytes);
             }
-            current.truncate(synced.len());
+            current.resize(synced.len(), 0);
             let mut expected = synced.clone();
-            for ((at, data), k) in writes.iter().zip(&keep) {
-                if *k {
-                    expected[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+            for (write, k) in writes.iter().zip(&keep) {
+                match write {
+                    Some((at, data)) if *k => {
+                        expected[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+                    }
+                    None => assert!(!k, "case {case}: a truncation survived"),
+                    _ => {}
                 }
             }
             assert_eq!(current, expected, "case {case}");

@@ -42,17 +42,13 @@ fn child_writes(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
-fn unsynced_writes_are_lost_and_synced_ones_survive() {
-    if let Some(root) = std::env::var_os(CHILD) {
-        child_writes(Path::new(&root)).expect("child writes");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("data");
+/// Runs `child_writes` in a child process under the preload library, in `dir/data` with
+/// journals in `dir/journal`; returns both paths.
+fn run_child(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = dir.join("data");
     std::fs::create_dir(&root).expect("data dir");
     let root = root.canonicalize().expect("canonical");
-    let journal = dir.path().join("journal");
+    let journal = dir.join("journal");
     std::fs::create_dir(&journal).expect("journal dir");
     let out = Command::new(std::env::current_exe().expect("test binary"))
         .args([
@@ -69,6 +65,17 @@ fn unsynced_writes_are_lost_and_synced_ones_survive() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (root, journal)
+}
+
+#[test]
+fn unsynced_writes_are_lost_and_synced_ones_survive() {
+    if let Some(root) = std::env::var_os(CHILD) {
+        child_writes(Path::new(&root)).expect("child writes");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (root, journal) = run_child(dir.path());
     let read = |f: &str| std::fs::read(root.join(f)).expect("read");
     // Before the loss, the page cache has everything.
     assert_eq!(read("a"), b"HEllo world");
@@ -92,6 +99,43 @@ fn unsynced_writes_are_lost_and_synced_ones_survive() {
         }
     );
     assert_eq!(std::fs::read_dir(&journal).expect("journal").count(), 0);
+}
+
+/// A torn power loss keeps some unsynced overwrites inside a file's synced length and
+/// nothing else (no appends, no truncation), and a seed keeps the same ones every time.
+#[test]
+fn a_torn_power_loss_keeps_only_overwrites_and_the_same_ones_per_seed() {
+    let mut outcomes_of_a = std::collections::BTreeSet::new();
+    for seed in 0..16u64 {
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (root, journal) = run_child(dir.path());
+            let lost = unsynced::lose_unsynced_writes(&root, &journal, Survival::Torn(seed))
+                .expect("undo");
+            let read = |f: &str| std::fs::read(root.join(f)).expect("read");
+            let a = read("a");
+            // "HE" over the synced "hello" may survive; the append " world" may not.
+            assert!(a == b"hello" || a == b"HEllo", "seed {seed}: a = {a:?}");
+            assert_eq!(read("b"), b"", "seed {seed}: b was never synced");
+            assert_eq!(
+                read("c"),
+                b"abc",
+                "seed {seed}: a truncation never survives"
+            );
+            assert_eq!(read("d"), b"durable");
+            assert_eq!(lost.kept, usize::from(a == b"HEllo"), "seed {seed}");
+            assert_eq!(lost.writes + lost.kept, 4);
+            results.push(a);
+        }
+        assert_eq!(results[0], results[1], "seed {seed} tore differently twice");
+        outcomes_of_a.insert(results.remove(0));
+    }
+    assert_eq!(
+        outcomes_of_a.len(),
+        2,
+        "16 seeds never kept (or never dropped) the overwrite"
+    );
 }
 
 const FULL_CHILD: &str = "WRAFT_DISK_FULL_TEST_DIR";

@@ -588,13 +588,36 @@ impl NodeApi {
                 tracing::debug!("leader {leader} unreachable for forwarding: {e}");
                 ApiError::NoLeader
             })?;
-            match api::call(&conn, &forwarded).await {
+            let (send, recv) = match conn.open_bi().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // Nothing was sent: any request may be sent again.
+                    tracing::debug!("forwarding to leader {leader}: no stream ({e})");
+                    conn.close(0u32.into(), b"broken; dialing again");
+                    if attempts > 0 {
+                        continue;
+                    }
+                    return Err(ApiError::NoLeader);
+                }
+            };
+            match api::exchange(send, recv, &forwarded).await {
                 Ok(answer) => return answer,
                 Err(e) if attempts > 0 => {
                     tracing::debug!("forwarding to leader {leader} broke ({e}); dialing again");
                     conn.close(0u32.into(), b"broken; dialing again");
                 }
-                Err(e) => return Err(unavailable(format!("forwarding to leader {leader}: {e}"))),
+                Err(e) if idempotent => {
+                    return Err(unavailable(format!("forwarding to leader {leader}: {e}")));
+                }
+                // The leader may have received the write and applied it before the
+                // connection broke: the caller must read before resending, as after a
+                // discarded entry.
+                Err(e) => {
+                    crate::metrics::rejected("outcome_unknown");
+                    return Err(ApiError::OutcomeUnknown(format!(
+                        "forwarded to leader {leader}, then {e}: it may have been applied"
+                    )));
+                }
             }
         }
     }

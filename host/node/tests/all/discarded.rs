@@ -159,3 +159,77 @@ fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
         }
     });
 }
+
+/// A follower forwards a write to the leader, which stops answering (SIGSTOP) with the
+/// write sent: the leader may have applied it, so the caller must hear `OutcomeUnknown`
+/// (it used to be `Unavailable`, which reads as "not done, try again").
+#[test]
+fn a_write_forwarded_to_a_leader_that_stops_answering_has_an_unknown_outcome() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ids = [1, 2, 3];
+        let certs = certs_for(dir.path(), &ids).expect("certs");
+        let base = free_udp_ports(3);
+        let real: Vec<std::net::SocketAddr> = (0..3)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
+            .collect();
+        let members = real
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = node_processes(dir.path(), &certs, &ids, &real, &members);
+        for n in &mut nodes {
+            n.start().expect("start");
+        }
+        let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+        let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
+            .expect("client")
+            .with_patience(Duration::from_secs(30));
+        create_register(&admin).await.expect("the register FSM");
+        let leader = admin
+            .status()
+            .await
+            .expect("status")
+            .leader
+            .expect("leader");
+        let follower = ids
+            .iter()
+            .copied()
+            .find(|&i| i != leader)
+            .expect("follower");
+        let via_follower = Client::new(
+            vec![addrs[follower as usize - 1].clone()],
+            &identity(&certs, "writer"),
+        )
+        .expect("client")
+        .with_patience(Duration::from_secs(30));
+        // The follower's connection to the leader is up and forwards.
+        via_follower
+            .request(incr())
+            .await
+            .expect("a forwarded write");
+
+        nodes[leader as usize - 1].pause();
+        let started = Instant::now();
+        let answer = via_follower.request(incr()).await;
+        eprintln!("answered after {:?}: {answer:?}", started.elapsed());
+        nodes[leader as usize - 1].resume();
+        match answer {
+            Err(ClientError::Api(ApiError::OutcomeUnknown(_))) => {}
+            other => panic!("a write forwarded to a silent leader answered {other:?}"),
+        }
+        // Whatever happened to it, it happened at most once.
+        let n = counter(&admin).await;
+        assert!((1..=2).contains(&n), "the counter reads {n}");
+        for n in &mut nodes {
+            assert!(
+                n.stop(),
+                "node {} did not stop cleanly:\n{}",
+                n.spec.id,
+                n.log()
+            );
+        }
+    });
+}

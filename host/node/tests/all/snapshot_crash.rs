@@ -128,50 +128,86 @@ fn newest_built(node: &NodeProcess) -> u64 {
         .unwrap_or(0)
 }
 
-/// How long the newest `what` ("built a snapshot", "installed a snapshot") `node` logged
-/// took.
-fn last_took(node: &NodeProcess, what: &str) -> Duration {
-    let ms = node
-        .log()
-        .lines()
-        .filter(|l| l.contains(what))
-        .filter_map(|l| l.rsplit(" in ").next()?.strip_suffix(" ms")?.parse().ok())
-        .next_back()
+/// How long the newest `what` ("built a snapshot", "installed a snapshot") any node
+/// logged took.
+fn last_took(nodes: &[NodeProcess], what: &str) -> Duration {
+    let ms = nodes
+        .iter()
+        .flat_map(|n| {
+            n.log()
+                .lines()
+                .filter(|l| l.contains(what))
+                .filter_map(|l| l.rsplit(" in ").next()?.strip_suffix(" ms")?.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .max()
         .unwrap_or(0);
     Duration::from_millis(ms)
 }
 
-/// Waits `fraction` of the victim's last `what`, then reports where the crash will land.
-async fn wait_into(node: &NodeProcess, what: &str, fraction: f64) -> Duration {
-    let delay = last_took(node, what).mul_f64(fraction);
+/// Waits `fraction` of how long the last `what` took, for a crash part-way through.
+async fn wait_into(nodes: &[NodeProcess], what: &str, fraction: f64) -> Duration {
+    if fraction == 0.0 {
+        return Duration::ZERO;
+    }
+    let took = last_took(nodes, what);
+    assert!(!took.is_zero(), "no earlier `{what}` to time a crash from");
+    let delay = took.mul_f64(fraction);
     tokio::time::sleep(delay).await;
     delay
 }
 
-/// Waits until every node has applied what any of them had committed.
-async fn caught_up(addrs: &[String], certs: &std::path::Path) {
+/// Whether the node's last run (its log since its last `serving on`) logged `started` more
+/// often than `finished`: it died in the middle of one.
+fn died_during(node: &NodeProcess, started: &str, finished: &str) -> bool {
+    let log = node.log();
+    let run = log.rsplit("serving on").next().unwrap_or(&log);
+    run.matches(started).count() > run.matches(finished).count()
+}
+
+/// Waits until every node has applied what any of them had committed; on a timeout the
+/// panic carries each node's state and the end of its log.
+async fn caught_up(addrs: &[String], certs: &std::path::Path, nodes: &mut [NodeProcess]) {
     let each: Vec<Client> = addrs
         .iter()
         .map(|a| {
             Client::new(vec![a.clone()], &identity(certs, "admin"))
                 .expect("client")
-                .with_patience(Duration::from_secs(30))
+                .with_patience(Duration::from_secs(5))
         })
         .collect();
-    let mut committed = 0;
-    for c in &each {
-        committed = committed.max(c.status().await.expect("status").committed.unwrap_or(0));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (c, addr) in each.iter().zip(addrs) {
-        while c.status().await.expect("status").applied.unwrap_or(0) < committed {
-            assert!(
-                Instant::now() < deadline,
-                "node at {addr} never applied {committed}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut statuses = Vec::new();
+        for c in &each {
+            match c.status().await {
+                Ok(s) => statuses.push((s.committed.unwrap_or(0), s.applied.unwrap_or(0))),
+                Err(e) => last = e.to_string(),
+            }
         }
+        if statuses.len() == each.len() {
+            let committed = statuses.iter().map(|s| s.0).max().unwrap_or(0);
+            if statuses.iter().all(|s| s.1 >= committed) {
+                return;
+            }
+            last = format!("(committed, applied) per node: {statuses:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut report = format!("the nodes never caught up: {last}");
+    for n in nodes.iter_mut() {
+        let running = n.running();
+        let log = n.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        report.push_str(&format!(
+            "\n--- node {} (running: {running}, exits: {:?}):\n{}",
+            n.spec.id,
+            n.exits,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    panic!("{report}");
 }
 
 const BUILDING: &str = "building a snapshot";
@@ -235,6 +271,7 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
                 .expect("a leader")
         };
 
+        let mut fractional_mid = 0;
         // 1.–3. During a build: the leader's kill -9 as it starts, a follower's power loss
         //    half-way through (by its previous build's duration), everyone's power loss
         //    three quarters of the way.
@@ -258,7 +295,7 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
                 "{round}: node {victim} never started a snapshot:\n{}",
                 v.log()
             );
-            let into = wait_into(v, BUILT, fraction).await;
+            let into = wait_into(&nodes, BUILT, fraction).await;
             match round {
                 "leader kill" => nodes[victim as usize - 1].kill(),
                 "follower power loss" => {
@@ -267,6 +304,7 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
                         .expect("power loss");
                 }
                 _ => {
+                    nodes[victim as usize - 1].kill();
                     for n in nodes.iter_mut() {
                         n.kill();
                     }
@@ -277,7 +315,8 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
             }
             // Its log is complete now.
             let v = &nodes[victim as usize - 1];
-            let mid = count(v, BUILT) < count(v, BUILDING);
+            let mid = died_during(v, BUILDING, BUILT);
+            fractional_mid += usize::from(mid && fraction > 0.0);
             assert!(
                 mid || fraction > 0.0,
                 "{round}: node {victim} finished its snapshot before the crash"
@@ -290,7 +329,7 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
                 n.start().expect("restart");
             }
             written.write(&admin, 5).await;
-            caught_up(&addrs, &certs).await;
+            caught_up(&addrs, &certs, &mut nodes).await;
         }
 
         // 4.–5. During an install: a follower misses enough for the others to snapshot past
@@ -341,12 +380,13 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
                 "node {victim} never installed a snapshot:\n{}",
                 v.log()
             );
-            let into = wait_into(v, INSTALLED, fraction).await;
+            let into = wait_into(&nodes, INSTALLED, fraction).await;
             nodes[victim as usize - 1]
                 .lose_power(Survival::Nothing)
                 .expect("power loss");
             let v = &nodes[victim as usize - 1];
-            let mid = count(v, INSTALLED) < count(v, INSTALLING);
+            let mid = died_during(v, INSTALLING, INSTALLED);
+            fractional_mid += usize::from(mid && fraction > 0.0);
             assert!(
                 mid || fraction > 0.0,
                 "node {victim} finished installing before the crash"
@@ -357,11 +397,15 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
             );
             nodes[victim as usize - 1].start().expect("restart");
             written.write(&admin, 5).await;
-            caught_up(&addrs, &certs).await;
+            caught_up(&addrs, &certs, &mut nodes).await;
         }
 
+        assert!(
+            fractional_mid > 0,
+            "none of the crashes part-way through landed before the end"
+        );
         // Every node applies everything written, then stops cleanly.
-        caught_up(&addrs, &certs).await;
+        caught_up(&addrs, &certs, &mut nodes).await;
         for n in &mut nodes {
             assert!(
                 n.stop(),

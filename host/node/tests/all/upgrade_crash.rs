@@ -211,6 +211,7 @@ fn a_crash_in_the_middle_of_a_migration_leaves_the_upgrade_applied_exactly_once(
                 }
                 Crash::LeaderKill => v.kill(),
                 Crash::EveryonePowerLoss => {
+                    v.kill();
                     for n in nodes.iter_mut() {
                         n.kill();
                     }
