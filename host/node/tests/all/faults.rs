@@ -103,6 +103,55 @@ pub(crate) fn node_processes(
         .collect()
 }
 
+/// Waits until every node has applied what any of them had committed; on a timeout the
+/// panic carries each node's state and the end of its log.
+pub(crate) async fn caught_up(
+    addrs: &[String],
+    certs: &std::path::Path,
+    nodes: &mut [NodeProcess],
+) {
+    let each: Vec<Client> = addrs
+        .iter()
+        .map(|a| {
+            Client::new(vec![a.clone()], &identity(certs, "admin"))
+                .expect("client")
+                .with_patience(Duration::from_secs(5))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut statuses = Vec::new();
+        for c in &each {
+            match c.status().await {
+                Ok(s) => statuses.push((s.committed.unwrap_or(0), s.applied.unwrap_or(0))),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if statuses.len() == each.len() {
+            let committed = statuses.iter().map(|s| s.0).max().unwrap_or(0);
+            if statuses.iter().all(|s| s.1 >= committed) {
+                return;
+            }
+            last = format!("(committed, applied) per node: {statuses:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut report = format!("the nodes never caught up: {last}");
+    for n in nodes.iter_mut() {
+        let running = n.running();
+        let log = n.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        report.push_str(&format!(
+            "\n--- node {} (running: {running}, exits: {:?}):\n{}",
+            n.spec.id,
+            n.exits,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    panic!("{report}");
+}
+
 /// Deploys the probe module and creates FSM `r` from it (the registers under test).
 pub(crate) async fn create_register(admin: &Client) -> Result<(), String> {
     let module = admin

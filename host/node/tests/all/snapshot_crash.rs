@@ -20,7 +20,7 @@ use wraft_faults::unsynced::Survival;
 use wraft_transport_quic::api::{ApiError, ApiRequest, Payload};
 
 use crate::cli::free_udp_ports;
-use crate::faults::{certs_for, identity, node_processes, runtime, wraft};
+use crate::faults::{caught_up, certs_for, identity, node_processes, runtime, wraft};
 
 /// Batches of `PER_BATCH` pairs of `VALUE` bytes: 40 MB of state.
 const BATCHES: u32 = 40;
@@ -107,7 +107,7 @@ async fn write_until_logged(
         }
         written.write(client, 1).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if count(node, line) > before {
             return true;
@@ -128,19 +128,20 @@ fn newest_built(node: &NodeProcess) -> u64 {
         .unwrap_or(0)
 }
 
-/// How long the newest `what` ("built a snapshot", "installed a snapshot") any node
-/// logged took.
+/// How long the last `what` ("built a snapshot", "installed a snapshot") took: the
+/// shortest of each node's latest (so a fraction of it lands inside the next one on any
+/// node), or zero if none logged one.
 fn last_took(nodes: &[NodeProcess], what: &str) -> Duration {
     let ms = nodes
         .iter()
-        .flat_map(|n| {
+        .filter_map(|n| {
             n.log()
                 .lines()
                 .filter(|l| l.contains(what))
                 .filter_map(|l| l.rsplit(" in ").next()?.strip_suffix(" ms")?.parse().ok())
-                .collect::<Vec<u64>>()
+                .next_back()
         })
-        .max()
+        .min()
         .unwrap_or(0);
     Duration::from_millis(ms)
 }
@@ -163,51 +164,6 @@ fn died_during(node: &NodeProcess, started: &str, finished: &str) -> bool {
     let log = node.log();
     let run = log.rsplit("serving on").next().unwrap_or(&log);
     run.matches(started).count() > run.matches(finished).count()
-}
-
-/// Waits until every node has applied what any of them had committed; on a timeout the
-/// panic carries each node's state and the end of its log.
-async fn caught_up(addrs: &[String], certs: &std::path::Path, nodes: &mut [NodeProcess]) {
-    let each: Vec<Client> = addrs
-        .iter()
-        .map(|a| {
-            Client::new(vec![a.clone()], &identity(certs, "admin"))
-                .expect("client")
-                .with_patience(Duration::from_secs(5))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let mut statuses = Vec::new();
-        for c in &each {
-            match c.status().await {
-                Ok(s) => statuses.push((s.committed.unwrap_or(0), s.applied.unwrap_or(0))),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        if statuses.len() == each.len() {
-            let committed = statuses.iter().map(|s| s.0).max().unwrap_or(0);
-            if statuses.iter().all(|s| s.1 >= committed) {
-                return;
-            }
-            last = format!("(committed, applied) per node: {statuses:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut report = format!("the nodes never caught up: {last}");
-    for n in nodes.iter_mut() {
-        let running = n.running();
-        let log = n.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        report.push_str(&format!(
-            "\n--- node {} (running: {running}, exits: {:?}):\n{}",
-            n.spec.id,
-            n.exits,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
-    }
-    panic!("{report}");
 }
 
 const BUILDING: &str = "building a snapshot";
@@ -338,17 +294,12 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
         for fraction in [0.0, 0.6] {
             let l = leader().await;
             let victim = ids.iter().copied().find(|&i| i != l).expect("a follower");
-            let victim_last = Client::new(
+            let victim_client = Client::new(
                 vec![addrs[victim as usize - 1].clone()],
                 &identity(&certs, "admin"),
             )
             .expect("client")
-            .status()
-            .await
-            .expect("status")
-            .last_log
-            .unwrap_or(0);
-            nodes[victim as usize - 1].kill();
+            .with_patience(Duration::from_secs(30));
             let others: Vec<String> = ids
                 .iter()
                 .filter(|&&i| i != victim)
@@ -357,28 +308,46 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
             let rest = Client::new(others, &identity(&certs, "admin"))
                 .expect("client")
                 .with_patience(Duration::from_secs(60));
-            // Until the leader has a snapshot well past the victim's log (it purges behind).
-            let past = victim_last + u64::from(EVERY);
-            for _ in 0..20 * EVERY {
-                if newest_built(&nodes[l as usize - 1]) > past {
+            // The leader purges its log behind a snapshot when no replication still reads
+            // those entries, which is not at a moment the test can see: if the victim comes
+            // back and catches up from the log instead, it goes down again and misses more.
+            let mut installing_now = false;
+            for _ in 0..4 {
+                let victim_last = victim_client
+                    .status()
+                    .await
+                    .expect("status")
+                    .last_log
+                    .unwrap_or(0);
+                nodes[victim as usize - 1].kill();
+                // Until the leader has a snapshot well past the victim's log.
+                let past = victim_last + u64::from(EVERY);
+                for _ in 0..20 * EVERY {
+                    if newest_built(&nodes[l as usize - 1]) > past {
+                        break;
+                    }
+                    written.write(&rest, 1).await;
+                }
+                assert!(
+                    newest_built(&nodes[l as usize - 1]) > past,
+                    "the leader never snapshotted past index {past}"
+                );
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let v = &mut nodes[victim as usize - 1];
+                let installing = count(v, INSTALLING);
+                v.start().expect("restart");
+                let v = &nodes[victim as usize - 1];
+                installing_now =
+                    write_until_logged(&mut written, &rest, v, INSTALLING, installing, 0).await;
+                if installing_now {
                     break;
                 }
-                written.write(&rest, 1).await;
+                eprintln!("node {victim} caught up from the log; it misses more writes");
             }
             assert!(
-                newest_built(&nodes[l as usize - 1]) > past,
-                "the leader never snapshotted past index {past}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let v = &mut nodes[victim as usize - 1];
-            let installing = count(v, INSTALLING);
-            v.start().expect("restart");
-            let v = &nodes[victim as usize - 1];
-            let seen = write_until_logged(&mut written, &rest, v, INSTALLING, installing, 0).await;
-            assert!(
-                seen,
+                installing_now,
                 "node {victim} never installed a snapshot:\n{}",
-                v.log()
+                nodes[victim as usize - 1].log()
             );
             let into = wait_into(&nodes, INSTALLED, fraction).await;
             nodes[victim as usize - 1]
