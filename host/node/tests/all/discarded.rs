@@ -16,7 +16,9 @@ use wraft_faults::proxy::{Faults, Network};
 use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 
 use crate::cli::free_udp_ports;
-use crate::faults::{certs_for, create_register, identity, node_processes, put, runtime};
+use crate::faults::{
+    certs_for, create_register, identity, node_processes, put, runtime, three_nodes,
+};
 
 fn incr() -> ApiRequest {
     let cmd = probe::Command::Incr {
@@ -112,7 +114,20 @@ fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
         network.set(Faults::isolate(leader, &ids));
         let rest = client(others.iter().map(|&o| addr(o)).collect(), 30);
         for i in 0..80u64 {
-            rest.request(put((i % 8) as u32, i)).await.expect("write");
+            // A follower that still forwards to the cut-off leader cannot know whether the
+            // put was applied; puts may be sent again.
+            let mut tries = 0;
+            loop {
+                match rest.request(put((i % 8) as u32, i)).await {
+                    Ok(_) => break,
+                    Err(
+                        ClientError::Api(ApiError::OutcomeUnknown(_)) | ClientError::Ambiguous(_),
+                    ) if tries < 5 => {
+                        tries += 1;
+                    }
+                    Err(e) => panic!("write {i}: {e}"),
+                }
+            }
         }
         assert_eq!(
             counter(&rest).await,
@@ -168,18 +183,7 @@ fn a_write_forwarded_to_a_leader_that_stops_answering_has_an_unknown_outcome() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tmp");
         let ids = [1, 2, 3];
-        let certs = certs_for(dir.path(), &ids).expect("certs");
-        let base = free_udp_ports(3);
-        let real: Vec<std::net::SocketAddr> = (0..3)
-            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
-            .collect();
-        let members = real
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut nodes = node_processes(dir.path(), &certs, &ids, &real, &members);
+        let (certs, real, mut nodes) = three_nodes(dir.path());
         for n in &mut nodes {
             n.start().expect("start");
         }

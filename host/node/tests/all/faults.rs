@@ -152,6 +152,86 @@ pub(crate) async fn caught_up(
     panic!("{report}");
 }
 
+/// Three node processes (ids 1–3) on free 127.0.0.1 ports, not started, node 1
+/// initializing the cluster, with certificates under `dir/certs`: the certificates'
+/// directory, the nodes' addresses and the processes.
+pub(crate) fn three_nodes(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    Vec<std::net::SocketAddr>,
+    Vec<NodeProcess>,
+) {
+    let ids = [1, 2, 3];
+    let certs = certs_for(dir, &ids).expect("certs");
+    let base = free_udp_ports(3);
+    let real: Vec<std::net::SocketAddr> = (0..3)
+        .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
+        .collect();
+    let members = real
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = node_processes(dir, &certs, &ids, &real, &members);
+    (certs, real, nodes)
+}
+
+/// Stops every node (each must stop cleanly and never have exited on its own), requires
+/// `wraft init verify` to pass on every data directory, runs `check` on each node's state,
+/// and requires the state digests to agree.
+pub(crate) fn stop_verify_and_compare(
+    dir: &std::path::Path,
+    nodes: &mut [NodeProcess],
+    check: impl Fn(NodeId, &wraft_host::state::StateStore),
+) {
+    for n in nodes.iter_mut() {
+        assert!(
+            n.stop(),
+            "node {} did not stop cleanly:\n{}",
+            n.spec.id,
+            n.log()
+        );
+        assert!(
+            n.exits.is_empty(),
+            "node {} exited: {:?}",
+            n.spec.id,
+            n.exits
+        );
+    }
+    let mut digests = Vec::new();
+    for n in nodes.iter() {
+        let (id, data) = (n.spec.id, &n.spec.data_dir);
+        let out = wraft(
+            dir,
+            &[
+                "init",
+                "verify",
+                "--state-dir",
+                data.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "node {id}'s data directory needs repair: {}",
+            text(&out.stdout)
+        );
+        let store = wraft_host::state::StateStore::open_read_only(&data.join("state"), false)
+            .expect("state");
+        check(id, &store);
+        digests.push((id, store.digest().expect("digest")));
+    }
+    for (id, d) in digests.iter().skip(1) {
+        let parts = d.differences(&digests[0].1);
+        assert!(
+            parts.is_empty(),
+            "node {id}'s state differs from node {}'s: {parts:?}",
+            digests[0].0
+        );
+    }
+}
+
 /// Deploys the probe module and creates FSM `r` from it (the registers under test).
 pub(crate) async fn create_register(admin: &Client) -> Result<(), String> {
     let module = admin

@@ -18,8 +18,7 @@ use wraft_faults::process::NodeProcess;
 use wraft_faults::unsynced::Survival;
 use wraft_transport_quic::api::{ApiRequest, ApiResponse, Payload};
 
-use crate::cli::free_udp_ports;
-use crate::faults::{caught_up, certs_for, identity, node_processes, runtime, wraft};
+use crate::faults::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 
 /// Pairs in each upgraded FSM: enough that a debug-built node migrates for a while.
 const KEYS: u32 = 20_000;
@@ -89,9 +88,11 @@ enum Crash {
 
 /// Checks one stopped node's copy of `fsm`: on `next`, every pair under `v4/` with its
 /// value, and `migrated-from` = 3 recorded once.
-fn check_migrated_once(data: &std::path::Path, fsm: &str, next: ModuleId) -> Result<(), String> {
-    let store = wraft_host::state::StateStore::open_read_only(&data.join("state"), false)
-        .map_err(|e| e.to_string())?;
+fn check_migrated_once(
+    store: &wraft_host::state::StateStore,
+    fsm: &str,
+    next: ModuleId,
+) -> Result<(), String> {
     let rec = store
         .fsm(&name(fsm))
         .map_err(|e| e.to_string())?
@@ -139,18 +140,7 @@ fn a_crash_in_the_middle_of_a_migration_leaves_the_upgrade_applied_exactly_once(
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tmp");
         let ids = [1, 2, 3];
-        let certs = certs_for(dir.path(), &ids).expect("certs");
-        let base = free_udp_ports(3);
-        let real: Vec<std::net::SocketAddr> = (0..3)
-            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
-            .collect();
-        let members = real
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut nodes = node_processes(dir.path(), &certs, &ids, &real, &members);
+        let (certs, real, mut nodes) = three_nodes(dir.path());
         for n in &mut nodes {
             n.log_filter = "warn,wraft_host::state=info".into();
             n.start().expect("start");
@@ -280,51 +270,12 @@ fn a_crash_in_the_middle_of_a_migration_leaves_the_upgrade_applied_exactly_once(
 
         // Every node applies what was committed before it stops.
         caught_up(&addrs, &certs, &mut nodes).await;
-        for n in &mut nodes {
-            assert!(
-                n.stop(),
-                "node {} did not stop cleanly:\n{}",
-                n.spec.id,
-                n.log()
-            );
-            assert!(
-                n.exits.is_empty(),
-                "node {} exited: {:?}",
-                n.spec.id,
-                n.exits
-            );
-        }
-        let mut digests = Vec::new();
-        for &id in &ids {
-            let data = dir.path().join(format!("node-{id}"));
-            let out = wraft(
-                dir.path(),
-                &[
-                    "init",
-                    "verify",
-                    "--state-dir",
-                    data.to_str().expect("utf-8"),
-                ],
-            );
-            assert!(
-                out.status.success(),
-                "node {id}'s data directory needs repair"
-            );
+        stop_verify_and_compare(dir.path(), &mut nodes, |id, store| {
             for (fsm, _) in rounds {
-                if let Err(e) = check_migrated_once(&data, fsm, next) {
+                if let Err(e) = check_migrated_once(store, fsm, next) {
                     panic!("node {id}: {e}");
                 }
             }
-            let store = wraft_host::state::StateStore::open_read_only(&data.join("state"), false)
-                .expect("state");
-            digests.push(store.digest().expect("digest"));
-        }
-        for (id, d) in ids.iter().zip(&digests).skip(1) {
-            let parts = d.differences(&digests[0]);
-            assert!(
-                parts.is_empty(),
-                "node {id}'s state differs from node 1's: {parts:?}"
-            );
-        }
+        });
     });
 }
