@@ -600,7 +600,29 @@ impl NodeApi {
                     return Err(ApiError::NoLeader);
                 }
             };
-            match api::exchange(send, recv, &forwarded).await {
+            // A leader that stops answering (a crash, a pause, a partition) is replaced by an
+            // election long before its connection times out (10 s): stop waiting once this
+            // node knows another leader. A read is then retried there by the client; a write
+            // may have been applied.
+            let waiter = self.raft.wait(None);
+            let moved = waiter.metrics(
+                |m| m.current_leader.is_some_and(|l| l != leader),
+                "another leader",
+            );
+            let answer = tokio::select! {
+                answer = api::exchange(send, recv, &forwarded) => answer,
+                _ = moved => {
+                    if idempotent {
+                        return Err(ApiError::NoLeader);
+                    }
+                    crate::metrics::rejected("outcome_unknown");
+                    return Err(ApiError::OutcomeUnknown(format!(
+                        "forwarded to leader {leader}, which lost leadership before it \
+                         answered: it may have been applied"
+                    )));
+                }
+            };
+            match answer {
                 Ok(answer) => return answer,
                 Err(e) if attempts > 0 => {
                     tracing::debug!("forwarding to leader {leader} broke ({e}); dialing again");
