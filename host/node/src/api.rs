@@ -58,6 +58,10 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
+/// How long a forwarded request still waits for the old leader's answer once this node
+/// knows another leader.
+const ANSWER_AFTER_LEADER_MOVED: Duration = Duration::from_secs(1);
+
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(e.to_string())
 }
@@ -609,17 +613,24 @@ impl NodeApi {
                 |m| m.current_leader.is_some_and(|l| l != leader),
                 "another leader",
             );
+            let exchange = api::exchange(send, recv, &forwarded);
+            tokio::pin!(exchange);
             let answer = tokio::select! {
-                answer = api::exchange(send, recv, &forwarded) => answer,
+                answer = &mut exchange => answer,
                 _ = moved => {
-                    if idempotent {
-                        return Err(ApiError::NoLeader);
+                    // The old leader may still answer: a transfer it carried out, a write it
+                    // committed just before it stepped down.
+                    match tokio::time::timeout(ANSWER_AFTER_LEADER_MOVED, &mut exchange).await {
+                        Ok(answer) => answer,
+                        Err(_) if idempotent => return Err(ApiError::NoLeader),
+                        Err(_) => {
+                            crate::metrics::rejected("outcome_unknown");
+                            return Err(ApiError::OutcomeUnknown(format!(
+                                "forwarded to leader {leader}, which lost leadership before \
+                                 it answered: it may have been applied"
+                            )));
+                        }
                     }
-                    crate::metrics::rejected("outcome_unknown");
-                    return Err(ApiError::OutcomeUnknown(format!(
-                        "forwarded to leader {leader}, which lost leadership before it \
-                         answered: it may have been applied"
-                    )));
                 }
             };
             match answer {

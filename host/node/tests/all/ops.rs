@@ -13,6 +13,7 @@ use heed::types::Bytes;
 use heed::{Database, EnvOpenOptions};
 use openraft::EntryPayload;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
+use openraft::type_config::async_runtime::WatchReceiver;
 use wraft_core::FsmName;
 use wraft_host::raft::{LogStore, SnapshotPolicy};
 use wraft_host::state::{AppliedPosition, Committed, StateStore};
@@ -405,6 +406,25 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
         })
     };
     while acked.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The backup is the source's own state: wait until it has applied some of the load (on
+    // a loaded machine a follower may trail the acknowledgements by many entries).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .node(source)
+        .raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .as_ref()
+        .map_or(0, |l| l.index)
+        <= 20
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {source} never applied 20 entries"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tmp = tempfile::tempdir().expect("tmp");
