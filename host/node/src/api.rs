@@ -62,6 +62,12 @@ impl std::fmt::Debug for Forwarder {
 /// knows another leader.
 const ANSWER_AFTER_LEADER_MOVED: Duration = Duration::from_secs(1);
 
+/// A write that may or may not have been applied, counted as such.
+fn outcome_unknown(why: String) -> ApiError {
+    crate::metrics::rejected("outcome_unknown");
+    ApiError::OutcomeUnknown(why)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(e.to_string())
 }
@@ -326,9 +332,8 @@ impl NodeApi {
             // leader may have committed it. Forwarding it again could apply it twice (the
             // fault suite caught exactly that, seed 5002): the caller must find out first.
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(to))) => {
-                crate::metrics::rejected("outcome_unknown");
                 tracing::warn!("a proposal's entry was discarded on a leader change: {to}");
-                return Err(ApiError::OutcomeUnknown(format!(
+                return Err(outcome_unknown(format!(
                     "node {} lost leadership before its entry committed; it may still have \
                      been committed by the next leader",
                     self.id
@@ -337,7 +342,7 @@ impl NodeApi {
             // Raft stopped (shutdown, a storage fault) with the proposal in flight: it may
             // have been appended and may yet commit elsewhere.
             Err(RaftError::Fatal(e)) => {
-                return Err(ApiError::OutcomeUnknown(format!(
+                return Err(outcome_unknown(format!(
                     "node {} stopped with the write in flight: {e}",
                     self.id
                 )));
@@ -624,8 +629,7 @@ impl NodeApi {
                         Ok(answer) => answer,
                         Err(_) if idempotent => return Err(ApiError::NoLeader),
                         Err(_) => {
-                            crate::metrics::rejected("outcome_unknown");
-                            return Err(ApiError::OutcomeUnknown(format!(
+                            return Err(outcome_unknown(format!(
                                 "forwarded to leader {leader}, which lost leadership before \
                                  it answered: it may have been applied"
                             )));
@@ -646,8 +650,7 @@ impl NodeApi {
                 // connection broke: the caller must read before resending, as after a
                 // discarded entry.
                 Err(e) => {
-                    crate::metrics::rejected("outcome_unknown");
-                    return Err(ApiError::OutcomeUnknown(format!(
+                    return Err(outcome_unknown(format!(
                         "forwarded to leader {leader}, then {e}: it may have been applied"
                     )));
                 }

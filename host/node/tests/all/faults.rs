@@ -103,8 +103,8 @@ pub(crate) fn node_processes(
         .collect()
 }
 
-/// Waits until every node has applied what any of them had committed; on a timeout the
-/// panic carries each node's state and the end of its log.
+/// Waits (90 s at most) until every node reports the same applied index ([`converge`]); on
+/// a timeout the panic carries each node's state and the end of its log.
 pub(crate) async fn caught_up(
     addrs: &[String],
     certs: &std::path::Path,
@@ -112,31 +112,11 @@ pub(crate) async fn caught_up(
 ) {
     let each: Vec<Client> = addrs
         .iter()
-        .map(|a| {
-            Client::new(vec![a.clone()], &identity(certs, "admin"))
-                .expect("client")
-                .with_patience(Duration::from_secs(5))
-        })
+        .map(|a| Client::new(vec![a.clone()], &identity(certs, "admin")).expect("client"))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let mut statuses = Vec::new();
-        for c in &each {
-            match c.status().await {
-                Ok(s) => statuses.push((s.committed.unwrap_or(0), s.applied.unwrap_or(0))),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        if statuses.len() == each.len() {
-            let committed = statuses.iter().map(|s| s.0).max().unwrap_or(0);
-            if statuses.iter().all(|s| s.1 >= committed) {
-                return;
-            }
-            last = format!("(committed, applied) per node: {statuses:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let Err(last) = converge(&each, Instant::now() + Duration::from_secs(90)).await else {
+        return;
+    };
     let mut report = format!("the nodes never caught up: {last}");
     for n in nodes.iter_mut() {
         let running = n.running();
@@ -376,7 +356,7 @@ async fn leader(admin: &Client) -> Option<NodeId> {
         .and_then(|s| s.leader)
 }
 
-/// Waits until every node reports the same applied index, at least `at_least`.
+/// Waits until every node reports the same applied index; returns it.
 pub(crate) async fn converge(per_node: &[Client], deadline: Instant) -> Result<u64, String> {
     let mut last = Vec::new();
     while Instant::now() < deadline {
