@@ -454,7 +454,15 @@ impl NodeApi {
             ApiRequest::TransferLeader { to } => return self.transfer_leader(to).await,
             _ => return Err(ApiError::BadRequest("not a management request".into())),
         };
-        written.map(|_| ApiResponse::Done).map_err(unavailable)
+        match written {
+            Ok(_) => Ok(ApiResponse::Done),
+            // Refused before anything was appended (leadership moved while the request was
+            // on its way): nothing happened, and the client retries NoLeader.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ApiError::NoLeader)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// Hands leadership to `to` (or the most caught-up other voter) and reports who leads
