@@ -95,14 +95,6 @@ pub enum ApiRequest {
         /// The target, if any.
         to: Option<NodeId>,
     },
-    /// A request a follower forwards to the leader on behalf of a caller with `role`. Only
-    /// accepted from a member node's certificate.
-    Forwarded {
-        /// The original caller's role.
-        role: Role,
-        /// The original request.
-        request: Box<ApiRequest>,
-    },
     /// Move an FSM instance to another deployed module; its `migrate` runs in the same
     /// entry (admin).
     UpgradeFsm {
@@ -134,6 +126,38 @@ pub enum ApiRequest {
     Upload {
         /// Total bytes that follow.
         len: u64,
+    },
+}
+
+/// What opens a client API stream: a caller's own request, or one a voter forwards to the
+/// leader for a caller. A forwarded request is a plain [`ApiRequest`], which has no way to
+/// carry another forwarded one: the type does not nest, so decoding it never recurses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ApiCall {
+    /// The caller's own request; its role is its certificate's.
+    Direct(ApiRequest),
+    /// A request a voter forwards on behalf of a caller with `role`. Only accepted from the
+    /// certificate of a voter of the current membership.
+    Forwarded {
+        /// The original caller's role.
+        role: Role,
+        /// The original request.
+        request: ApiRequest,
+    },
+}
+
+/// [`ApiCall`] by reference, for sending: encodes exactly as the owned form, without
+/// copying a large request first.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum ApiCallRef<'a> {
+    /// [`ApiCall::Direct`].
+    Direct(&'a ApiRequest),
+    /// [`ApiCall::Forwarded`].
+    Forwarded {
+        /// The original caller's role.
+        role: Role,
+        /// The original request.
+        request: &'a ApiRequest,
     },
 }
 
@@ -169,8 +193,7 @@ impl ApiRequest {
             | Self::AddLearner { .. }
             | Self::Promote { .. }
             | Self::Remove { .. }
-            | Self::TransferLeader { .. }
-            | Self::Forwarded { .. } => Role::Admin,
+            | Self::TransferLeader { .. } => Role::Admin,
         }
     }
 }
@@ -327,6 +350,11 @@ pub enum ApiError {
     /// resending: a blind retry could apply it twice.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The node has as much work of this kind in progress as it admits (a bound on
+    /// concurrent requests, in-flight bytes or connections): retry later, or elsewhere.
+    /// Nothing was done.
+    #[error("busy: {0}; retry later")]
+    Busy(String),
 }
 
 /// A response frame.
@@ -343,9 +371,12 @@ pub struct Caller {
 
 /// Serves client API requests (implemented by the node).
 pub trait ApiHandler: Send + Sync + 'static {
-    /// Answers one request.
-    fn handle(&self, caller: Caller, request: ApiRequest)
-    -> impl Future<Output = ApiResult> + Send;
+    /// Answers one call.
+    fn handle(&self, caller: Caller, call: ApiCall) -> impl Future<Output = ApiResult> + Send;
+
+    /// Whether node `id` may send this node raft RPCs: `Err` says why not (it was removed
+    /// from the cluster). Asked when a peer introduces itself and for every RPC after.
+    fn admits_peer(&self, id: NodeId) -> Result<(), String>;
 
     /// Takes a consistent copy of the node's state for [`ApiRequest::Backup`] (the caller's
     /// role is checked before).
@@ -390,16 +421,16 @@ pub async fn receive_backup(
         .open_bi()
         .await
         .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
-    wire::send(&mut send, &ApiRequest::Backup).await?;
+    wire::send(&mut send, &ApiCallRef::Direct(&ApiRequest::Backup)).await?;
     send.finish()?;
-    let manifest = match wire::recv::<ApiResult>(&mut recv).await? {
+    let manifest = match wire::recv::<ApiResult>(&mut recv, MAX_REPLY).await? {
         Ok(ApiResponse::Backup(m)) => m,
         Ok(other) => return Err(WireError::Frame(format!("unexpected answer {other:?}"))),
         Err(e) => return Ok(Err(e)),
     };
     let mut received = 0u64;
     while received < manifest.file_bytes {
-        let wire::Chunk(chunk) = wire::recv(&mut recv).await?;
+        let wire::Chunk(chunk) = wire::recv(&mut recv, wire::MAX_CHUNK_FRAME).await?;
         received += chunk.len() as u64;
         if received > manifest.file_bytes {
             return Err(WireError::Frame("backup longer than announced".into()));
@@ -428,7 +459,8 @@ pub async fn upload(
         .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
     let total = bytes.len() as u64;
     let sending = async {
-        wire::send(&mut send, &ApiRequest::Upload { len: total }).await?;
+        let request = ApiRequest::Upload { len: total };
+        wire::send(&mut send, &ApiCallRef::Direct(&request)).await?;
         let mut sent = 0u64;
         for chunk in bytes.chunks(UPLOAD_CHUNK) {
             wire::send(&mut send, &wire::Chunk(chunk.to_vec())).await?;
@@ -441,7 +473,7 @@ pub async fn upload(
     let sent = sending.await;
     // A refusal (role, size) arrives before the server reads the chunks and stops the
     // stream; its answer says why, so read it even when sending failed.
-    match (wire::recv(&mut recv).await, sent) {
+    match (wire::recv(&mut recv, MAX_REPLY).await, sent) {
         (Ok(answer), _) => Ok(answer),
         (Err(_), Err(e)) | (Err(e), Ok(())) => Err(e),
     }
@@ -461,7 +493,7 @@ pub async fn receive_upload(
     }
     let mut bytes = Vec::with_capacity(len as usize);
     while (bytes.len() as u64) < len {
-        let wire::Chunk(chunk) = wire::recv(recv)
+        let wire::Chunk(chunk) = wire::recv(recv, wire::MAX_CHUNK_FRAME)
             .await
             .map_err(|e| ApiError::BadRequest(format!("upload cut short: {e}")))?;
         if bytes.len() as u64 + chunk.len() as u64 > len {
@@ -472,23 +504,27 @@ pub async fn receive_upload(
     Ok(bytes)
 }
 
+/// Largest answer a client reads (it grows with the bytes that arrive): well past any
+/// output an FSM's limits allow.
+pub const MAX_REPLY: usize = 1 << 30;
+
 /// Sends one request on a new stream of `conn` and reads its answer.
 pub async fn call(conn: &quinn::Connection, request: &ApiRequest) -> Result<ApiResult, WireError> {
     let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
-    exchange(send, recv, request).await
+    exchange(send, recv, ApiCallRef::Direct(request)).await
 }
 
-/// Sends one request on a stream the caller opened (so it knows nothing was sent if that
+/// Sends one call on a stream the caller opened (so it knows nothing was sent if that
 /// failed) and reads its answer.
 pub async fn exchange(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    request: &ApiRequest,
+    call: ApiCallRef<'_>,
 ) -> Result<ApiResult, WireError> {
-    wire::send(&mut send, request).await?;
+    wire::send(&mut send, &call).await?;
     send.finish()?;
-    wire::recv(&mut recv).await
+    wire::recv(&mut recv, MAX_REPLY).await
 }

@@ -23,6 +23,18 @@ type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 /// How long a handshake with a peer may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest reply to a raft RPC (votes, append results: a few dozen bytes).
+const MAX_REPLY: usize = 64 << 10;
+/// The slowest a peer may take in a request and persist it, in bytes per second: an RPC's
+/// deadline is openraft's (the heartbeat interval) plus its size at this rate, so a batch
+/// of large entries is given the time it needs instead of being cut off and resent forever.
+pub const PEER_BYTES_PER_SECOND: u64 = 8 << 20;
+
+/// The deadline of an RPC of `len` bytes whose own deadline is `ttl`.
+pub fn scaled_deadline(ttl: Duration, len: usize) -> Duration {
+    let per_byte = Duration::from_secs(1).as_nanos() / u128::from(PEER_BYTES_PER_SECOND);
+    ttl + Duration::from_nanos((per_byte * len as u128).min(u64::MAX as u128) as u64)
+}
 
 struct Shared {
     me: NodeId,
@@ -140,7 +152,7 @@ impl RaftClient {
         .await
         .map_err(net)?;
         send.finish().map_err(net)?;
-        match wire::recv::<Reply>(&mut recv)
+        match wire::recv::<Reply>(&mut recv, MAX_REPLY)
             .await
             .map_err(|e| unreachable(&e))?
         {
@@ -163,12 +175,16 @@ impl RaftClient {
         req: Request,
         ttl: Duration,
     ) -> Result<Reply, CallError> {
+        let mut frame = Vec::new();
+        wraft_core::frame::encode_frame(&req, &mut frame);
+        drop(req);
+        let ttl = scaled_deadline(ttl, frame.len());
         let rpc = async {
             let conn = self.connection(target, addr).await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(net)?;
-            wire::send(&mut send, &req).await.map_err(net)?;
+            send.write_all(&frame).await.map_err(net)?;
             send.finish().map_err(net)?;
-            wire::recv::<Reply>(&mut recv).await.map_err(net)
+            wire::recv::<Reply>(&mut recv, MAX_REPLY).await.map_err(net)
         };
         tokio::time::timeout(ttl, rpc)
             .await
@@ -295,7 +311,10 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
                     .map_err(net)?;
             }
             send.finish().map_err(net)?;
-            match wire::recv::<Reply>(&mut recv).await.map_err(net)? {
+            match wire::recv::<Reply>(&mut recv, MAX_REPLY)
+                .await
+                .map_err(net)?
+            {
                 Reply::Snapshot(Ok(r)) => Ok(r),
                 Reply::Snapshot(Err(e)) => Err(net(format!("remote: {e}"))),
                 other => Err(net(format!("unexpected reply {other:?}"))),

@@ -35,3 +35,12 @@ pub fn client_role(conn: &quinn::Connection) -> Option<Role> {
         .rev()
         .find(|r| has_name(&cert, &client_name(*r)))
 }
+
+/// sha256 of the peer's certificate: what connection limits count by.
+pub fn fingerprint(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let cert = end_entity(conn)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Some(out)
+}

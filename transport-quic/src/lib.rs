@@ -14,12 +14,14 @@
 pub mod api;
 mod client;
 pub mod identity;
+pub mod limits;
 pub mod pki;
 mod server;
 mod tls;
 pub mod wire;
 
 pub use client::{RaftClient, RaftPeer};
+pub use limits::ServerLimits;
 pub use server::serve;
 pub use tls::{IDLE_TIMEOUT, TlsIdentity, client_config, endpoint_config, server_config};
 

@@ -1,33 +1,55 @@
-//! The accept loop: raft RPC from verified peers, client API requests to the node's handler.
+//! The accept loop: raft RPC from verified peers, client API requests to the node's handler,
+//! each within the bounds of [`ServerLimits`].
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openraft::Raft;
 use openraft::storage::RaftStateMachine;
 use tokio::io::AsyncWriteExt;
 use wraft_core::raft::{NodeId, Snapshot, TypeConfig};
 
-use std::sync::Arc;
-
-use crate::api::{self, ApiError, ApiHandler, ApiRequest, ApiResult, Caller};
+use crate::api::{self, ApiCall, ApiError, ApiHandler, ApiRequest, Caller};
+use crate::limits::{ByteBudget, ConnectionSlot, Connections, ServerLimits};
 use crate::wire::{self, Chunk, Reply, Request, WireError};
 use crate::{ALPN_CLIENT, ALPN_RAFT, TransportError, identity};
 
+/// QUIC application error code of a connection refused by a limit.
+const REFUSED: u32 = 3;
+
+struct Shared<SM: RaftStateMachine<TypeConfig>, H> {
+    raft: Raft<TypeConfig, SM>,
+    spool_dir: PathBuf,
+    api: Arc<H>,
+    limits: ServerLimits,
+    budget: ByteBudget,
+    connections: Connections,
+}
+
 /// Accepts connections on `endpoint` until it is closed: raft RPC from verified peers goes
 /// to `raft` (received snapshots are spooled under `spool_dir` before installation); client
-/// API requests go to `api`.
+/// API requests go to `api`. Everything a peer sends is bounded by `limits`.
 pub async fn serve<SM, H>(
     endpoint: quinn::Endpoint,
     raft: Raft<TypeConfig, SM>,
     spool_dir: PathBuf,
     api: Arc<H>,
+    limits: ServerLimits,
 ) where
     SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
     H: ApiHandler,
 {
+    let shared = Arc::new(Shared {
+        raft,
+        spool_dir,
+        api,
+        budget: ByteBudget::new(limits.in_flight_bytes),
+        limits,
+        connections: Connections::default(),
+    });
     while let Some(incoming) = endpoint.accept().await {
-        let (raft, dir, api) = (raft.clone(), spool_dir.clone(), api.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -37,16 +59,33 @@ pub async fn serve<SM, H>(
                     return;
                 }
             };
+            let slot = match admit(&conn, &shared) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::warn!(%remote, "connection refused: {why}");
+                    conn.close(REFUSED.into(), why.as_bytes());
+                    return;
+                }
+            };
             let result = match alpn(&conn).as_deref() {
-                Some(ALPN_RAFT) => serve_raft_connection(conn, raft, dir).await,
-                Some(ALPN_CLIENT) => serve_api_connection(conn, api).await,
+                Some(ALPN_RAFT) => serve_raft_connection(conn, &shared).await,
+                Some(ALPN_CLIENT) => serve_api_connection(conn, &shared).await,
                 _ => Err(TransportError::Peer("no known ALPN".into())),
             };
+            drop(slot);
             if let Err(e) = result {
                 tracing::debug!(%remote, "connection ended: {e}");
             }
         });
     }
+}
+
+fn admit<SM: RaftStateMachine<TypeConfig>, H>(
+    conn: &quinn::Connection,
+    shared: &Shared<SM, H>,
+) -> Result<ConnectionSlot, String> {
+    let identity = identity::fingerprint(conn).ok_or("no client certificate")?;
+    shared.connections.admit(identity, &shared.limits)
 }
 
 fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
@@ -57,10 +96,15 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     data.protocol
 }
 
-async fn serve_api_connection<H: ApiHandler>(
+async fn serve_api_connection<SM, H>(
     conn: quinn::Connection,
-    api: Arc<H>,
-) -> Result<(), TransportError> {
+    shared: &Arc<Shared<SM, H>>,
+) -> Result<(), TransportError>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
+    H: ApiHandler,
+{
+    conn.set_max_concurrent_bi_streams(shared.limits.streams_per_connection.into());
     let caller = Caller {
         role: identity::client_role(&conn),
         connection: conn.clone(),
@@ -70,16 +114,20 @@ async fn serve_api_connection<H: ApiHandler>(
             .accept_bi()
             .await
             .map_err(|e| TransportError::Peer(e.to_string()))?;
-        let (api, caller) = (api.clone(), caller.clone());
+        let (shared, caller) = (shared.clone(), caller.clone());
         tokio::spawn(async move {
-            let result: ApiResult = match wire::recv::<ApiRequest>(&mut recv).await {
-                Ok(ApiRequest::Upload { len }) => {
+            let result = match receive_call(&mut recv, &caller, &shared).await {
+                Ok((_permit, ApiCall::Direct(ApiRequest::Upload { len }))) => {
                     match api::receive_upload(&mut recv, caller.role, len).await {
-                        Ok(bytes) => api.handle(caller, ApiRequest::Deploy { bytes }).await,
+                        Ok(bytes) => {
+                            let deploy = ApiCall::Direct(ApiRequest::Deploy { bytes });
+                            shared.api.handle(caller, deploy).await
+                        }
                         Err(e) => Err(e),
                     }
                 }
-                Ok(ApiRequest::Backup) => {
+                Ok((_permit, ApiCall::Direct(ApiRequest::Backup))) => {
+                    let api = &shared.api;
                     let taken = async {
                         ApiRequest::Backup.authorize(caller.role)?;
                         api.backup().await
@@ -95,8 +143,8 @@ async fn serve_api_connection<H: ApiHandler>(
                         Err(e) => Err(e),
                     }
                 }
-                Ok(request) => api.handle(caller, request).await,
-                Err(e) => Err(ApiError::BadRequest(e.to_string())),
+                Ok((_permit, call)) => shared.api.handle(caller, call).await,
+                Err(e) => Err(e),
             };
             if wire::send(&mut send, &result).await.is_ok() {
                 let _ = send.finish();
@@ -105,37 +153,89 @@ async fn serve_api_connection<H: ApiHandler>(
     }
 }
 
-async fn serve_raft_connection<SM>(
+/// Reads the call that opens a stream: its size checked against the caller's limit and
+/// taken from the node's byte budget before any of it is read, and its bytes awaited no
+/// longer than their size allows. The permit holds the bytes until the call is answered.
+async fn receive_call<SM: RaftStateMachine<TypeConfig>, H>(
+    recv: &mut quinn::RecvStream,
+    caller: &Caller,
+    shared: &Shared<SM, H>,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, ApiCall), ApiError> {
+    let limits = &shared.limits;
+    let max = limits.request_bytes(caller.role);
+    let header = wire::recv_header(recv, max).await.map_err(|e| match e {
+        WireError::TooLarge { len, max } => ApiError::BadRequest(format!(
+            "a request of {len} bytes exceeds the limit of {max} for a {} caller \
+             (--max-entry-bytes for writes, --max-read-request-bytes for reads)",
+            caller
+                .role
+                .map_or("node".into(), |r| format!("{r:?}").to_lowercase())
+        )),
+        e => ApiError::BadRequest(e.to_string()),
+    })?;
+    let permit = shared.budget.take(header.len).map_err(ApiError::Busy)?;
+    let deadline = limits.receive_deadline(header.len);
+    let call = tokio::time::timeout(deadline, wire::recv_body(recv, header))
+        .await
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "the request's {} bytes did not arrive within {deadline:?}",
+                header.len
+            ))
+        })?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((permit, call))
+}
+
+async fn serve_raft_connection<SM, H>(
     conn: quinn::Connection,
-    raft: Raft<TypeConfig, SM>,
-    dir: PathBuf,
+    shared: &Arc<Shared<SM, H>>,
 ) -> Result<(), TransportError>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
+    H: ApiHandler,
 {
-    // The first stream introduces the peer; its certificate must be that node's.
+    conn.set_max_concurrent_bi_streams(shared.limits.streams_per_peer.into());
+    // The first stream introduces the peer; its certificate must be that node's, and the
+    // node must not have been removed from the cluster.
     let (mut send, mut recv) = conn
         .accept_bi()
         .await
         .map_err(|e| TransportError::Peer(e.to_string()))?;
-    let from = match wire::recv::<Request>(&mut recv).await? {
-        Request::Hello { from } if identity::is_node(&conn, from) => {
+    let hello = tokio::time::timeout(
+        shared.limits.receive_grace,
+        wire::recv::<Request>(&mut recv, wire::MAX_HELLO),
+    )
+    .await
+    .map_err(|_| TransportError::Peer("no hello in time".into()))??;
+    let refusal = match hello {
+        Request::Hello { from } if !identity::is_node(&conn, from) => Err((
+            from,
+            format!("the certificate presented is not node {from}'s"),
+        )),
+        Request::Hello { from } => shared.api.admits_peer(from).map_err(|why| (from, why)),
+        other => {
+            return Err(TransportError::Peer(format!(
+                "expected hello, got {other:?}"
+            )));
+        }
+    };
+    let from = match refusal {
+        Ok(()) => {
+            let Request::Hello { from } = hello else {
+                unreachable!("matched above")
+            };
             wire::send(&mut send, &Reply::Hello(Ok(()))).await?;
             send.finish().map_err(WireError::from)?;
             from
         }
-        Request::Hello { from } => {
-            let why = format!("the certificate presented is not node {from}'s");
+        Err((from, why)) => {
+            tracing::warn!("node {from} refused: {why}");
             wire::send(&mut send, &Reply::Hello(Err(why.clone()))).await?;
             let _ = send.finish();
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             conn.close(2u32.into(), why.as_bytes());
             return Err(TransportError::Peer(why));
-        }
-        other => {
-            return Err(TransportError::Peer(format!(
-                "expected hello, got {other:?}"
-            )));
         }
     };
     loop {
@@ -143,9 +243,9 @@ where
             Ok(s) => s,
             Err(e) => return Err(TransportError::Peer(e.to_string())),
         };
-        let (raft, dir) = (raft.clone(), dir.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(from, send, recv, raft, &dir).await {
+            if let Err(e) = serve_stream(from, send, recv, &shared).await {
                 tracing::debug!(from, "raft rpc failed: {e}");
             }
         });
@@ -156,20 +256,27 @@ fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-async fn serve_stream<SM>(
+async fn serve_stream<SM, H>(
     from: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    raft: Raft<TypeConfig, SM>,
-    dir: &Path,
+    shared: &Shared<SM, H>,
 ) -> Result<(), TransportError>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
+    H: ApiHandler,
 {
+    let raft = &shared.raft;
+    let request = wire::recv::<Request>(&mut recv, shared.limits.max_raft_frame_bytes).await?;
+    // A node removed since it connected is heard no more.
+    if let Err(why) = shared.api.admits_peer(from) {
+        tracing::warn!("node {from} refused: {why}");
+        return Err(TransportError::Peer(why));
+    }
     // A node may only speak for itself: the leader or candidate in a request must be the
     // node whose certificate opened the connection.
     let impersonation = |claimed: NodeId| format!("node {from} may not act for node {claimed}");
-    let reply = match wire::recv::<Request>(&mut recv).await? {
+    let reply = match request {
         Request::Hello { .. } => Reply::Hello(Err("already introduced".into())),
         Request::AppendEntries(rpc) => Reply::AppendEntries(match rpc.vote.leader_id.node_id {
             id if id == from => raft.append_entries(rpc).await.map_err(text),
@@ -184,9 +291,23 @@ where
             id => Err(impersonation(id)),
         }),
         Request::TransferLeader(req) => {
-            Reply::TransferLeader(raft.handle_transfer_leader(req).await.map_err(text))
+            Reply::TransferLeader(match req.from_leader().leader_id.node_id {
+                id if id == from => raft.handle_transfer_leader(req).await.map_err(text),
+                id => Err(impersonation(id)),
+            })
+        }
+        Request::Snapshot { vote, .. } if vote.leader_id.node_id != from => {
+            Reply::Snapshot(Err(impersonation(vote.leader_id.node_id)))
+        }
+        Request::Snapshot { len, .. } if len > shared.limits.max_snapshot_bytes => {
+            Reply::Snapshot(Err(format!(
+                "a snapshot of {len} bytes exceeds this node's limit of {} \
+                 (--max-state-bytes)",
+                shared.limits.max_snapshot_bytes
+            )))
         }
         Request::Snapshot { vote, meta, len } => {
+            let dir = &shared.spool_dir;
             Reply::Snapshot(match receive_snapshot(&mut recv, dir, len).await {
                 Ok(path) => {
                     let file = File::open(&path).map_err(text);
@@ -222,11 +343,20 @@ async fn receive_snapshot(
     len: u64,
 ) -> Result<PathBuf, TransportError> {
     let mut spool = Spool::create(dir, len).await?;
-    while !spool.complete() {
-        let Chunk(bytes) = wire::recv(recv).await?;
-        spool.push(&bytes).await?;
+    let path = spool.path.clone();
+    let received = async {
+        while !spool.complete() {
+            let Chunk(bytes) = wire::recv(recv, wire::MAX_CHUNK_FRAME).await?;
+            spool.push(&bytes).await?;
+        }
+        spool.finish().await
+    };
+    let result = received.await;
+    if result.is_err() {
+        // A failed transfer leaves nothing behind to fill the disk.
+        let _ = tokio::fs::remove_file(&path).await;
     }
-    spool.finish().await
+    result
 }
 
 /// A snapshot being received into `receive-<nanos>.tmp` under the spool directory.

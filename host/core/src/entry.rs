@@ -45,8 +45,13 @@ impl LogEntry {
 
     /// Encodes to postcard bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing plain data into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        postcard::to_allocvec(self).expect("plain data always encodes into a Vec")
+    }
+
+    /// The length of [`LogEntry::to_bytes`], computed without encoding.
+    pub fn encoded_len(&self) -> usize {
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .expect("plain data always encodes")
     }
 
     /// Decodes postcard bytes.
@@ -360,6 +365,21 @@ mod tests {
             let e = LogEntry::new(1_700_000_000_000, command);
             assert_eq!(LogEntry::from_bytes(&e.to_bytes()).expect("decode"), e);
         }
+    }
+
+    #[test]
+    fn the_encoded_length_is_that_of_the_bytes() {
+        let e = LogEntry::new(
+            7,
+            Command::Batch(vec![
+                Apply {
+                    fsm: name("a"),
+                    payload: vec![3; 300],
+                };
+                5
+            ]),
+        );
+        assert_eq!(e.encoded_len(), e.to_bytes().len());
     }
 
     #[test]

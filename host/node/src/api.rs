@@ -20,11 +20,11 @@ use tokio::sync::Semaphore;
 use wraft_core::raft::{Node, NodeId};
 use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmName, LogEntry};
 use wraft_transport_quic::api::{
-    self, ApiError, ApiHandler, ApiRequest, ApiResponse, ApiResult, Caller, ClusterStatus,
-    Consistency, FsmInfo, ModuleInfo, NodeStatus, Payload,
+    self, ApiCall, ApiCallRef, ApiError, ApiHandler, ApiRequest, ApiResponse, ApiResult, Caller,
+    ClusterStatus, Consistency, FsmInfo, ModuleInfo, NodeStatus, Payload,
 };
 use wraft_transport_quic::pki::Role;
-use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, client_config, identity};
+use wraft_transport_quic::{ALPN_CLIENT, client_config, identity};
 
 use crate::local::now_ms;
 use crate::raft::Raft;
@@ -41,9 +41,15 @@ pub struct NodeApi {
     raft: Raft,
     store: Arc<StateStore>,
     queue: Arc<Semaphore>,
+    /// Turns on the guest pool (see [`NodeApi::on_guest_thread`]).
+    guests: Arc<Semaphore>,
+    /// Requests in progress per caller role (reader, writer, admin).
+    in_progress: [Semaphore; 3],
     capacity: usize,
     forward: Forwarder,
     data_dir: std::path::PathBuf,
+    removed: crate::raft::RemovedNodes,
+    limits: crate::limits::NodeLimits,
 }
 
 struct Forwarder {
@@ -73,29 +79,33 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl NodeApi {
-    /// The API of node `id`, forwarding through `endpoint` as `identity`.
+    /// The API of the node `config` describes, forwarding through `endpoint`; `removed`
+    /// are the nodes its peers may no longer be.
     pub fn new(
-        id: NodeId,
+        config: &crate::cluster::NodeConfig,
         raft: Raft,
         store: Arc<StateStore>,
         endpoint: quinn::Endpoint,
-        identity: &TlsIdentity,
-        capacity: usize,
-        data_dir: std::path::PathBuf,
+        removed: crate::raft::RemovedNodes,
     ) -> Result<Self, wraft_transport_quic::TransportError> {
         let forward = Forwarder {
             endpoint,
-            config: client_config(identity, ALPN_CLIENT)?,
+            config: client_config(&config.identity, ALPN_CLIENT)?,
             conns: Mutex::new(HashMap::new()),
         };
+        let (capacity, limits) = (config.queue, config.limits.clone());
         Ok(Self {
-            id,
+            id: config.id,
             raft,
             store,
             queue: Arc::new(Semaphore::new(capacity)),
+            guests: Arc::new(Semaphore::new(limits.guest_threads.max(1))),
+            in_progress: std::array::from_fn(|_| Semaphore::new(limits.requests_per_role)),
             capacity,
             forward,
-            data_dir,
+            data_dir: config.data_dir.clone(),
+            removed,
+            limits,
         })
     }
 
@@ -103,15 +113,13 @@ impl NodeApi {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    fn is_member_node(&self, caller: &Caller) -> bool {
+    /// Whether the caller's certificate is that of a voter of the current membership: only
+    /// voters forward requests to the leader.
+    fn is_voter(&self, caller: &Caller) -> bool {
         let m = self.metrics();
-        let ids: Vec<NodeId> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
-        ids.into_iter()
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters
+            .into_iter()
             .any(|id| identity::is_node(&caller.connection, id))
     }
 
@@ -216,7 +224,6 @@ impl NodeApi {
                 }
                 self.manage(request).await
             }
-            ApiRequest::Forwarded { .. } => Err(ApiError::BadRequest("nested forwarding".into())),
             // The transport turns an upload into `Deploy` once its chunks have arrived.
             ApiRequest::Upload { .. } => Err(ApiError::BadRequest(
                 "an upload's chunks must follow it on its stream".into(),
@@ -230,6 +237,48 @@ impl NodeApi {
 
     fn is_leader(&self) -> bool {
         self.metrics().state == ServerState::Leader
+    }
+
+    /// Runs `call` (a guest call made for a caller: a query or a JSON codec) on a thread of
+    /// the guest pool, so wasm never holds the async workers that carry raft's heartbeats;
+    /// at most `guest_threads` run at once and the rest wait their turn.
+    async fn on_guest_thread<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _turn = self
+            .guests
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| unavailable("the node is shutting down"))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|e| unavailable(format!("guest call: {e}")))?
+            .map_err(unavailable)
+    }
+
+    /// Runs one of `fsm`'s JSON codecs on `input` on the guest pool.
+    async fn codec(
+        &self,
+        fsm: &FsmName,
+        codec: EntryPoint,
+        input: Vec<u8>,
+    ) -> Result<Result<Vec<u8>, ApplyError>, ApiError> {
+        let (fsm, max_output) = (fsm.clone(), self.codec_output_limit(codec));
+        self.on_guest_thread(move |store| store.codec(&fsm, codec, &input, max_output))
+            .await
+    }
+
+    /// The largest output a codec may produce: a command or query headed for the log is
+    /// bounded by the entry limit; JSON rendered from an output (hex and quoting at most
+    /// double raw bytes, plus field names) by twice that.
+    fn codec_output_limit(&self, codec: EntryPoint) -> usize {
+        match codec {
+            EntryPoint::CommandFromJson | EntryPoint::QueryFromJson => self.limits.max_entry_bytes,
+            _ => 2 * self.limits.max_entry_bytes + (64 << 10),
+        }
     }
 
     /// JSON → postcard through the FSM's codec. A new leader may not have applied the entry
@@ -247,7 +296,7 @@ impl NodeApi {
         };
         let mut caught_up = false;
         loop {
-            match self.store.codec(fsm, codec, json).map_err(unavailable)? {
+            match self.codec(fsm, codec, json.to_vec()).await? {
                 Ok(bytes) => return Ok(bytes),
                 Err(ApplyError::UnknownFsm(_) | ApplyError::UnknownModule(_))
                     if !caught_up && self.is_leader() =>
@@ -265,7 +314,7 @@ impl NodeApi {
     }
 
     /// postcard → the request's encoding.
-    fn decode(
+    async fn decode(
         &self,
         fsm: &FsmName,
         like: &Payload,
@@ -274,7 +323,7 @@ impl NodeApi {
     ) -> Result<Payload, ApiError> {
         match like {
             Payload::Postcard(_) => Ok(Payload::Postcard(bytes)),
-            Payload::Json(_) => match self.store.codec(fsm, codec, &bytes).map_err(unavailable)? {
+            Payload::Json(_) => match self.codec(fsm, codec, bytes).await? {
                 Ok(json) => Ok(Payload::Json(String::from_utf8_lossy(&json).into_owned())),
                 Err(e) => Err(ApiError::BadRequest(format!("{fsm}: output codec: {e}"))),
             },
@@ -283,13 +332,15 @@ impl NodeApi {
 
     async fn query(&self, fsm: &FsmName, query: &Payload) -> ApiResult {
         let bytes = self.encode(fsm, query, EntryPoint::QueryFromJson).await?;
-        match self.store.query(fsm, &bytes).map_err(unavailable)? {
-            Ok(out) => Ok(ApiResponse::Output(self.decode(
-                fsm,
-                query,
-                out,
-                EntryPoint::QueryOutputToJson,
-            )?)),
+        let name = fsm.clone();
+        let answer = self
+            .on_guest_thread(move |store| store.query(&name, &bytes))
+            .await?;
+        match answer {
+            Ok(out) => Ok(ApiResponse::Output(
+                self.decode(fsm, query, out, EntryPoint::QueryOutputToJson)
+                    .await?,
+            )),
             Err(e) => Err(ApiError::Failed(e)),
         }
     }
@@ -313,6 +364,15 @@ impl NodeApi {
         })?;
         crate::metrics::seconds("commit_marshal_duration_seconds", marshal.elapsed());
         let entry = LogEntry::new(now_ms(), command);
+        let len = entry.encoded_len();
+        if len > self.limits.max_entry_bytes {
+            crate::metrics::rejected("too_large");
+            return Err(ApiError::BadRequest(format!(
+                "the entry would be {len} bytes once encoded; node {} admits entries of at \
+                 most {} bytes (--max-entry-bytes)",
+                self.id, self.limits.max_entry_bytes
+            )));
+        }
         if let Command::Apply(a) = entry.command() {
             metrics::histogram!("commit_payload_size_bytes").record(a.payload.len() as f64);
         } else if let Command::Batch(b) = entry.command() {
@@ -351,16 +411,18 @@ impl NodeApi {
         };
         match (response, &request) {
             (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),
-            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command }) => Ok(
-                ApiResponse::Output(self.decode(fsm, command, out, EntryPoint::OutputToJson)?),
-            ),
+            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command }) => {
+                let out = self
+                    .decode(fsm, command, out, EntryPoint::OutputToJson)
+                    .await?;
+                Ok(ApiResponse::Output(out))
+            }
             (EntryResponse::BatchOutputs(outs), ApiRequest::Batch { commands }) => {
-                Ok(ApiResponse::BatchOutputs(
-                    outs.into_iter()
-                        .zip(commands)
-                        .map(|(out, (fsm, c))| self.decode(fsm, c, out, EntryPoint::OutputToJson))
-                        .collect::<Result<_, _>>()?,
-                ))
+                let mut decoded = Vec::with_capacity(outs.len());
+                for (out, (fsm, c)) in outs.into_iter().zip(commands) {
+                    decoded.push(self.decode(fsm, c, out, EntryPoint::OutputToJson).await?);
+                }
+                Ok(ApiResponse::BatchOutputs(decoded))
             }
             (EntryResponse::Done, ApiRequest::Deploy { bytes }) => {
                 Ok(ApiResponse::Deployed(module_id(bytes)))
@@ -381,9 +443,32 @@ impl NodeApi {
                     .await?,
             }),
             ApiRequest::Batch { commands } => {
+                let max = self.limits.max_batch_commands;
+                if commands.len() > max {
+                    return Err(ApiError::BadRequest(format!(
+                        "a batch of {} commands; node {} admits at most {max} per batch \
+                         (--max-batch-commands)",
+                        commands.len(),
+                        self.id
+                    )));
+                }
                 let mut applies = Vec::with_capacity(commands.len());
+                let mut bytes = 0;
                 for (fsm, c) in commands {
                     let payload = self.encode(fsm, c, EntryPoint::CommandFromJson).await?;
+                    // Stop encoding once the entry cannot fit (a codec may turn a few bytes
+                    // of JSON into much more): the exact check follows on the whole entry.
+                    bytes += payload.len();
+                    if bytes > self.limits.max_entry_bytes {
+                        return Err(ApiError::BadRequest(format!(
+                            "the batch's commands encode to more than {} bytes by command {} \
+                             of {}; node {} admits entries of at most that (--max-entry-bytes)",
+                            self.limits.max_entry_bytes,
+                            applies.len() + 1,
+                            commands.len(),
+                            self.id
+                        )));
+                    }
                     applies.push(Apply {
                         fsm: fsm.clone(),
                         payload,
@@ -392,10 +477,12 @@ impl NodeApi {
                 Command::Batch(applies)
             }
             ApiRequest::Deploy { bytes } => {
-                // Refuse an invalid module before it enters the log.
-                let module_id = self
-                    .store
-                    .prepare_module(bytes)
+                // Refuse an invalid module before it enters the log; compiling takes a
+                // thread of its own, never an async worker.
+                let (store, module) = (self.store.clone(), bytes.clone());
+                let module_id = tokio::task::spawn_blocking(move || store.prepare_module(&module))
+                    .await
+                    .map_err(|e| unavailable(format!("compiling the module: {e}")))?
                     .map_err(unavailable)?
                     .map_err(|e| ApiError::BadRequest(format!("invalid module: {e}")))?;
                 Command::DeployModule {
@@ -592,9 +679,9 @@ impl NodeApi {
                 | ApiRequest::ListModules
                 | ApiRequest::Status
         );
-        let forwarded = ApiRequest::Forwarded {
+        let forwarded = ApiCallRef::Forwarded {
             role,
-            request: Box::new(request),
+            request: &request,
         };
         let mut attempts = if idempotent { 2 } else { 1 };
         loop {
@@ -626,7 +713,7 @@ impl NodeApi {
                 |m| m.current_leader.is_some_and(|l| l != leader),
                 "another leader",
             );
-            let exchange = api::exchange(send, recv, &forwarded);
+            let exchange = api::exchange(send, recv, forwarded);
             tokio::pin!(exchange);
             let answer = tokio::select! {
                 answer = &mut exchange => answer,
@@ -697,20 +784,30 @@ impl Forwarder {
 }
 
 impl ApiHandler for NodeApi {
-    async fn handle(&self, caller: Caller, request: ApiRequest) -> ApiResult {
-        let (role, request) = match request {
-            ApiRequest::Forwarded { role, request } => {
-                if !self.is_member_node(&caller) {
+    async fn handle(&self, caller: Caller, call: ApiCall) -> ApiResult {
+        let (role, request) = match call {
+            ApiCall::Forwarded { role, request } => {
+                if !self.is_voter(&caller) {
                     return Err(ApiError::NotAllowed {
                         needed: Role::Admin,
                         have: caller.role,
                     });
                 }
-                (Some(role), *request)
+                (Some(role), request)
             }
-            request => (caller.role, request),
+            ApiCall::Direct(request) => (caller.role, request),
         };
         self.serve_as(role, request).await
+    }
+
+    fn admits_peer(&self, id: NodeId) -> Result<(), String> {
+        if self.removed.contains(id) {
+            return Err(format!(
+                "node {id} was removed from the cluster; its certificate is refused \
+                 (add it again with `wraft cluster add-learner` to readmit it)"
+            ));
+        }
+        Ok(())
     }
 
     async fn backup(&self) -> Result<wraft_transport_quic::api::BackupFile, ApiError> {
@@ -736,7 +833,17 @@ impl NodeApi {
     pub async fn serve_as(&self, role: Option<Role>, request: ApiRequest) -> ApiResult {
         let needed = request.required_role();
         match role {
-            Some(role) if role >= needed => self.serve(role, request).await,
+            Some(role) if role >= needed => {
+                let Ok(_slot) = self.in_progress[role as usize].try_acquire() else {
+                    crate::metrics::rejected("busy");
+                    return Err(ApiError::Busy(format!(
+                        "node {} is serving its limit of {} {role:?} requests at once \
+                         (--max-requests-per-role)",
+                        self.id, self.limits.requests_per_role
+                    )));
+                };
+                self.serve(role, request).await
+            }
             have => {
                 crate::metrics::rejected("not_allowed");
                 Err(ApiError::NotAllowed { needed, have })

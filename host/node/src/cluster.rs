@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub max_log_bytes: usize,
     /// Byte streams to the passive voters this node is wired to.
     pub voter_links: crate::voter::VoterLinks,
+    /// What the node admits from callers and peers.
+    pub limits: crate::limits::NodeLimits,
 }
 
 /// Default interval between consistency checkpoints.
@@ -188,6 +190,7 @@ impl NodeConfig {
             max_state_bytes: crate::state::DEFAULT_MAX_STATE_BYTES,
             max_log_bytes: crate::raft::DEFAULT_MAX_LOG_BYTES,
             voter_links: Default::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -274,6 +277,7 @@ impl ClusterNode {
         let log = LogStore::open_sized(&config.data_dir, config.max_log_bytes)?;
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?
             .applying_only_durable(log.durable());
+        let removed = sm.removed_nodes();
         log.claim(config.id)?;
         // A node that led when it stopped (or the initial leader of `wraft init generate`)
         // campaigns at once in a new term (after a pre-vote, so a leader elected meanwhile
@@ -308,18 +312,22 @@ impl ClusterNode {
         }
         let spool = config.data_dir.join("snapshots");
         let api = NodeApi::new(
-            config.id,
+            &config,
             raft.clone(),
             store.clone(),
             endpoint.clone(),
-            &config.identity,
-            config.queue,
-            config.data_dir.clone(),
+            removed,
         )?;
         crate::metrics::handle();
         let api = Arc::new(api);
         let mut tasks = vec![
-            tokio::spawn(serve(endpoint.clone(), raft.clone(), spool, api.clone())),
+            tokio::spawn(serve(
+                endpoint.clone(),
+                raft.clone(),
+                spool,
+                api.clone(),
+                config.limits.transport.clone(),
+            )),
             config.snapshots.spawn_interval(raft.clone()),
         ];
         let http_addr = match config.http {

@@ -135,6 +135,7 @@ fn api_error(e: ApiError) -> HttpError {
         ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
+        ApiError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
     };
     error(status, kind, e)
 }

@@ -6,6 +6,7 @@
 //! * [`cluster`]: a node on the network: stores, openraft and the QUIC transport together.
 //! * [`api`]: the client API a node serves (roles, forwarding, admission, read levels).
 //! * [`http`]: the HTTP port: health, readiness, Prometheus metrics, the JSON API.
+//! * [`limits`]: what a node admits from callers (entry and batch sizes, concurrency).
 //! * [`metrics`]: the metrics registry and names.
 //! * [`disk`]: explaining failed writes (full disk, file-size limit, failing device).
 //! * [`ops`]: data directories offline and hot: the lock, `init generate|info|verify`,
@@ -18,6 +19,7 @@ pub mod api;
 pub mod cluster;
 pub mod disk;
 pub mod http;
+pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod ops;

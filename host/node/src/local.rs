@@ -27,6 +27,10 @@ pub struct LocalNode {
     _lock: crate::ops::DataDirLock,
 }
 
+/// Largest output of a JSON codec run by the single-node driver: the entry limit a node
+/// admits by default.
+const CODEC_OUTPUT: usize = crate::limits::DEFAULT_MAX_ENTRY_BYTES;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -125,10 +129,12 @@ impl LocalNode {
         fsm: &FsmName,
         json: &str,
     ) -> Result<Result<String, ApplyError>, StateError> {
-        let payload = match self
-            .store
-            .codec(fsm, EntryPoint::CommandFromJson, json.as_bytes())?
-        {
+        let payload = match self.store.codec(
+            fsm,
+            EntryPoint::CommandFromJson,
+            json.as_bytes(),
+            CODEC_OUTPUT,
+        )? {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -151,10 +157,12 @@ impl LocalNode {
         fsm: &FsmName,
         json: &str,
     ) -> Result<Result<String, ApplyError>, StateError> {
-        let query = match self
-            .store
-            .codec(fsm, EntryPoint::QueryFromJson, json.as_bytes())?
-        {
+        let query = match self.store.codec(
+            fsm,
+            EntryPoint::QueryFromJson,
+            json.as_bytes(),
+            CODEC_OUTPUT,
+        )? {
             Ok(q) => q,
             Err(e) => return Ok(Err(e)),
         };
@@ -172,7 +180,7 @@ impl LocalNode {
     ) -> Result<Result<String, ApplyError>, StateError> {
         Ok(self
             .store
-            .codec(fsm, codec, bytes)?
+            .codec(fsm, codec, bytes, CODEC_OUTPUT)?
             .map(|json| String::from_utf8_lossy(&json).into_owned()))
     }
 }

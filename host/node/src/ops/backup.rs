@@ -21,7 +21,7 @@ use wraft_core::raft::NodeId;
 use wraft_transport_quic::api::{BackupFile, BackupManifest};
 
 use super::{DataDirLock, OpsError, at, occupied};
-use crate::raft::{LogStore, decode_applied_state};
+use crate::raft::{AppliedState, LogStore};
 use crate::state::StateStore;
 
 /// The state copy inside a backup directory.
@@ -45,10 +45,9 @@ fn describe(path: &Path, node: NodeId) -> Result<BackupManifest, OpsError> {
     let copy = StateStore::open_read_only(path, true)?;
     let applied = copy.applied()?;
     let digest = copy.digest()?;
-    let (_, membership) = match copy.raft_state()? {
-        Some(b) => decode_applied_state(&b).map_err(OpsError::Raft)?,
-        None => Default::default(),
-    };
+    let membership = AppliedState::load(copy.raft_state()?)
+        .map_err(OpsError::Raft)?
+        .membership;
     let m = membership.membership();
     Ok(BackupManifest {
         node,

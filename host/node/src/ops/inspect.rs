@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{OpsError, at};
-use crate::raft::{
-    LogId, LogStore, LogSummary, Node, NodeId, StoredMembership, decode_applied_state,
-};
+use crate::raft::{AppliedState, LogId, LogStore, LogSummary, Node, NodeId, StoredMembership};
 use crate::state::{AppliedPosition, Divergence, FsmRecord, StateStore};
 use openraft::Membership;
 use wraft_core::{ModuleId, StateDigest};
@@ -116,7 +114,7 @@ fn state_summary(
     }
     let raft = store
         .raft_state()?
-        .map(|b| decode_applied_state(&b))
+        .map(|b| AppliedState::decode(&b).map(|a| (a.last, a.membership)))
         .transpose()
         .unwrap_or_else(|e| {
             problems.push(format!("the stored raft state does not decode: {e}"));

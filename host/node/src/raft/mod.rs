@@ -1,14 +1,16 @@
 //! The raft layer: openraft's types (declared once, in `wraft_core::raft`), the LMDB log store (`<data>/raft`) and the
 //! state machine over the state env (`<data>/state`), with snapshots (`<data>/snapshots`).
 
+mod applied;
 mod log_store;
 mod snapshot;
 mod state_machine;
 
+pub use applied::AppliedState;
 pub use log_store::{DEFAULT_MAX_LOG_BYTES, DurableLog, LogReader, LogStore, LogSummary};
-pub use snapshot::{SnapshotPolicy, decode_applied_state, verify_snapshot_file};
+pub use snapshot::{SnapshotPolicy, verify_snapshot_file};
 pub(crate) use snapshot::{sha256_prefix, sync_dir, ticker, unique_path};
-pub use state_machine::StateMachine;
+pub use state_machine::{RemovedNodes, StateMachine};
 
 pub use wraft_core::raft::{
     Entry, LogId, Node, NodeId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, io_err};
+use super::{AppliedState, Snapshot, SnapshotMeta, io_err};
 use crate::state::{StateStore, copy_raft_state};
 
 /// When to snapshot and how much log to keep: op-conductor's three knobs.
@@ -177,22 +177,6 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Decodes the raft state blob stored with the applied state: the last applied log id and
-/// the membership.
-pub fn decode_applied_state(blob: &[u8]) -> io::Result<(Option<LogId>, StoredMembership)> {
-    postcard::from_bytes(blob).map_err(io_err)
-}
-
-/// Decodes the raft state blob stored with the applied state.
-pub(crate) fn decode_raft_state(
-    blob: Option<Vec<u8>>,
-) -> io::Result<(Option<LogId>, StoredMembership)> {
-    match blob {
-        Some(b) => decode_applied_state(&b),
-        None => Ok((None, StoredMembership::default())),
-    }
-}
-
 /// The snapshot directory of one node. Builds and installs may be asked for at the same
 /// time (openraft builds in a task of its own while a leader's snapshot arrives): they take
 /// turns, so one never publishes, or clears away, the other's files mid-way.
@@ -244,11 +228,10 @@ impl SnapshotDir {
         // everything the snapshot does, so a power loss never needs a purged entry.
         store.sync().map_err(io_err)?;
         // The metadata comes from the copy itself, so it matches the copied state exactly.
-        let (last_log_id, last_membership) =
-            decode_raft_state(copy_raft_state(&tmp).map_err(io_err)?)?;
+        let applied = AppliedState::load(copy_raft_state(&tmp).map_err(io_err)?)?;
         let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
+            last_log_id: applied.last,
+            last_membership: applied.membership,
         };
         let sha = seal(&tmp)?;
         self.publish(&tmp, &meta, &snapshot_name(&meta, &sha))

@@ -11,9 +11,10 @@ use futures_util::{Stream, StreamExt};
 use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 
-use super::snapshot::{SnapshotDir, decode_raft_state};
+use super::snapshot::SnapshotDir;
 use super::{
-    DurableLog, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, io_err,
+    AppliedState, DurableLog, Entry, LogId, NodeId, Snapshot, SnapshotMeta, StoredMembership,
+    TypeConfig, io_err,
 };
 use crate::runtime::FsmRuntime;
 use crate::state::{AppliedPosition, Committed, StateStore};
@@ -23,9 +24,30 @@ use crate::state::{AppliedPosition, Committed, StateStore};
 pub struct StateMachine {
     store: Arc<StateStore>,
     snapshots: SnapshotDir,
-    applied: (Option<LogId>, StoredMembership),
+    applied: AppliedState,
+    /// The nodes removed from the cluster as of the applied state, shared with the network.
+    removed: RemovedNodes,
     /// The local raft log's progress on disk; entries are applied only once they are in it.
     durable: Option<DurableLog>,
+}
+
+/// The nodes removed from the cluster, as the applied state records them: the transport
+/// refuses their certificates.
+#[derive(Debug, Clone, Default)]
+pub struct RemovedNodes(Arc<std::sync::RwLock<std::collections::BTreeSet<NodeId>>>);
+
+impl RemovedNodes {
+    /// Whether `id` was removed.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
+    fn set(&self, applied: &AppliedState) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = applied.removed.clone();
+    }
 }
 
 /// Builds snapshots from a point-in-time copy of the state env.
@@ -46,11 +68,14 @@ impl StateMachine {
     /// A state machine over an already opened store.
     pub fn with_store(data_dir: &Path, store: Arc<StateStore>) -> io::Result<Self> {
         let snapshots = SnapshotDir::open(data_dir)?;
-        let applied = decode_raft_state(store.raft_state().map_err(io_err)?)?;
+        let applied = AppliedState::load(store.raft_state().map_err(io_err)?)?;
+        let removed = RemovedNodes::default();
+        removed.set(&applied);
         Ok(Self {
             store,
             snapshots,
             applied,
+            removed,
             durable: None,
         })
     }
@@ -68,6 +93,11 @@ impl StateMachine {
     /// The state store (for queries and state hashes).
     pub fn store(&self) -> &Arc<StateStore> {
         &self.store
+    }
+
+    /// The nodes removed from the cluster, kept up to date as entries apply.
+    pub fn removed_nodes(&self) -> RemovedNodes {
+        self.removed.clone()
     }
 }
 
@@ -100,7 +130,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok(self.applied.clone())
+        Ok((self.applied.last, self.applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -120,13 +150,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(durable) = &mut self.durable {
             durable.wait_for(last.log_id.index).await?;
         }
-        let mut applied = (Some(last.log_id), self.applied.1.clone());
-        for e in &batch {
-            if let EntryPayload::Membership(m) = &e.payload {
-                applied.1 = StoredMembership::new(Some(e.log_id), m.clone());
-            }
-        }
-        let blob = postcard::to_allocvec(&applied).map_err(io_err)?;
+        let applied = self.applied.after(&batch);
+        let blob = applied.encode();
         let store = self.store.clone();
         let responses = tokio::task::spawn_blocking(move || {
             let committed: Vec<Committed<'_>> = batch
@@ -153,6 +178,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io_err)??;
+        self.removed.set(&applied);
         self.applied = applied;
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
@@ -188,7 +214,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             "installed a snapshot up to {upto} in {} ms",
             started.elapsed().as_millis()
         );
-        self.applied = decode_raft_state(self.store.raft_state().map_err(io_err)?)?;
+        self.applied = AppliedState::load(self.store.raft_state().map_err(io_err)?)?;
+        self.removed.set(&self.applied);
         Ok(())
     }
 

@@ -427,12 +427,14 @@ impl StateStore {
             .result)
     }
 
-    /// Runs one of `fsm`'s JSON codecs (no keyspace access).
+    /// Runs one of `fsm`'s JSON codecs (no keyspace access), producing at most `max_output`
+    /// bytes (a node's setting: codecs run at the edge, never in the log).
     pub fn codec(
         &self,
         fsm: &FsmName,
         entry: EntryPoint,
         input: &[u8],
+        max_output: usize,
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
         let rtxn = self.env.read_txn()?;
         let (rec, module) = match self.fsm_and_module(&rtxn, fsm)? {
@@ -440,10 +442,14 @@ impl StateStore {
             Err(e) => return Ok(Err(e)),
         };
         drop(rtxn);
+        let limits = FsmLimits {
+            max_output_bytes: u32::try_from(max_output).unwrap_or(u32::MAX),
+            ..rec.limits
+        };
         let env = CallEnv {
             kv: KvTarget::None,
             ctx: EntryContext::default(),
-            limits: rec.limits,
+            limits,
             fsm: fsm.as_str(),
         };
         Ok(self.runtime.call(&module, entry, input, env)?.result)

@@ -135,7 +135,7 @@ impl StateStore {
             problems.push(e.to_string());
         }
         if let Ok(Some(blob)) = self.raft_state()
-            && let Err(e) = crate::raft::decode_applied_state(&blob)
+            && let Err(e) = crate::raft::AppliedState::decode(&blob)
         {
             problems.push(format!("the stored raft state does not decode: {e}"));
         }

@@ -133,14 +133,16 @@ async fn roles_are_enforced_directly_and_through_forwarding() {
         .expect("connect")
         .await
         .expect("handshake");
-    let sneaky = ApiRequest::Forwarded {
-        role: Role::Admin,
-        request: Box::new(ApiRequest::Apply {
-            fsm: p(),
-            command: Payload::Json(INCR.into()),
-        }),
+    let apply = ApiRequest::Apply {
+        fsm: p(),
+        command: Payload::Json(INCR.into()),
     };
-    let r = api::call(&conn, &sneaky).await.expect("answered");
+    let sneaky = api::ApiCallRef::Forwarded {
+        role: Role::Admin,
+        request: &apply,
+    };
+    let (send, recv) = conn.open_bi().await.expect("stream");
+    let r = api::exchange(send, recv, sneaky).await.expect("answered");
     assert!(matches!(r, Err(ApiError::NotAllowed { .. })), "{r:?}");
     assert_eq!(
         probe_counter(&c.node(leader).store),

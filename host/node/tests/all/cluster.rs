@@ -426,7 +426,7 @@ async fn hello(
         .await
         .map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
-    match wire::recv::<Reply>(&mut recv)
+    match wire::recv::<Reply>(&mut recv, 1 << 16)
         .await
         .map_err(|e| e.to_string())?
     {

@@ -37,6 +37,10 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 64 << 30;
 #[cfg(not(target_pointer_width = "64"))]
 pub const DEFAULT_MAX_LOG_BYTES: usize = 512 << 20;
 
+/// Bytes of entries the leader sends a follower in one AppendEntries (openraft bounds a batch
+/// by its entry count only: forty 2 MiB blocks would be one 80 MiB RPC).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
 #[repr(u8)]
 #[derive(Debug, Clone, Copy)]
 enum Meta {
@@ -154,7 +158,14 @@ impl Inner {
         self.committed.lock().map_or(None, |mut c| c.take())
     }
 
-    fn entries(&self, start: Bound<u64>, end: Bound<u64>) -> io::Result<Vec<Entry>> {
+    /// The entries in `(start, end)`, stopping before the one that would take them past
+    /// `max_bytes` (encoded), though never before the first.
+    fn entries(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+        max_bytes: usize,
+    ) -> io::Result<Vec<Entry>> {
         let lo = match start {
             Bound::Included(i) => i,
             Bound::Excluded(i) => i.saturating_add(1),
@@ -172,6 +183,11 @@ impl Inner {
         let rtxn = self.env.read_txn().map_err(io_err)?;
         let range = (Bound::Included(&lo[..]), hi.as_ref().map(|k| &k[..]));
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut fits = |len: usize, taken: usize| {
+            bytes = bytes.saturating_add(len);
+            taken == 0 || bytes <= max_bytes
+        };
         let first_pending = pending.first().map_or(u64::MAX, |e| e.log_id.index);
         for item in self.logs.range(&rtxn, &range).map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
@@ -179,9 +195,19 @@ impl Inner {
             if index >= first_pending {
                 break;
             }
+            if !fits(v.len(), out.len()) {
+                return Ok(out);
+            }
             out.push(decode_entry(index, v)?);
         }
-        out.extend(pending);
+        for e in pending {
+            let len = postcard::serialize_with_flavor(&e, postcard::ser_flavors::Size::default())
+                .map_err(io_err)?;
+            if !fits(len, out.len()) {
+                break;
+            }
+            out.push(e);
+        }
         Ok(out)
     }
 
@@ -335,8 +361,22 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        self.inner
-            .entries(range.start_bound().cloned(), range.end_bound().cloned())
+        let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.inner.entries(start, end, usize::MAX)
+    }
+
+    /// A replication batch: at most [`MAX_BATCH_BYTES`] of entries (and at least one), so
+    /// large entries are sent a few at a time, each RPC within a deadline its size allows.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.inner.entries(
+            Bound::Included(start),
+            Bound::Excluded(end),
+            MAX_BATCH_BYTES,
+        )
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {

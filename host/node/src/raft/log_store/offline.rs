@@ -135,9 +135,9 @@ impl LogStore {
 
     /// The log id stored at `index`, if the log holds that entry.
     pub fn log_id_at(&self, index: u64) -> io::Result<Option<LogId>> {
-        let found = self
-            .inner
-            .entries(Bound::Included(index), Bound::Included(index))?;
+        let found =
+            self.inner
+                .entries(Bound::Included(index), Bound::Included(index), usize::MAX)?;
         Ok(found.first().map(|e| e.log_id))
     }
 

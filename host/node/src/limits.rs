@@ -1,0 +1,51 @@
+//! What one node admits from its callers before anything enters the log or runs: entry and
+//! batch sizes, concurrent requests per role, guest calls at once, and the endpoint's bounds.
+//! These are settings of one node (flags of `wraft serve`); none decides an entry's outcome,
+//! which every replica must reach alike (those bounds are the FSM's limits, in the log).
+
+use wraft_transport_quic::ServerLimits;
+
+/// Largest log entry admitted by default, once its commands are encoded: room for the L2
+/// blocks op-conductor replicates (a few MiB, tens of MiB at the extreme).
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 32 << 20;
+/// Most commands in one `Batch` by default.
+pub const DEFAULT_MAX_BATCH_COMMANDS: usize = 1024;
+/// Requests of one role served at once by default; more are answered `Busy`.
+pub const DEFAULT_REQUESTS_PER_ROLE: usize = 1024;
+
+/// A node's admission bounds.
+#[derive(Debug, Clone)]
+pub struct NodeLimits {
+    /// Largest log entry a write may make, in bytes once encoded (`--max-entry-bytes`).
+    pub max_entry_bytes: usize,
+    /// Most commands in one `Batch` (`--max-batch-commands`).
+    pub max_batch_commands: usize,
+    /// Requests of each role (reader, writer, admin, forwarded) in progress at once
+    /// (`--max-requests-per-role`); more are answered `Busy` at once.
+    pub requests_per_role: usize,
+    /// Guest calls made for callers (queries and JSON codecs) running at once, on threads of
+    /// their own so they never hold the workers that carry raft's heartbeats
+    /// (`--guest-threads`; default: the number of CPUs).
+    pub guest_threads: usize,
+    /// The endpoint's bounds (bytes per message, in flight, streams, connections).
+    pub transport: ServerLimits,
+}
+
+impl NodeLimits {
+    /// Defaults for a node that admits entries of up to `max_entry_bytes`.
+    pub fn new(max_entry_bytes: usize) -> Self {
+        Self {
+            max_entry_bytes,
+            max_batch_commands: DEFAULT_MAX_BATCH_COMMANDS,
+            requests_per_role: DEFAULT_REQUESTS_PER_ROLE,
+            guest_threads: std::thread::available_parallelism().map_or(2, usize::from),
+            transport: ServerLimits::new(max_entry_bytes),
+        }
+    }
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_ENTRY_BYTES)
+    }
+}
