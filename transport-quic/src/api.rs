@@ -127,6 +127,13 @@ pub enum ApiRequest {
         /// Total bytes that follow.
         len: u64,
     },
+    /// Replace an FSM's limits (admin).
+    SetLimits {
+        /// The FSM.
+        fsm: FsmName,
+        /// Its new limits.
+        limits: FsmLimits,
+    },
 }
 
 /// What opens a client API stream: a caller's own request, or one a voter forwards to the
@@ -188,6 +195,7 @@ impl ApiRequest {
             | Self::UpgradeFsm { .. }
             | Self::DropFsm { .. }
             | Self::DropModule { .. }
+            | Self::SetLimits { .. }
             | Self::Upload { .. }
             | Self::Backup
             | Self::AddLearner { .. }

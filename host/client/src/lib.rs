@@ -300,6 +300,13 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Replaces an FSM's limits.
+    pub async fn set_limits(&self, fsm: FsmName, limits: FsmLimits) -> Result<(), ClientError> {
+        self.request(ApiRequest::SetLimits { fsm, limits })
+            .await
+            .map(|_| ())
+    }
+
     /// Deletes an FSM and its data.
     pub async fn drop_fsm(&self, fsm: FsmName) -> Result<(), ClientError> {
         self.request(ApiRequest::DropFsm { fsm }).await.map(|_| ())

@@ -7,40 +7,52 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApplyError;
 use crate::name::FsmName;
 
-/// A log entry as it is stored and replicated. The outer enum is the format version: a node
-/// refuses (with a clear error) an entry version it does not know, rather than misreading it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogEntry {
-    /// Format version 1.
-    V1 {
-        /// The leader's wall clock when it proposed the entry, in ms since the Unix epoch.
-        timestamp_ms: u64,
-        /// What the entry does.
-        command: Command,
-    },
+/// The format an entry was written in, which is also the metering schedule it is applied
+/// under: every replica meters an entry by the rules of its format, so a log written before
+/// a change of the rules replays as it first applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Format {
+    /// The first format: host calls cost no fuel, FSM keyspaces have no quota, and an FSM's
+    /// limits have three fields (queries and codecs run on the apply fuel).
+    V1,
+    /// Fuel pays for host calls and the bytes they move, each FSM has a storage quota, and
+    /// queries and codecs have a fuel limit of their own (docs/abi.md, "Fuel").
+    V2,
+}
+
+/// A log entry as it is stored and replicated: postcard of an enum whose variant is the
+/// [`Format`]. A node refuses (with a clear error) a format it does not know, rather than
+/// misreading it; it reads older formats and writes them back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    format: Format,
+    timestamp_ms: u64,
+    command: Command,
 }
 
 impl LogEntry {
-    /// A version-1 entry.
+    /// An entry in the current format.
     pub fn new(timestamp_ms: u64, command: Command) -> Self {
-        Self::V1 {
+        Self {
+            format: Format::V2,
             timestamp_ms,
             command,
         }
     }
 
-    /// The leader's timestamp.
+    /// The format it was written in (and the metering schedule it applies under).
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The leader's wall clock when it proposed the entry, in ms since the Unix epoch.
     pub fn timestamp_ms(&self) -> u64 {
-        match self {
-            Self::V1 { timestamp_ms, .. } => *timestamp_ms,
-        }
+        self.timestamp_ms
     }
 
     /// The command.
     pub fn command(&self) -> &Command {
-        match self {
-            Self::V1 { command, .. } => command,
-        }
+        &self.command
     }
 
     /// Encodes to postcard bytes.
@@ -60,6 +72,188 @@ impl LogEntry {
     }
 }
 
+impl Serialize for LogEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        match self.format {
+            Format::V1 => v1::LogEntry::V1 {
+                timestamp_ms: self.timestamp_ms,
+                command: v1::Command::from(self.command.clone()),
+            }
+            .serialize(s),
+            Format::V2 => {
+                let mut v = s.serialize_struct_variant("LogEntry", 1, "V2", 2)?;
+                v.serialize_field("timestamp_ms", &self.timestamp_ms)?;
+                v.serialize_field("command", &self.command)?;
+                v.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Every format, in variant order.
+        #[derive(Deserialize)]
+        enum Formats {
+            V1 {
+                timestamp_ms: u64,
+                command: v1::Command,
+            },
+            V2 {
+                timestamp_ms: u64,
+                command: Command,
+            },
+        }
+        Ok(match Formats::deserialize(d)? {
+            Formats::V1 {
+                timestamp_ms,
+                command,
+            } => Self {
+                format: Format::V1,
+                timestamp_ms,
+                command: command.into(),
+            },
+            Formats::V2 {
+                timestamp_ms,
+                command,
+            } => Self {
+                format: Format::V2,
+                timestamp_ms,
+                command,
+            },
+        })
+    }
+}
+
+/// The first format, kept to read (and write back) logs written in it. Only the limits of
+/// `CreateFsm` differ from today's command.
+mod v1 {
+    use alloc::vec::Vec;
+    use serde::{Deserialize, Serialize};
+
+    use super::{Apply, ModuleId, StateDigest, serde_bytes_compat};
+    use crate::name::FsmName;
+
+    #[derive(Serialize)]
+    pub(super) enum LogEntry {
+        V1 { timestamp_ms: u64, command: Command },
+    }
+
+    /// [`super::FsmLimits`] as the first format wrote them.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub(super) struct FsmLimits {
+        pub fuel: u64,
+        pub memory_pages: u32,
+        pub max_output_bytes: u32,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) enum Command {
+        Apply(Apply),
+        Batch(Vec<Apply>),
+        DeployModule {
+            module_id: ModuleId,
+            #[serde(with = "serde_bytes_compat")]
+            bytes: Vec<u8>,
+        },
+        CreateFsm {
+            fsm: FsmName,
+            module_id: ModuleId,
+            limits: FsmLimits,
+        },
+        UpgradeFsm {
+            fsm: FsmName,
+            module_id: ModuleId,
+        },
+        DropFsm {
+            fsm: FsmName,
+        },
+        DropModule {
+            module_id: ModuleId,
+        },
+        Checkpoint {
+            leader: Option<StateDigest>,
+        },
+    }
+
+    impl From<FsmLimits> for super::FsmLimits {
+        /// Queries and codecs ran on the apply fuel, and keyspaces had no quota.
+        fn from(l: FsmLimits) -> Self {
+            Self {
+                fuel: l.fuel,
+                memory_pages: l.memory_pages,
+                max_output_bytes: l.max_output_bytes,
+                query_fuel: l.fuel,
+                storage_bytes: u64::MAX,
+            }
+        }
+    }
+
+    impl From<super::FsmLimits> for FsmLimits {
+        fn from(l: super::FsmLimits) -> Self {
+            Self {
+                fuel: l.fuel,
+                memory_pages: l.memory_pages,
+                max_output_bytes: l.max_output_bytes,
+            }
+        }
+    }
+
+    impl From<Command> for super::Command {
+        fn from(c: Command) -> Self {
+            use super::Command as C;
+            match c {
+                Command::Apply(a) => C::Apply(a),
+                Command::Batch(b) => C::Batch(b),
+                Command::DeployModule { module_id, bytes } => C::DeployModule { module_id, bytes },
+                Command::CreateFsm {
+                    fsm,
+                    module_id,
+                    limits,
+                } => C::CreateFsm {
+                    fsm,
+                    module_id,
+                    limits: limits.into(),
+                },
+                Command::UpgradeFsm { fsm, module_id } => C::UpgradeFsm { fsm, module_id },
+                Command::DropFsm { fsm } => C::DropFsm { fsm },
+                Command::DropModule { module_id } => C::DropModule { module_id },
+                Command::Checkpoint { leader } => C::Checkpoint { leader },
+            }
+        }
+    }
+
+    impl From<super::Command> for Command {
+        fn from(c: super::Command) -> Self {
+            use super::Command as C;
+            match c {
+                C::Apply(a) => Self::Apply(a),
+                C::Batch(b) => Self::Batch(b),
+                C::DeployModule { module_id, bytes } => Self::DeployModule { module_id, bytes },
+                C::CreateFsm {
+                    fsm,
+                    module_id,
+                    limits,
+                } => Self::CreateFsm {
+                    fsm,
+                    module_id,
+                    limits: limits.into(),
+                },
+                C::UpgradeFsm { fsm, module_id } => Self::UpgradeFsm { fsm, module_id },
+                C::DropFsm { fsm } => Self::DropFsm { fsm },
+                C::DropModule { module_id } => Self::DropModule { module_id },
+                C::Checkpoint { leader } => Self::Checkpoint { leader },
+                C::SetLimits { .. } => {
+                    unreachable!(
+                        "first-format entries come from first-format bytes, which have no SetLimits"
+                    )
+                }
+            }
+        }
+    }
+}
+
 impl fmt::Display for LogEntry {
     /// A one-line summary (no payload bytes), for logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,6 +270,7 @@ impl fmt::Display for LogEntry {
             Command::UpgradeFsm { fsm, module_id } => write!(f, "upgrade fsm {fsm} to {module_id}"),
             Command::DropFsm { fsm } => write!(f, "drop fsm {fsm}"),
             Command::DropModule { module_id } => write!(f, "drop module {module_id}"),
+            Command::SetLimits { fsm, .. } => write!(f, "set limits of fsm {fsm}"),
             Command::Checkpoint { leader } => match leader {
                 Some(d) => write!(f, "checkpoint (leader's digest at {})", d.index),
                 None => f.write_str("checkpoint"),
@@ -145,6 +340,14 @@ pub enum Command {
         /// The proposing leader's digest at its previous checkpoint.
         leader: Option<StateDigest>,
     },
+    /// Replaces an FSM's limits from this entry on (raising a quota or fuel that its commands
+    /// need, or lowering them); its data and module stay.
+    SetLimits {
+        /// The instance.
+        fsm: FsmName,
+        /// Its new limits.
+        limits: FsmLimits,
+    },
 }
 
 /// Hashes of a node's state at one log index, as checkpoints compare them.
@@ -186,20 +389,36 @@ impl StateDigest {
 /// Per-FSM resource limits, enforced identically on every replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsmLimits {
-    /// Fuel (roughly, wasm instructions) per apply or query call.
+    /// Fuel per apply call (and per `init` or `migrate`): wasm operators, host calls and the
+    /// bytes they move, as docs/abi.md prices them. A `Batch` entry may spend this much per
+    /// command and no more than [`BATCH_FUEL_FACTOR`] times it in all.
     pub fuel: u64,
     /// Linear memory cap, in 64 KiB wasm pages.
     pub memory_pages: u32,
     /// Largest output of one call, in bytes.
     pub max_output_bytes: u32,
+    /// Fuel per query call, and the base of a JSON codec call's fuel (a codec also gets fuel
+    /// in proportion to its input; see docs/abi.md).
+    pub query_fuel: u64,
+    /// Bytes the FSM's keyspace may hold (each key and value counted); a write past it
+    /// fails the entry with [`crate::ApplyError::QuotaExceeded`] on every replica.
+    pub storage_bytes: u64,
 }
 
+/// How many times its per-call fuel one `Batch` entry may spend across its commands.
+pub const BATCH_FUEL_FACTOR: u64 = 4;
+
 impl Default for FsmLimits {
+    /// Room for the example FSMs' real payloads: a 2 MiB L2 block through latest-payload's
+    /// JSON codec needs ~220M codec fuel (given by its size) and ~12 MiB of memory, and its
+    /// query answers with the whole block.
     fn default() -> Self {
         Self {
             fuel: 50_000_000,
-            memory_pages: 256,
-            max_output_bytes: 1 << 20,
+            memory_pages: 1024,
+            max_output_bytes: 16 << 20,
+            query_fuel: 10_000_000,
+            storage_bytes: 1 << 30,
         }
     }
 }
@@ -353,6 +572,10 @@ mod tests {
                 module_id: ModuleId([7; 32]),
             },
             Command::Checkpoint { leader: None },
+            Command::SetLimits {
+                fsm: name("a"),
+                limits: FsmLimits::default(),
+            },
             Command::Checkpoint {
                 leader: Some(StateDigest {
                     index: 9,
@@ -398,8 +621,42 @@ mod tests {
     #[test]
     fn unknown_version_is_an_error_not_a_misread() {
         let mut bytes = LogEntry::new(5, Command::DropFsm { fsm: name("a") }).to_bytes();
-        bytes[0] = 1; // a future V2
+        bytes[0] = 2; // a future V3
         assert!(LogEntry::from_bytes(&bytes).is_err());
+    }
+
+    /// Bytes as the first format wrote them (variant 0, then the command with three-field
+    /// limits), by hand: they read back as V1 with the limits they had, and write back the
+    /// same bytes.
+    #[test]
+    fn first_format_entries_read_and_write_back_unchanged() {
+        let mut old = vec![0u8]; // LogEntry::V1
+        old.extend_from_slice(&postcard::to_allocvec(&1_700_000_000_000u64).expect("ts"));
+        old.push(3); // Command::CreateFsm
+        old.extend_from_slice(&postcard::to_allocvec(&name("a")).expect("name"));
+        old.extend_from_slice(&[7; 32]);
+        old.extend_from_slice(&postcard::to_allocvec(&(900u64, 16u32, 4096u32)).expect("l"));
+        let e = LogEntry::from_bytes(&old).expect("a first-format entry");
+        assert_eq!(e.format(), Format::V1);
+        let Command::CreateFsm { limits, .. } = e.command() else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            *limits,
+            FsmLimits {
+                fuel: 900,
+                memory_pages: 16,
+                max_output_bytes: 4096,
+                query_fuel: 900,
+                storage_bytes: u64::MAX,
+            }
+        );
+        assert_eq!(e.to_bytes(), old, "written back in its own format");
+        assert_eq!(e.encoded_len(), old.len());
+        assert_eq!(
+            LogEntry::new(0, Command::Checkpoint { leader: None }).format(),
+            Format::V2
+        );
     }
 
     #[test]

@@ -89,9 +89,62 @@ pub enum ApplyError {
     BatchFailed {
         /// Index of the failing command within the batch.
         position: u32,
-        /// Its error.
+        /// Its error (never itself a `BatchFailed`: decoding refuses one nested deeper).
+        #[serde(deserialize_with = "nesting::one_level")]
         error: alloc::boxed::Box<ApplyError>,
     },
+    /// A write would take the FSM's keyspace past its storage quota.
+    #[error(
+        "the FSM's keyspace would hold {needed} bytes; its quota is {quota} \
+         (raise it with `wraft fsm set-limits --storage-bytes`)"
+    )]
+    QuotaExceeded {
+        /// Bytes the keyspace would hold after the write.
+        needed: u64,
+        /// The FSM's `storage_bytes`.
+        quota: u64,
+    },
+}
+
+/// Decoding a `BatchFailed` inside a `BatchFailed` is refused before it recurses, so a
+/// hostile answer of nested errors cannot exhaust the stack of whoever decodes it.
+mod nesting {
+    use alloc::boxed::Box;
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    use super::ApplyError;
+
+    #[cfg(feature = "std")]
+    std::thread_local!(static INSIDE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) });
+
+    /// Without threads (firmware) one flag serves: decoding never runs concurrently there.
+    #[cfg(not(feature = "std"))]
+    static INSIDE_FLAG: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+    fn enter() -> bool {
+        #[cfg(feature = "std")]
+        return INSIDE.with(|i| i.replace(true));
+        #[cfg(not(feature = "std"))]
+        return INSIDE_FLAG.swap(true, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn leave() {
+        #[cfg(feature = "std")]
+        INSIDE.with(|i| i.set(false));
+        #[cfg(not(feature = "std"))]
+        INSIDE_FLAG.store(false, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn one_level<'de, D: Deserializer<'de>>(d: D) -> Result<Box<ApplyError>, D::Error> {
+        if enter() {
+            return Err(D::Error::custom(
+                "a batch error may not nest another batch error",
+            ));
+        }
+        let inner = ApplyError::deserialize(d);
+        leave();
+        Ok(Box::new(inner?))
+    }
 }
 
 impl ApplyError {
@@ -115,6 +168,7 @@ impl ApplyError {
             Self::ModuleInUse { .. } => 14,
             Self::MissingExport(_) => 15,
             Self::BatchFailed { .. } => 16,
+            Self::QuotaExceeded { .. } => 17,
         }
     }
 }
@@ -123,6 +177,32 @@ impl ApplyError {
 mod tests {
     use super::*;
     use alloc::boxed::Box;
+
+    /// Tens of thousands of nested batch errors (a few bytes each) decode as an error, not a
+    /// stack overflow; one level still decodes.
+    #[test]
+    fn nested_batch_errors_are_refused_without_recursing() {
+        let mut bytes = alloc::vec::Vec::new();
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[16, 0]); // BatchFailed { position: 0, error: ...
+        }
+        bytes.push(8); // ReadOnly
+        assert!(postcard::from_bytes::<ApplyError>(&bytes).is_err());
+        let one = ApplyError::BatchFailed {
+            position: 1,
+            error: Box::new(ApplyError::ReadOnly),
+        };
+        let bytes = postcard::to_allocvec(&one).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<ApplyError>(&bytes).expect("one level"),
+            one
+        );
+        // The flag is cleared after a refusal too.
+        assert_eq!(
+            postcard::from_bytes::<ApplyError>(&bytes).expect("again"),
+            one
+        );
+    }
 
     #[test]
     fn code_is_the_postcard_variant_index() {
@@ -136,6 +216,10 @@ mod tests {
                 error: Box::new(ApplyError::ReadOnly),
             },
         ];
+        let samples = samples.into_iter().chain([ApplyError::QuotaExceeded {
+            needed: 9,
+            quota: 8,
+        }]);
         for e in samples {
             let bytes = postcard::to_allocvec(&e).expect("encode");
             assert_eq!(u16::from(bytes[0]), e.code(), "{e:?}");

@@ -26,6 +26,9 @@ pub mod raft;
 pub mod rng;
 pub mod voter;
 
-pub use entry::{Apply, Command, EntryResponse, FsmLimits, LogEntry, ModuleId, StateDigest};
+pub use entry::{
+    Apply, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, LogEntry, ModuleId,
+    StateDigest,
+};
 pub use error::ApplyError;
 pub use name::FsmName;

@@ -41,8 +41,9 @@ pub struct NodeApi {
     raft: Raft,
     store: Arc<StateStore>,
     queue: Arc<Semaphore>,
-    /// Turns on the guest pool (see [`NodeApi::on_guest_thread`]).
-    guests: Arc<Semaphore>,
+    /// Turns on the guest pool (see [`NodeApi::on_guest_thread`]), one lane for reads and
+    /// one for writes, so a flood of queries never delays a write's codecs.
+    guests: [Arc<Semaphore>; 2],
     /// Requests in progress per caller role (reader, writer, admin).
     in_progress: [Semaphore; 3],
     capacity: usize,
@@ -62,6 +63,13 @@ impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder").finish_non_exhaustive()
     }
+}
+
+/// A lane of the guest pool.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Read = 0,
+    Write = 1,
 }
 
 /// How long a forwarded request still waits for the old leader's answer once this node
@@ -99,7 +107,7 @@ impl NodeApi {
             raft,
             store,
             queue: Arc::new(Semaphore::new(capacity)),
-            guests: Arc::new(Semaphore::new(limits.guest_threads.max(1))),
+            guests: std::array::from_fn(|_| Arc::new(Semaphore::new(limits.guest_threads.max(1)))),
             in_progress: std::array::from_fn(|_| Semaphore::new(limits.requests_per_role)),
             capacity,
             forward,
@@ -150,6 +158,7 @@ impl NodeApi {
             | ApiRequest::Deploy { .. }
             | ApiRequest::CreateFsm { .. }
             | ApiRequest::UpgradeFsm { .. }
+            | ApiRequest::SetLimits { .. }
             | ApiRequest::DropFsm { .. }
             | ApiRequest::DropModule { .. } => self.write(role, request).await,
             ApiRequest::Query {
@@ -244,10 +253,10 @@ impl NodeApi {
     /// at most `guest_threads` run at once and the rest wait their turn.
     async fn on_guest_thread<T: Send + 'static>(
         &self,
+        lane: Lane,
         call: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _turn = self
-            .guests
+        let _turn = self.guests[lane as usize]
             .clone()
             .acquire_owned()
             .await
@@ -267,8 +276,14 @@ impl NodeApi {
         input: Vec<u8>,
     ) -> Result<Result<Vec<u8>, ApplyError>, ApiError> {
         let (fsm, max_output) = (fsm.clone(), self.codec_output_limit(codec));
-        self.on_guest_thread(move |store| store.codec(&fsm, codec, &input, max_output))
-            .await
+        let lane = match codec {
+            EntryPoint::QueryFromJson | EntryPoint::QueryOutputToJson => Lane::Read,
+            _ => Lane::Write,
+        };
+        self.on_guest_thread(lane, move |store| {
+            store.codec(&fsm, codec, &input, max_output)
+        })
+        .await
     }
 
     /// The largest output a codec may produce: a command or query headed for the log is
@@ -334,7 +349,7 @@ impl NodeApi {
         let bytes = self.encode(fsm, query, EntryPoint::QueryFromJson).await?;
         let name = fsm.clone();
         let answer = self
-            .on_guest_thread(move |store| store.query(&name, &bytes))
+            .on_guest_thread(Lane::Read, move |store| store.query(&name, &bytes))
             .await?;
         match answer {
             Ok(out) => Ok(ApiResponse::Output(
@@ -497,6 +512,10 @@ impl NodeApi {
             } => Command::CreateFsm {
                 fsm: fsm.clone(),
                 module_id: *module_id,
+                limits: *limits,
+            },
+            ApiRequest::SetLimits { fsm, limits } => Command::SetLimits {
+                fsm: fsm.clone(),
                 limits: *limits,
             },
             ApiRequest::UpgradeFsm { fsm, module_id } => Command::UpgradeFsm {

@@ -228,6 +228,15 @@ fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The endpoint's bounds: the node's, with snapshots no larger than its state env may grow
+/// (plus their checksum trailer).
+fn transport_limits(config: &NodeConfig) -> wraft_transport_quic::ServerLimits {
+    let mut limits = config.limits.transport.clone();
+    let state = config.max_state_bytes as u64 + (1 << 20);
+    limits.max_snapshot_bytes = limits.max_snapshot_bytes.min(state);
+    limits
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct ClusterNode {
@@ -326,7 +335,7 @@ impl ClusterNode {
                 raft.clone(),
                 spool,
                 api.clone(),
-                config.limits.transport.clone(),
+                transport_limits(&config),
             )),
             config.snapshots.spawn_interval(raft.clone()),
         ];

@@ -3,15 +3,16 @@
 //! to roles. Every error is a JSON body `{"error": KIND, "message": TEXT}`. docs/api.md
 //! lists the endpoints; its curl examples are run by the tests.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -22,8 +23,18 @@ use wraft_transport_quic::pki::Role;
 
 use crate::api::NodeApi;
 
-/// Largest request body by default.
-pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+/// Largest request body by default: the JSON of the largest entry a node admits by default
+/// (hex doubles the bytes).
+pub const DEFAULT_MAX_BODY: usize = 2 * crate::limits::DEFAULT_MAX_ENTRY_BYTES + (1 << 20);
+/// Connections the port holds open at once by default; more are closed as they arrive.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// How long a client may take to send a request's headers (also an idle keep-alive
+/// connection's wait for its next request) before the connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a request body may take beyond its size at [`BODY_BYTES_PER_SECOND`].
+pub const BODY_GRACE: Duration = Duration::from_secs(10);
+/// The slowest a request body may arrive, in bytes per second.
+pub const BODY_BYTES_PER_SECOND: u64 = 1 << 20;
 /// `/readyz` fails when the applied index trails the committed index by more than this.
 pub const READY_LAG: u64 = 1000;
 
@@ -36,15 +47,18 @@ pub struct HttpConfig {
     pub tokens: Vec<(String, Role)>,
     /// Largest request body; larger ones get 413.
     pub max_body: usize,
+    /// Connections held open at once; more are closed at once.
+    pub max_connections: usize,
 }
 
 impl HttpConfig {
-    /// Settings with the default body limit.
+    /// Settings with the default limits.
     pub fn new(listen: SocketAddr, tokens: Vec<(String, Role)>) -> Self {
         Self {
             listen,
             tokens,
             max_body: DEFAULT_MAX_BODY,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -68,7 +82,14 @@ pub fn parse_token(s: &str) -> Result<(String, Role), String> {
 
 struct Http {
     api: Arc<NodeApi>,
-    tokens: HashMap<String, Role>,
+    /// sha256 of each token, and the role it grants: compared in constant time.
+    tokens: Vec<([u8; 32], Role)>,
+    max_body: usize,
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Binds the port and serves until the task is aborted; returns the bound address.
@@ -78,28 +99,113 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let state = Arc::new(Http {
         api,
-        tokens: config.tokens.into_iter().collect(),
+        tokens: config
+            .tokens
+            .iter()
+            .map(|(t, r)| (token_hash(t), *r))
+            .collect(),
+        max_body: config.max_body,
     });
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    // The JSON API authenticates a request before it reads a byte of its body.
+    let api_routes = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/fsms", get(fsms))
         .route("/v1/fsms/{fsm}/apply", post(apply))
         .route("/v1/fsms/{fsm}/query", post(query))
         .route("/v1/batch", post(batch))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticated));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api_routes)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .layer(DefaultBodyLimit::max(config.max_body))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, app, config.max_connections));
     Ok((addr, task))
+}
+
+/// Accepts connections while fewer than `max` are open (closing the rest at once), each
+/// served by hyper with a deadline on its headers, so idle or trickling clients cannot hold
+/// the node's file descriptors.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, max: usize) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let open = Arc::new(tokio::sync::Semaphore::new(max));
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to close.
+                tracing::warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            crate::metrics::rejected("http_connections");
+            tracing::debug!(%remote, "HTTP connection refused: {max} open (--http-max-connections)");
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%remote, "HTTP connection ended: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Checks the bearer token (401 before any of the body is read), then reads the body within
+/// the size limit (413) and a deadline that grows with its size (408).
+async fn authenticated(
+    State(http): State<Arc<Http>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, HttpError> {
+    let role = role(&http, request.headers())?;
+    let (parts, body) = request.into_parts();
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > http.max_body as u64) {
+        return Err(too_large(http.max_body));
+    }
+    let expected = announced.map_or(http.max_body as u64, |n| n);
+    let deadline = BODY_GRACE + Duration::from_secs(expected / BODY_BYTES_PER_SECOND);
+    let bytes =
+        match tokio::time::timeout(deadline, axum::body::to_bytes(body, http.max_body)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => return Err(too_large(http.max_body)),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("the request body did not arrive within {deadline:?}"),
+                ));
+            }
+        };
+    let mut request = Request::from_parts(parts, Body::from(bytes));
+    request.extensions_mut().insert(role);
+    Ok(next.run(request).await)
+}
+
+fn too_large(max: usize) -> HttpError {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the request body exceeds this node's limit of {max} bytes (--http-max-body)"),
+    )
 }
 
 /// A refusal: rendered as `{"error": kind, "message": message}` with `status`.
@@ -149,26 +255,33 @@ fn role(http: &Http, headers: &HeaderMap) -> Result<Role, HttpError> {
             "missing Authorization: Bearer <token>",
         ));
     };
-    value
+    let presented = value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| http.tokens.get(t.trim()).copied())
-        .ok_or_else(|| {
-            crate::metrics::rejected("not_allowed");
-            error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
-        })
+        .map(|t| token_hash(t.trim()));
+    // Every token is compared, each in constant time: how long this takes says nothing of
+    // how close a guess came.
+    let mut granted = None;
+    if let Some(presented) = presented {
+        for (hash, role) in &http.tokens {
+            if ring_eq(hash, &presented) {
+                granted = Some(*role);
+            }
+        }
+    }
+    granted.ok_or_else(|| {
+        crate::metrics::rejected("not_allowed");
+        error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
+    })
 }
 
-fn body_text(body: Result<Bytes, BytesRejection>) -> Result<String, HttpError> {
-    let bytes = body.map_err(|r| {
-        let kind = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "bad_request"
-        };
-        error(r.status(), kind, r.body_text())
-    })?;
+/// Equality of two digests in time independent of where they differ.
+fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn body_text(bytes: Bytes) -> Result<String, HttpError> {
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", "body is not UTF-8"))?;
     serde_json::from_str::<serde_json::Value>(&text)
@@ -180,12 +293,7 @@ fn fsm_name(s: &str) -> Result<FsmName, HttpError> {
     FsmName::new(s).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e))
 }
 
-async fn call(
-    http: &Http,
-    headers: &HeaderMap,
-    request: ApiRequest,
-) -> Result<Response, HttpError> {
-    let role = role(http, headers)?;
+async fn call(http: &Http, role: Role, request: ApiRequest) -> Result<Response, HttpError> {
     Ok(match http.api.serve_as(Some(role), request).await {
         Ok(ApiResponse::Output(Payload::Json(json))) => json_text(json),
         Ok(ApiResponse::BatchOutputs(outs)) => {
@@ -213,13 +321,13 @@ fn json_text(json: String) -> Response {
 
 async fn apply(
     State(http): State<Arc<Http>>,
+    Extension(role): Extension<Role>,
     Path(fsm): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, HttpError> {
     let fsm = fsm_name(&fsm)?;
     let command = Payload::Json(body_text(body)?);
-    call(&http, &headers, ApiRequest::Apply { fsm, command }).await
+    call(&http, role, ApiRequest::Apply { fsm, command }).await
 }
 
 #[derive(Deserialize)]
@@ -229,10 +337,10 @@ struct ReadLevel {
 
 async fn query(
     State(http): State<Arc<Http>>,
+    Extension(role): Extension<Role>,
     Path(fsm): Path<String>,
     Query(level): Query<ReadLevel>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, HttpError> {
     let consistency = match level.consistency.as_deref() {
         None | Some("linearizable") => Consistency::Linearizable,
@@ -251,13 +359,13 @@ async fn query(
         query: Payload::Json(body_text(body)?),
         consistency,
     };
-    call(&http, &headers, request).await
+    call(&http, role, request).await
 }
 
 async fn batch(
     State(http): State<Arc<Http>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Extension(role): Extension<Role>,
+    body: Bytes,
 ) -> Result<Response, HttpError> {
     #[derive(Deserialize)]
     struct Item {
@@ -272,15 +380,21 @@ async fn batch(
     for i in items {
         commands.push((fsm_name(&i.fsm)?, Payload::Json(i.command.to_string())));
     }
-    call(&http, &headers, ApiRequest::Batch { commands }).await
+    call(&http, role, ApiRequest::Batch { commands }).await
 }
 
-async fn status(State(http): State<Arc<Http>>, headers: HeaderMap) -> Result<Response, HttpError> {
-    call(&http, &headers, ApiRequest::Status).await
+async fn status(
+    State(http): State<Arc<Http>>,
+    Extension(role): Extension<Role>,
+) -> Result<Response, HttpError> {
+    call(&http, role, ApiRequest::Status).await
 }
 
-async fn fsms(State(http): State<Arc<Http>>, headers: HeaderMap) -> Result<Response, HttpError> {
-    call(&http, &headers, ApiRequest::ListFsms).await
+async fn fsms(
+    State(http): State<Arc<Http>>,
+    Extension(role): Extension<Role>,
+) -> Result<Response, HttpError> {
+    call(&http, role, ApiRequest::ListFsms).await
 }
 
 async fn readyz(State(http): State<Arc<Http>>) -> Response {

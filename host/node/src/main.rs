@@ -21,7 +21,7 @@ enum Cmd {
     /// A local 3-node cluster with the example modules deployed (the first run).
     Dev(cli::dev::DevArgs),
     /// Run one node.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Write a development CA and node/client certificates.
     Cert(cli::cert::CertArgs),
     /// Passive voters (microcontrollers) reached over a byte stream.
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Dev(args) => cli::dev::run(args).await,
-        Cmd::Serve(args) => cli::serve::run(args).await,
+        Cmd::Serve(args) => cli::serve::run(*args).await,
         Cmd::Cert(args) => cli::cert::run(args),
         Cmd::Voter { cmd } => cli::voter::run(cmd).await,
         Cmd::Init { cmd } => cli::init::run(cmd),

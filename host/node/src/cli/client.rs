@@ -118,6 +118,13 @@ pub enum FsmCmd {
         #[arg(long)]
         module: String,
     },
+    /// Change an FSM's limits (those not given stay as they are), from the next entry on.
+    SetLimits {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        limits: super::LimitsArgs,
+    },
     /// Delete an FSM and all its data.
     Drop {
         /// Its name.
@@ -279,6 +286,20 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
             let id = super::module_id(&module)?;
             conn.client()?.upgrade_fsm(name(&n)?, id).await?;
             println!("upgraded {n} to module {id}");
+        }
+        FsmCmd::SetLimits { name: n, limits } => {
+            let client = conn.client()?;
+            let fsm = name(&n)?;
+            let current = client
+                .fsms()
+                .await?
+                .into_iter()
+                .find(|f| f.name == n)
+                .with_context(|| format!("no FSM named {n}"))?
+                .limits;
+            let limits = limits.over(current);
+            client.set_limits(fsm, limits).await?;
+            println!("limits of {n}: {limits:?}");
         }
         FsmCmd::Drop { name: n } => {
             conn.client()?.drop_fsm(name(&n)?).await?;

@@ -58,6 +58,7 @@ fn identity(certs: &Path, name: &str) -> anyhow::Result<wraft_transport_quic::Tl
 
 /// Runs the cluster until SIGINT or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    super::raise_open_files_limit();
     let certs = args.data_dir.join("certs");
     if !certs.join("ca.pem").exists() {
         super::cert::generate(&certs, &[1, 2, 3], false)?;

@@ -26,28 +26,67 @@ pub fn load_identity(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<TlsId
     )?)
 }
 
+/// Raises this process's soft limit on open files to its hard limit: a node holds a file
+/// descriptor per HTTP connection, and the default soft limit (1024) is reached by a
+/// thousand idle clients, after which even snapshot builds fail to open files.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(
+                "open files limit raised from {:?} to {:?}",
+                limit.current,
+                limit.maximum
+            ),
+            Err(e) => tracing::warn!(
+                "could not raise the open files limit from {:?}: {e}",
+                limit.current
+            ),
+        }
+    }
+}
+
 /// Per-FSM limits on the command line (`fsm create`, `local create`).
 #[derive(Debug, clap::Args)]
 pub struct LimitsArgs {
-    /// Fuel (about one unit per wasm instruction) per call.
-    #[arg(long, env = "WRAFT_FUEL", default_value_t = wraft_core::FsmLimits::default().fuel)]
-    pub fuel: u64,
-    /// Memory cap in 64 KiB pages.
-    #[arg(long, env = "WRAFT_MEMORY_PAGES", default_value_t = wraft_core::FsmLimits::default().memory_pages)]
-    pub memory_pages: u32,
-    /// Largest output of one call, in bytes.
-    #[arg(long, env = "WRAFT_MAX_OUTPUT", default_value_t = wraft_core::FsmLimits::default().max_output_bytes)]
-    pub max_output: u32,
+    /// Fuel per apply call (wasm operators, host calls and the bytes they move; docs/abi.md).
+    /// Default 50000000.
+    #[arg(long, env = "WRAFT_FUEL")]
+    pub fuel: Option<u64>,
+    /// Memory cap in 64 KiB pages. Default 1024 (64 MiB).
+    #[arg(long, env = "WRAFT_MEMORY_PAGES")]
+    pub memory_pages: Option<u32>,
+    /// Largest output of one call, in bytes. Default 16 MiB.
+    #[arg(long, env = "WRAFT_MAX_OUTPUT")]
+    pub max_output: Option<u32>,
+    /// Fuel per query call, and the base fuel of a JSON codec call. Default 10000000.
+    #[arg(long, env = "WRAFT_QUERY_FUEL")]
+    pub query_fuel: Option<u64>,
+    /// Bytes the FSM's keyspace may hold (keys and values). Default 1 GiB.
+    #[arg(long, env = "WRAFT_STORAGE_BYTES")]
+    pub storage_bytes: Option<u64>,
 }
 
 impl LimitsArgs {
-    /// The limits.
-    pub fn limits(&self) -> wraft_core::FsmLimits {
+    /// `base` with the limits given on the command line in place of its own.
+    pub fn over(&self, base: wraft_core::FsmLimits) -> wraft_core::FsmLimits {
         wraft_core::FsmLimits {
-            fuel: self.fuel,
-            memory_pages: self.memory_pages,
-            max_output_bytes: self.max_output,
+            fuel: self.fuel.unwrap_or(base.fuel),
+            memory_pages: self.memory_pages.unwrap_or(base.memory_pages),
+            max_output_bytes: self.max_output.unwrap_or(base.max_output_bytes),
+            query_fuel: self.query_fuel.unwrap_or(base.query_fuel),
+            storage_bytes: self.storage_bytes.unwrap_or(base.storage_bytes),
         }
+    }
+
+    /// The limits given, the defaults for the rest.
+    pub fn limits(&self) -> wraft_core::FsmLimits {
+        self.over(wraft_core::FsmLimits::default())
     }
 }
 

@@ -75,6 +75,82 @@ pub struct ServeArgs {
     /// the variable.
     #[arg(long = "voter-link", env = "WRAFT_VOTER_LINKS", value_delimiter = ',')]
     pub voter_links: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What the node admits from callers and peers (docs/operations.md, "Limits").
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitArgs {
+    /// Largest log entry a write may make once encoded, in bytes (default 32 MiB).
+    #[arg(long, env = "WRAFT_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<usize>,
+    /// Most commands in one batch (default 1024).
+    #[arg(long, env = "WRAFT_MAX_BATCH_COMMANDS")]
+    pub max_batch_commands: Option<usize>,
+    /// Largest request from a reader certificate, in bytes (default 1 MiB).
+    #[arg(long, env = "WRAFT_MAX_READ_REQUEST_BYTES")]
+    pub max_read_request_bytes: Option<usize>,
+    /// Bytes of client requests held at once across all connections (default 256 MiB).
+    #[arg(long, env = "WRAFT_MAX_IN_FLIGHT_BYTES")]
+    pub max_in_flight_bytes: Option<usize>,
+    /// Requests of each role (reader, writer, admin) served at once (default 1024).
+    #[arg(long, env = "WRAFT_MAX_REQUESTS_PER_ROLE")]
+    pub max_requests_per_role: Option<usize>,
+    /// QUIC connections open at once from one certificate (default 64).
+    #[arg(long, env = "WRAFT_MAX_CONNECTIONS_PER_IDENTITY")]
+    pub max_connections_per_identity: Option<usize>,
+    /// QUIC connections open at once in all (default 4096).
+    #[arg(long, env = "WRAFT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Queries and JSON codec calls running at once, per lane (reads, writes); default: the
+    /// number of CPUs.
+    #[arg(long, env = "WRAFT_GUEST_THREADS")]
+    pub guest_threads: Option<usize>,
+    /// Largest HTTP request body, in bytes (default 65 MiB).
+    #[arg(long, env = "WRAFT_HTTP_MAX_BODY")]
+    pub http_max_body: Option<usize>,
+    /// HTTP connections open at once (default 4096).
+    #[arg(long, env = "WRAFT_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+}
+
+impl LimitArgs {
+    /// The node's limits: the flags', else the file's, else the defaults.
+    fn node_limits(&self, file: &LimitArgs) -> wraft_host::limits::NodeLimits {
+        macro_rules! pick {
+            ($f:ident) => {
+                self.$f.or(file.$f)
+            };
+        }
+        let mut l = wraft_host::limits::NodeLimits::new(
+            pick!(max_entry_bytes).unwrap_or(wraft_host::limits::DEFAULT_MAX_ENTRY_BYTES),
+        );
+        if let Some(n) = pick!(max_batch_commands) {
+            l.max_batch_commands = n;
+        }
+        if let Some(n) = pick!(max_requests_per_role) {
+            l.requests_per_role = n;
+        }
+        if let Some(n) = pick!(guest_threads) {
+            l.guest_threads = n;
+        }
+        let t = &mut l.transport;
+        if let Some(n) = pick!(max_read_request_bytes) {
+            t.max_read_request_bytes = n;
+        }
+        if let Some(n) = pick!(max_in_flight_bytes) {
+            t.in_flight_bytes = n;
+        }
+        if let Some(n) = pick!(max_connections_per_identity) {
+            t.connections_per_identity = n;
+        }
+        if let Some(n) = pick!(max_connections) {
+            t.connections = n;
+        }
+        l
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +175,8 @@ struct FileConfig {
     max_log_bytes: Option<usize>,
     #[serde(default)]
     voter_links: Vec<String>,
+    #[serde(flatten)]
+    limits: LimitArgs,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -120,6 +198,7 @@ pub fn parse_members(s: &str) -> anyhow::Result<std::collections::BTreeMap<u64, 
 
 /// Runs `wraft serve` until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    super::raise_open_files_limit();
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -164,6 +243,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|m| parse_members(&m))
         .transpose()?;
     let mut config = NodeConfig::new(id, data_dir, listen, identity);
+    config.limits = args.limits.node_limits(&file.limits);
     if let Some(q) = args.queue.or(file.queue) {
         config.queue = q;
     }
@@ -177,7 +257,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .iter()
             .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        config.http = Some(wraft_host::http::HttpConfig::new(listen, tokens));
+        let mut http = wraft_host::http::HttpConfig::new(listen, tokens);
+        if let Some(n) = args.limits.http_max_body.or(file.limits.http_max_body) {
+            http.max_body = n;
+        }
+        if let Some(n) = args
+            .limits
+            .http_max_connections
+            .or(file.limits.http_max_connections)
+        {
+            http.max_connections = n;
+        }
+        config.http = Some(http);
     }
     if let Some(secs) = args.checkpoint_interval.or(file.checkpoint_interval) {
         config.checkpoint_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));

@@ -9,7 +9,7 @@ use wraft_core::{
 };
 
 use super::keys::{self, MetaTag};
-use super::{AppliedPosition, FsmRecord, StateError, StateStore, decode, encode};
+use super::{AppliedPosition, FsmRecord, StateError, StateStore, encode};
 use crate::runtime::{
     CallEnv, EntryPoint, KvTarget, LoadedModule, MAX_MEMORY_PAGES, prefix_successor,
 };
@@ -141,6 +141,7 @@ impl StateStore {
             Command::UpgradeFsm { fsm, module_id } => self.upgrade(txn, fsm, *module_id, ctx),
             Command::DropFsm { fsm } => self.drop_fsm(txn, fsm),
             Command::DropModule { module_id } => self.drop_module(txn, module_id),
+            Command::SetLimits { fsm, limits } => self.set_limits(txn, fsm, *limits),
             Command::Checkpoint { leader } => {
                 Ok(Ok(self.checkpoint(txn, leader.as_ref(), ctx.index)?))
             }
@@ -306,6 +307,28 @@ impl StateStore {
         Ok(Ok(EntryResponse::Done))
     }
 
+    fn set_limits(
+        &self,
+        txn: &mut RwTxn<'_>,
+        fsm: &FsmName,
+        limits: FsmLimits,
+    ) -> Result<Outcome, StateError> {
+        let Some(rec) = self.record_in(txn, fsm)? else {
+            return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
+        };
+        let rec = FsmRecord {
+            limits: FsmLimits {
+                memory_pages: limits.memory_pages.min(MAX_MEMORY_PAGES),
+                ..limits
+            },
+            ..rec
+        };
+        self.dbs
+            .fsms
+            .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
+        Ok(Ok(EntryResponse::Done))
+    }
+
     fn drop_fsm(&self, txn: &mut RwTxn<'_>, fsm: &FsmName) -> Result<Outcome, StateError> {
         let Some(rec) = self.record_in(txn, fsm)? else {
             return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
@@ -334,7 +357,7 @@ impl StateStore {
         }
         for item in self.dbs.fsms.prefix_iter(txn, &self.group.to_be_bytes())? {
             let (k, v) = item?;
-            let rec: FsmRecord = decode("fsm", v)?;
+            let rec = FsmRecord::decode("fsm", v)?;
             if rec.module_id == *id {
                 let fsm = String::from_utf8_lossy(&k[8..]).into_owned();
                 return Ok(Err(ApplyError::ModuleInUse { module: *id, fsm }));

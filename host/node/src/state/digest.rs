@@ -78,7 +78,7 @@ impl StateStore {
         for item in self.dbs.fsms.prefix_iter(txn, &group)? {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k[8..]).into_owned();
-            let rec: FsmRecord = decode(&format!("fsm {name}"), v)?;
+            let rec = FsmRecord::decode(&format!("fsm {name}"), v)?;
             let name = FsmName::new(&name).map_err(|e| StateError::Corrupt {
                 what: format!("fsm name {name:?}"),
                 detail: e.to_string(),

@@ -28,6 +28,11 @@ pub use digest::Divergence;
 pub use keys::GroupId;
 pub use snapshot::copy_raft_state;
 
+/// Fuel a JSON codec call gets per byte of its input, beyond the FSM's `query_fuel`: parsing
+/// costs in proportion to the text (latest-payload spends ~53 per byte of a hex block), and
+/// the caller pays for the bytes it sends.
+pub const CODEC_FUEL_PER_BYTE: u64 = 128;
+
 /// Format version of the state env's layout.
 pub const STATE_FORMAT: u32 = 1;
 
@@ -143,6 +148,49 @@ pub struct FsmRecord {
     pub fsm_version: u32,
     /// Log index of the entry that created it.
     pub created_index: u64,
+}
+
+/// [`FsmRecord`] as written before FSM limits had a query fuel and a storage quota.
+#[derive(Deserialize)]
+struct FsmRecordV1 {
+    id: u64,
+    module_id: ModuleId,
+    fuel: u64,
+    memory_pages: u32,
+    max_output_bytes: u32,
+    fsm_version: u32,
+    created_index: u64,
+}
+
+impl FsmRecord {
+    /// Decodes a record, also one written before limits had five fields (its queries keep
+    /// running on the apply fuel and its keyspace has no quota, as they did then). Records
+    /// are not rewritten: every replica hashes the bytes it applied.
+    pub(crate) fn decode(what: &str, bytes: &[u8]) -> Result<Self, StateError> {
+        match postcard::from_bytes::<Self>(bytes) {
+            Ok(rec) => Ok(rec),
+            Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                let old: FsmRecordV1 = decode(what, bytes)?;
+                Ok(Self {
+                    id: old.id,
+                    module_id: old.module_id,
+                    limits: FsmLimits {
+                        fuel: old.fuel,
+                        memory_pages: old.memory_pages,
+                        max_output_bytes: old.max_output_bytes,
+                        query_fuel: old.fuel,
+                        storage_bytes: u64::MAX,
+                    },
+                    fsm_version: old.fsm_version,
+                    created_index: old.created_index,
+                })
+            }
+            Err(e) => Err(StateError::Corrupt {
+                what: what.into(),
+                detail: e.to_string(),
+            }),
+        }
+    }
 }
 
 /// A log position: index and term of the last applied entry.
@@ -303,7 +351,7 @@ impl StateStore {
             .fsms
             .get(txn, &keys::fsm(self.group, name.as_str()))?
         {
-            Some(b) => Ok(Some(decode(&format!("fsm {name}"), b)?)),
+            Some(b) => Ok(Some(FsmRecord::decode(&format!("fsm {name}"), b)?)),
             None => Ok(None),
         }
     }
@@ -322,7 +370,7 @@ impl StateStore {
         for item in self.dbs.fsms.prefix_iter(&rtxn, &prefix)? {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k[8..]).into_owned();
-            let rec = decode(&format!("fsm {name}"), v)?;
+            let rec = FsmRecord::decode(&format!("fsm {name}"), v)?;
             out.push((name, rec));
         }
         Ok(out)
@@ -415,10 +463,14 @@ impl StateStore {
             db: self.dbs.data,
             prefix: keys::data_prefix(self.group, rec.id),
         };
+        let limits = FsmLimits {
+            fuel: rec.limits.query_fuel,
+            ..rec.limits
+        };
         let env = CallEnv {
             kv,
             ctx,
-            limits: rec.limits,
+            limits,
             fsm: fsm.as_str(),
         };
         Ok(self
@@ -442,7 +494,9 @@ impl StateStore {
             Err(e) => return Ok(Err(e)),
         };
         drop(rtxn);
+        let per_byte = CODEC_FUEL_PER_BYTE.saturating_mul(input.len() as u64);
         let limits = FsmLimits {
+            fuel: rec.limits.query_fuel.saturating_add(per_byte),
             max_output_bytes: u32::try_from(max_output).unwrap_or(u32::MAX),
             ..rec.limits
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
 
-use super::{Dbs, FsmRecord, StateError, StateStore, decode, module_id};
+use super::{Dbs, FsmRecord, StateError, StateStore, module_id};
 use crate::runtime::FsmRuntime;
 
 /// The map size for reading a live env whose data file is `len` bytes: room for what a
@@ -122,7 +122,7 @@ impl StateStore {
         for item in self.dbs.fsms.prefix_iter(&rtxn, &prefix)? {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k[8..]).into_owned();
-            match decode::<FsmRecord>(&format!("fsm {name}"), v) {
+            match FsmRecord::decode(&format!("fsm {name}"), v) {
                 Ok(rec) if !modules.contains(&rec.module_id) => problems.push(format!(
                     "fsm {name} runs module {}, which is not stored",
                     rec.module_id

@@ -19,7 +19,7 @@ const DEFAULT_CHECKPOINTS: Option<Duration> =
     Some(wraft_host::cluster::DEFAULT_CHECKPOINT_INTERVAL);
 use crate::common::{name, probe_apply, probe_counter, raft_write};
 
-fn identity(ca: &DevCa, id: u64) -> TlsIdentity {
+pub(crate) fn identity(ca: &DevCa, id: u64) -> TlsIdentity {
     let node = ca.node(id).expect("node cert");
     TlsIdentity::from_pem(&ca.cert_pem, &node.cert_pem, &node.key_pem).expect("identity")
 }
@@ -159,10 +159,13 @@ impl Cluster {
         config.auto_promote = self.auto_promote;
         config.checkpoint_interval = self.checkpoint_interval;
         if let Some(tokens) = &self.http_tokens {
-            config.http = Some(wraft_host::http::HttpConfig::new(
+            let mut http = wraft_host::http::HttpConfig::new(
                 "127.0.0.1:0".parse().expect("addr"),
                 tokens.clone(),
-            ));
+            );
+            // Small enough for the tests to send a body past it.
+            http.max_body = 1 << 20;
+            config.http = Some(http);
         }
         config
     }
@@ -408,7 +411,7 @@ async fn a_follower_that_missed_purged_entries_installs_a_snapshot_over_quic() {
 }
 
 /// Connects to `addr` as `identity` and introduces itself as node `claim`.
-async fn hello(
+pub(crate) async fn hello(
     identity: &TlsIdentity,
     addr: SocketAddr,
     server: u64,

@@ -39,6 +39,8 @@ impl Fixture {
                 fuel: 20_000_000,
                 memory_pages: 64,
                 max_output_bytes: 64 << 10,
+                query_fuel: 20_000_000,
+                ..FsmLimits::default()
             },
         )
     }

@@ -28,6 +28,8 @@ fn log() -> Vec<LogEntry> {
                     fuel: 5_000_000,
                     memory_pages: 32,
                     max_output_bytes: 4096,
+                    query_fuel: 5_000_000,
+                    ..FsmLimits::default()
                 },
             },
         ),

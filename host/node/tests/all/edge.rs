@@ -247,6 +247,8 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
                     fuel: 5_000_000,
                     memory_pages: 64,
                     max_output_bytes: 64 << 10,
+                    query_fuel: 5_000_000,
+                    ..FsmLimits::default()
                 },
                 _ => FsmLimits::default(),
             };

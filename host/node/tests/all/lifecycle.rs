@@ -201,6 +201,8 @@ async fn hostile_modules_are_refused_or_contained_while_the_cluster_serves() {
         fuel: 5_000_000,
         memory_pages: 32,
         max_output_bytes: 4096,
+        query_fuel: 5_000_000,
+        ..FsmLimits::default()
     };
     admin.create_fsm(p(), probe, limits).await.expect("create");
     for (cmd, expect) in [

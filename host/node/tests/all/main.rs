@@ -3,6 +3,7 @@
 
 mod api;
 mod bench;
+mod bounds;
 mod cli;
 mod cluster;
 mod common;

@@ -33,6 +33,14 @@ fn postcard_payload<T: serde::Serialize>(v: &T) -> Payload {
     Payload::Postcard(postcard::to_allocvec(v).expect("encode"))
 }
 
+/// Default limits, with the query fuel for the check to read all 20,000 pairs in one scan.
+fn verifiable() -> FsmLimits {
+    FsmLimits {
+        query_fuel: 2_000_000_000,
+        ..FsmLimits::default()
+    }
+}
+
 fn value_of(key: u32) -> Vec<u8> {
     (u64::from(key) * 7919).to_be_bytes().to_vec()
 }
@@ -165,7 +173,7 @@ fn a_crash_in_the_middle_of_a_migration_leaves_the_upgrade_applied_exactly_once(
         ];
         for (fsm, crash) in rounds {
             admin
-                .create_fsm(name(fsm), old, FsmLimits::default())
+                .create_fsm(name(fsm), old, verifiable())
                 .await
                 .expect("create");
             fill(&admin, fsm).await;
