@@ -252,6 +252,7 @@ pub struct ClusterNode {
     pub store: Arc<StateStore>,
     endpoint: quinn::Endpoint,
     tasks: Vec<JoinHandle<()>>,
+    holds: crate::raft::StoreHolds,
     _lock: crate::ops::DataDirLock,
 }
 
@@ -286,7 +287,7 @@ impl ClusterNode {
         let log = LogStore::open_sized(&config.data_dir, config.max_log_bytes)?;
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?
             .applying_only_durable(log.durable());
-        let removed = sm.removed_nodes();
+        let (removed, holds) = (sm.removed_nodes(), sm.holds());
         log.claim(config.id)?;
         // A node that led when it stopped (or the initial leader of `wraft init generate`)
         // campaigns at once in a new term (after a pre-vote, so a leader elected meanwhile
@@ -368,6 +369,7 @@ impl ClusterNode {
             store,
             endpoint,
             tasks,
+            holds,
             _lock: lock,
         })
     }
@@ -395,6 +397,14 @@ impl ClusterNode {
         }
         // Let peers see the close; do not wait out the idle timeout of a dead peer.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        // openraft does not join its state-machine worker or the snapshot builds it spawned:
+        // wait for them to let go of the store (a build copies the whole state env).
+        if tokio::time::timeout(Duration::from_secs(120), self.holds.released())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a snapshot build still holds the state env after 120 s");
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&self.store) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -10,7 +10,7 @@ pub use applied::AppliedState;
 pub use log_store::{DEFAULT_MAX_LOG_BYTES, DurableLog, LogReader, LogStore, LogSummary};
 pub use snapshot::{SnapshotPolicy, verify_snapshot_file};
 pub(crate) use snapshot::{sha256_prefix, sync_dir, ticker, unique_path};
-pub use state_machine::{RemovedNodes, StateMachine};
+pub use state_machine::{RemovedNodes, StateMachine, StoreHolds};
 
 pub use wraft_core::raft::{
     Entry, LogId, Node, NodeId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,

@@ -29,6 +29,49 @@ pub struct StateMachine {
     removed: RemovedNodes,
     /// The local raft log's progress on disk; entries are applied only once they are in it.
     durable: Option<DurableLog>,
+    holds: StoreHolds,
+    _hold: Hold,
+}
+
+/// What openraft holds of a node's state store and does not join when it shuts down: the
+/// state-machine worker and the snapshot builds it spawns. [`StoreHolds::released`] waits
+/// until none is left, so the data directory can be opened again.
+#[derive(Debug, Clone, Default)]
+pub struct StoreHolds(Arc<HoldCount>);
+
+#[derive(Debug, Default)]
+struct HoldCount {
+    held: std::sync::Mutex<usize>,
+    released: tokio::sync::Notify,
+}
+
+/// One holder of the store, counted until dropped.
+#[derive(Debug)]
+struct Hold(Arc<HoldCount>);
+
+impl StoreHolds {
+    fn hold(&self) -> Hold {
+        *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Hold(self.0.clone())
+    }
+
+    /// Returns once the state machine and every snapshot build have let go of the store.
+    pub async fn released(&self) {
+        loop {
+            let notified = self.0.released.notified();
+            if *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.released.notify_waiters();
+    }
 }
 
 /// The nodes removed from the cluster, as the applied state records them: the transport
@@ -55,6 +98,8 @@ impl RemovedNodes {
 pub struct SnapshotBuilder {
     store: Arc<StateStore>,
     snapshots: SnapshotDir,
+    holds: StoreHolds,
+    _hold: Hold,
 }
 
 impl StateMachine {
@@ -71,12 +116,15 @@ impl StateMachine {
         let applied = AppliedState::load(store.raft_state().map_err(io_err)?)?;
         let removed = RemovedNodes::default();
         removed.set(&applied);
+        let holds = StoreHolds::default();
         Ok(Self {
             store,
             snapshots,
             applied,
             removed,
             durable: None,
+            _hold: holds.hold(),
+            holds,
         })
     }
 
@@ -95,6 +143,11 @@ impl StateMachine {
         &self.store
     }
 
+    /// What waits for openraft to let go of the store after `Raft::shutdown`.
+    pub fn holds(&self) -> StoreHolds {
+        self.holds.clone()
+    }
+
     /// The nodes removed from the cluster, kept up to date as entries apply.
     pub fn removed_nodes(&self) -> RemovedNodes {
         self.removed.clone()
@@ -109,10 +162,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let started = std::time::Instant::now();
         let where_ = dir.path().to_path_buf();
         tracing::info!("building a snapshot");
-        let snapshot = tokio::task::spawn_blocking(move || dir.build(&store))
-            .await
-            .map_err(io_err)?
-            .map_err(|e| storage_fault("building a snapshot", &where_, e))?;
+        let hold = self.holds.hold();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            let _hold = hold;
+            dir.build(&store)
+        })
+        .await
+        .map_err(io_err)?
+        .map_err(|e| storage_fault("building a snapshot", &where_, e))?;
         crate::metrics::seconds("snapshot_build_duration_seconds", started.elapsed());
         let len = snapshot.snapshot.metadata().map(|m| m.len()).unwrap_or(0);
         metrics::histogram!("snapshot_size_bytes").record(len as f64);
@@ -153,7 +210,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied = self.applied.after(&batch);
         let blob = applied.encode();
         let store = self.store.clone();
+        let hold = self.holds.hold();
         let responses = tokio::task::spawn_blocking(move || {
+            let _hold = hold;
             let committed: Vec<Committed<'_>> = batch
                 .iter()
                 .map(|e| Committed {
@@ -192,6 +251,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             store: self.store.clone(),
             snapshots: self.snapshots.clone(),
+            holds: self.holds.clone(),
+            _hold: self.holds.hold(),
         }
     }
 
@@ -205,10 +266,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let where_ = dir.path().to_path_buf();
         let upto = display_log_id(&meta.last_log_id);
         tracing::info!("installing a snapshot up to {upto}");
-        tokio::task::spawn_blocking(move || dir.install(&store, &meta_owned, snapshot))
-            .await
-            .map_err(io_err)?
-            .map_err(|e| storage_fault("installing a snapshot", &where_, e))?;
+        let hold = self.holds.hold();
+        tokio::task::spawn_blocking(move || {
+            let _hold = hold;
+            dir.install(&store, &meta_owned, snapshot)
+        })
+        .await
+        .map_err(io_err)?
+        .map_err(|e| storage_fault("installing a snapshot", &where_, e))?;
         crate::metrics::seconds("snapshot_install_duration_seconds", started.elapsed());
         tracing::info!(
             "installed a snapshot up to {upto} in {} ms",

@@ -16,7 +16,9 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{BasicNode, Config, ServerState, StorageError};
 use tempfile::TempDir;
 use wraft_core::EntryResponse;
-use wraft_host::raft::{LogStore, Raft, Snapshot, SnapshotPolicy, StateMachine, TypeConfig, Vote};
+use wraft_host::raft::{
+    LogStore, Raft, Snapshot, SnapshotPolicy, StateMachine, StoreHolds, TypeConfig, Vote,
+};
 
 use crate::common::{name, probe_apply, probe_counter, raft_write, runtime, setup_probe};
 
@@ -86,12 +88,12 @@ impl RaftNetworkV2<TypeConfig> for Alone {
 async fn start(
     dir: &std::path::Path,
     policy: SnapshotPolicy,
-) -> (Raft, Arc<wraft_host::state::StateStore>) {
+) -> (Raft, Arc<wraft_host::state::StateStore>, StoreHolds) {
     let log = LogStore::open(dir).expect("log store");
     let sm = StateMachine::open(dir, runtime())
         .expect("state machine")
         .applying_only_durable(log.durable());
-    let store = sm.store().clone();
+    let (store, holds) = (sm.store().clone(), sm.holds());
     let mut config = Config {
         election_timeout_min: 150,
         election_timeout_max: 300,
@@ -101,7 +103,14 @@ async fn start(
     policy.configure(&mut config);
     let config = Arc::new(config.validate().expect("config"));
     let raft = Raft::new(1, config, Alone, log, sm).await.expect("raft");
-    (raft, store)
+    (raft, store, holds)
+}
+
+/// Shuts `raft` down and waits until nothing openraft spawned holds its stores.
+async fn stop(raft: Raft, holds: &StoreHolds) {
+    raft.shutdown().await.expect("shutdown");
+    drop(raft);
+    holds.released().await;
 }
 
 async fn wait_leader(raft: &Raft) {
@@ -141,7 +150,7 @@ async fn a_restart_applies_no_entry_twice() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("tmp");
-    let (raft, store) = start(dir.path(), SnapshotPolicy::default()).await;
+    let (raft, store, holds) = start(dir.path(), SnapshotPolicy::default()).await;
     raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
         .await
         .expect("init");
@@ -150,11 +159,10 @@ async fn a_restart_applies_no_entry_twice() {
     increments(&raft, n, 256).await;
     assert_eq!(probe_counter(&store), n);
     let applied = store.applied().expect("applied").expect("some");
-    raft.shutdown().await.expect("shutdown");
-    drop(raft);
     drop(store);
+    stop(raft, &holds).await;
 
-    let (raft, store) = start(dir.path(), SnapshotPolicy::default()).await;
+    let (raft, store, holds) = start(dir.path(), SnapshotPolicy::default()).await;
     assert_eq!(
         store.applied().expect("applied"),
         Some(applied),
@@ -165,7 +173,39 @@ async fn a_restart_applies_no_entry_twice() {
     assert_eq!(probe_counter(&store), n);
     increments(&raft, 1, 1).await;
     assert_eq!(probe_counter(&store), n + 1);
-    raft.shutdown().await.expect("shutdown");
+    stop(raft, &holds).await;
+}
+
+/// A shutdown while a snapshot is being built (openraft builds in a task of its own, which
+/// holds the state store) still releases every store: the data directory opens again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_snapshot_build_releases_the_stores() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut raft, mut store, mut holds) = start(dir.path(), SnapshotPolicy::default()).await;
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
+        .await
+        .expect("init");
+    wait_leader(&raft).await;
+    setup_probe(&raft).await;
+    // State worth copying: the build takes a while.
+    let value = vec![7u8; 1 << 20];
+    for i in 0..48u32 {
+        let put = probe::Command::Put {
+            key: i.to_be_bytes().to_vec(),
+            value: value.clone(),
+        };
+        raft_write(&raft, probe_apply("p", &put)).await;
+    }
+    for round in 0..3 {
+        raft.trigger().snapshot().await.expect("trigger");
+        tokio::time::sleep(Duration::from_millis(5 * round)).await;
+        drop(store);
+        stop(raft, &holds).await;
+        (raft, store, holds) = start(dir.path(), SnapshotPolicy::default()).await;
+        wait_leader(&raft).await;
+    }
+    drop(store);
+    stop(raft, &holds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +229,7 @@ async fn snapshots_of_empty_and_real_state_install_elsewhere() {
 
     // Real state: a single node's raft applies some entries; snapshot; install on b.
     drop(sm_a);
-    let (raft, store) = start(a.path(), SnapshotPolicy::default()).await;
+    let (raft, store, _holds) = start(a.path(), SnapshotPolicy::default()).await;
     raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
         .await
         .expect("init");
@@ -315,7 +355,7 @@ async fn the_interval_knob_snapshots_without_reaching_the_threshold() {
         threshold: 1_000_000,
         trailing_logs: 10,
     };
-    let (raft, _store) = start(dir.path(), policy).await;
+    let (raft, _store, _holds) = start(dir.path(), policy).await;
     raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
         .await
         .expect("init");
