@@ -26,14 +26,52 @@ pub struct CertArgs {
 
 fn write(dir: &Path, name: &str, ck: &CertifiedKey) -> anyhow::Result<()> {
     std::fs::write(dir.join(format!("{name}.pem")), &ck.cert_pem)?;
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&key, &ck.key_pem)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    write_private(&dir.join(format!("{name}.key")), ck.key_pem.as_bytes())
+}
+
+/// Writes a private key into a new file that only its owner can read from the moment it
+/// exists (a key written first and restricted after is readable in between). A file of that
+/// name is replaced, never reused with its old permissions.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("replacing {}", path.display()));
+        }
+        _ => {}
     }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Created 0600 whatever the umask, and an existing world-readable file is replaced.
+    #[test]
+    fn private_keys_are_created_readable_by_their_owner_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, b"old").expect("old");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        // SAFETY: umask only changes this process's file-creation mask.
+        let old = unsafe { libc::umask(0) };
+        let written = super::write_private(&path, b"secret");
+        unsafe { libc::umask(old) };
+        written.expect("write");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).expect("read"), b"secret");
+    }
 }
 
 /// Writes `ca.pem`, `node-<id>.{pem,key}` and `{admin,writer,reader}.{pem,key}` to `out`.
