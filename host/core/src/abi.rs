@@ -29,6 +29,34 @@ pub const MAX_SCAN_ITEMS: u32 = 10_000;
 pub const MAX_SCAN_BYTES: usize = 4 << 20;
 /// Size of the entry context written by `entry_context`.
 pub const CONTEXT_LEN: usize = 32;
+/// Bytes of log messages one call may write to the node's log; past them a call's messages
+/// are dropped (and counted in one line at its end), though still paid for in fuel.
+pub const MAX_LOG_BYTES_PER_CALL: usize = 16 << 10;
+
+/// The fuel schedule: what host calls cost beyond the wasm operators a guest runs (one unit
+/// each, and one per byte that `memory.fill`, `memory.copy` and `memory.init` touch, as
+/// wasmtime charges them), so
+/// that fuel bounds a call's work whatever it asks of the host. It applies to entries of
+/// format V2 (see `crate::entry::Format`), to queries and to JSON codecs; entries of format V1
+/// replay as they first applied, with host calls free. Every replica charges the same units
+/// at the same points, whatever its CPU or backend; a call that cannot pay traps with
+/// `ApplyError::OutOfFuel`. docs/abi.md prices each import with these constants.
+pub mod fuel {
+    /// Every host call, whatever it does (a lookup in LMDB's B-tree, crossing the boundary).
+    pub const HOST_CALL: u64 = 1_000;
+    /// Per byte the host reads for the guest or copies into its memory: a `kv_get` value
+    /// (once when found, once more when `take_result` copies it out), a `kv_scan` page.
+    pub const READ_BYTE: u64 = 1;
+    /// Per byte of key and value a `kv_put` stores, and of key a `kv_delete` names: written
+    /// pages stay in memory until the entry commits, then go to disk on every replica.
+    pub const WRITE_BYTE: u64 = 4;
+    /// Per pair a `kv_scan` page holds.
+    pub const SCAN_ITEM: u64 = 500;
+    /// Per byte of a call's output (`set_output`).
+    pub const OUTPUT_BYTE: u64 = 1;
+    /// Per byte of a `log_message`.
+    pub const LOG_BYTE: u64 = 16;
+}
 
 /// Status codes returned by the guest's entry points (`wraft_apply`, `wraft_query`,
 /// `wraft_init`, `wraft_migrate` and the JSON codecs).

@@ -93,6 +93,17 @@ pub enum ApplyError {
         #[serde(deserialize_with = "nesting::one_level")]
         error: alloc::boxed::Box<ApplyError>,
     },
+    /// A `Batch` spent the fuel budget of the whole entry ([`crate::BATCH_FUEL_FACTOR`] times
+    /// the largest per-call fuel of its FSMs) before its last command finished.
+    #[error(
+        "the batch used its whole fuel budget of {budget} units ({} times the largest \
+         per-call fuel of its FSMs); split it, or raise the FSMs' fuel",
+        crate::BATCH_FUEL_FACTOR
+    )]
+    BatchOutOfFuel {
+        /// The batch's budget.
+        budget: u64,
+    },
     /// A write would take the FSM's keyspace past its storage quota.
     #[error(
         "the FSM's keyspace would hold {needed} bytes; its quota is {quota} \
@@ -168,7 +179,8 @@ impl ApplyError {
             Self::ModuleInUse { .. } => 14,
             Self::MissingExport(_) => 15,
             Self::BatchFailed { .. } => 16,
-            Self::QuotaExceeded { .. } => 17,
+            Self::BatchOutOfFuel { .. } => 17,
+            Self::QuotaExceeded { .. } => 18,
         }
     }
 }

@@ -10,9 +10,9 @@ use heed::{Database, EnvOpenOptions, RwTxn};
 use latest_payload::{Command, LatestPayload, Payload};
 use wraft_core::abi::EntryContext;
 use wraft_core::rng::EntryRng;
-use wraft_core::{FsmLimits, ModuleId};
+use wraft_core::{Format, FsmLimits, ModuleId};
 use wraft_guest::{Context, Fsm, Hex32, HexBytes, Host};
-use wraft_host::runtime::{CallEnv, EntryPoint, FsmRuntime, KvTarget};
+use wraft_host::runtime::{CallEnv, EntryPoint, FsmRuntime, KvTarget, Usage};
 
 /// The native FSM's view of the same LMDB keyspace the wasm host imports use.
 struct LmdbHost<'t, 'p> {
@@ -93,29 +93,41 @@ fn bench(c: &mut Criterion) {
     let mut number = 0u64;
     let mut group = c.benchmark_group("apply");
 
-    group.bench_function("latest_payload_wasm", |b| {
-        b.iter(|| {
-            number += 1;
-            let ctx = EntryContext {
-                index: number,
-                ..Default::default()
-            };
-            let env = CallEnv {
-                kv: KvTarget::Write {
-                    txn: &mut wtxn,
-                    db,
-                    prefix: [1; 16],
-                },
-                ctx,
-                limits,
-                fsm: "bench",
-            };
-            let out = runtime
-                .call(&lp, EntryPoint::Apply, &command(number), env)
-                .expect("no fault");
-            black_box(out.result.expect("applied"));
-        })
-    });
+    // Metered as entries are today (host calls and bytes cost fuel, a quota is kept), and as
+    // first-format entries replay (host calls free): the metering's cost.
+    for (name, metering) in [
+        ("latest_payload_wasm", Format::V2),
+        ("latest_payload_wasm_unmetered_host_calls", Format::V1),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                number += 1;
+                let ctx = EntryContext {
+                    index: number,
+                    ..Default::default()
+                };
+                let env = CallEnv {
+                    kv: KvTarget::Write {
+                        txn: &mut wtxn,
+                        db,
+                        prefix: [1; 16],
+                        usage: Usage {
+                            bytes: 0,
+                            quota: Some(limits.storage_bytes),
+                        },
+                    },
+                    ctx,
+                    limits,
+                    fsm: "bench",
+                    metering,
+                };
+                let out = runtime
+                    .call(&lp, EntryPoint::Apply, &command(number), env)
+                    .expect("no fault");
+                black_box(out.result.expect("applied"));
+            })
+        });
+    }
 
     group.bench_function("latest_payload_native", |b| {
         b.iter(|| {
@@ -145,6 +157,7 @@ fn bench(c: &mut Criterion) {
                 ctx: EntryContext::default(),
                 limits,
                 fsm: "bench",
+                metering: Format::V2,
             };
             black_box(
                 runtime

@@ -27,4 +27,7 @@ pub(crate) enum HostAbort {
     /// A node fault: becomes a [`RuntimeError`].
     #[error("storage: {0}")]
     Storage(heed::Error),
+    /// The call could not pay for what it asked of the host: `ApplyError::OutOfFuel`.
+    #[error("out of fuel")]
+    OutOfFuel,
 }

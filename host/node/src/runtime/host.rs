@@ -2,13 +2,13 @@
 
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 use wraft_core::ApplyError;
-use wraft_core::abi::{self, CONTEXT_LEN, EntryContext};
+use wraft_core::abi::{self, CONTEXT_LEN, EntryContext, fuel};
 use wraft_core::rng::EntryRng;
 
 use super::HostAbort;
 use super::keyspace::Keyspace;
 
-/// Longest log message kept from a guest.
+/// Longest log message kept from a guest (longer ones are cut; the rest still costs fuel).
 const MAX_LOG_LEN: usize = 4096;
 /// Longest abort (panic) message kept from a guest.
 const MAX_ABORT_LEN: usize = 1024;
@@ -25,6 +25,12 @@ pub(crate) struct CallState {
     pub(crate) max_output: u32,
     pub(crate) memory_pages: u32,
     pub(crate) fsm: String,
+    /// Whether host calls cost fuel ([`fuel`]): every call but the apply of a first-format
+    /// entry, which replays as it first applied.
+    metered: bool,
+    /// Log bytes this call wrote to the node's log, and those dropped past the bound.
+    logged: usize,
+    pub(crate) log_dropped: usize,
     scratch: Vec<u8>,
 }
 
@@ -35,6 +41,7 @@ impl CallState {
         max_output: u32,
         memory_pages: u32,
         fsm: String,
+        metered: bool,
     ) -> Self {
         Self {
             keyspace,
@@ -46,9 +53,42 @@ impl CallState {
             max_output,
             memory_pages,
             fsm,
+            metered,
+            logged: 0,
+            log_dropped: 0,
             scratch: Vec::new(),
         }
     }
+}
+
+/// The fuel a metered call has left (`u64::MAX` when host calls are free).
+fn fuel_left(c: &Caller<'_, CallState>) -> wasmtime::Result<u64> {
+    if c.data().metered {
+        c.get_fuel()
+    } else {
+        Ok(u64::MAX)
+    }
+}
+
+/// Takes `units` of fuel from a metered call, or traps it with `OutOfFuel` (leaving it none)
+/// if it has fewer: the same units at the same point on every replica.
+fn charge(c: &mut Caller<'_, CallState>, units: u64) -> wasmtime::Result<()> {
+    if !c.data().metered {
+        return Ok(());
+    }
+    let left = c.get_fuel()?;
+    match left.checked_sub(units) {
+        Some(rest) => c.set_fuel(rest),
+        None => {
+            c.set_fuel(0)?;
+            Err(wasmtime::Trap::OutOfFuel.into())
+        }
+    }
+}
+
+/// Units for `n` bytes at `per_byte`, saturating.
+fn bytes(n: usize, per_byte: u64) -> u64 {
+    (n as u64).saturating_mul(per_byte)
 }
 
 impl ResourceLimiter for CallState {
@@ -143,17 +183,20 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
         m,
         "kv_get",
         |mut c: Caller<'_, CallState>, kp: i32, kl: i32| {
+            charge(&mut c, fuel::HOST_CALL)?;
+            // The value is copied only if the call can pay for it.
+            let affordable = fuel_left(&c)? / fuel::READ_BYTE;
             let (mem, st) = split(&mut c)?;
             let key = &mem[range(kp, kl, mem.len())?];
             let mut value = std::mem::take(&mut st.scratch);
-            let found = st.keyspace.get(key, &mut value).map_err(host)?;
-            if !found {
+            let found = st.keyspace.get(key, &mut value, affordable).map_err(host)?;
+            let Some(len) = found else {
                 st.scratch = value;
                 return Ok(-1);
-            }
-            let len = value.len() as i32;
+            };
             st.result = Some(value);
-            Ok(len)
+            charge(&mut c, bytes(len, fuel::READ_BYTE))?;
+            Ok(len as i32)
         },
     )?;
     linker.func_wrap(
@@ -162,6 +205,8 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
         |mut c: Caller<'_, CallState>, kp: i32, kl: i32, vp: i32, vl: i32| {
             check_len("key", kl, abi::MAX_KEY_LEN)?;
             check_len("value", vl, abi::MAX_VALUE_LEN)?;
+            let stored = kl as u32 as usize + vl as u32 as usize;
+            charge(&mut c, fuel::HOST_CALL + bytes(stored, fuel::WRITE_BYTE))?;
             let (mem, st) = split(&mut c)?;
             let key = &mem[range(kp, kl, mem.len())?];
             let value = &mem[range(vp, vl, mem.len())?];
@@ -173,6 +218,8 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
         "kv_delete",
         |mut c: Caller<'_, CallState>, kp: i32, kl: i32| {
             check_len("key", kl, abi::MAX_KEY_LEN)?;
+            let named = kl as u32 as usize;
+            charge(&mut c, fuel::HOST_CALL + bytes(named, fuel::WRITE_BYTE))?;
             let (mem, st) = split(&mut c)?;
             let key = &mem[range(kp, kl, mem.len())?];
             Ok(i32::from(st.keyspace.delete(key).map_err(host)?))
@@ -182,24 +229,29 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
         m,
         "kv_scan",
         |mut c: Caller<'_, CallState>, sp: i32, sl: i32, ep: i32, el: i32, limit: i32| {
+            charge(&mut c, fuel::HOST_CALL)?;
             let (mem, st) = split(&mut c)?;
             let start = &mem[range(sp, sl, mem.len())?];
             let end = &mem[range(ep, el, mem.len())?];
             let limit = (limit.max(0) as u32).min(abi::MAX_SCAN_ITEMS) as usize;
-            let pairs = st
+            let (page, items) = st
                 .keyspace
-                .scan(start, end, limit, abi::MAX_SCAN_BYTES)
+                .scan_page(start, end, limit, abi::MAX_SCAN_BYTES)
                 .map_err(host)?;
-            let page = postcard::to_allocvec(&pairs).map_err(|e| violation(&e.to_string()))?;
-            let len = page.len() as i32;
+            let len = page.len();
             st.result = Some(page);
-            Ok(len)
+            // A page is at most MAX_SCAN_ITEMS pairs and MAX_SCAN_BYTES: built, then paid for.
+            let cost = bytes(len, fuel::READ_BYTE).saturating_add(bytes(items, fuel::SCAN_ITEM));
+            charge(&mut c, cost)?;
+            Ok(len as i32)
         },
     )?;
     linker.func_wrap(
         m,
         "take_result",
         |mut c: Caller<'_, CallState>, dst: i32| {
+            let pending = c.data().result.as_ref().map_or(0, Vec::len);
+            charge(&mut c, fuel::HOST_CALL + bytes(pending, fuel::READ_BYTE))?;
             let (mem, st) = split(&mut c)?;
             let result = st
                 .result
@@ -222,6 +274,8 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
                     limit,
                 }));
             }
+            let len = l as u32 as usize;
+            charge(&mut c, fuel::HOST_CALL + bytes(len, fuel::OUTPUT_BYTE))?;
             let (mem, st) = split(&mut c)?;
             let bytes = &mem[range(p, l, mem.len())?];
             st.output.clear();
@@ -233,6 +287,7 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
         m,
         "entry_context",
         |mut c: Caller<'_, CallState>, dst: i32| {
+            charge(&mut c, fuel::HOST_CALL)?;
             let (mem, st) = split(&mut c)?;
             let r = range(dst, CONTEXT_LEN as i32, mem.len())?;
             mem[r].copy_from_slice(&st.ctx.encode());
@@ -240,15 +295,25 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
         },
     )?;
     linker.func_wrap(m, "random_u64", |mut c: Caller<'_, CallState>| {
+        charge(&mut c, fuel::HOST_CALL)?;
         Ok(c.data_mut().rng.next_u64() as i64)
     })?;
     linker.func_wrap(
         m,
         "log_message",
         |mut c: Caller<'_, CallState>, level: i32, p: i32, l: i32| {
+            let len = l as u32 as usize;
+            charge(&mut c, fuel::HOST_CALL + bytes(len, fuel::LOG_BYTE))?;
             let (mem, st) = split(&mut c)?;
-            let bytes = &mem[range(p, l, mem.len())?];
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LOG_LEN)]);
+            let message = &mem[range(p, l, mem.len())?];
+            let kept = message.len().min(MAX_LOG_LEN);
+            // The node's log gets a bounded share of what one call writes.
+            if st.logged + kept > abi::MAX_LOG_BYTES_PER_CALL {
+                st.log_dropped += message.len();
+                return Ok(());
+            }
+            st.logged += kept;
+            let text = String::from_utf8_lossy(&message[..kept]);
             let (fsm, index) = (st.fsm.as_str(), st.ctx.index);
             match level {
                 abi::log_level::ERROR => tracing::error!(fsm, index, "{text}"),
@@ -263,6 +328,7 @@ pub(crate) fn define_imports(linker: &mut Linker<CallState>) -> wasmtime::Result
         m,
         "abort_call",
         |mut c: Caller<'_, CallState>, p: i32, l: i32| -> wasmtime::Result<()> {
+            charge(&mut c, fuel::HOST_CALL)?;
             let (mem, _) = split(&mut c)?;
             let bytes = &mem[range(p, l, mem.len())?];
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ABORT_LEN)]);

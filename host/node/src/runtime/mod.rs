@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::{Engine, InstancePre, Linker, Store, Trap, TypedFunc};
 use wraft_core::abi::{self, EntryContext, status};
-use wraft_core::{ApplyError, FsmLimits, ModuleId};
+use wraft_core::{ApplyError, Format, FsmLimits, ModuleId};
 
 pub use artifact_cache::ArtifactCache;
 pub use engine::{Backend, MAX_MEMORY_PAGES};
 pub(crate) use error::HostAbort;
 pub use error::RuntimeError;
 pub(crate) use keyspace::prefix_successor;
-pub use keyspace::{KeyPrefix, KvTarget};
+pub use keyspace::{KeyPrefix, KvTarget, Usage};
 pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError};
 
 use host::CallState;
@@ -95,6 +95,8 @@ pub struct CallOutcome {
     pub result: Result<Vec<u8>, ApplyError>,
     /// Fuel the call consumed.
     pub fuel_used: u64,
+    /// The bytes the FSM's keyspace holds after the call's writes, if they changed it.
+    pub usage: Option<u64>,
 }
 
 /// The environment of one call.
@@ -108,6 +110,9 @@ pub struct CallEnv<'t, 'p> {
     pub limits: FsmLimits,
     /// The FSM's name, for log lines.
     pub fsm: &'t str,
+    /// The rules the call is metered under: an entry's format (see [`Format`]); queries
+    /// and codecs are always metered by today's.
+    pub metering: Format,
 }
 
 /// Compiles, validates, caches and runs FSM modules.
@@ -258,6 +263,7 @@ impl FsmRuntime {
             0,
             MAX_MEMORY_PAGES,
             String::new(),
+            true,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -287,32 +293,50 @@ impl FsmRuntime {
             env.limits.max_output_bytes,
             env.limits.memory_pages.min(MAX_MEMORY_PAGES),
             env.fsm.to_owned(),
+            env.metering >= Format::V2,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
         store.set_fuel(fuel).map_err(fault)?;
-        let status = match run(&mut store, module, entry, input) {
+        let ran = run(&mut store, module, entry, input);
+        let fuel_used = fuel.saturating_sub(store.get_fuel().map_err(fault)?);
+        let data = store.data();
+        if data.log_dropped > 0 {
+            tracing::warn!(
+                fsm = data.fsm,
+                index = data.ctx.index,
+                "{} bytes of this call's log messages were dropped (at most {} are written per call)",
+                data.log_dropped,
+                abi::MAX_LOG_BYTES_PER_CALL
+            );
+        }
+        let status = match ran {
             Ok(status) => status,
             Err(e) => {
-                let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
                 return classify(e, fuel).map(|err| CallOutcome {
                     result: Err(err),
                     fuel_used,
+                    usage: None,
                 });
             }
         };
-        let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let usage = store.data().keyspace.usage_after();
         let output = std::mem::take(&mut store.data_mut().output);
-        let text = || String::from_utf8_lossy(&output).into_owned();
+        let text = |output: Vec<u8>| String::from_utf8_lossy(&output).into_owned();
         let result = match status {
-            status::OK => Ok(output.clone()),
-            status::REJECTED => Err(ApplyError::Rejected(text())),
-            status::BAD_INPUT => Err(ApplyError::BadInput(text())),
+            status::OK => Ok(output),
+            status::REJECTED => Err(ApplyError::Rejected(text(output))),
+            status::BAD_INPUT => Err(ApplyError::BadInput(text(output))),
             other => Err(ApplyError::AbiViolation(format!(
                 "unknown status code {other}"
             ))),
         };
-        Ok(CallOutcome { result, fuel_used })
+        let usage = usage.filter(|_| result.is_ok());
+        Ok(CallOutcome {
+            result,
+            fuel_used,
+            usage,
+        })
     }
 }
 
@@ -369,6 +393,7 @@ fn classify(e: wasmtime::Error, fuel: u64) -> Result<ApplyError, RuntimeError> {
     if let Some(abort) = e.downcast_ref::<HostAbort>() {
         return match abort {
             HostAbort::Apply(err) => Ok(err.clone()),
+            HostAbort::OutOfFuel => Ok(ApplyError::OutOfFuel { limit: fuel }),
             HostAbort::Storage(_) => match e.downcast::<HostAbort>() {
                 Ok(HostAbort::Storage(s)) => Err(RuntimeError::Storage(s)),
                 _ => Err(RuntimeError::Fault("storage error".into())),
@@ -409,6 +434,7 @@ mod tests {
             0,
             1,
             String::new(),
+            true,
         );
         let mut store = Store::new(&rt.engine, state);
         let defined: Vec<_> = rt

@@ -5,13 +5,14 @@
 use heed::RwTxn;
 use wraft_core::abi::EntryContext;
 use wraft_core::{
-    Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId,
+    Apply, ApplyError, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, FsmName,
+    LogEntry, ModuleId,
 };
 
 use super::keys::{self, MetaTag};
 use super::{AppliedPosition, FsmRecord, StateError, StateStore, encode};
 use crate::runtime::{
-    CallEnv, EntryPoint, KvTarget, LoadedModule, MAX_MEMORY_PAGES, prefix_successor,
+    CallEnv, EntryPoint, KvTarget, LoadedModule, MAX_MEMORY_PAGES, Usage, prefix_successor,
 };
 
 /// One committed entry to apply.
@@ -26,6 +27,17 @@ pub struct Committed<'a> {
 
 /// Outcome of one entry inside its nested transaction.
 type Outcome = Result<EntryResponse, ApplyError>;
+
+/// How the calls of one entry run: the context they see, and the rules they are metered
+/// under (the entry's format).
+#[derive(Debug, Clone, Copy)]
+struct EntryCall {
+    ctx: EntryContext,
+    format: Format,
+}
+
+/// What one call did: its result and the fuel it used.
+type Ran = (Result<Vec<u8>, ApplyError>, u64);
 
 impl StateStore {
     /// Applies `entries` (consecutive, in log order) in one transaction and returns one
@@ -68,8 +80,12 @@ impl StateStore {
                         position: 0,
                         is_query: false,
                     };
+                    let call = EntryCall {
+                        ctx,
+                        format: entry.format(),
+                    };
                     let mut child = self.env.nested_write_txn(&mut wtxn)?;
-                    match self.apply_command(&mut child, entry.command(), ctx)? {
+                    match self.apply_command(&mut child, entry.command(), call)? {
                         Ok(r) => {
                             child.commit()?;
                             r
@@ -109,36 +125,22 @@ impl StateStore {
         &self,
         txn: &mut RwTxn<'_>,
         command: &Command,
-        ctx: EntryContext,
+        call: EntryCall,
     ) -> Result<Outcome, StateError> {
+        let ctx = call.ctx;
         match command {
-            Command::Apply(a) => Ok(self.apply_one(txn, a, ctx)?.map(EntryResponse::Output)),
-            Command::Batch(cmds) => {
-                let mut outputs = Vec::with_capacity(cmds.len());
-                for (i, a) in cmds.iter().enumerate() {
-                    let ctx = EntryContext {
-                        position: i as u32,
-                        ..ctx
-                    };
-                    match self.apply_one(txn, a, ctx)? {
-                        Ok(out) => outputs.push(out),
-                        Err(e) => {
-                            return Ok(Err(ApplyError::BatchFailed {
-                                position: i as u32,
-                                error: Box::new(e),
-                            }));
-                        }
-                    }
-                }
-                Ok(Ok(EntryResponse::BatchOutputs(outputs)))
-            }
+            Command::Apply(a) => Ok(self
+                .apply_one(txn, a, call, None)?
+                .0
+                .map(EntryResponse::Output)),
+            Command::Batch(cmds) => self.apply_batch(txn, cmds, call),
             Command::DeployModule { module_id, bytes } => self.deploy(txn, *module_id, bytes),
             Command::CreateFsm {
                 fsm,
                 module_id,
                 limits,
-            } => self.create(txn, fsm, *module_id, *limits, ctx),
-            Command::UpgradeFsm { fsm, module_id } => self.upgrade(txn, fsm, *module_id, ctx),
+            } => self.create(txn, fsm, *module_id, *limits, call),
+            Command::UpgradeFsm { fsm, module_id } => self.upgrade(txn, fsm, *module_id, call),
             Command::DropFsm { fsm } => self.drop_fsm(txn, fsm),
             Command::DropModule { module_id } => self.drop_module(txn, module_id),
             Command::SetLimits { fsm, limits } => self.set_limits(txn, fsm, *limits),
@@ -148,16 +150,75 @@ impl StateStore {
         }
     }
 
+    /// A batch's commands in order, each in the batch's transaction; the first failure fails
+    /// them all. From format V2 on, the batch as a whole may spend [`BATCH_FUEL_FACTOR`] times
+    /// the largest per-call fuel of its FSMs, and no more.
+    fn apply_batch(
+        &self,
+        txn: &mut RwTxn<'_>,
+        cmds: &[Apply],
+        call: EntryCall,
+    ) -> Result<Outcome, StateError> {
+        let mut budget = None;
+        if call.format >= Format::V2 {
+            let mut largest = 0u64;
+            for a in cmds {
+                if let Some(rec) = self.record_in(txn, &a.fsm)? {
+                    largest = largest.max(rec.limits.fuel);
+                }
+            }
+            budget = Some(largest.saturating_mul(BATCH_FUEL_FACTOR));
+        }
+        let total = budget;
+        let mut outputs = Vec::with_capacity(cmds.len());
+        for (i, a) in cmds.iter().enumerate() {
+            let call = EntryCall {
+                ctx: EntryContext {
+                    position: i as u32,
+                    ..call.ctx
+                },
+                ..call
+            };
+            let (result, used) = self.apply_one(txn, a, call, budget)?;
+            budget = budget.map(|b| b.saturating_sub(used));
+            let error = match result {
+                Ok(out) => {
+                    outputs.push(out);
+                    continue;
+                }
+                // The batch's budget, not the FSM's own fuel, ran out.
+                Err(ApplyError::OutOfFuel { limit })
+                    if total.is_some() && budget == Some(0) && used < limit =>
+                {
+                    ApplyError::BatchOutOfFuel {
+                        budget: total.unwrap_or(0),
+                    }
+                }
+                Err(e) => e,
+            };
+            return Ok(Err(ApplyError::BatchFailed {
+                position: i as u32,
+                error: Box::new(error),
+            }));
+        }
+        Ok(Ok(EntryResponse::BatchOutputs(outputs)))
+    }
+
+    /// One command, with at most `cap` fuel if its batch has less left than the FSM's own.
     fn apply_one(
         &self,
         txn: &mut RwTxn<'_>,
         a: &Apply,
-        ctx: EntryContext,
-    ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
-        let (rec, module) = match self.fsm_and_module(txn, &a.fsm)? {
+        call: EntryCall,
+        cap: Option<u64>,
+    ) -> Result<Ran, StateError> {
+        let (mut rec, module) = match self.fsm_and_module(txn, &a.fsm)? {
             Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok((Err(e), 0)),
         };
+        if let Some(cap) = cap {
+            rec.limits.fuel = rec.limits.fuel.min(cap);
+        }
         self.run(
             txn,
             &a.fsm,
@@ -165,7 +226,7 @@ impl StateStore {
             &module,
             EntryPoint::Apply,
             &a.payload,
-            ctx,
+            call,
         )
     }
 
@@ -178,18 +239,24 @@ impl StateStore {
         module: &LoadedModule,
         entry: EntryPoint,
         input: &[u8],
-        ctx: EntryContext,
-    ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
+        call: EntryCall,
+    ) -> Result<Ran, StateError> {
+        let usage = Usage {
+            bytes: self.usage_in(txn, rec)?,
+            quota: (call.format >= Format::V2).then_some(rec.limits.storage_bytes),
+        };
         let kv = KvTarget::Write {
-            txn,
+            txn: &mut *txn,
             db: self.dbs.data,
             prefix: keys::data_prefix(self.group, rec.id),
+            usage,
         };
         let env = CallEnv {
             kv,
-            ctx,
+            ctx: call.ctx,
             limits: rec.limits,
             fsm: fsm.as_str(),
+            metering: call.format,
         };
         let started = std::time::Instant::now();
         let outcome = self.runtime.call(module, entry, input, env)?;
@@ -197,7 +264,12 @@ impl StateStore {
             crate::metrics::seconds("fsm_apply_duration_seconds", started.elapsed());
             metrics::histogram!("fsm_fuel_used").record(outcome.fuel_used as f64);
         }
-        Ok(outcome.result)
+        if let Some(bytes) = outcome.usage {
+            self.dbs
+                .meta
+                .put(txn, &keys::usage(self.group, rec.id), &bytes.to_le_bytes())?;
+        }
+        Ok((outcome.result, outcome.fuel_used))
     }
 
     fn deploy(
@@ -227,8 +299,9 @@ impl StateStore {
         fsm: &FsmName,
         module_id: ModuleId,
         limits: FsmLimits,
-        ctx: EntryContext,
+        call: EntryCall,
     ) -> Result<Outcome, StateError> {
+        let ctx = call.ctx;
         if self.record_in(txn, fsm)?.is_some() {
             return Ok(Err(ApplyError::FsmExists(fsm.to_string())));
         }
@@ -256,8 +329,11 @@ impl StateStore {
         self.dbs
             .fsms
             .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
+        self.dbs
+            .meta
+            .put(txn, &keys::usage(self.group, id), &0u64.to_le_bytes())?;
         if module.capabilities.init
-            && let Err(e) = self.run(txn, fsm, &rec, &module, EntryPoint::Init, &[], ctx)?
+            && let (Err(e), _) = self.run(txn, fsm, &rec, &module, EntryPoint::Init, &[], call)?
         {
             return Ok(Err(e));
         }
@@ -269,7 +345,7 @@ impl StateStore {
         txn: &mut RwTxn<'_>,
         fsm: &FsmName,
         module_id: ModuleId,
-        ctx: EntryContext,
+        call: EntryCall,
     ) -> Result<Outcome, StateError> {
         let Some(rec) = self.record_in(txn, fsm)? else {
             return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
@@ -286,7 +362,7 @@ impl StateStore {
                 module.fsm_version
             );
             let migrate = EntryPoint::Migrate(rec.fsm_version);
-            if let Err(e) = self.run(txn, fsm, &rec, &module, migrate, &[], ctx)? {
+            if let (Err(e), _) = self.run(txn, fsm, &rec, &module, migrate, &[], call)? {
                 tracing::warn!("upgrade of fsm {fsm} to module {module_id} refused: {e}");
                 return Ok(Err(e));
             }
@@ -343,6 +419,9 @@ impl StateStore {
         self.dbs
             .fsms
             .delete(txn, &keys::fsm(self.group, fsm.as_str()))?;
+        self.dbs
+            .meta
+            .delete(txn, &keys::usage(self.group, rec.id))?;
         Ok(Ok(EntryResponse::Done))
     }
 

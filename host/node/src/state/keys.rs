@@ -27,6 +27,8 @@ pub enum MetaTag {
     /// Set when a checkpoint found this node's state different from the leader's
     /// (postcard `Divergence`); reads are refused while it exists.
     Divergence = 7,
+    /// Bytes one FSM's keyspace holds (u64 LE), keyed by its id after the tag ([`usage`]).
+    Usage = 8,
 }
 
 /// `meta` key: group | tag.
@@ -34,6 +36,14 @@ pub fn meta(group: GroupId, tag: MetaTag) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[..8].copy_from_slice(&group.to_be_bytes());
     k[8] = tag as u8;
+    k
+}
+
+/// `meta` key of an FSM's storage use: group | [`MetaTag::Usage`] | fsm id.
+pub fn usage(group: GroupId, fsm_id: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..9].copy_from_slice(&meta(group, MetaTag::Usage));
+    k[9..].copy_from_slice(&fsm_id.to_be_bytes());
     k
 }
 

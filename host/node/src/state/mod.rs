@@ -18,7 +18,7 @@ use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wraft_core::abi::EntryContext;
-use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
+use wraft_core::{ApplyError, Format, FsmLimits, FsmName, ModuleId};
 
 use crate::runtime::{
     CallEnv, EntryPoint, FsmRuntime, KvTarget, LoadedModule, ModuleError, RuntimeError,
@@ -356,6 +356,35 @@ impl StateStore {
         }
     }
 
+    /// The bytes an FSM's keyspace holds (keys and values). Kept in `meta` by every write;
+    /// for an FSM created before that was so, counted from its keyspace at its first write
+    /// (the same on every replica, which all hold the same keyspace then).
+    fn usage_in(&self, txn: &RoTxn<'_>, rec: &FsmRecord) -> Result<u64, StateError> {
+        if let Some(b) = self.dbs.meta.get(txn, &keys::usage(self.group, rec.id))? {
+            let b: [u8; 8] = b.try_into().map_err(|_| StateError::Corrupt {
+                what: format!("storage use of fsm id {}", rec.id),
+                detail: "not 8 bytes".into(),
+            })?;
+            return Ok(u64::from_le_bytes(b));
+        }
+        let prefix = keys::data_prefix(self.group, rec.id);
+        let mut bytes = 0u64;
+        for item in self.dbs.data.prefix_iter(txn, &prefix)? {
+            let (k, v) = item?;
+            bytes += (k.len() - prefix.len() + v.len()) as u64;
+        }
+        Ok(bytes)
+    }
+
+    /// The bytes `fsm`'s keyspace holds, as its storage quota counts them.
+    pub fn usage(&self, fsm: &FsmName) -> Result<Option<u64>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        match self.record_in(&rtxn, fsm)? {
+            Some(rec) => Ok(Some(self.usage_in(&rtxn, &rec)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The registry record of `name`.
     pub fn fsm(&self, name: &FsmName) -> Result<Option<FsmRecord>, StateError> {
         let rtxn = self.env.read_txn()?;
@@ -472,6 +501,7 @@ impl StateStore {
             ctx,
             limits,
             fsm: fsm.as_str(),
+            metering: Format::V2,
         };
         Ok(self
             .runtime
@@ -505,6 +535,7 @@ impl StateStore {
             ctx: EntryContext::default(),
             limits,
             fsm: fsm.as_str(),
+            metering: Format::V2,
         };
         Ok(self.runtime.call(&module, entry, input, env)?.result)
     }

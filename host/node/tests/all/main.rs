@@ -20,6 +20,7 @@ mod http;
 mod leader_restart;
 mod lifecycle;
 mod membership;
+mod metering;
 mod ops;
 mod persistence;
 mod raft_storage;
