@@ -410,14 +410,15 @@ pub const BATCH_FUEL_FACTOR: u64 = 4;
 
 impl Default for FsmLimits {
     /// Room for the example FSMs' real payloads: a 2 MiB L2 block through latest-payload's
-    /// JSON codec needs ~220M codec fuel (given by its size) and ~12 MiB of memory, and its
-    /// query answers with the whole block.
+    /// JSON codec needs ~220M codec fuel (given by its size) and ~12 MiB of memory, its
+    /// apply ~17M fuel, and its query (~7M fuel per MiB of block) answers with the whole
+    /// block; a query gets half an apply's fuel, so readers cannot outspend writers.
     fn default() -> Self {
         Self {
             fuel: 50_000_000,
             memory_pages: 1024,
             max_output_bytes: 16 << 20,
-            query_fuel: 10_000_000,
+            query_fuel: 25_000_000,
             storage_bytes: 1 << 30,
         }
     }

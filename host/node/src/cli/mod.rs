@@ -64,7 +64,7 @@ pub struct LimitsArgs {
     /// Largest output of one call, in bytes. Default 16 MiB.
     #[arg(long, env = "WRAFT_MAX_OUTPUT")]
     pub max_output: Option<u32>,
-    /// Fuel per query call, and the base fuel of a JSON codec call. Default 10000000.
+    /// Fuel per query call, and the base fuel of a JSON codec call. Default 25000000.
     #[arg(long, env = "WRAFT_QUERY_FUEL")]
     pub query_fuel: Option<u64>,
     /// Bytes the FSM's keyspace may hold (keys and values). Default 1 GiB.

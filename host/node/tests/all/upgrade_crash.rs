@@ -33,9 +33,11 @@ fn postcard_payload<T: serde::Serialize>(v: &T) -> Payload {
     Payload::Postcard(postcard::to_allocvec(v).expect("encode"))
 }
 
-/// Default limits, with the query fuel for the check to read all 20,000 pairs in one scan.
+/// Default limits, with the fuel for a migration that rewrites all 20,000 pairs in one entry
+/// (host calls and the bytes they write cost fuel) and for the check to read them in one scan.
 fn verifiable() -> FsmLimits {
     FsmLimits {
+        fuel: 2_000_000_000,
         query_fuel: 2_000_000_000,
         ..FsmLimits::default()
     }
