@@ -5,6 +5,7 @@ mod engine;
 mod error;
 mod host;
 mod keyspace;
+mod shape;
 mod validate;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ pub(crate) use error::HostAbort;
 pub use error::RuntimeError;
 pub(crate) use keyspace::prefix_successor;
 pub use keyspace::{KeyPrefix, KvTarget, Usage};
+pub use shape::{SHAPE, ShapeLimits};
 pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError};
 
 use host::CallState;

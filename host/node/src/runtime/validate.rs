@@ -45,6 +45,17 @@ pub enum ModuleError {
         /// What is wrong.
         problem: String,
     },
+    /// Over a bound on its shape (functions, code, locals, nesting, data, tables, ...),
+    /// checked before compiling so that no module takes long or much memory to compile.
+    #[error("module has {found} {what}; the limit is {limit} (docs/abi.md, \"Module shape\")")]
+    Shape {
+        /// What was counted.
+        what: String,
+        /// How many the module has.
+        found: u64,
+        /// The bound.
+        limit: u64,
+    },
     /// Built for another ABI version.
     #[error("module was built for ABI version {found}; this host implements version {expected}")]
     AbiVersion {
@@ -77,6 +88,7 @@ pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities),
             limit: MAX_MODULE_BYTES,
         });
     }
+    super::shape::check(bytes, &super::shape::SHAPE)?;
     let module = Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
     let caps = check(&module)?;
     Ok((module, caps))

@@ -195,3 +195,96 @@ fn an_initial_memory_over_the_fsm_cap_fails_at_apply() {
         wraft_core::EntryResponse::Failed(wraft_core::ApplyError::MemoryLimit { pages: 10 })
     );
 }
+
+/// A module over each bound of its shape is refused before it is compiled, with an error that
+/// names the bound; the same module within the bound is accepted.
+#[test]
+fn modules_past_a_shape_bound_are_refused_with_the_bound_named() {
+    use wraft_host::runtime::SHAPE;
+    let func = |body: &str| format!("(func {body})");
+    let locals = |n: u32| func(&" (local i32)".repeat(n as usize));
+    let nested = |n: u32| {
+        func(&format!(
+            "{}{}",
+            "(block ".repeat(n as usize),
+            ")".repeat(n as usize)
+        ))
+    };
+    let table = |n: u32| {
+        func(&format!(
+            "(param i32) (block (br_table{} (local.get 0)))",
+            " 0".repeat(n as usize)
+        ))
+    };
+    let globals = |n: u32| "(global i32 (i32.const 0))".repeat(n as usize);
+    let functions = |n: u32| "(func)".repeat(n as usize - 4);
+    let body_of = |bytes: u32| func(&"(drop (i32.const 0))".repeat(bytes as usize / 3));
+    let cases: Vec<(&str, String, String)> = vec![
+        ("locals", locals(SHAPE.locals), locals(SHAPE.locals + 1)),
+        (
+            "blocks open at once",
+            nested(SHAPE.nesting),
+            nested(SHAPE.nesting + 1),
+        ),
+        (
+            "targets of one br_table",
+            table(SHAPE.br_table_targets),
+            table(SHAPE.br_table_targets + 1),
+        ),
+        (
+            "globals",
+            globals(SHAPE.globals),
+            globals(SHAPE.globals + 1),
+        ),
+        (
+            "functions",
+            functions(SHAPE.functions),
+            functions(SHAPE.functions + 1),
+        ),
+        (
+            "bytes of one function",
+            body_of(SHAPE.function_bytes - 1024),
+            body_of(SHAPE.function_bytes + 1024),
+        ),
+    ];
+    for (what, within, past) in cases {
+        rt().validate(&module(&within, 1))
+            .unwrap_or_else(|e| panic!("{what}: within the bound, refused: {e}"));
+        let e = rt().validate(&module(&past, 1)).expect_err(what);
+        assert!(
+            matches!(e, ModuleError::Shape { .. }) && e.to_string().contains(what),
+            "{what}: {e}"
+        );
+    }
+    // One memory of the module's own, at most one table of a size every node can hold.
+    let two = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (memory 1)
+            (func (export "wraft_abi_version") (result i32) i32.const 1))"#,
+    );
+    if let Ok(two) = two {
+        let e = rt().validate(&two).expect_err("two memories");
+        assert!(e.to_string().contains("memories"), "{e}");
+    }
+    let big_table = module("(table 10001 funcref)", 1);
+    let e = rt()
+        .validate(&big_table)
+        .expect_err("a table past the bound");
+    assert!(e.to_string().contains("table elements"), "{e}");
+    let data = |n: usize| {
+        wat::parse_str(format!(
+            r#"(module (memory (export "memory") 80) (data (i32.const 0) "{}")
+                (func (export "wraft_abi_version") (result i32) i32.const 1)
+                (func (export "wraft_alloc") (param i32) (result i32) i32.const 1024)
+                (func (export "wraft_apply") (param i32 i32) (result i32) i32.const 0)
+                (func (export "wraft_query") (param i32 i32) (result i32) i32.const 0))"#,
+            "\\00".repeat(n)
+        ))
+        .expect("wat")
+    };
+    rt().validate(&data(SHAPE.data_bytes as usize))
+        .expect("data at the bound");
+    let e = rt()
+        .validate(&data(SHAPE.data_bytes as usize + 1))
+        .expect_err("data past the bound");
+    assert!(e.to_string().contains("bytes of data segments"), "{e}");
+}
