@@ -374,6 +374,11 @@ pub struct HostSession {
 }
 
 impl HostSession {
+    /// Whether every sequence number was used: the next call needs a new session.
+    pub fn exhausted(&self) -> bool {
+        self.seq == u32::MAX
+    }
+
     /// The voter's nonce for this session.
     pub fn voter_nonce(&self) -> VoterNonce {
         self.voter_nonce

@@ -286,6 +286,7 @@ fn the_host_opens_a_new_session_when_numbers_run_out() {
     p.host.seq = u32::MAX - 1;
     let (call, seq) = p.call(Request::Status);
     assert_eq!(seq, u32::MAX);
+    assert!(p.host.exhausted());
     p.deliver(&call).expect("the last number");
     let mut out = Vec::new();
     assert_eq!(
