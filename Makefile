@@ -54,9 +54,12 @@ embedded-setup: setup
 
 ## The passive-voter firmware for a Cortex-M4 (QEMU's mps2-an386); prints its flash and RAM
 ## use (docs/embedded.md). memory.x caps it at 128 KiB of flash and 64 KiB of RAM.
-VOTER_FIRMWARE = $(CURDIR)/target/thumbv7em-none-eabihf/release/wraft-voter
+## A CARGO_TARGET_DIR in the environment is honoured (made absolute: the firmware builds in
+## its own directory).
+VOTER_TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(abspath $(CARGO_TARGET_DIR)),$(CURDIR)/target)
+VOTER_FIRMWARE = $(VOTER_TARGET_DIR)/thumbv7em-none-eabihf/release/wraft-voter
 embedded: embedded-setup
-	cd targets/cortex-m && $(CARGO) build --release
+	cd targets/cortex-m && CARGO_TARGET_DIR=$(VOTER_TARGET_DIR) $(CARGO) build --release
 	@if command -v size >/dev/null; then \
 		size -A $(VOTER_FIRMWARE) | grep -E '^(\.vector_table|\.text|\.rodata|\.data|\.bss|\.uninit) '; \
 	else ls -l $(VOTER_FIRMWARE); echo "(binutils' size prints the sections)"; fi

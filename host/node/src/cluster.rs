@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub max_log_bytes: usize,
     /// Byte streams to the passive voters this node is wired to.
     pub voter_links: crate::voter::VoterLinks,
+    /// The cluster's voter key, which seals every frame on those streams (required with
+    /// any link).
+    pub voter_key: Option<wraft_core::link::auth::ClusterKey>,
     /// What the node admits from callers and peers.
     pub limits: crate::limits::NodeLimits,
 }
@@ -190,6 +193,7 @@ impl NodeConfig {
             max_state_bytes: crate::state::DEFAULT_MAX_STATE_BYTES,
             max_log_bytes: crate::raft::DEFAULT_MAX_LOG_BYTES,
             voter_links: Default::default(),
+            voter_key: None,
             limits: Default::default(),
         }
     }
@@ -210,6 +214,9 @@ pub enum NodeError {
     /// openraft refused the configuration or failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// Links to passive voters were given without the key that seals their frames.
+    #[error("passive voter links need the cluster's voter key (--voter-key)")]
+    NoVoterKey,
 }
 
 /// Whether `error` comes from a write that found no room (a full disk, a quota, a file-size
@@ -275,6 +282,9 @@ impl ClusterNode {
     }
 
     async fn open(config: NodeConfig) -> Result<Self, NodeError> {
+        if !config.voter_links.is_empty() && config.voter_key.is_none() {
+            return Err(NodeError::NoVoterKey);
+        }
         let lock = crate::ops::DataDirLock::acquire(&config.data_dir)?;
         let runtime = Arc::new(
             FsmRuntime::with_cache(&config.data_dir.join("cache"))
@@ -313,7 +323,12 @@ impl ClusterNode {
         );
         // A voter honours the leader's lease as openraft's followers do (election_timeout_max).
         let lease = Duration::from_millis(raft_config.election_timeout_max);
-        let network = crate::voter::PeerNetwork::new(quic, &config.voter_links, lease);
+        let network = crate::voter::PeerNetwork::new(
+            quic,
+            &config.voter_links,
+            config.voter_key.as_ref(),
+            lease,
+        );
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;

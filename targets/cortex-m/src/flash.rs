@@ -3,20 +3,27 @@
 //! It behaves as NOR flash does (programming only clears bits; erasing sets a sector to
 //! 0xFF), so the voter's store is exercised as it would be on a board's internal flash. A real
 //! board implements the same `embedded-storage` traits with its flash controller.
+//!
+//! The file holds two regions: the voter's ring of records (the first 64 KiB) and the
+//! cluster key's sector after it (written by `wraft voter provision`, only read here).
 
 use cortex_m_semihosting::{nr, syscall};
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash, check_erase, check_read, check_write,
 };
 
-/// Size of the emulated region: 16 sectors.
-pub const CAPACITY: usize = 64 * 1024;
+/// Size of the emulated flash: 16 sectors of ring, one of key.
+pub const CAPACITY: usize = KEY_AT + SECTOR;
+/// Where the key sector starts (the ring ends).
+pub const KEY_AT: usize = 64 * 1024;
 const SECTOR: usize = 4096;
 
-/// A file standing in for flash.
+/// A region of a file standing in for flash.
 #[derive(Debug)]
 pub struct HostFileFlash {
     handle: usize,
+    base: usize,
+    len: usize,
 }
 
 impl HostFileFlash {
@@ -33,7 +40,11 @@ impl HostFileFlash {
         if handle == usize::MAX {
             return None;
         }
-        let flash = Self { handle };
+        let flash = Self {
+            handle,
+            base: 0,
+            len: CAPACITY,
+        };
         // SAFETY: FLEN takes a handle this program opened.
         let len = unsafe { syscall!(FLEN, handle) };
         if len == usize::MAX {
@@ -48,9 +59,24 @@ impl HostFileFlash {
         Some(flash)
     }
 
+    /// The voter's ring (before [`KEY_AT`]) and the key sector (from it).
+    pub fn split(self) -> (Self, Self) {
+        let ring = Self {
+            handle: self.handle,
+            base: 0,
+            len: KEY_AT,
+        };
+        let key = Self {
+            handle: self.handle,
+            base: KEY_AT,
+            len: CAPACITY - KEY_AT,
+        };
+        (ring, key)
+    }
+
     fn seek(&self, offset: usize) -> Result<(), NorFlashErrorKind> {
         // SAFETY: a handle this program opened; SEEK takes no pointers.
-        match unsafe { syscall!(SEEK, self.handle, offset) } {
+        match unsafe { syscall!(SEEK, self.handle, self.base + offset) } {
             0 => Ok(()),
             _ => Err(NorFlashErrorKind::Other),
         }
@@ -101,7 +127,7 @@ impl ReadNorFlash for HostFileFlash {
     }
 
     fn capacity(&self) -> usize {
-        CAPACITY
+        self.len
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Two UARTs, one wired to each Linux host's bridge, both served by one
 //! [`PassiveVoter`]; its state on NOR flash (here a semihosted file, `wraft-voter.flash` in
-//! QEMU's working directory). It never sends anything it was not asked for.
+//! QEMU's working directory). It never sends anything it was not asked for, and answers only
+//! frames sealed with the cluster key on its flash: without one it refuses to start.
 #![no_std]
 #![no_main]
 
@@ -17,7 +18,8 @@ use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
 use embedded_alloc::LlffHeap as Heap;
-use wraft_core::voter::{FlashStore, PassiveVoter, VoterPort};
+use wraft_core::link::auth::VoterAuth;
+use wraft_core::voter::{FlashStore, PassiveVoter, VoterPort, load_key};
 
 #[global_allocator]
 static HEAP: Heap = Heap::empty();
@@ -56,10 +58,21 @@ fn main() -> ! {
     let Some(flash) = flash::HostFileFlash::open(b"wraft-voter.flash\0") else {
         fail(&"cannot open wraft-voter.flash (is QEMU run with semihosting on?)")
     };
-    let (store, state) = match FlashStore::open(flash) {
+    let (ring, mut key_sector) = flash.split();
+    // Fail closed: a voter without the cluster key would have to answer anyone.
+    let key = match load_key(&mut key_sector, 0) {
+        Ok(key) => key,
+        Err(e) => fail(&e),
+    };
+    // Opening counts this boot durably before anything is served: the boot count is half
+    // of every session's nonce.
+    let (store, state) = match FlashStore::open(ring) {
         Ok(opened) => opened,
         Err(e) => fail(&e),
     };
+    let mut auth = VoterAuth::new(&key, state.boots);
+    #[cfg(feature = "mac-timing")]
+    mac_timing();
     hprintln!(
         "wraft-voter: boot {} vote T{}-N{}{} last {:?} committed {:?}",
         state.boots,
@@ -95,7 +108,7 @@ fn main() -> ! {
     loop {
         for port in &mut ports {
             // The UART's error type is Infallible.
-            let _ = port.poll(&mut voter, &mut clock);
+            let _ = port.poll(&mut voter, &mut auth, &mut clock);
         }
         // Sleep until a byte or the next tick. With interrupts masked, a byte that arrives
         // between the check and `wfi` still wakes it (the interrupt is pending).
@@ -116,6 +129,28 @@ unsafe fn DefaultHandler(_irqn: i16) {
     for base in [uart::UART0, uart::UART1] {
         uart::Uart::at(base).clear_rx_interrupt();
     }
+}
+
+/// Prints how long sealing a heartbeat's answer takes (one tag over a typical frame), from
+/// SysTick over many: `cargo build --release --features mac-timing` (docs/embedded.md).
+#[cfg(feature = "mac-timing")]
+fn mac_timing() {
+    let key = wraft_core::link::mac::MacKey::new(&[7; 32]);
+    let msg = [0x5Au8; 40];
+    const N: u32 = 2000;
+    let start = MILLIS.load(Ordering::Relaxed);
+    let mut acc = 0u8;
+    for _ in 0..N {
+        acc ^= key.tag(b'A', core::hint::black_box(&msg))[0];
+    }
+    let ms = MILLIS.load(Ordering::Relaxed).wrapping_sub(start);
+    hprintln!(
+        "wraft-voter: {} tags of 40 bytes in {} ms ({} us each) [{}]",
+        N,
+        ms,
+        ms * 1000 / N,
+        acc
+    );
 }
 
 fn fail(why: &dyn core::fmt::Display) -> ! {

@@ -327,3 +327,53 @@ fn a_sector_that_will_not_erase_or_program_is_skipped_at_boot_and_after() {
     let (_, loaded) = FlashStore::open(flaky.nor).expect("reopen");
     assert_eq!(Some(without_boots(loaded)), acked);
 }
+
+/// The voter's nonce is its persisted boot count and its sessions this boot: a host's hello
+/// replayed to a restarted voter opens a session under another key, so calls recorded before
+/// the restart are refused by their tags.
+#[test]
+fn voter_nonces_differ_across_reboots() {
+    use crate::link::auth::{ClusterKey, Handshake, PortSession, VoterAuth};
+    let key = ClusterKey::from_bytes([3; 32]);
+    let welcome_nonce = |boots: u32| {
+        let mut auth = VoterAuth::new(&key, boots);
+        // The same hello each boot: the host's nonce alone keeps nothing fresh.
+        let hs = Handshake::new(&key, [1; 16]);
+        let mut hello = Vec::new();
+        hs.hello(&mut hello);
+        let mut decoder = crate::link::Decoder::new();
+        let frame = hello
+            .iter()
+            .find_map(|&b| decoder.feed(b).map(|f| f.map(<[u8]>::to_vec)))
+            .expect("a frame")
+            .expect("whole");
+        let mut welcome = Vec::new();
+        auth.receive(&mut PortSession::default(), &frame, &mut welcome)
+            .expect("hello accepted");
+        let frame = welcome
+            .iter()
+            .find_map(|&b| decoder.feed(b).map(|f| f.map(<[u8]>::to_vec)))
+            .expect("a frame")
+            .expect("whole");
+        hs.finish(&frame).expect("welcome").voter_nonce()
+    };
+    let (store, first) = FlashStore::open(Nor::new(4)).expect("format");
+    let (store, second) = FlashStore::open(store.into_inner()).expect("reboot");
+    let (_, third) = FlashStore::open(store.into_inner()).expect("reboot");
+    let nonces = [first.boots, second.boots, third.boots].map(welcome_nonce);
+    assert_ne!(nonces[0], nonces[1]);
+    assert_ne!(nonces[1], nonces[2]);
+    assert_ne!(nonces[0], nonces[2]);
+}
+
+#[test]
+fn the_key_loads_from_its_sector_or_is_missing() {
+    use crate::link::auth::ClusterKey;
+    use crate::voter::{KeyError, key_record, load_key};
+    let mut nor = Nor::new(5);
+    let key_at = 4 * SECTOR as u32;
+    assert_eq!(load_key(&mut nor, key_at), Err(KeyError::Missing));
+    let key = ClusterKey::from_bytes([9; 32]);
+    nor.write(key_at, &key_record(&key)).expect("provision");
+    assert_eq!(load_key(&mut nor, key_at), Ok(key));
+}

@@ -9,17 +9,22 @@
 //! * [`PassiveVoter`]: the sans-IO state machine (requests in, responses out, time passed in).
 //! * [`VoterStore`]: where it persists; [`FlashStore`] keeps it on NOR flash
 //!   (`embedded-storage`), wear-levelled and torn-write safe.
-//! * The wire types below travel in [`crate::link`] frames, wrapped in an [`Envelope`];
-//!   [`VoterPort`] serves a voter on any `embedded-io` stream.
+//! * The wire types below travel in [`crate::link`] frames, wrapped in an [`Envelope`] and
+//!   sealed with the cluster key's session keys ([`crate::link::auth`]); [`VoterPort`] serves
+//!   a voter on any `embedded-io` stream, and the key lives on flash ([`load_key`]).
 //!
 //! The types mirror openraft's with its default "advanced" leader ids (a leader id is a term
 //! and a node id, totally ordered), so the bridge maps them field for field.
 
 mod flash;
+mod key;
 mod passive;
 mod port;
 
 pub use flash::{FlashError, FlashStore};
+pub use key::{
+    KEY_RECORD_LEN, KEY_RECORD_VERSION, KeyError, key_record, load_key, parse_key_record,
+};
 pub use passive::{MAX_APPEND, MAX_RUNS, PassiveVoter, Persisted, VoterStore};
 pub use port::VoterPort;
 
@@ -178,6 +183,9 @@ pub struct Status {
     pub boots: u32,
     /// Records written to storage since it was formatted.
     pub writes: u32,
+    /// Frames dropped since boot as forged, replayed or sealed under another key (counted
+    /// by the link, [`crate::link::auth::VoterAuth`]; line noise is not counted here).
+    pub rejected: u32,
 }
 
 /// Decodes at most [`MAX_RUNS`] runs: a frame that passed its CRC may still claim thousands,

@@ -245,6 +245,8 @@ impl<S: VoterStore> PassiveVoter<S> {
                 tail_runs: u32::try_from(next.tail.len()).unwrap_or(u32::MAX),
                 boots: next.boots,
                 writes: self.store.writes(),
+                // The link's count: the port fills it in (`VoterPort`).
+                rejected: 0,
             }),
         };
         // Only the vote and the tail need to survive a restart; a newer commit point (which

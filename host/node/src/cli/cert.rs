@@ -32,7 +32,7 @@ fn write(dir: &Path, name: &str, ck: &CertifiedKey) -> anyhow::Result<()> {
 /// Writes a private key into a new file that only its owner can read from the moment it
 /// exists (a key written first and restricted after is readable in between). A file of that
 /// name is replaced, never reused with its old permissions.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -13,7 +13,7 @@ use wraft_host::cluster::{ClusterNode, NodeConfig};
 pub struct ServeArgs {
     /// A TOML file with any of the keys below (`id`, `listen`, `data_dir`, `ca`, `cert`, `key`,
     /// `initial_members`, `queue`, `http_listen`, `http_tokens` and `voter_links` as lists,
-    /// `checkpoint_interval`, ...).
+    /// `voter_key`, `checkpoint_interval`, ...).
     #[arg(long, env = "WRAFT_CONFIG")]
     pub config: Option<PathBuf>,
     /// This node's id (its certificate must be `node-<id>`'s).
@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// the variable.
     #[arg(long = "voter-link", env = "WRAFT_VOTER_LINKS", value_delimiter = ',')]
     pub voter_links: Vec<String>,
+    /// The cluster's passive-voter key (a file of 64 hex digits, `wraft voter keygen`): every
+    /// frame to and from a voter is sealed with it. Required with --voter-link.
+    #[arg(long, env = "WRAFT_VOTER_KEY")]
+    pub voter_key: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -175,6 +179,7 @@ struct FileConfig {
     max_log_bytes: Option<usize>,
     #[serde(default)]
     voter_links: Vec<String>,
+    voter_key: Option<PathBuf>,
     #[serde(flatten)]
     limits: LimitArgs,
 }
@@ -299,6 +304,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for link in links {
         let (voter, addr) = wraft_host::voter::parse_link(&link).map_err(anyhow::Error::msg)?;
         config.voter_links.insert(voter, addr);
+    }
+    match args.voter_key.or(file.voter_key) {
+        Some(path) => config.voter_key = Some(super::voter::read_key(&path)?),
+        None if !config.voter_links.is_empty() => bail!(
+            "--voter-link needs --voter-key (the cluster's voter key file, from `wraft voter \
+             keygen`; or `voter_key` in the config file)"
+        ),
+        None => {}
     }
     let node = ClusterNode::start(config).await?;
     if let Some(members) = members

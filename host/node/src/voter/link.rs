@@ -1,14 +1,18 @@
-//! One byte stream to a passive voter: a request, then its answer (matched by sequence
-//! number; stale answers and line noise are skipped), one at a time.
+//! One byte stream to a passive voter: a session opened with the cluster key when the stream
+//! opens (`wraft_core::link::auth`), then a request and its answer, one at a time. Only the
+//! sealed answer to the outstanding request is taken; line noise, stale answers and forged
+//! frames are skipped.
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
-use wraft_core::link::{self, Decoder};
-use wraft_core::voter::{Envelope, Request, Response};
+use wraft_core::link::Decoder;
+use wraft_core::link::auth::{AuthError, ClusterKey, Handshake, HostNonce, HostSession};
+use wraft_core::voter::{Request, Response};
 
 /// Where a voter's stream is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +75,15 @@ pub enum VoterLinkError {
         /// How long it waited.
         ttl: Duration,
     },
+    /// No welcome to this host's hello in time: the voter is down, or holds another cluster
+    /// key (it drops hellos it cannot verify, unanswered).
+    #[error("voter link {addr}: no session within {ttl:?} (voter down, or another cluster key?)")]
+    Handshake {
+        /// The link.
+        addr: String,
+        /// How long it waited.
+        ttl: Duration,
+    },
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -79,6 +92,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 struct Conn {
     stream: Box<dyn Stream>,
     decoder: Box<Decoder>,
+    session: HostSession,
+}
+
+/// Fresh random bytes from the OS for a hello.
+fn host_nonce() -> std::io::Result<HostNonce> {
+    let mut nonce = HostNonce::default();
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut nonce)?;
+    Ok(nonce)
 }
 
 /// A serial device as a non-blocking stream on the reactor: a call that times out leaves no
@@ -107,10 +128,11 @@ fn open_device(path: &std::path::Path) -> std::io::Result<tokio::net::TcpStream>
     )))
 }
 
-/// The stream to one voter; reopened after any failure.
+/// The stream to one voter; reopened (with a new session) after any failure.
 pub struct VoterLink {
     addr: LinkAddr,
-    conn: Mutex<(u32, Option<Conn>)>,
+    key: ClusterKey,
+    conn: Mutex<Option<Conn>>,
 }
 
 impl std::fmt::Debug for VoterLink {
@@ -122,17 +144,12 @@ impl std::fmt::Debug for VoterLink {
 }
 
 impl VoterLink {
-    /// A link to `addr`, opened on first use.
-    pub fn new(addr: LinkAddr) -> Self {
-        // Sequence numbers start somewhere new in every process, so an answer still buffered
-        // in a serial bridge from a previous run cannot pass for an answer to this one.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-            ^ std::process::id().rotate_left(16);
+    /// A link to `addr` for a voter holding `key`, opened on first use.
+    pub fn new(addr: LinkAddr, key: ClusterKey) -> Self {
         Self {
             addr,
-            conn: Mutex::new((seed, None)),
+            key,
+            conn: Mutex::new(None),
         }
     }
 
@@ -141,12 +158,18 @@ impl VoterLink {
         &self.addr
     }
 
+    /// Opens the stream and a session on it: a hello with a fresh nonce, then the voter's
+    /// welcome to it (anything else that arrives first is skipped).
     async fn open(&self) -> Result<Conn, VoterLinkError> {
         let open_err = |source| VoterLinkError::Open {
             addr: self.addr.to_string(),
             source,
         };
-        let stream: Box<dyn Stream> = match &self.addr {
+        let io_err = |source| VoterLinkError::Io {
+            addr: self.addr.to_string(),
+            source,
+        };
+        let mut stream: Box<dyn Stream> = match &self.addr {
             LinkAddr::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a).await.map_err(open_err)?;
                 s.set_nodelay(true).map_err(open_err)?;
@@ -154,14 +177,43 @@ impl VoterLink {
             }
             LinkAddr::Device(p) => Box::new(open_device(p).map_err(open_err)?),
         };
-        Ok(Conn {
-            stream,
-            decoder: Box::new(Decoder::new()),
-        })
+        let handshake = Handshake::new(&self.key, host_nonce().map_err(open_err)?);
+        let mut out = Vec::new();
+        handshake.hello(&mut out);
+        stream.write_all(&out).await.map_err(io_err)?;
+        stream.flush().await.map_err(io_err)?;
+        let mut decoder = Box::new(Decoder::new());
+        let mut buf = [0u8; 256];
+        loop {
+            let n = stream.read(&mut buf).await.map_err(io_err)?;
+            if n == 0 {
+                return Err(io_err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            for &byte in &buf[..n] {
+                let Some(frame) = decoder.feed(byte) else {
+                    continue;
+                };
+                match frame
+                    .map_err(AuthError::from)
+                    .and_then(|f| handshake.finish(f))
+                {
+                    Ok(session) => {
+                        return Ok(Conn {
+                            stream,
+                            decoder,
+                            session,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(link = %self.addr, "skipped a frame before the welcome: {e}")
+                    }
+                }
+            }
+        }
     }
 
-    /// Sends `body` and waits up to `ttl` for its answer (including opening the stream).
-    /// Any failure drops the stream; the next call reopens it.
+    /// Sends `body` and waits up to `ttl` for its answer (including opening the stream and
+    /// its session). Any failure drops the stream; the next call reopens it.
     pub async fn call(&self, body: Request, ttl: Duration) -> Result<Response, VoterLinkError> {
         let started = std::time::Instant::now();
         let kind = match &body {
@@ -171,17 +223,23 @@ impl VoterLink {
             Request::Snapshot { .. } => "snapshot",
             Request::Status => "status",
         };
+        let opening = AtomicBool::new(false);
         // Waiting for the link (another call in flight) counts against the deadline too.
         let exchange = async {
-            let mut guard = self.conn.lock().await;
-            let (seq, conn) = &mut *guard;
-            *seq = seq.wrapping_add(1);
-            let envelope = Envelope { seq: *seq, body };
-            let c = match conn {
+            let mut conn = self.conn.lock().await;
+            if conn.as_ref().is_some_and(|c| c.session.exhausted()) {
+                *conn = None;
+            }
+            let c = match &mut *conn {
                 Some(c) => c,
-                None => conn.insert(self.open().await?),
+                None => {
+                    opening.store(true, Ordering::Relaxed);
+                    let opened = self.open().await?;
+                    opening.store(false, Ordering::Relaxed);
+                    conn.insert(opened)
+                }
             };
-            let answer = self.exchange(c, &envelope).await;
+            let answer = self.exchange(c, body).await;
             if answer.is_err() {
                 *conn = None;
             }
@@ -191,14 +249,16 @@ impl VoterLink {
             Ok(r) => r,
             Err(_) => {
                 // Reopen next time (unless another call holds the link: stale answers and
-                // half-sent frames are harmless, the sequence numbers and the framing see
-                // to that).
-                if let Ok(mut guard) = self.conn.try_lock() {
-                    guard.1 = None;
+                // half-sent frames are harmless, the sequence numbers, the tags and the
+                // framing see to that).
+                if let Ok(mut conn) = self.conn.try_lock() {
+                    *conn = None;
                 }
-                Err(VoterLinkError::Timeout {
-                    addr: self.addr.to_string(),
-                    ttl,
+                let addr = self.addr.to_string();
+                Err(if opening.load(Ordering::Relaxed) {
+                    VoterLinkError::Handshake { addr, ttl }
+                } else {
+                    VoterLinkError::Timeout { addr, ttl }
                 })
             }
         };
@@ -206,17 +266,16 @@ impl VoterLink {
         result
     }
 
-    async fn exchange(
-        &self,
-        c: &mut Conn,
-        envelope: &Envelope<Request>,
-    ) -> Result<Response, VoterLinkError> {
+    async fn exchange(&self, c: &mut Conn, body: Request) -> Result<Response, VoterLinkError> {
         let io_err = |source| VoterLinkError::Io {
             addr: self.addr.to_string(),
             source,
         };
         let mut out = Vec::new();
-        link::encode(envelope, &mut out);
+        let seq = c
+            .session
+            .call(body, &mut out)
+            .map_err(|e| io_err(std::io::Error::other(e)))?;
         c.stream.write_all(&out).await.map_err(io_err)?;
         c.stream.flush().await.map_err(io_err)?;
         let mut buf = [0u8; 256];
@@ -229,10 +288,18 @@ impl VoterLink {
                 let Some(frame) = c.decoder.feed(byte) else {
                     continue;
                 };
-                match frame.and_then(link::decode::<Envelope<Response>>) {
-                    Ok(answer) if answer.seq == envelope.seq => return Ok(answer.body),
-                    Ok(stale) => tracing::debug!(seq = stale.seq, "stale answer from voter"),
-                    Err(e) => tracing::debug!("dropped a frame from the voter: {e}"),
+                match frame
+                    .map_err(AuthError::from)
+                    .and_then(|f| c.session.answer(f, seq))
+                {
+                    Ok(answer) => return Ok(answer),
+                    Err(AuthError::Stale(stale)) => {
+                        tracing::debug!(seq = stale, "stale answer from voter");
+                    }
+                    // Debug, not warn: whoever can write to the line could flood the log.
+                    Err(e) => {
+                        tracing::debug!(link = %self.addr, "dropped a frame from the voter: {e}")
+                    }
                 }
             }
         }

@@ -13,6 +13,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::vote::RaftLeaderId;
+use wraft_core::link::auth::ClusterKey;
 use wraft_core::raft::{Entry, LogId, Node, NodeId, Snapshot, TypeConfig, Vote};
 use wraft_core::voter::{
     self as core, AppendOutcome, MAX_APPEND, MAX_RUNS, Request, Response, Run,
@@ -31,12 +32,20 @@ pub struct PeerNetwork {
 
 impl PeerNetwork {
     /// `lease` is how long a voter refuses other candidates after hearing from the leader:
-    /// openraft's leader lease (its `election_timeout_max`).
-    pub fn new(quic: RaftClient, links: &VoterLinks, lease: Duration) -> Self {
-        let links = links
-            .iter()
-            .map(|(id, addr)| (*id, Arc::new(VoterLink::new(addr.clone()))))
-            .collect();
+    /// openraft's leader lease (its `election_timeout_max`). Links need the cluster's voter
+    /// `key`: without one there are none (every passive voter is unreachable).
+    pub fn new(
+        quic: RaftClient,
+        links: &VoterLinks,
+        key: Option<&ClusterKey>,
+        lease: Duration,
+    ) -> Self {
+        let links = key.map_or_else(BTreeMap::new, |key| {
+            links
+                .iter()
+                .map(|(id, addr)| (*id, Arc::new(VoterLink::new(addr.clone(), key.clone()))))
+                .collect()
+        });
         Self {
             quic,
             links: Arc::new(links),

@@ -3,10 +3,13 @@
 //! Linux node is wired to its own UART of the microcontroller (QEMU exposes both as TCP
 //! sockets); the firmware keeps its state in a semihosted flash file.
 //!
-//! Writes commit; the leader is killed and the other Linux node, elected with the
-//! microcontroller's vote, commits with it as the only other voter; the firmware is
-//! restarted and comes back with the same term and vote and keeps acknowledging; the killed
-//! node returns and both Linux nodes end with the same state.
+//! The cluster's voter key is provisioned into the firmware's flash image before its first
+//! start (firmware without one refuses to start). Writes commit; the leader is killed and the
+//! other Linux node, elected with the microcontroller's vote, commits with it as the only
+//! other voter; forged frames on the idle UART (a call with a higher vote and no valid tag, a
+//! hello under another key) change nothing and are counted as rejected; the firmware is
+//! restarted and comes back with the same term and vote, a new session is opened, and it
+//! keeps acknowledging; the killed node returns and both Linux nodes end with the same state.
 //!
 //! Needs the firmware build and qemu-system-arm: `make embedded-test` sets
 //! `WRAFT_VOTER_FIRMWARE`.
@@ -79,11 +82,26 @@ impl Mcu {
         panic!("no `{want}` banner from the firmware:\n{}", self.log());
     }
 
+    /// Waits for QEMU to exit (the firmware stopped itself).
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let child = self.child.as_mut().expect("started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the firmware kept running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `wraft voter status` on the UART of a Linux node that is down.
-    fn status(&self, uart: usize) -> VoterStatus {
+    fn status(&self, uart: usize, key: &Path) -> VoterStatus {
         let link = format!("tcp:127.0.0.1:{}", self.uarts[uart]);
         let out = Command::new(WRAFT)
-            .args(["voter", "status", "--link", &link])
+            .args(["voter", "status", "--link", &link, "--key"])
+            .arg(key)
             .env("WRAFT_LOG", "error")
             .output()
             .expect("run wraft voter status");
@@ -104,6 +122,7 @@ impl Mcu {
             vote: field("vote"),
             last: field("last"),
             boots: field("boots").parse().expect("boots"),
+            rejected: field("rejected").parse().expect("rejected"),
         }
     }
 }
@@ -119,6 +138,66 @@ struct VoterStatus {
     vote: String,
     last: String,
     boots: u32,
+    rejected: u32,
+}
+
+/// Runs `wraft` with `args`; panics with its output if it fails.
+fn wraft(args: &[&str]) {
+    let out = Command::new(WRAFT).args(args).output().expect("run wraft");
+    assert!(
+        out.status.success(),
+        "wraft {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Sends forgeries to the voter on a UART no node holds: a call carrying an append with a
+/// higher committed vote under a tag of zeros (it would depose the leader if taken), and a
+/// hello sealed with another cluster key. The voter answers neither.
+fn forge_on(uart: u16, vote: wraft_core::voter::Vote) {
+    use std::io::{Read as _, Write as _};
+    use wraft_core::link::{self, auth};
+    use wraft_core::voter::{Envelope, LeaderId, Request, Vote};
+    let higher = Vote {
+        leader: LeaderId {
+            term: vote.leader.term + 5,
+            node: vote.leader.node,
+        },
+        committed: true,
+    };
+    let call = auth::ToVoter::Call(Envelope {
+        seq: u32::MAX,
+        body: Request::Append {
+            vote: higher,
+            prev: None,
+            runs: Vec::new(),
+            commit: None,
+            lease_ms: 60_000,
+        },
+    });
+    let mut body = postcard::to_allocvec(&call).expect("encode");
+    body.extend_from_slice(&[0; 16]);
+    let mut wire = Vec::new();
+    link::frame(&body, &mut wire);
+    let stranger = auth::ClusterKey::from_bytes([0x66; 32]);
+    auth::Handshake::new(&stranger, [0x77; 16]).hello(&mut wire);
+    let mut uart = std::net::TcpStream::connect(("127.0.0.1", uart)).expect("connect");
+    uart.write_all(&wire).expect("forgeries");
+    uart.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    match uart.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("the voter answered a forgery: {:?}", &buf[..n]),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
 }
 
 fn firmware() -> PathBuf {
@@ -201,8 +280,38 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
     let udp = free_udp_ports(2);
     let tcp = free_tcp_run(2);
     let listen = [udp, udp + 1].map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+    // Without a key on its flash the firmware refuses to start.
+    let blank_dir = dir.path().join("blank");
+    std::fs::create_dir_all(&blank_dir).expect("blank dir");
+    let mut blank = Mcu {
+        firmware: firmware(),
+        dir: blank_dir,
+        uarts: [tcp, tcp + 1],
+        child: None,
+    };
+    blank.start();
+    assert!(!blank.wait_exit().success(), "{}", blank.log());
+    assert!(
+        blank.log().contains("no cluster key on flash"),
+        "{}",
+        blank.log()
+    );
+
+    // The cluster's key, provisioned into the flash image before the firmware first starts.
+    let key = dir.path().join("voter.key");
     let mcu_dir = dir.path().join("mcu");
     std::fs::create_dir_all(&mcu_dir).expect("mcu dir");
+    let image = mcu_dir.join("wraft-voter.flash");
+    let path = |p: &Path| p.to_str().expect("a UTF-8 temp path").to_string();
+    wraft(&["voter", "keygen", "--out", &path(&key)]);
+    wraft(&[
+        "voter",
+        "provision",
+        "--key",
+        &path(&key),
+        "--flash-image",
+        &path(&image),
+    ]);
     let mut mcu = Mcu {
         firmware: firmware(),
         dir: mcu_dir,
@@ -234,6 +343,8 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
             n.tuning = ["--checkpoint-interval", "0"].map(String::from).to_vec();
             n.tuning.push("--voter-link".into());
             n.tuning.push(format!("3=tcp:127.0.0.1:{}", mcu.uarts[i]));
+            n.tuning.push("--voter-key".into());
+            n.tuning.push(key.display().to_string());
             n
         })
         .collect();
@@ -306,6 +417,15 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
                 .collect();
             noise.write_all(&bytes).expect("noise");
         }
+        // Forgeries on the same UART: refused, unanswered, and the vote stays the leader's.
+        let leader_vote = wraft_core::voter::Vote {
+            leader: wraft_core::voter::LeaderId {
+                term: s.term,
+                node: survivor as u64,
+            },
+            committed: true,
+        };
+        forge_on(mcu.uarts[leader - 1], leader_vote);
         commit_blocks(
             &writer,
             41,
@@ -314,12 +434,13 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
         )
         .await;
         // Only the microcontroller can have acknowledged these: it holds their ids.
-        let before = mcu.status(leader - 1);
+        let before = mcu.status(leader - 1, &key);
         assert_eq!(
             before.vote,
             format!("T{}-N{survivor} committed", s.term),
             "{before:?} vs {s:?}"
         );
+        assert!(before.rejected >= 2, "forgeries counted: {before:?}");
 
         // Restart the firmware: same term and vote, from flash.
         mcu.kill();
@@ -329,13 +450,13 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
             banner.contains(&format!("vote T{}-N{survivor} (committed)", s.term)),
             "{banner}"
         );
-        let after = mcu.status(leader - 1);
+        let after = mcu.status(leader - 1, &key);
         assert_eq!((&after.vote, &after.last), (&before.vote, &before.last));
         assert_eq!(after.boots, 2);
         // And it still makes the majority.
         commit_blocks(&writer, 46, 50, "one Linux node and the restarted voter").await;
         assert_eq!(latest(&each[survivor - 1]).await, 50);
-        let voter_now = mcu.status(leader - 1);
+        let voter_now = mcu.status(leader - 1, &key);
         assert_ne!(
             voter_now.last, before.last,
             "the voter acknowledged the new blocks"
