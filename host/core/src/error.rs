@@ -115,6 +115,15 @@ pub enum ApplyError {
         /// The FSM's `storage_bytes`.
         quota: u64,
     },
+    /// The guest's calls nested past the call-depth limit (the same point on every node).
+    #[error(
+        "the FSM's calls nested too deep: past the call-depth limit of {limit} units \
+         (docs/abi.md, \"Call depth\")"
+    )]
+    CallDepth {
+        /// The limit.
+        limit: u32,
+    },
 }
 
 /// Decoding a `BatchFailed` inside a `BatchFailed` is refused before it recurses, so a
@@ -181,6 +190,7 @@ impl ApplyError {
             Self::BatchFailed { .. } => 16,
             Self::BatchOutOfFuel { .. } => 17,
             Self::QuotaExceeded { .. } => 18,
+            Self::CallDepth { .. } => 19,
         }
     }
 }

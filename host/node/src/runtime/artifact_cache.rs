@@ -27,6 +27,8 @@ impl ArtifactCache {
         std::fs::create_dir_all(dir)?;
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        // Artifacts are of rewritten modules (call-depth counting): another rewrite, another tag.
+        super::depth::REWRITE_VERSION.hash(&mut h);
         Ok(Self {
             dir: dir.to_path_buf(),
             engine_tag: format!("{:016x}", h.finish()),

@@ -19,6 +19,8 @@ pub(crate) struct CallState {
     pub(crate) ctx: EntryContext,
     pub(crate) rng: EntryRng,
     pub(crate) memory: Option<Memory>,
+    /// The call-depth counter (see `depth`), read after a trap.
+    pub(crate) depth: Option<wasmtime::Global>,
     /// Pending bytes for `take_result`.
     pub(crate) result: Option<Vec<u8>>,
     pub(crate) output: Vec<u8>,
@@ -48,6 +50,7 @@ impl CallState {
             rng: EntryRng::new(ctx.index, ctx.position),
             ctx,
             memory: None,
+            depth: None,
             result: None,
             output: Vec::new(),
             max_output,

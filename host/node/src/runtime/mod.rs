@@ -1,6 +1,7 @@
 //! The FSM runtime: deterministic wasmtime, one fresh instance per call.
 
 mod artifact_cache;
+mod depth;
 mod engine;
 mod error;
 mod host;
@@ -18,6 +19,7 @@ use wraft_core::abi::{self, EntryContext, status};
 use wraft_core::{ApplyError, Format, FsmLimits, ModuleId};
 
 pub use artifact_cache::ArtifactCache;
+pub use depth::{DEPTH_LIMIT, FRAME_UNITS};
 pub use engine::{Backend, MAX_MEMORY_PAGES};
 pub(crate) use error::HostAbort;
 pub use error::RuntimeError;
@@ -314,6 +316,15 @@ impl FsmRuntime {
         }
         let status = match ran {
             Ok(status) => status,
+            Err(e) if e.is::<Trap>() && depth_exceeded(&mut store) => {
+                return Ok(CallOutcome {
+                    result: Err(ApplyError::CallDepth {
+                        limit: depth::DEPTH_LIMIT,
+                    }),
+                    fuel_used,
+                    usage: None,
+                });
+            }
             Err(e) => {
                 return classify(e, fuel).map(|err| CallOutcome {
                     result: Err(err),
@@ -353,6 +364,7 @@ fn run(
         .get_memory(&mut *store, abi::export::MEMORY)
         .ok_or_else(|| wasmtime::Error::msg("memory export vanished"))?;
     store.data_mut().memory = Some(memory);
+    store.data_mut().depth = instance.get_global(&mut *store, depth::DEPTH_EXPORT);
     let name = entry.export();
     if instance.get_export(&mut *store, name).is_none() {
         return Err(wasmtime::Error::new(HostAbort::Apply(
@@ -387,6 +399,17 @@ fn run(
             let f: TypedFunc<(i32, i32), i32> = instance.get_typed_func(&mut *store, name)?;
             f.call(store, (ptr, len))
         }
+    }
+}
+
+/// Whether a trapped call's depth counter shows it trapped for nesting past the limit.
+fn depth_exceeded(store: &mut Store<CallState>) -> bool {
+    let Some(counter) = store.data().depth else {
+        return false;
+    };
+    match counter.get(&mut *store) {
+        wasmtime::Val::I32(n) => depth::exceeded(n),
+        _ => false,
     }
 }
 

@@ -89,7 +89,9 @@ pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities),
         });
     }
     super::shape::check(bytes, &super::shape::SHAPE)?;
-    let module = Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+    let rewritten = super::depth::instrument(bytes)?;
+    let module =
+        Module::new(engine, &rewritten).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
     let caps = check(&module)?;
     Ok((module, caps))
 }

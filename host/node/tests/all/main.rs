@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod bounds;
+mod call_depth;
 mod cli;
 mod cluster;
 mod common;
