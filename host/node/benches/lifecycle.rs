@@ -1,6 +1,6 @@
 //! Module lifecycle costs.
 //!
-//! - Deploy of a 1 MiB module to "serving on every node": a durable 3-node cluster on
+//! - Deploy of a 1 MiB module (512 KiB of code, the shape bound, and data) to "serving on every node": a durable 3-node cluster on
 //!   loopback; the clock runs from the upload until a stale query of a new FSM on that
 //!   module answers on all three nodes (leader validation and compile, replication, a
 //!   compile on each node, the create entry).
@@ -20,9 +20,11 @@ use wraft_transport_quic::api::{ApiRequest, Consistency, Payload};
 mod support;
 use support::{BenchCluster, us};
 
-/// An ABI-conforming module of about `target` bytes: the minimal FSM plus straight-line
-/// code cranelift must compile. `salt` makes each one a different module.
+/// An ABI-conforming module of about `target` bytes: the minimal FSM, straight-line code
+/// cranelift must compile up to the shape bound on code (512 KiB), and a data segment for
+/// the rest. `salt` makes each one a different module.
 fn big_module(target: usize, salt: u64) -> Vec<u8> {
+    let code_bound = wraft_host::runtime::SHAPE.code_bytes as usize - (16 << 10);
     let mut funcs = String::new();
     let mut i = 0u64;
     loop {
@@ -38,19 +40,21 @@ fn big_module(target: usize, salt: u64) -> Vec<u8> {
             "(func $f{i} (export \"f{i}\") (param i64) (result i64)\n{body})\n"
         ));
         i += 1;
-        if i.is_multiple_of(64) {
-            let wasm = assemble(&funcs);
-            if wasm.len() >= target {
-                return wasm;
-            }
+        if i.is_multiple_of(64) && assemble(&funcs, 0).len() >= code_bound {
+            break;
         }
     }
+    let code = assemble(&funcs, 0).len();
+    assemble(&funcs, target.saturating_sub(code))
 }
 
-fn assemble(funcs: &str) -> Vec<u8> {
+fn assemble(funcs: &str, data: usize) -> Vec<u8> {
+    let pages = data / 65536 + 1;
+    let data = "\\00".repeat(data);
     wat::parse_str(format!(
         r#"(module
-            (memory (export "memory") 1)
+            (memory (export "memory") {pages})
+            (data (i32.const 0) "{data}")
             (func (export "wraft_abi_version") (result i32) i32.const 1)
             (func (export "wraft_alloc") (param i32) (result i32) i32.const 1024)
             (func (export "wraft_apply") (param i32 i32) (result i32) i32.const 0)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{AppliedState, Snapshot, SnapshotMeta, io_err};
-use crate::state::{StateStore, copy_raft_state};
+use crate::state::StateStore;
 
 /// When to snapshot and how much log to keep: op-conductor's three knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,12 +223,13 @@ impl SnapshotDir {
     pub(crate) fn build(&self, store: &StateStore) -> io::Result<Snapshot> {
         let _turn = self.take_turn();
         let tmp = unique_path(&self.dir, "build", "tmp");
-        store.copy_to(&tmp).map_err(io_err)?;
+        // The metadata comes from the same read transaction as the pairs, so it matches the
+        // snapshot's state exactly.
+        let raft_state = store.export_to(&tmp).map_err(io_err)?;
         // openraft purges the log only behind a snapshot; make sure the live state env holds
         // everything the snapshot does, so a power loss never needs a purged entry.
         store.sync().map_err(io_err)?;
-        // The metadata comes from the copy itself, so it matches the copied state exactly.
-        let applied = AppliedState::load(copy_raft_state(&tmp).map_err(io_err)?)?;
+        let applied = AppliedState::load(raft_state)?;
         let meta = SnapshotMeta {
             last_log_id: applied.last,
             last_membership: applied.membership,

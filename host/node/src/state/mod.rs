@@ -26,7 +26,6 @@ use crate::runtime::{
 
 pub use digest::Divergence;
 pub use keys::GroupId;
-pub use snapshot::copy_raft_state;
 
 /// Fuel a JSON codec call gets per byte of its input, beyond the FSM's `query_fuel`: parsing
 /// costs in proportion to the text (latest-payload spends ~53 per byte of a hex block), and

@@ -1,8 +1,19 @@
-//! Snapshots of the state env: consistent LMDB copies taken while writers run, and their
-//! installation, which replaces a group's state in one transaction (a crash mid-install
-//! leaves the old state intact).
+//! Snapshots of the state env and their installation, which replaces a group's state in one
+//! transaction (a crash mid-install leaves the old state intact).
+//!
+//! A snapshot is a stream of the group's key/value pairs, not an LMDB file: LMDB's page
+//! layout depends on the word size, so a copy made on x86_64 cannot be opened on armv7.
+//!
+//! ```text
+//! "WRAFTKV1" | records | 0xFF          record: table (u8, 0..4) | varint len | key
+//!                                              | varint len | value
+//! ```
+//! Tables are `meta`, `fsms`, `modules`, `data`, each in key order; the snapshot file adds a
+//! sha256 trailer (`raft/snapshot.rs`). Snapshots written as LMDB copies by earlier wraft
+//! versions are still installed.
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::ops::Bound;
 use std::path::Path;
 
@@ -14,8 +25,51 @@ use super::{StateError, StateStore};
 use crate::runtime::prefix_successor;
 
 const DB_NAMES: [&str; 4] = ["meta", "fsms", "modules", "data"];
+/// The first bytes of a key/value snapshot.
+const MAGIC: &[u8; 8] = b"WRAFTKV1";
+/// The table byte that ends the records.
+const END: u8 = 0xFF;
+/// Longest key or value a snapshot record may announce: past the largest module (32 MiB)
+/// and value (16 MiB) with room to spare, so a damaged length never allocates without bound.
+const MAX_RECORD_LEN: u64 = 64 << 20;
 
 impl StateStore {
+    /// Writes this group's state (every table, in key order) to `path` as a key/value
+    /// snapshot, from one read transaction (applies may continue meanwhile), synced before
+    /// returning. Returns the raft state it holds.
+    pub fn export_to(&self, path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+        let io = heed::Error::Io;
+        let mut out = BufWriter::new(File::create(path).map_err(io)?);
+        out.write_all(MAGIC).map_err(io)?;
+        let rtxn = self.env.read_txn()?;
+        let group = self.group.to_be_bytes();
+        let dbs = [
+            self.dbs.meta,
+            self.dbs.fsms,
+            self.dbs.modules,
+            self.dbs.data,
+        ];
+        for (table, db) in dbs.iter().enumerate() {
+            for item in db.prefix_iter(&rtxn, &group)? {
+                let (k, v) = item?;
+                out.write_all(&[table as u8]).map_err(io)?;
+                for part in [k, v] {
+                    write_varint(&mut out, part.len() as u64).map_err(io)?;
+                    out.write_all(part).map_err(io)?;
+                }
+            }
+        }
+        out.write_all(&[END]).map_err(io)?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        let raft_state = self
+            .dbs
+            .meta
+            .get(&rtxn, &keys::meta(self.group, MetaTag::RaftState))?
+            .map(<[u8]>::to_vec);
+        Ok(raft_state)
+    }
+
     /// Writes a consistent, compacted copy of the whole state env to the file `path`
     /// (synced before returning). Applies may continue meanwhile.
     pub fn copy_to(&self, path: &Path) -> Result<(), StateError> {
@@ -29,15 +83,79 @@ impl StateStore {
     /// Replaces this group's entire state (FSM data, registry, modules, applied position,
     /// raft state) by the one in the LMDB copy at `path`, in one write transaction.
     pub fn import_from(&self, path: &Path) -> Result<(), StateError> {
-        let src = open_copy(path)?;
-        let result = self.import_env(&src);
-        src.prepare_for_closing().wait();
+        let result = if is_key_value(path)? {
+            self.import_pairs(path)
+        } else {
+            let src = open_copy(path)?;
+            let result = self.import_env(&src);
+            src.prepare_for_closing().wait();
+            result
+        };
         if result.is_ok() {
             // The imported state carries its own divergence record (normally none).
             let diverged = self.divergence()?.is_some();
             metrics::gauge!("state_diverged").set(if diverged { 1.0 } else { 0.0 });
         }
         result
+    }
+
+    /// Replaces this group's state with the pairs of a key/value snapshot.
+    fn import_pairs(&self, path: &Path) -> Result<(), StateError> {
+        let bad = |detail: String| StateError::Snapshot {
+            id: path.display().to_string(),
+            detail,
+        };
+        let io = heed::Error::Io;
+        let mut input = BufReader::new(File::open(path).map_err(io)?);
+        let mut magic = [0u8; MAGIC.len()];
+        input.read_exact(&mut magic).map_err(io)?;
+        let mut wtxn = self.env.write_txn()?;
+        let group = self.group.to_be_bytes();
+        let end = prefix_successor(&group).unwrap_or_default();
+        let range = (Bound::Included(&group[..]), Bound::Excluded(&end[..]));
+        let dsts = [
+            self.dbs.meta,
+            self.dbs.fsms,
+            self.dbs.modules,
+            self.dbs.data,
+        ];
+        for dst in dsts {
+            dst.delete_range(&mut wtxn, &range)?;
+        }
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        loop {
+            let mut table = [0u8];
+            input
+                .read_exact(&mut table)
+                .map_err(|e| bad(format!("cut short: {e}")))?;
+            if table[0] == END {
+                break;
+            }
+            let dst = dsts
+                .get(table[0] as usize)
+                .ok_or_else(|| bad(format!("unknown table {}", table[0])))?;
+            for part in [&mut key, &mut value] {
+                let len = read_varint(&mut input).map_err(&bad)?;
+                if len > MAX_RECORD_LEN {
+                    return Err(bad(format!("a record of {len} bytes")));
+                }
+                part.resize(len as usize, 0);
+                input
+                    .read_exact(part)
+                    .map_err(|e| bad(format!("cut short: {e}")))?;
+            }
+            if !key.starts_with(&group) {
+                return Err(bad("a key of another raft group".into()));
+            }
+            // Keys arrive sorted into an emptied range: append them (full pages, no tree
+            // search), unless a key of a later group sorts after them.
+            match dst.put_with_flags(&mut wtxn, PutFlags::APPEND, &key, &value) {
+                Err(heed::Error::Mdb(MdbError::KeyExist)) => dst.put(&mut wtxn, &key, &value)?,
+                other => other?,
+            }
+        }
+        wtxn.commit()?;
+        Ok(())
     }
 
     fn import_env(&self, src: &Env<WithoutTls>) -> Result<(), StateError> {
@@ -84,19 +202,32 @@ fn open_copy(path: &Path) -> Result<Env<WithoutTls>, StateError> {
     super::offline::open_env(path, true).map(|(env, _)| env)
 }
 
-/// The raft state stored in an LMDB copy of a state env (group 0).
-pub fn copy_raft_state(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
-    let env = open_copy(path)?;
-    let result = (|| {
-        let rtxn = env.read_txn()?;
-        let Some(meta): Option<Database<Bytes, Bytes>> = env.open_database(&rtxn, Some("meta"))?
-        else {
-            return Ok(None);
-        };
-        Ok(meta
-            .get(&rtxn, &keys::meta(0, MetaTag::RaftState))?
-            .map(<[u8]>::to_vec))
-    })();
-    env.prepare_for_closing().wait();
-    result
+/// Whether `path` holds a key/value snapshot (else: an LMDB copy).
+fn is_key_value(path: &Path) -> Result<bool, StateError> {
+    let mut head = [0u8; MAGIC.len()];
+    let mut file = File::open(path).map_err(heed::Error::Io)?;
+    Ok(file.read_exact(&mut head).is_ok() && &head == MAGIC)
+}
+
+fn write_varint(out: &mut impl Write, mut n: u64) -> std::io::Result<()> {
+    while n >= 0x80 {
+        out.write_all(&[(n as u8) | 0x80])?;
+        n >>= 7;
+    }
+    out.write_all(&[n as u8])
+}
+
+fn read_varint(input: &mut impl BufRead) -> Result<u64, String> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let mut b = [0u8];
+        input
+            .read_exact(&mut b)
+            .map_err(|e| format!("cut short: {e}"))?;
+        n |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] < 0x80 {
+            return Ok(n);
+        }
+    }
+    Err("a length longer than 64 bits".into())
 }

@@ -278,7 +278,8 @@ async fn a_corrupted_snapshot_is_refused_and_the_old_state_kept() {
     let path = b.path().join("corrupt.snap");
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut { snap.snapshot }, &mut bytes).expect("read");
-    bytes[100] ^= 0x01;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
     let before = sm_b.applied_state().await.expect("applied");
     let err = sm_b
@@ -484,4 +485,45 @@ async fn an_entry_is_applied_only_once_the_local_log_has_it_on_disk() {
             .is_err(),
         "applied an entry truncated from the log"
     );
+}
+
+/// Snapshots are key/value streams (LMDB files depend on the word size); a snapshot written
+/// as an LMDB copy by an earlier wraft still installs. Both reach the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_as_pairs_and_as_older_lmdb_copies_install_the_same_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (raft, store, holds) = start(dir.path(), SnapshotPolicy::default()).await;
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
+        .await
+        .expect("init");
+    wait_leader(&raft).await;
+    setup_probe(&raft).await;
+    increments(&raft, 50, 4).await;
+    let pairs = dir.path().join("pairs.snap");
+    let lmdb = dir.path().join("lmdb.snap");
+    store.export_to(&pairs).expect("export");
+    store.copy_to(&lmdb).expect("lmdb copy");
+    assert!(
+        std::fs::read(&pairs)
+            .expect("read")
+            .starts_with(b"WRAFTKV1")
+    );
+    let want = store.digest().expect("digest");
+    for file in [&pairs, &lmdb] {
+        let other = tempfile::tempdir().expect("tmp");
+        let target = wraft_host::state::StateStore::open(other.path(), runtime()).expect("open");
+        target.import_from(file).expect("import");
+        assert_eq!(target.digest().expect("digest"), want, "{}", file.display());
+        assert_eq!(probe_counter(&target), 50);
+    }
+    // A record cut short is an error, not a partial state.
+    let bytes = std::fs::read(&pairs).expect("read");
+    std::fs::write(&pairs, &bytes[..bytes.len() - 10]).expect("truncate");
+    let other = tempfile::tempdir().expect("tmp");
+    let target = wraft_host::state::StateStore::open(other.path(), runtime()).expect("open");
+    let err = target.import_from(&pairs).expect_err("truncated");
+    assert!(err.to_string().contains("cut short"), "{err}");
+    assert_eq!(target.applied().expect("applied"), None);
+    drop(store);
+    stop(raft, &holds).await;
 }
