@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use serde::{Serialize, de::DeserializeOwned};
 use wraft_core::abi::{ABI_VERSION, status};
 
-use crate::wasm::{WasmHost, set_output};
+use crate::wasm::{WasmHost, abort, set_output};
 use crate::{Context, Error, Fsm};
 
 /// `wraft_abi_version`.
@@ -32,10 +32,14 @@ fn input<'a>(ptr: i32, len: i32) -> &'a [u8] {
 
 fn finish<T: Serialize>(result: Result<T, Error>) -> i32 {
     match result {
-        Ok(out) => {
-            set_output(&postcard::to_allocvec(&out).unwrap_or_default());
-            status::OK
-        }
+        Ok(out) => match postcard::to_allocvec(&out) {
+            Ok(bytes) => {
+                set_output(&bytes);
+                status::OK
+            }
+            // Answering OK with no output would pass an FSM's bug off as a result.
+            Err(e) => abort(&alloc::format!("the FSM's output does not encode: {e}")),
+        },
         Err(e) => {
             set_output(e.message().as_bytes());
             status::REJECTED

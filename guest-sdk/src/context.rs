@@ -61,10 +61,15 @@ impl<'a> Context<'a> {
         self.host.put(key, value)
     }
 
-    /// Stores `value`, postcard-encoded, under `key`.
-    pub fn put_as<T: Serialize>(&mut self, key: &[u8], value: &T) {
-        let bytes = postcard::to_allocvec(value).unwrap_or_default();
-        self.host.put(key, &bytes)
+    /// Stores `value`, postcard-encoded, under `key`. A value that does not encode (a
+    /// `Serialize` impl that fails, a sequence of unknown length) is an error, and nothing is
+    /// stored: writing an empty value instead would lose the data without a word.
+    pub fn put_as<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| {
+            Error::new(alloc::format!("the value for {key:?} does not encode: {e}"))
+        })?;
+        self.host.put(key, &bytes);
+        Ok(())
     }
 
     /// Removes `key`; true if it was present.
@@ -126,6 +131,31 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value whose `Serialize` fails.
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+
+    #[test]
+    fn a_value_that_does_not_encode_is_an_error_and_nothing_is_stored() {
+        let mut host = crate::testing::MemHost::new();
+        let mut ctx = Context::new(&mut host);
+        ctx.put(b"k", b"before");
+        let err = ctx.put_as(b"k", &Unencodable).expect_err("refused");
+        assert!(err.message().contains("does not encode"), "{err}");
+        assert_eq!(
+            ctx.get(b"k"),
+            Some(b"before".to_vec()),
+            "the old value stays"
+        );
+        ctx.put_as(b"n", &7u64).expect("an encodable value");
+        assert_eq!(ctx.get_as::<u64>(b"n").expect("decode"), Some(7));
+    }
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix() {

@@ -11,7 +11,7 @@
 //!     type QueryOutput = u64;
 //!     fn apply(ctx: &mut Context<'_>, add: u64) -> Result<u64, Error> {
 //!         let total = ctx.get_as::<u64>(b"total")?.unwrap_or(0) + add;
-//!         ctx.put_as(b"total", &total);
+//!         ctx.put_as(b"total", &total)?;
 //!         Ok(total)
 //!     }
 //!     fn query(ctx: &Context<'_>, _: ()) -> Result<u64, Error> {

@@ -76,7 +76,12 @@ impl Host for WasmHost {
             )
         };
         let page = take_result(n);
-        postcard::from_bytes(&page).unwrap_or_default()
+        // The host encodes pages in the ABI's format: one that does not decode is a broken
+        // host or ABI, and reading it as an empty keyspace would lose data silently.
+        match postcard::from_bytes(&page) {
+            Ok(pairs) => pairs,
+            Err(e) => abort(&alloc::format!("a kv_scan page does not decode: {e}")),
+        }
     }
 
     fn entry(&self) -> EntryContext {
@@ -191,6 +196,13 @@ static ALLOCATOR: Bump = Bump {
 };
 
 /// Reports the panic message to the host, which ends the call with `ApplyError::Panicked`.
+/// Ends the call with `ApplyError::Panicked(message)`: the same on every replica.
+pub fn abort(message: &str) -> ! {
+    // SAFETY: pointer and length describe a live slice; the import does not return.
+    unsafe { imports::abort_call(ptr(message.as_bytes()), len(message.as_bytes())) };
+    core::arch::wasm32::unreachable()
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     struct Buf {

@@ -154,7 +154,7 @@ fn put(ctx: &mut Context<'_>, stats: &mut Stats, now: u64, p: Put) -> Result<Out
         ovn: format!("{:016x}", ctx.random_u64()),
         version,
     };
-    store::insert(ctx, stats, &rec);
+    store::insert(ctx, stats, &rec)?;
     Ok(Outcome::Stored {
         id: rec.id,
         ovn: rec.ovn,
@@ -229,7 +229,7 @@ fn notify(
                 notification_index: *notification_index,
             });
         }
-        store::rewrite(ctx, &sub);
+        store::rewrite(ctx, &sub)?;
     }
     Ok(out)
 }
@@ -328,16 +328,16 @@ impl Fsm for AirspaceStore {
             },
             Command::Delete { kind, id, ovn } => {
                 let out = delete(ctx, &mut stats, now, kind, id, ovn)?;
-                store::put_stats(ctx, &stats);
+                store::put_stats(ctx, &stats)?;
                 return Ok(out);
             }
             Command::Expire { .. } => {
-                store::put_stats(ctx, &stats);
+                store::put_stats(ctx, &stats)?;
                 return Ok(Outcome::Expired { removed });
             }
         };
         let out = put(ctx, &mut stats, now, out)?;
-        store::put_stats(ctx, &stats);
+        store::put_stats(ctx, &stats)?;
         Ok(out)
     }
 

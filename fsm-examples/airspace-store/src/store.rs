@@ -47,7 +47,7 @@ pub fn stats(ctx: &Context<'_>) -> Result<Stats, Error> {
 }
 
 /// Stores the counters.
-pub fn put_stats(ctx: &mut Context<'_>, stats: &Stats) {
+pub fn put_stats(ctx: &mut Context<'_>, stats: &Stats) -> Result<(), Error> {
     ctx.put_as(STATS, stats)
 }
 
@@ -65,20 +65,21 @@ fn cells_of(rec: &Record) -> BTreeSet<(u8, u32, u32)> {
 }
 
 /// Writes a new record with its index and expiry keys.
-pub fn insert(ctx: &mut Context<'_>, stats: &mut Stats, rec: &Record) {
+pub fn insert(ctx: &mut Context<'_>, stats: &mut Stats, rec: &Record) -> Result<(), Error> {
     let k = rec.kind.byte() as usize;
     for cell in cells_of(rec) {
         ctx.put(&index_key(rec.kind, cell, &rec.id), &[]);
         stats.cells[k][index::slot(cell.0)] += 1;
     }
     ctx.put(&expiry_key(rec.end_ms(), rec.kind, &rec.id), &[]);
-    ctx.put_as(&record_key(rec.kind, &rec.id), rec);
+    ctx.put_as(&record_key(rec.kind, &rec.id), rec)?;
     stats.records[k] += 1;
+    Ok(())
 }
 
 /// Rewrites a record whose volumes did not change (no re-indexing).
-pub fn rewrite(ctx: &mut Context<'_>, rec: &Record) {
-    ctx.put_as(&record_key(rec.kind, &rec.id), rec);
+pub fn rewrite(ctx: &mut Context<'_>, rec: &Record) -> Result<(), Error> {
+    ctx.put_as(&record_key(rec.kind, &rec.id), rec)
 }
 
 /// Removes a record with its index and expiry keys.

@@ -226,7 +226,7 @@ fn apply_op(
             ctx.put(&measurement_key(&file), &[]);
             ctx.put(&tier_key(file.tier, &file.path), &[]);
             adjust(totals, &file, 1);
-            ctx.put_as(&key, &StoredFile { file, lsn: out.lsn });
+            ctx.put_as(&key, &StoredFile { file, lsn: out.lsn })?;
             out.registered += 1;
         }
         FileOp::Delete { path } => match ctx.get_as::<StoredFile>(&file_key(&path))? {
@@ -297,7 +297,7 @@ impl Fsm for FileManifest {
         for op in ops {
             apply_op(ctx, &mut totals, op, &mut out)?;
         }
-        ctx.put_as(TOTALS, &totals);
+        ctx.put_as(TOTALS, &totals)?;
         Ok(out)
     }
 

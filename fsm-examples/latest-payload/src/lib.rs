@@ -80,7 +80,7 @@ impl Fsm for LatestPayload {
                 });
             }
         }
-        ctx.put_as(LATEST, &new);
+        ctx.put_as(LATEST, &new)?;
         Ok(Committed {
             number: new.number,
             changed: true,

@@ -49,6 +49,23 @@ pub enum Command {
     /// integer work) and output it: with a fuel limit, commands past some `rounds` run out of
     /// fuel and their write is undone, at the same command on every node.
     Spin { key: Vec<u8>, rounds: u64 },
+    /// Store a value that does not encode under `key` with `put_as`: refused, nothing stored.
+    PutUnencodable { key: Vec<u8> },
+    /// Answer with an output that does not encode: the call aborts, it does not answer OK.
+    OutputUnencodable,
+}
+
+/// A value whose encoding always fails (a `Serialize` impl may fail), to show the SDK
+/// refuses it instead of storing an empty value or answering nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Unencodable;
+
+impl Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be encoded",
+        ))
+    }
 }
 
 /// Outputs.
@@ -64,6 +81,8 @@ pub enum Output {
     Bytes(Vec<u8>),
     /// Key/value pairs.
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+    /// A value that does not encode (`Command::OutputUnencodable`).
+    Unencodable(Unencodable),
     /// What `Command::Context` saw.
     Context {
         index: u64,
@@ -129,7 +148,7 @@ impl Fsm for Probe {
             Command::Delete { key } => Output::Flag(ctx.delete(&key)),
             Command::Incr { key } => {
                 let n = ctx.get_as::<u64>(&key)?.unwrap_or(0) + 1;
-                ctx.put_as(&key, &n);
+                ctx.put_as(&key, &n)?;
                 Output::Number(n)
             }
             Command::Fail { message } => return Err(Error::new(message)),
@@ -168,7 +187,7 @@ impl Fsm for Probe {
             }
             Command::Nop => Output::None,
             Command::Spin { key, rounds } => {
-                ctx.put_as(&key, &rounds);
+                ctx.put_as(&key, &rounds)?;
                 let mut x = 1.0f64;
                 let mut n = 0u64;
                 for i in 0..core::hint::black_box(rounds) {
@@ -179,6 +198,11 @@ impl Fsm for Probe {
                 }
                 Output::Number(n)
             }
+            Command::PutUnencodable { key } => {
+                ctx.put_as(&key, &Unencodable)?;
+                Output::None
+            }
+            Command::OutputUnencodable => Output::Unencodable(Unencodable),
         })
     }
 
@@ -214,7 +238,7 @@ impl Fsm for Probe {
                 }
             }
         }
-        ctx.put_as(b"migrated-from", &(from_version as u64));
+        ctx.put_as(b"migrated-from", &(from_version as u64))?;
         Ok(())
     }
 }

@@ -58,8 +58,8 @@ impl<E: core::fmt::Debug> From<ReadExactError<E>> for FrameError<E> {
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    // Serializing into a Vec only fails for types serde cannot represent; ours are plain data.
-    let payload = postcard::to_allocvec(msg).unwrap_or_default();
+    let payload = postcard::to_allocvec(msg)
+        .expect("wraft's messages are plain data, which always encodes into a Vec");
     out.extend_from_slice(&payload);
     let len = payload.len() as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());

@@ -227,7 +227,7 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, S
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
+    postcard::to_allocvec(v).expect("the state's records are plain data, which always encodes")
 }
 
 impl StateStore {

@@ -193,3 +193,32 @@ fn a_failing_fsm_does_not_disturb_another() {
         Ok(O::Bytes(b"v".to_vec()))
     );
 }
+
+/// A value the FSM's `put_as` cannot encode is refused with the reason, and nothing is
+/// stored (the SDK used to store an empty value).
+#[test]
+fn a_value_that_does_not_encode_is_refused_and_nothing_stored() {
+    let f = Fixture::probe();
+    contained(
+        &f,
+        C::PutUnencodable { key: b"u".to_vec() },
+        |e| matches!(e, ApplyError::Rejected(m) if m.contains("does not encode")),
+    );
+    assert_eq!(
+        f.query("p", &Q::Get { key: b"u".to_vec() }),
+        Ok(O::None),
+        "nothing was stored"
+    );
+}
+
+/// An output the FSM cannot encode aborts the call with the reason (the SDK used to answer
+/// OK with no output).
+#[test]
+fn an_output_that_does_not_encode_aborts_the_call() {
+    let f = Fixture::probe();
+    contained(
+        &f,
+        C::OutputUnencodable,
+        |e| matches!(e, ApplyError::Panicked(m) if m.contains("output does not encode")),
+    );
+}

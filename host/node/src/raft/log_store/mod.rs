@@ -155,7 +155,7 @@ impl Inner {
 
     /// The committed log id waiting for the next append, taken.
     fn take_committed(&self) -> Option<Option<LogId>> {
-        self.committed.lock().map_or(None, |mut c| c.take())
+        locked(&self.committed, "committed").take()
     }
 
     /// The entries in `(start, end)`, stopping before the one that would take them past
@@ -212,11 +212,9 @@ impl Inner {
     }
 
     fn last_entry(&self) -> io::Result<Option<Entry>> {
-        if let Some(last) = self
-            .tail
-            .lock()
-            .ok()
-            .and_then(|t| t.last_key_value().map(|(_, e)| e.clone()))
+        if let Some(last) = locked(&self.tail, "tail")
+            .last_key_value()
+            .map(|(_, e)| e.clone())
         {
             return Ok(Some(last));
         }
@@ -437,16 +435,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        if let Ok(mut pending) = self.inner.committed.lock() {
-            *pending = Some(committed);
-        }
+        *locked(&self.inner.committed, "committed") = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        if let Ok(pending) = self.inner.committed.lock()
-            && let Some(committed) = *pending
-        {
+        if let Some(committed) = *locked(&self.inner.committed, "committed") {
             return Ok(committed);
         }
         let rtxn = self.inner.env.read_txn().map_err(io_err)?;
@@ -467,7 +461,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let writer = self.writer()?;
         let mut encoded = Vec::new();
-        let mut tail = self.inner.tail.lock().map_err(io_err)?;
+        let mut tail = locked(&self.inner.tail, "tail");
         for e in entries {
             encoded.push((e.log_id.index, e.log_id, encode_entry(&e)?));
             tail.insert(e.log_id.index, e);
@@ -478,9 +472,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        if let Ok(mut tail) = self.inner.tail.lock() {
-            tail.split_off(&from);
-        }
+        locked(&self.inner.tail, "tail").split_off(&from);
         self.write("truncating the raft log", move |inner| {
             truncated(&inner.durable, from);
             inner.delete_range(from, u64::MAX)
@@ -499,9 +491,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Locks one of the store's in-memory tables. Nothing panics while holding them (map and
+/// option updates), so a poisoned lock is a bug elsewhere: the node stops naming the table,
+/// rather than hand openraft no entries or drop a commit hint and carry on.
+pub(super) fn locked<'a, T>(table: &'a Mutex<T>, name: &str) -> std::sync::MutexGuard<'a, T> {
+    table.lock().unwrap_or_else(|_| {
+        panic!("the raft log's in-memory {name} table was poisoned by a panic while locked")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A poisoned tail stops the reader loudly; it used to read as no entries at all.
+    #[test]
+    fn a_poisoned_tail_is_not_read_as_an_empty_log() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = LogStore::open(dir.path()).expect("open");
+        let inner = store.inner.clone();
+        let poisoner = std::thread::spawn(move || {
+            let _held = inner.tail.lock().expect("lock");
+            panic!("poison the tail");
+        });
+        assert!(poisoner.join().is_err());
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store
+                .inner
+                .entries(Bound::Included(1), Bound::Unbounded, usize::MAX)
+        }));
+        let Err(panic) = read else {
+            panic!(
+                "a poisoned tail was read as {:?}",
+                read.map(|r| r.map(|e| e.len()))
+            )
+        };
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("tail table was poisoned"), "{message}");
+    }
 
     #[test]
     fn a_flipped_bit_is_reported_with_its_index() {

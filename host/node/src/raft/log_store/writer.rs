@@ -206,13 +206,13 @@ fn commit_appends(inner: &Inner, appends: Queued) {
     });
     if result.is_ok() {
         crate::metrics::seconds("raft_log_store_duration_seconds", started.elapsed());
-        if let Ok(mut tail) = inner.tail.lock() {
-            for (index, log_id, _) in appends.iter().flat_map(|(e, _)| e) {
-                if tail.get(index).is_some_and(|e| e.log_id == *log_id) {
-                    tail.remove(index);
-                }
+        let mut tail = super::locked(&inner.tail, "tail");
+        for (index, log_id, _) in appends.iter().flat_map(|(e, _)| e) {
+            if tail.get(index).is_some_and(|e| e.log_id == *log_id) {
+                tail.remove(index);
             }
         }
+        drop(tail);
     }
     for (_, callback) in appends {
         callback.io_completed(match &result {
@@ -238,7 +238,8 @@ fn write_entries(inner: &Inner, appends: &Queued) -> io::Result<()> {
 
 /// The tail's entries within `(start, end)`.
 pub(super) fn tail_range(tail: &Tail, start: Bound<u64>, end: Bound<u64>) -> Vec<Entry> {
-    tail.lock()
-        .map(|t| t.range((start, end)).map(|(_, e)| e.clone()).collect())
-        .unwrap_or_default()
+    super::locked(tail, "tail")
+        .range((start, end))
+        .map(|(_, e)| e.clone())
+        .collect()
 }
