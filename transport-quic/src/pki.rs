@@ -6,32 +6,7 @@ use wraft_core::raft::NodeId;
 
 use crate::TransportError;
 
-/// What a client certificate allows.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub enum Role {
-    /// Reads only.
-    Reader,
-    /// Reads and FSM commands.
-    Writer,
-    /// Everything, including module deploys and membership changes.
-    Admin,
-}
-
-impl Role {
-    /// All roles, weakest first.
-    pub const ALL: [Role; 3] = [Role::Reader, Role::Writer, Role::Admin];
-
-    /// The role's name in certificates and configs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Writer => "writer",
-            Role::Admin => "admin",
-        }
-    }
-}
+pub use wraft_api::Role;
 
 /// The DNS name a node's certificate carries.
 pub fn node_name(id: NodeId) -> String {

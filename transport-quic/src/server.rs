@@ -10,7 +10,9 @@ use openraft::storage::RaftStateMachine;
 use tokio::io::AsyncWriteExt;
 use wraft_core::raft::{NodeId, Snapshot, TypeConfig};
 
-use crate::api::{self, ApiCall, ApiError, ApiHandler, ApiRequest, Caller};
+use wraft_api::{ApiCall, ApiError, ApiRequest};
+
+use crate::api::{self, ApiHandler, Caller};
 use crate::limits::{ByteBudget, ConnectionSlot, Connections, ServerLimits};
 use crate::wire::{self, Chunk, Reply, Request, WireError};
 use crate::{ALPN_CLIENT, ALPN_RAFT, TransportError, identity};

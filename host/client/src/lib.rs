@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use wraft_api::{
+    ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo, Payload,
+};
 use wraft_core::raft::NodeId;
 use wraft_core::{FsmLimits, FsmName, ModuleId};
-use wraft_transport_quic::api::{
-    self, ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo,
-    Payload,
-};
+use wraft_transport_quic::api::{self};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
 
@@ -252,7 +252,7 @@ impl Client {
         &self,
         out: &std::path::Path,
         progress: impl FnMut(u64, u64),
-    ) -> Result<api::BackupManifest, ClientError> {
+    ) -> Result<wraft_api::BackupManifest, ClientError> {
         let conn = self
             .connection()
             .await

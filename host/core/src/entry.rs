@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApplyError;
 use crate::name::FsmName;
+use crate::name::ModuleId;
 
 /// The format an entry was written in, which is also the metering schedule it is applied
 /// under: every replica meters an entry by the rules of its format, so a log written before
@@ -421,46 +422,6 @@ impl Default for FsmLimits {
             query_fuel: 25_000_000,
             storage_bytes: 1 << 30,
         }
-    }
-}
-
-/// A module's id: the sha256 of its bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ModuleId(pub [u8; 32]);
-
-impl ModuleId {
-    /// Parses 64 hex digits.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return None;
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        };
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
-        }
-        Some(Self(out))
-    }
-}
-
-impl fmt::Display for ModuleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for ModuleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ModuleId({self})")
     }
 }
 

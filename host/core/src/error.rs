@@ -8,7 +8,7 @@
 use alloc::string::String;
 use serde::{Deserialize, Serialize};
 
-use crate::entry::ModuleId;
+use crate::name::ModuleId;
 
 /// Why a command, batch or lifecycle entry did not apply. The entry's writes are discarded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

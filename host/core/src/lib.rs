@@ -27,8 +27,10 @@ pub mod rng;
 pub mod voter;
 
 pub use entry::{
-    Apply, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, LogEntry, ModuleId,
-    StateDigest,
+    Apply, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, LogEntry, StateDigest,
 };
 pub use error::ApplyError;
-pub use name::FsmName;
+pub use name::{FsmName, ModuleId};
+
+/// A node's id in the cluster.
+pub type NodeId = u64;

@@ -13,7 +13,7 @@ openraft::declare_raft_types!(
 );
 
 /// A node id.
-pub type NodeId = u64;
+pub use crate::NodeId;
 /// A node's address record.
 pub type Node = openraft::BasicNode;
 /// A log id (leader id + index).

@@ -15,9 +15,10 @@ use std::time::Instant;
 use airspace_store::{Answer, Command as A, Footprint, Kind, LatLng, Query, Volume};
 use file_manifest::{Command as F, FileEntry, FileOp, Tier};
 use hdrhistogram::Histogram;
+use wraft_api::{ApiRequest, Payload};
 use wraft_core::{Apply, Command, EntryResponse, FsmLimits, FsmName};
-use wraft_host::local::{LocalNode, now_ms};
-use wraft_transport_quic::api::{ApiRequest, Payload};
+use wraft_host::clock::now_ms;
+use wraft_host::local::LocalNode;
 
 mod support;
 use support::{BenchCluster, us};

@@ -13,9 +13,9 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use wraft_api::{ApiRequest, Consistency, Payload};
 use wraft_core::{FsmLimits, FsmName};
 use wraft_host::local::LocalNode;
-use wraft_transport_quic::api::{ApiRequest, Consistency, Payload};
 
 mod support;
 use support::{BenchCluster, us};

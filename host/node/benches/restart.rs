@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use openraft::BasicNode;
 use openraft::storage::RaftStateMachine;
+use wraft_api::{ApiRequest, Consistency, Payload};
 use wraft_client::Client;
 use wraft_core::{FsmLimits, FsmName};
 use wraft_host::cluster::{ClusterNode, NodeConfig};
 use wraft_host::raft::StateMachine;
 use wraft_host::runtime::FsmRuntime;
 use wraft_transport_quic::TlsIdentity;
-use wraft_transport_quic::api::{ApiRequest, Consistency, Payload};
 use wraft_transport_quic::pki::{DevCa, Role};
 
 mod support;

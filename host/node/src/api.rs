@@ -17,16 +17,17 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use tokio::sync::Semaphore;
+use wraft_api::Role;
+use wraft_api::{
+    ApiCall, ApiCallRef, ApiError, ApiRequest, ApiResponse, ApiResult, ClusterStatus, Consistency,
+    FsmInfo, ModuleInfo, NodeStatus, Payload,
+};
 use wraft_core::raft::{Node, NodeId};
 use wraft_core::{Apply, ApplyError, Command, EntryResponse, FsmName, LogEntry};
-use wraft_transport_quic::api::{
-    self, ApiCall, ApiCallRef, ApiError, ApiHandler, ApiRequest, ApiResponse, ApiResult, Caller,
-    ClusterStatus, Consistency, FsmInfo, ModuleInfo, NodeStatus, Payload,
-};
-use wraft_transport_quic::pki::Role;
+use wraft_transport_quic::api::{self, ApiHandler, Caller};
 use wraft_transport_quic::{ALPN_CLIENT, client_config, identity};
 
-use crate::local::now_ms;
+use crate::clock::now_ms;
 use crate::raft::Raft;
 use crate::runtime::EntryPoint;
 use crate::state::{StateStore, module_id};
@@ -829,7 +830,7 @@ impl ApiHandler for NodeApi {
         Ok(())
     }
 
-    async fn backup(&self) -> Result<wraft_transport_quic::api::BackupFile, ApiError> {
+    async fn backup(&self) -> Result<wraft_api::BackupFile, ApiError> {
         let (store, id, dir) = (self.store.clone(), self.id, self.data_dir.clone());
         let started = std::time::Instant::now();
         let taken = tokio::task::spawn_blocking(move || crate::ops::backup::take(&store, id, &dir))

@@ -89,7 +89,7 @@ fn spawn_checkpoints(
                 continue; // nothing applied since the last checkpoint
             }
             let entry = wraft_core::LogEntry::new(
-                crate::local::now_ms(),
+                crate::clock::now_ms(),
                 wraft_core::Command::Checkpoint { leader: last },
             );
             if let Err(e) = raft.client_write(entry).await {
@@ -323,7 +323,7 @@ impl ClusterNode {
         );
         // A voter honours the leader's lease as openraft's followers do (election_timeout_max).
         let lease = Duration::from_millis(raft_config.election_timeout_max);
-        let network = crate::voter::PeerNetwork::new(
+        let network = crate::network::PeerNetwork::new(
             quic,
             &config.voter_links,
             config.voter_key.as_ref(),

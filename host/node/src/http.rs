@@ -17,9 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
+use wraft_api::Role;
+use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_core::{ApplyError, FsmName};
-use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
-use wraft_transport_quic::pki::Role;
 
 use crate::api::NodeApi;
 

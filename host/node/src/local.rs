@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use wraft_core::{
     Apply, ApplyError, Command, EntryResponse, FsmLimits, FsmName, LogEntry, ModuleId,
@@ -30,14 +29,6 @@ pub struct LocalNode {
 /// Largest output of a JSON codec run by the single-node driver: the entry limit a node
 /// admits by default.
 const CODEC_OUTPUT: usize = crate::limits::DEFAULT_MAX_ENTRY_BYTES;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl LocalNode {
     /// Opens the state env under `data_dir` with default options.
@@ -71,7 +62,7 @@ impl LocalNode {
     /// Appends `commands` as consecutive entries applied in one transaction.
     pub fn propose_many(&self, commands: Vec<Command>) -> Result<Vec<EntryResponse>, StateError> {
         let next = self.store.applied()?.map_or(1, |a| a.index + 1);
-        let ts = now_ms();
+        let ts = crate::clock::now_ms();
         let entries: Vec<LogEntry> = commands.into_iter().map(|c| LogEntry::new(ts, c)).collect();
         let committed: Vec<Committed<'_>> = entries
             .iter()

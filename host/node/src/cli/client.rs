@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use wraft_api::{ApiRequest, Consistency, Payload};
 use wraft_client::Client;
 use wraft_core::FsmName;
-use wraft_transport_quic::api::{ApiRequest, Consistency, Payload};
 
 /// How to reach the cluster.
 #[derive(Debug, clap::Args)]

@@ -17,8 +17,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use wraft_api::{BackupFile, BackupManifest};
 use wraft_core::raft::NodeId;
-use wraft_transport_quic::api::{BackupFile, BackupManifest};
 
 use super::{DataDirLock, OpsError, at, occupied};
 use crate::raft::{AppliedState, LogStore};

@@ -2,19 +2,17 @@
 //! of the cluster: their RPCs go over a byte stream (a UART, or TCP) instead of QUIC.
 //!
 //! * [`VoterLink`]: one byte stream to a voter: link frames, sequence numbers, reconnects.
-//! * [`PeerNetwork`]: the node's openraft network: QUIC for wraft nodes, a [`VoterLink`] for
-//!   each passive voter this node is wired to; it maps openraft's messages to the voter's
-//!   (log ids only: entry payloads never cross the link) and back.
+//!
+//! The node's openraft network, which reaches voters through these links and other nodes
+//! over QUIC, is [`crate::network::PeerNetwork`].
 //!
 //! A passive voter's membership address starts with [`PASSIVE_PREFIX`] (`voter:mcu-1`), so
 //! every node knows it never leads; which stream reaches it is each node's own setting
 //! (`--voter-link 3=tcp:127.0.0.1:5001`), as each host has its own wire to it.
 
 mod link;
-mod network;
 
 pub use link::{LinkAddr, VoterLink, VoterLinkError};
-pub use network::{PeerNetwork, PeerRpc};
 
 use std::collections::BTreeMap;
 

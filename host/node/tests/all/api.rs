@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
+use wraft_api::Role;
+use wraft_api::{ApiError, ApiRequest, Consistency, Payload};
 use wraft_client::ClientError;
 use wraft_core::FsmName;
 use wraft_host::raft::SnapshotPolicy;
-use wraft_transport_quic::api::{self, ApiError, ApiRequest, Consistency, Payload};
-use wraft_transport_quic::pki::Role;
+use wraft_transport_quic::api::{self};
 
 use crate::cluster::Cluster;
 use crate::common::{probe_counter, setup_probe};
@@ -137,7 +138,7 @@ async fn roles_are_enforced_directly_and_through_forwarding() {
         fsm: p(),
         command: Payload::Json(INCR.into()),
     };
-    let sneaky = api::ApiCallRef::Forwarded {
+    let sneaky = wraft_api::ApiCallRef::Forwarded {
         role: Role::Admin,
         request: &apply,
     };

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use wraft_api::{ApiError, ApiRequest, ApiResult, Consistency, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
-use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResult, Consistency, Payload};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 
 use crate::faults::{caught_up, identity, runtime, three_nodes};
@@ -488,8 +488,7 @@ fn a_hundred_concurrent_megabyte_writes_all_commit() {
                 })
                 .await
                 .expect("read");
-            let wraft_transport_quic::api::ApiResponse::Output(Payload::Postcard(bytes)) = out
-            else {
+            let wraft_api::ApiResponse::Output(Payload::Postcard(bytes)) = out else {
                 panic!("unexpected {out:?}")
             };
             assert_eq!(
@@ -632,7 +631,7 @@ fn batches_too_long_or_too_large_are_refused_before_proposing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_certificate_is_refused_by_the_others() {
     use crate::cluster::{Cluster, hello, identity as node_identity};
-    use wraft_transport_quic::pki::Role;
+    use wraft_api::Role;
     let mut c = Cluster::start(3, wraft_host::raft::SnapshotPolicy::default()).await;
     crate::common::setup_probe(&c.leader().await.raft).await;
     let admin = c.client(Role::Admin, &[1, 2, 3]);

@@ -33,7 +33,7 @@ pub struct Cluster {
     queue: usize,
     pub auto_promote: Option<wraft_host::cluster::AutoPromote>,
     /// Give every node an HTTP port with these tokens.
-    pub http_tokens: Option<Vec<(String, wraft_transport_quic::pki::Role)>>,
+    pub http_tokens: Option<Vec<(String, wraft_api::Role)>>,
     /// How often leaders propose consistency checkpoints.
     checkpoint_interval: Option<Duration>,
 }
@@ -66,7 +66,7 @@ impl Cluster {
             None,
             Some(vec![(
                 "reader-token-0123".to_string(),
-                wraft_transport_quic::pki::Role::Reader,
+                wraft_api::Role::Reader,
             )]),
             Some(interval),
         )
@@ -74,10 +74,7 @@ impl Cluster {
     }
 
     /// Nodes with an HTTP port each, accepting `tokens`.
-    pub async fn start_http(
-        n: u64,
-        tokens: Vec<(String, wraft_transport_quic::pki::Role)>,
-    ) -> Self {
+    pub async fn start_http(n: u64, tokens: Vec<(String, wraft_api::Role)>) -> Self {
         Self::start_all(
             n,
             SnapshotPolicy::default(),
@@ -94,7 +91,7 @@ impl Cluster {
         policy: SnapshotPolicy,
         queue: usize,
         auto_promote: Option<wraft_host::cluster::AutoPromote>,
-        http_tokens: Option<Vec<(String, wraft_transport_quic::pki::Role)>>,
+        http_tokens: Option<Vec<(String, wraft_api::Role)>>,
         checkpoint_interval: Option<Duration>,
     ) -> Self {
         let ca = DevCa::generate("wraft test CA").expect("CA");
@@ -246,17 +243,13 @@ impl Cluster {
     }
 
     /// A client certificate identity with `role`.
-    pub fn client_identity(&self, role: wraft_transport_quic::pki::Role) -> TlsIdentity {
+    pub fn client_identity(&self, role: wraft_api::Role) -> TlsIdentity {
         let c = self.ca.client("test client", role).expect("client cert");
         TlsIdentity::from_pem(&self.ca.cert_pem, &c.cert_pem, &c.key_pem).expect("identity")
     }
 
     /// A client that knows only the given nodes.
-    pub fn client(
-        &self,
-        role: wraft_transport_quic::pki::Role,
-        ids: &[u64],
-    ) -> wraft_client::Client {
+    pub fn client(&self, role: wraft_api::Role, ids: &[u64]) -> wraft_client::Client {
         let addrs = ids
             .iter()
             .map(|id| self.addrs[*id as usize - 1].to_string())

@@ -120,7 +120,7 @@ pub fn probe_counter(store: &StateStore) -> u64 {
 
 /// Proposes `command` through `raft` (the leader) and returns the entry's response.
 pub async fn raft_write(raft: &wraft_host::raft::Raft, command: Command) -> EntryResponse {
-    let entry = wraft_core::LogEntry::new(wraft_host::local::now_ms(), command);
+    let entry = wraft_core::LogEntry::new(wraft_host::clock::now_ms(), command);
     raft.client_write(entry).await.expect("committed").data
 }
 

@@ -10,10 +10,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::FsmName;
 use wraft_faults::proxy::{Faults, Network};
-use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 
 use crate::cli::free_udp_ports;
 use crate::faults::{

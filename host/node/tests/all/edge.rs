@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use probe::Command as P;
+use wraft_api::{ApiError, ApiRequest, ApiResponse, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::{ApplyError, FsmLimits, FsmName};
 use wraft_faults::process::{NodeProcess, NodeSpec, command_under};
-use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Payload};
 
 use crate::cli::{WRAFT, free_udp_ports, text};
 use crate::faults::{certs_for, converge, identity};

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use wraft_api::{ClusterStatus, Consistency, Payload};
 use wraft_client::Client;
 use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::{NodeProcess, NodeSpec};
-use wraft_transport_quic::api::{ClusterStatus, Consistency, Payload};
 
 use crate::cli::{WRAFT, free_tcp_run, free_udp_ports, text};
 use crate::faults::{certs_for, identity};

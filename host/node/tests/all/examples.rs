@@ -1,10 +1,10 @@
 //! The example FSMs deployed to a real 3-node cluster through the client API: commands
 //! through a follower, and the same state hash on every node afterwards.
 
+use wraft_api::Role;
+use wraft_api::{Consistency, Payload};
 use wraft_core::FsmLimits;
 use wraft_host::raft::SnapshotPolicy;
-use wraft_transport_quic::api::{Consistency, Payload};
-use wraft_transport_quic::pki::Role;
 
 use crate::cluster::Cluster;
 use crate::common::name;

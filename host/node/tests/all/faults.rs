@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::Rng;
@@ -25,7 +26,6 @@ use wraft_faults::process::{NodeProcess, NodeSpec};
 use wraft_faults::proxy::{Faults, Network, NodeId};
 use wraft_faults::schedule::{self, Fault, Target};
 use wraft_faults::unsynced::{Lost, Survival};
-use wraft_transport_quic::api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 
 use crate::cli::{WRAFT, free_udp_ports, text};
 

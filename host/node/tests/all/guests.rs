@@ -307,7 +307,7 @@ fn file_manifest() {
 
 /// A 4D volume around (lat, lng) for the next hour, as JSON.
 pub fn airspace_volume(lat: f64, lng: f64, side: f64, alt: (f64, f64)) -> String {
-    let now = wraft_host::local::now_ms();
+    let now = wraft_host::clock::now_ms();
     let (a, b) = (lat + side, lng + side);
     format!(
         r#"{{"footprint":{{"Polygon":[{{"lat":{lat},"lng":{lng}}},{{"lat":{lat},"lng":{b}}},{{"lat":{a},"lng":{b}}},{{"lat":{a},"lng":{lng}}}]}},"altitude_lo_m":{},"altitude_hi_m":{},"start_ms":{},"end_ms":{}}}"#,

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wraft_api::Role;
 use wraft_core::FsmLimits;
-use wraft_transport_quic::pki::Role;
 
 use crate::cluster::Cluster;
 use crate::common::name;

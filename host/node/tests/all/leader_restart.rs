@@ -119,7 +119,7 @@ async fn a_restarted_leader_missing_its_log_tail_does_not_reuse_the_followers_lo
                         value: b"B".to_vec(),
                     },
                 );
-                let entry = LogEntry::new(wraft_host::local::now_ms(), put);
+                let entry = LogEntry::new(wraft_host::clock::now_ms(), put);
                 if let Ok(r) = n.raft.client_write(entry).await {
                     assert!(matches!(r.data, EntryResponse::Output(_)), "{:?}", r.data);
                     written = true;

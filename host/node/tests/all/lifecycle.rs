@@ -2,11 +2,11 @@
 //! migrate that rewrites keys (refused first, then accepted) while a node is down, drop; and
 //! the hostile corpus deployed to the live cluster while another FSM keeps serving.
 
+use wraft_api::Role;
+use wraft_api::{ApiError, Consistency, Payload};
 use wraft_client::ClientError;
 use wraft_core::{ApplyError, FsmLimits, FsmName};
 use wraft_host::raft::SnapshotPolicy;
-use wraft_transport_quic::api::{ApiError, Consistency, Payload};
-use wraft_transport_quic::pki::Role;
 
 use crate::cluster::Cluster;
 use crate::common::name;
@@ -52,7 +52,7 @@ async fn upgrade_with_migrate_reaches_every_node_including_one_that_was_down() {
         matches!(&refused, ClientError::Api(ApiError::Failed(ApplyError::Rejected(m))) if m.contains("upgrade refused")),
         "{refused}"
     );
-    let on = |fsms: Vec<wraft_transport_quic::api::FsmInfo>| {
+    let on = |fsms: Vec<wraft_api::FsmInfo>| {
         fsms.into_iter()
             .find(|f| f.name == "p")
             .map(|f| f.module_id)
@@ -224,7 +224,7 @@ async fn hostile_modules_are_refused_or_contained_while_the_cluster_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_stream_in_chunks_and_are_refused_early() {
-    use wraft_transport_quic::api::{MAX_UPLOAD_BYTES, UPLOAD_CHUNK};
+    use wraft_api::{MAX_UPLOAD_BYTES, UPLOAD_CHUNK};
     let mut c = Cluster::start(3, SnapshotPolicy::default()).await;
     let leader = c.leader().await.id;
     let follower = (1..=3).find(|id| *id != leader).expect("follower");

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
+use wraft_api::Role;
+use wraft_api::{ApiRequest, ApiResponse};
 use wraft_core::FsmName;
 use wraft_host::cluster::AutoPromote;
 use wraft_host::raft::SnapshotPolicy;
-use wraft_transport_quic::api::{ApiRequest, ApiResponse};
-use wraft_transport_quic::pki::Role;
 
 use crate::cluster::Cluster;
 use crate::common::{probe_counter, setup_probe};

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use wraft_api::{ApiError, ApiRequest, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::{ApplyError, FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
-use wraft_transport_quic::api::{ApiError, ApiRequest, Payload};
 
 use crate::faults::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 

@@ -14,11 +14,11 @@ use heed::{Database, EnvOpenOptions};
 use openraft::EntryPayload;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::type_config::async_runtime::WatchReceiver;
+use wraft_api::Role;
+use wraft_api::{ApiError, Consistency, Payload};
 use wraft_core::FsmName;
 use wraft_host::raft::{LogStore, SnapshotPolicy};
 use wraft_host::state::{AppliedPosition, Committed, StateStore};
-use wraft_transport_quic::api::{ApiError, Consistency, Payload};
-use wraft_transport_quic::pki::Role;
 
 use crate::cli::{WRAFT, free_ports, text, wraft};
 use crate::cluster::{Cluster, increments, setup_probe};
@@ -449,7 +449,7 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
     }
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
-    let manifest: wraft_transport_quic::api::BackupManifest =
+    let manifest: wraft_api::BackupManifest =
         serde_json::from_slice(&std::fs::read(backup.join("manifest.json")).expect("manifest"))
             .expect("manifest json");
     assert_eq!(manifest.node, source);
@@ -505,7 +505,7 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
     );
     let admin = c.client(Role::Admin, &[leader]);
     admin
-        .request(wraft_transport_quic::api::ApiRequest::AddLearner {
+        .request(wraft_api::ApiRequest::AddLearner {
             id: new_id,
             addr: c.addrs[new_id as usize - 1].to_string(),
         })

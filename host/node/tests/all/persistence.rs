@@ -198,7 +198,7 @@ fn fsm_time_never_runs_backwards() {
             _ => panic!(),
         }
     };
-    let now = wraft_host::local::now_ms() + 10_000;
+    let now = wraft_host::clock::now_ms() + 10_000;
     assert_eq!(ctx_at(index + 1, now), now);
     assert_eq!(
         ctx_at(index + 2, now - 5_000),

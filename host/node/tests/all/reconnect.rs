@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use wraft_transport_quic::api::{self, ApiRequest, ApiResponse};
+use wraft_api::{ApiRequest, ApiResponse};
+use wraft_transport_quic::api::{self};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, IDLE_TIMEOUT, TlsIdentity, client_config, dial};
 

@@ -12,11 +12,11 @@
 
 use std::time::{Duration, Instant};
 
+use wraft_api::{ApiRequest, ApiResponse, Payload};
 use wraft_client::Client;
 use wraft_core::{FsmLimits, FsmName, ModuleId};
 use wraft_faults::process::NodeProcess;
 use wraft_faults::unsynced::Survival;
-use wraft_transport_quic::api::{ApiRequest, ApiResponse, Payload};
 
 use crate::faults::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 
@@ -262,7 +262,7 @@ fn a_crash_in_the_middle_of_a_migration_leaves_the_upgrade_applied_exactly_once(
                 query: postcard_payload(&probe::Query::Get {
                     key: b"migrated-from".to_vec(),
                 }),
-                consistency: wraft_transport_quic::api::Consistency::Linearizable,
+                consistency: wraft_api::Consistency::Linearizable,
             };
             let read = admin
                 .request(probe_read)

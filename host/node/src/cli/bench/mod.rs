@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use wraft_api::{ApiError, ApiRequest, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::{FsmLimits, FsmName};
-use wraft_transport_quic::api::{ApiError, ApiRequest, Payload};
 
 use super::client::Conn;
 use local::LocalCluster;
@@ -291,11 +291,11 @@ async fn first_block(client: &Client, fsm: &FsmName) -> anyhow::Result<u64> {
         .request(ApiRequest::Query {
             fsm: fsm.clone(),
             query: Payload::Postcard(query),
-            consistency: wraft_transport_quic::api::Consistency::Linearizable,
+            consistency: wraft_api::Consistency::Linearizable,
         })
         .await?;
     let bytes = match out {
-        wraft_transport_quic::api::ApiResponse::Output(Payload::Postcard(b)) => b,
+        wraft_api::ApiResponse::Output(Payload::Postcard(b)) => b,
         other => bail!("unexpected answer to Latest: {other:?}"),
     };
     let latest: Option<latest_payload::Payload> = postcard::from_bytes(&bytes)?;

@@ -1,5 +1,6 @@
-//! openraft's network for a node with passive voters: QUIC to wraft nodes, link frames to
-//! voters, with openraft's messages mapped to the voter's and back.
+//! The node's openraft network: QUIC (`wraft_transport_quic::RaftClient`) to wraft nodes, a
+//! [`VoterLink`] to each passive voter this node is wired to, with openraft's messages mapped
+//! to the voter's (log ids only: entry payloads never cross the link) and back.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,7 +21,7 @@ use wraft_core::voter::{
 };
 use wraft_transport_quic::{RaftClient, RaftPeer};
 
-use super::{VoterLink, VoterLinkError, VoterLinks};
+use crate::voter::{VoterLink, VoterLinkError, VoterLinks, is_passive};
 
 /// The node's raft network: a QUIC client plus its voter links.
 #[derive(Debug, Clone)]
@@ -75,7 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerRpc;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerRpc {
-        if !super::is_passive(&node.addr) && !self.links.contains_key(&target) {
+        if !is_passive(&node.addr) && !self.links.contains_key(&target) {
             return PeerRpc::Quic(self.quic.new_client(target, node).await);
         }
         PeerRpc::Voter(VoterRpc {

@@ -1,0 +1,204 @@
+//! Requests: what opens a client API stream, and the role each needs.
+
+use serde::{Deserialize, Serialize};
+use wraft_core::{FsmLimits, FsmName, ModuleId, NodeId};
+
+use crate::{ApiError, Role};
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms its leadership with a quorum (read-index) and the
+    /// read waits until that index is applied.
+    Linearizable,
+    /// The leader serves from its lease without a quorum round trip (assumes bounded clock
+    /// drift).
+    Lease,
+    /// Whatever the answering node has applied; may be stale.
+    Stale,
+}
+
+/// An FSM command, query or output: JSON at the edge (converted by the module's codecs),
+/// or postcard bytes of the FSM's own types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// JSON text.
+    Json(String),
+    /// postcard bytes.
+    Postcard(Vec<u8>),
+}
+
+/// A request to a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ApiRequest {
+    /// Apply one command (writer).
+    Apply {
+        /// The FSM.
+        fsm: FsmName,
+        /// The command.
+        command: Payload,
+    },
+    /// Apply commands as one atomic `Batch` entry (writer).
+    Batch {
+        /// (FSM, command) pairs, in order.
+        commands: Vec<(FsmName, Payload)>,
+    },
+    /// Query an FSM (reader).
+    Query {
+        /// The FSM.
+        fsm: FsmName,
+        /// The query.
+        query: Payload,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// Deploy a module (admin).
+    Deploy {
+        /// The wasm bytes.
+        bytes: Vec<u8>,
+    },
+    /// Create an FSM instance (admin).
+    CreateFsm {
+        /// Its name.
+        fsm: FsmName,
+        /// A deployed module.
+        module_id: ModuleId,
+        /// Its limits.
+        limits: FsmLimits,
+    },
+    /// FSM instances and modules (reader).
+    ListFsms,
+    /// Cluster membership, roles and progress (reader).
+    Status,
+    /// Add a non-voting learner (admin).
+    AddLearner {
+        /// Its id.
+        id: NodeId,
+        /// Its address.
+        addr: String,
+    },
+    /// Make a learner a voter (admin).
+    Promote {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Remove a node from the cluster (admin).
+    Remove {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Hand leadership to `to`, or to the most caught-up voter (admin).
+    TransferLeader {
+        /// The target, if any.
+        to: Option<NodeId>,
+    },
+    /// Move an FSM instance to another deployed module; its `migrate` runs in the same
+    /// entry (admin).
+    UpgradeFsm {
+        /// The FSM.
+        fsm: FsmName,
+        /// The new module.
+        module_id: ModuleId,
+    },
+    /// Delete an FSM instance and all its data (admin).
+    DropFsm {
+        /// The FSM.
+        fsm: FsmName,
+    },
+    /// Delete a module no FSM uses (admin).
+    DropModule {
+        /// The module.
+        module_id: ModuleId,
+    },
+    /// Deployed modules (reader).
+    ListModules,
+    /// A hot backup of the answering node's state (admin): the answer is
+    /// [`ApiResponse::Backup`] with the manifest, followed on the same stream by
+    /// [`crate::wire::Chunk`] frames of `manifest.file_bytes` bytes in all.
+    Backup,
+    /// Deploy a module streamed after this frame as [`crate::wire::Chunk`] frames of
+    /// `len` bytes in all (admin). The server turns it into [`ApiRequest::Deploy`] once
+    /// every byte has arrived; the role and `len` (at most [`MAX_UPLOAD_BYTES`]) are checked
+    /// before any chunk is read.
+    Upload {
+        /// Total bytes that follow.
+        len: u64,
+    },
+    /// Replace an FSM's limits (admin).
+    SetLimits {
+        /// The FSM.
+        fsm: FsmName,
+        /// Its new limits.
+        limits: FsmLimits,
+    },
+}
+
+/// What opens a client API stream: a caller's own request, or one a voter forwards to the
+/// leader for a caller. A forwarded request is a plain [`ApiRequest`], which has no way to
+/// carry another forwarded one: the type does not nest, so decoding it never recurses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ApiCall {
+    /// The caller's own request; its role is its certificate's.
+    Direct(ApiRequest),
+    /// A request a voter forwards on behalf of a caller with `role`. Only accepted from the
+    /// certificate of a voter of the current membership.
+    Forwarded {
+        /// The original caller's role.
+        role: Role,
+        /// The original request.
+        request: ApiRequest,
+    },
+}
+
+/// [`ApiCall`] by reference, for sending: encodes exactly as the owned form, without
+/// copying a large request first.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum ApiCallRef<'a> {
+    /// [`ApiCall::Direct`].
+    Direct(&'a ApiRequest),
+    /// [`ApiCall::Forwarded`].
+    Forwarded {
+        /// The original caller's role.
+        role: Role,
+        /// The original request.
+        request: &'a ApiRequest,
+    },
+}
+
+/// Largest module upload accepted.
+pub const MAX_UPLOAD_BYTES: u64 = 32 << 20;
+/// Bytes per upload chunk.
+pub const UPLOAD_CHUNK: usize = 64 << 10;
+
+impl ApiRequest {
+    /// Refuses a caller holding `have` (none: not a client certificate) if this request
+    /// needs more.
+    pub fn authorize(&self, have: Option<Role>) -> Result<(), ApiError> {
+        let needed = self.required_role();
+        if have >= Some(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::NotAllowed { needed, have })
+        }
+    }
+
+    /// The least role allowed to make this request.
+    pub fn required_role(&self) -> Role {
+        match self {
+            Self::Query { .. } | Self::ListFsms | Self::ListModules | Self::Status => Role::Reader,
+            Self::Apply { .. } | Self::Batch { .. } => Role::Writer,
+            Self::Deploy { .. }
+            | Self::CreateFsm { .. }
+            | Self::UpgradeFsm { .. }
+            | Self::DropFsm { .. }
+            | Self::DropModule { .. }
+            | Self::SetLimits { .. }
+            | Self::Upload { .. }
+            | Self::Backup
+            | Self::AddLearner { .. }
+            | Self::Promote { .. }
+            | Self::Remove { .. }
+            | Self::TransferLeader { .. } => Role::Admin,
+        }
+    }
+}
