@@ -33,9 +33,11 @@ pub enum ClientError {
         /// The last error.
         last: String,
     },
-    /// The write was sent, then the connection broke: it may or may not have applied.
-    #[error("connection lost after sending the request; it may have applied: {0}")]
-    Ambiguous(String),
+    /// The write was sent, then the connection broke: it may or may not have applied (the
+    /// client's side of `ApiError::OutcomeUnknown`, which a node answers for the same
+    /// reason). Read before resending.
+    #[error("outcome unknown: connection lost after sending the request; it may have applied: {0}")]
+    OutcomeUnknown(String),
     /// The cluster refused or failed the request.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -144,7 +146,7 @@ impl Client {
                 Ok(Err(e)) => return Err(ClientError::Api(e)),
                 Err(Attempt::NotSent(e)) => e,
                 Err(Attempt::SentThenLost(e)) if idempotent => e,
-                Err(Attempt::SentThenLost(e)) => return Err(ClientError::Ambiguous(e)),
+                Err(Attempt::SentThenLost(e)) => return Err(ClientError::OutcomeUnknown(e)),
             };
             if Instant::now() >= deadline {
                 return Err(ClientError::Unreachable {

@@ -139,3 +139,14 @@ pub async fn setup_probe(raft: &wraft_host::raft::Raft) {
     };
     assert_eq!(raft_write(raft, create).await, EntryResponse::Done);
 }
+
+/// Held for the length of a test that moves hundreds of megabytes through a cluster of
+/// processes (bounds.rs, metering.rs): one at a time, so two of them never starve the
+/// machine's two cores together (a starved node misses heartbeats and an election changes
+/// what the test sees).
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -121,7 +121,8 @@ fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
                 match rest.request(put((i % 8) as u32, i)).await {
                     Ok(_) => break,
                     Err(
-                        ClientError::Api(ApiError::OutcomeUnknown(_)) | ClientError::Ambiguous(_),
+                        ClientError::Api(ApiError::OutcomeUnknown(_))
+                        | ClientError::OutcomeUnknown(_),
                     ) if tries < 5 => {
                         tries += 1;
                     }

@@ -150,6 +150,7 @@ fn start() -> Nodes {
 
 #[test]
 fn hostile_host_calls_run_out_of_fuel_quickly_everywhere_and_quotas_hold() {
+    let _heavy = crate::common::heavy();
     runtime().block_on(async {
         let mut c = start();
         let client = |role: &str| {

@@ -74,7 +74,8 @@ impl Written {
                 match client.request(ApiRequest::Batch { commands }).await {
                     Ok(_) => break,
                     Err(
-                        ClientError::Ambiguous(_) | ClientError::Api(ApiError::OutcomeUnknown(_)),
+                        ClientError::OutcomeUnknown(_)
+                        | ClientError::Api(ApiError::OutcomeUnknown(_)),
                     ) if tries < 10 => {
                         tries += 1;
                     }

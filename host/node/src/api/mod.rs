@@ -1,0 +1,338 @@
+//! The node's client API: who may do what, where writes and reads go, and admission control.
+//!
+//! * Roles come from the caller's certificate (`reader` < `writer` < `admin`).
+//! * A follower forwards writes, linearizable/lease reads and membership operations to the
+//!   leader as `ApiCall::Forwarded` with the caller's role; the leader accepts a forwarded
+//!   request only from a voter's certificate and checks the role again, so forwarding never
+//!   widens what a caller may do (arc's forward-apply allowlist): [`forward`].
+//! * Every proposal takes a slot of a bounded queue; when none is free the caller gets
+//!   `QueueFull` at once instead of the node buffering without bound (Kommander).
+//! * JSON is converted by the FSM's codecs here, at the edge; the log carries postcard; queries
+//!   and codecs run on the guest pool: [`guest`].
+//! * The path of a write, top to bottom: [`write`]. Membership and leadership: [`admin`].
+
+mod admin;
+mod forward;
+mod guest;
+mod write;
+
+use forward::Forwarder;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{ReadPolicy, ServerState};
+use tokio::sync::Semaphore;
+use wraft_api::Role;
+use wraft_api::{
+    ApiCall, ApiError, ApiRequest, ApiResponse, ApiResult, ClusterStatus, Consistency, FsmInfo,
+    ModuleInfo, NodeStatus,
+};
+use wraft_core::raft::NodeId;
+use wraft_transport_quic::api::{ApiHandler, Caller};
+use wraft_transport_quic::{ALPN_CLIENT, client_config, identity};
+
+use crate::raft::Raft;
+use crate::state::StateStore;
+
+/// Proposals one node admits at once by default.
+pub const DEFAULT_QUEUE: usize = 1024;
+
+/// The client API of one node.
+#[derive(Debug)]
+pub struct NodeApi {
+    id: NodeId,
+    raft: Raft,
+    store: Arc<StateStore>,
+    queue: Arc<Semaphore>,
+    /// Turns on the guest pool (see [`NodeApi::on_guest_thread`]), one lane for reads and
+    /// one for writes, so a flood of queries never delays a write's codecs.
+    guests: [Arc<Semaphore>; 2],
+    /// Requests in progress per caller role (reader, writer, admin).
+    in_progress: [Semaphore; 3],
+    capacity: usize,
+    forward: Forwarder,
+    data_dir: std::path::PathBuf,
+    removed: crate::raft::RemovedNodes,
+    limits: crate::limits::NodeLimits,
+}
+
+/// A write that may or may not have been applied, counted as such.
+fn outcome_unknown(why: String) -> ApiError {
+    crate::metrics::rejected("outcome_unknown");
+    ApiError::OutcomeUnknown(why)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(e.to_string())
+}
+
+impl NodeApi {
+    /// The API of the node `config` describes, forwarding through `endpoint`; `removed`
+    /// are the nodes its peers may no longer be.
+    pub fn new(
+        config: &crate::cluster::NodeConfig,
+        raft: Raft,
+        store: Arc<StateStore>,
+        endpoint: quinn::Endpoint,
+        removed: crate::raft::RemovedNodes,
+    ) -> Result<Self, wraft_transport_quic::TransportError> {
+        let forward = Forwarder::new(endpoint, client_config(&config.identity, ALPN_CLIENT)?);
+        let (capacity, limits) = (config.queue, config.limits.clone());
+        Ok(Self {
+            id: config.id,
+            raft,
+            store,
+            queue: Arc::new(Semaphore::new(capacity)),
+            guests: std::array::from_fn(|_| Arc::new(Semaphore::new(limits.guest_threads.max(1)))),
+            in_progress: std::array::from_fn(|_| Semaphore::new(limits.requests_per_role)),
+            capacity,
+            forward,
+            data_dir: config.data_dir.clone(),
+            removed,
+            limits,
+        })
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<wraft_core::raft::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Whether the caller's certificate is that of a voter of the current membership: only
+    /// voters forward requests to the leader.
+    fn is_voter(&self, caller: &Caller) -> bool {
+        let m = self.metrics();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters
+            .into_iter()
+            .any(|id| identity::is_node(&caller.connection, id))
+    }
+
+    /// Makes a read linearizable: `Ok` to answer it here, or `Err` with the leader's answer
+    /// (the request forwarded) or why neither is possible.
+    async fn read_barrier(
+        &self,
+        role: Role,
+        request: &ApiRequest,
+        policy: ReadPolicy,
+    ) -> Result<(), ApiResult> {
+        if !self.is_leader() {
+            return Err(self.forward(role, request.clone()).await);
+        }
+        match self.raft.ensure_linearizable(policy).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match e.forward_to_leader() {
+                Some(_) => self.forward(role, request.clone()).await,
+                None => Err(unavailable(e)),
+            }),
+        }
+    }
+
+    /// Sends `request`, from a caller whose `role` allows it, to where it is served.
+    async fn dispatch(&self, role: Role, request: ApiRequest) -> ApiResult {
+        match request {
+            ApiRequest::Apply { .. }
+            | ApiRequest::Batch { .. }
+            | ApiRequest::Deploy { .. }
+            | ApiRequest::CreateFsm { .. }
+            | ApiRequest::UpgradeFsm { .. }
+            | ApiRequest::SetLimits { .. }
+            | ApiRequest::DropFsm { .. }
+            | ApiRequest::DropModule { .. } => self.write(role, request).await,
+            ApiRequest::Query {
+                ref fsm,
+                ref query,
+                consistency,
+            } => {
+                // The `fault-stale-reads` feature breaks this on purpose (every read served
+                // from local state), so the fault suite can show that it catches it.
+                if consistency != Consistency::Stale && !cfg!(feature = "fault-stale-reads") {
+                    let policy = match consistency {
+                        Consistency::Lease => ReadPolicy::LeaseRead,
+                        _ => ReadPolicy::ReadIndex,
+                    };
+                    if let Err(answer) = self.read_barrier(role, &request, policy).await {
+                        return answer;
+                    }
+                }
+                self.query(fsm, query).await
+            }
+            // Listings are linearizable too: a deploy or create acknowledged to anyone is
+            // listed, whichever node answers.
+            ApiRequest::ListFsms => {
+                if let Err(answer) = self
+                    .read_barrier(role, &request, ReadPolicy::ReadIndex)
+                    .await
+                {
+                    return answer;
+                }
+                let fsms = self.store.fsms().map_err(unavailable)?;
+                Ok(ApiResponse::Fsms(
+                    fsms.into_iter()
+                        .map(|(name, r)| FsmInfo {
+                            name,
+                            module_id: r.module_id,
+                            limits: r.limits,
+                        })
+                        .collect(),
+                ))
+            }
+            ApiRequest::ListModules => {
+                if let Err(answer) = self
+                    .read_barrier(role, &request, ReadPolicy::ReadIndex)
+                    .await
+                {
+                    return answer;
+                }
+                let fsms = self.store.fsms().map_err(unavailable)?;
+                let modules = self.store.modules().map_err(unavailable)?;
+                Ok(ApiResponse::Modules(
+                    modules
+                        .into_iter()
+                        .map(|(id, size)| ModuleInfo {
+                            module_id: id,
+                            size_bytes: size as u64,
+                            fsms: fsms
+                                .iter()
+                                .filter(|(_, r)| r.module_id == id)
+                                .map(|(name, _)| name.clone())
+                                .collect(),
+                        })
+                        .collect(),
+                ))
+            }
+            ApiRequest::Status => Ok(ApiResponse::Status(self.status())),
+            ApiRequest::AddLearner { .. }
+            | ApiRequest::Promote { .. }
+            | ApiRequest::Remove { .. }
+            | ApiRequest::TransferLeader { .. } => {
+                if !self.is_leader() {
+                    return self.forward(role, request).await;
+                }
+                self.manage(request).await
+            }
+            // The transport turns an upload into `Deploy` once its chunks have arrived.
+            ApiRequest::Upload { .. } => Err(ApiError::BadRequest(
+                "an upload's chunks must follow it on its stream".into(),
+            )),
+            // The transport streams a backup itself (see `ApiHandler::backup`).
+            ApiRequest::Backup => Err(ApiError::BadRequest(
+                "a backup is streamed on its own QUIC stream (`wraft backup`)".into(),
+            )),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    /// Why this node must not serve reads, if a checkpoint found its state diverged (or the
+    /// record cannot be read).
+    pub fn divergence(&self) -> Option<String> {
+        match self.store.divergence() {
+            Ok(d) => d.map(|d| d.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        ClusterStatus {
+            node: self.id,
+            state: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log: m.last_log_index,
+            committed: m.local_committed.map(|l| l.index),
+            applied: m.last_applied.map(|l| l.index),
+            nodes: membership
+                .nodes()
+                .map(|(id, node)| NodeStatus {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    membership: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    matched: matched.get(id).and_then(|l| l.map(|l| l.index)),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ApiHandler for NodeApi {
+    async fn handle(&self, caller: Caller, call: ApiCall) -> ApiResult {
+        let (role, request) = match call {
+            ApiCall::Forwarded { role, request } => {
+                if !self.is_voter(&caller) {
+                    return Err(ApiError::NotAllowed {
+                        needed: Role::Admin,
+                        have: caller.role,
+                    });
+                }
+                (Some(role), request)
+            }
+            ApiCall::Direct(request) => (caller.role, request),
+        };
+        self.serve_as(role, request).await
+    }
+
+    fn admits_peer(&self, id: NodeId) -> Result<(), String> {
+        if self.removed.contains(id) {
+            return Err(format!(
+                "node {id} was removed from the cluster; its certificate is refused \
+                 (add it again with `wraft cluster add-learner` to readmit it)"
+            ));
+        }
+        Ok(())
+    }
+
+    async fn backup(&self) -> Result<wraft_api::BackupFile, ApiError> {
+        let (store, id, dir) = (self.store.clone(), self.id, self.data_dir.clone());
+        let started = std::time::Instant::now();
+        let taken = tokio::task::spawn_blocking(move || crate::ops::backup::take(&store, id, &dir))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("backup task: {e}")))?
+            .map_err(|e| ApiError::Unavailable(format!("backup failed: {e}")))?;
+        tracing::info!(
+            applied = taken.manifest.applied_index,
+            bytes = taken.manifest.file_bytes,
+            "backup copy taken in {:?}",
+            started.elapsed()
+        );
+        Ok(taken)
+    }
+}
+
+impl NodeApi {
+    /// Answers `request` for a caller holding `role` (a client certificate's, or an HTTP
+    /// token's), refusing it if the role is not enough.
+    pub async fn serve_as(&self, role: Option<Role>, request: ApiRequest) -> ApiResult {
+        let needed = request.required_role();
+        match role {
+            Some(role) if role >= needed => {
+                let Ok(_slot) = self.in_progress[role as usize].try_acquire() else {
+                    crate::metrics::rejected("busy");
+                    return Err(ApiError::Busy(format!(
+                        "node {} is serving its limit of {} {role:?} requests at once \
+                         (--max-requests-per-role)",
+                        self.id, self.limits.requests_per_role
+                    )));
+                };
+                self.dispatch(role, request).await
+            }
+            have => {
+                crate::metrics::rejected("not_allowed");
+                Err(ApiError::NotAllowed { needed, have })
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The path of a write, top to bottom: forwarded unless this node leads; a slot of the
+//! proposal queue; the request made a log command (JSON through the FSM's codec, a module
+//! validated and compiled); the entry's size checked; proposed; its response made the
+//! caller's answer.
+
+use openraft::error::{ClientWriteError, RaftError};
+use wraft_api::Role;
+use wraft_api::{ApiError, ApiRequest, ApiResponse, ApiResult};
+use wraft_core::{Apply, Command, EntryResponse, LogEntry};
+
+use crate::clock::now_ms;
+use crate::runtime::EntryPoint;
+use crate::state::module_id;
+
+use super::{NodeApi, outcome_unknown, unavailable};
+
+impl NodeApi {
+    pub(super) async fn write(&self, role: Role, request: ApiRequest) -> ApiResult {
+        if !self.is_leader() {
+            return self.forward(role, request).await;
+        }
+        let Ok(_slot) = self.queue.try_acquire() else {
+            crate::metrics::rejected("queue_full");
+            return Err(ApiError::QueueFull {
+                node: self.id,
+                capacity: self.capacity,
+            });
+        };
+        let marshal = std::time::Instant::now();
+        let command = self.command(&request).await.inspect_err(|e| {
+            if matches!(e, ApiError::BadRequest(_)) {
+                crate::metrics::rejected("invalid");
+            }
+        })?;
+        crate::metrics::seconds("commit_marshal_duration_seconds", marshal.elapsed());
+        let entry = LogEntry::new(now_ms(), command);
+        let len = entry.encoded_len();
+        if len > self.limits.max_entry_bytes {
+            crate::metrics::rejected("too_large");
+            return Err(ApiError::BadRequest(format!(
+                "the entry would be {len} bytes once encoded; node {} admits entries of at \
+                 most {} bytes (--max-entry-bytes)",
+                self.id, self.limits.max_entry_bytes
+            )));
+        }
+        if let Command::Apply(a) = entry.command() {
+            metrics::histogram!("commit_payload_size_bytes").record(a.payload.len() as f64);
+        } else if let Command::Batch(b) = entry.command() {
+            let size: usize = b.iter().map(|a| a.payload.len()).sum();
+            metrics::histogram!("commit_payload_size_bytes").record(size as f64);
+        }
+        let replicate = std::time::Instant::now();
+        let written = self.raft.client_write(entry).await;
+        crate::metrics::seconds("commit_raft_apply_duration_seconds", replicate.elapsed());
+        let response = match written {
+            Ok(r) => r.data,
+            // Refused before it was appended: the leader (if any) can take it.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                return self.forward(role, request).await;
+            }
+            // Appended, then replaced when this node adopted another leader's log: the next
+            // leader may have committed it. Forwarding it again could apply it twice (the
+            // fault suite caught exactly that, seed 5002): the caller must find out first.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(to))) => {
+                tracing::warn!("a proposal's entry was discarded on a leader change: {to}");
+                return Err(outcome_unknown(format!(
+                    "node {} lost leadership before its entry committed; it may still have \
+                     been committed by the next leader",
+                    self.id
+                )));
+            }
+            // Raft stopped (shutdown, a storage fault) with the proposal in flight: it may
+            // have been appended and may yet commit elsewhere.
+            Err(RaftError::Fatal(e)) => {
+                return Err(outcome_unknown(format!(
+                    "node {} stopped with the write in flight: {e}",
+                    self.id
+                )));
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        match (response, &request) {
+            (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),
+            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command }) => {
+                let out = self
+                    .decode(fsm, command, out, EntryPoint::OutputToJson)
+                    .await?;
+                Ok(ApiResponse::Output(out))
+            }
+            (EntryResponse::BatchOutputs(outs), ApiRequest::Batch { commands }) => {
+                let mut decoded = Vec::with_capacity(outs.len());
+                for (out, (fsm, c)) in outs.into_iter().zip(commands) {
+                    decoded.push(self.decode(fsm, c, out, EntryPoint::OutputToJson).await?);
+                }
+                Ok(ApiResponse::BatchOutputs(decoded))
+            }
+            (EntryResponse::Done, ApiRequest::Deploy { bytes }) => {
+                Ok(ApiResponse::Deployed(module_id(bytes)))
+            }
+            (EntryResponse::Done, _) => Ok(ApiResponse::Done),
+            (other, _) => Err(unavailable(format!("unexpected entry response {other:?}"))),
+        }
+    }
+
+    /// The log command for a write request (JSON converted by the FSM's codec; a module
+    /// validated before it may enter the log).
+    pub(super) async fn command(&self, request: &ApiRequest) -> Result<Command, ApiError> {
+        Ok(match request {
+            ApiRequest::Apply { fsm, command } => Command::Apply(Apply {
+                fsm: fsm.clone(),
+                payload: self
+                    .encode(fsm, command, EntryPoint::CommandFromJson)
+                    .await?,
+            }),
+            ApiRequest::Batch { commands } => {
+                let max = self.limits.max_batch_commands;
+                if commands.len() > max {
+                    return Err(ApiError::BadRequest(format!(
+                        "a batch of {} commands; node {} admits at most {max} per batch \
+                         (--max-batch-commands)",
+                        commands.len(),
+                        self.id
+                    )));
+                }
+                let mut applies = Vec::with_capacity(commands.len());
+                let mut bytes = 0;
+                for (fsm, c) in commands {
+                    let payload = self.encode(fsm, c, EntryPoint::CommandFromJson).await?;
+                    // Stop encoding once the entry cannot fit (a codec may turn a few bytes
+                    // of JSON into much more): the exact check follows on the whole entry.
+                    bytes += payload.len();
+                    if bytes > self.limits.max_entry_bytes {
+                        return Err(ApiError::BadRequest(format!(
+                            "the batch's commands encode to more than {} bytes by command {} \
+                             of {}; node {} admits entries of at most that (--max-entry-bytes)",
+                            self.limits.max_entry_bytes,
+                            applies.len() + 1,
+                            commands.len(),
+                            self.id
+                        )));
+                    }
+                    applies.push(Apply {
+                        fsm: fsm.clone(),
+                        payload,
+                    });
+                }
+                Command::Batch(applies)
+            }
+            ApiRequest::Deploy { bytes } => {
+                // Refuse an invalid module before it enters the log; compiling takes a
+                // thread of its own, never an async worker.
+                let (store, module) = (self.store.clone(), bytes.clone());
+                let module_id = tokio::task::spawn_blocking(move || store.prepare_module(&module))
+                    .await
+                    .map_err(|e| unavailable(format!("compiling the module: {e}")))?
+                    .map_err(unavailable)?
+                    .map_err(|e| ApiError::BadRequest(format!("invalid module: {e}")))?;
+                Command::DeployModule {
+                    module_id,
+                    bytes: bytes.clone(),
+                }
+            }
+            ApiRequest::CreateFsm {
+                fsm,
+                module_id,
+                limits,
+            } => Command::CreateFsm {
+                fsm: fsm.clone(),
+                module_id: *module_id,
+                limits: *limits,
+            },
+            ApiRequest::SetLimits { fsm, limits } => Command::SetLimits {
+                fsm: fsm.clone(),
+                limits: *limits,
+            },
+            ApiRequest::UpgradeFsm { fsm, module_id } => Command::UpgradeFsm {
+                fsm: fsm.clone(),
+                module_id: *module_id,
+            },
+            ApiRequest::DropFsm { fsm } => Command::DropFsm { fsm: fsm.clone() },
+            ApiRequest::DropModule { module_id } => Command::DropModule {
+                module_id: *module_id,
+            },
+            _ => return Err(ApiError::BadRequest("not a write".into())),
+        })
+    }
+}
