@@ -298,6 +298,7 @@ impl ClusterNode {
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?
             .applying_only_durable(log.durable());
         let (removed, holds) = (sm.removed_nodes(), sm.holds());
+        let log = log.held_by(&holds);
         log.claim(config.id)?;
         // A node that led when it stopped (or the initial leader of `wraft init generate`)
         // campaigns at once in a new term (after a pre-vote, so a leader elected meanwhile

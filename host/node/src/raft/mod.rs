@@ -2,15 +2,17 @@
 //! state machine over the state env (`<data>/state`), with snapshots (`<data>/snapshots`).
 
 mod applied;
+mod holds;
 mod log_store;
 mod snapshot;
 mod state_machine;
 
 pub use applied::AppliedState;
+pub use holds::StoreHolds;
 pub use log_store::{DEFAULT_MAX_LOG_BYTES, DurableLog, LogReader, LogStore, LogSummary};
 pub use snapshot::{SnapshotPolicy, verify_snapshot_file};
 pub(crate) use snapshot::{sha256_prefix, sync_dir, ticker, unique_path};
-pub use state_machine::{RemovedNodes, StateMachine, StoreHolds};
+pub use state_machine::{RemovedNodes, StateMachine};
 
 pub use wraft_core::raft::{
     Entry, LogId, Node, NodeId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,

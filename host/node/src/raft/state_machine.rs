@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 
+use super::holds::{Hold, StoreHolds};
 use super::snapshot::SnapshotDir;
 use super::{
     AppliedState, DurableLog, Entry, LogId, NodeId, Snapshot, SnapshotMeta, StoredMembership,
@@ -31,47 +32,6 @@ pub struct StateMachine {
     durable: Option<DurableLog>,
     holds: StoreHolds,
     _hold: Hold,
-}
-
-/// What openraft holds of a node's state store and does not join when it shuts down: the
-/// state-machine worker and the snapshot builds it spawns. [`StoreHolds::released`] waits
-/// until none is left, so the data directory can be opened again.
-#[derive(Debug, Clone, Default)]
-pub struct StoreHolds(Arc<HoldCount>);
-
-#[derive(Debug, Default)]
-struct HoldCount {
-    held: std::sync::Mutex<usize>,
-    released: tokio::sync::Notify,
-}
-
-/// One holder of the store, counted until dropped.
-#[derive(Debug)]
-struct Hold(Arc<HoldCount>);
-
-impl StoreHolds {
-    fn hold(&self) -> Hold {
-        *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        Hold(self.0.clone())
-    }
-
-    /// Returns once the state machine and every snapshot build have let go of the store.
-    pub async fn released(&self) {
-        loop {
-            let notified = self.0.released.notified();
-            if *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        self.0.released.notify_waiters();
-    }
 }
 
 /// The nodes removed from the cluster, as the applied state records them: the transport

@@ -94,6 +94,7 @@ async fn start(
         .expect("state machine")
         .applying_only_durable(log.durable());
     let (store, holds) = (sm.store().clone(), sm.holds());
+    let log = log.held_by(&holds);
     let mut config = Config {
         election_timeout_min: 150,
         election_timeout_max: 300,

@@ -22,6 +22,7 @@ use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::holds::{Hold, StoreHolds};
 use super::{Entry, LogId, TypeConfig, Vote, io_err};
 
 mod offline;
@@ -71,12 +72,17 @@ pub struct LogStore {
     inner: Arc<Inner>,
     /// The writer thread (none for the offline tools, which write directly).
     writer: Option<Arc<Writer>>,
+    /// Counts this store among the node's [`StoreHolds`] until the env is closed (declared
+    /// after `inner` and `writer`, so it is released only once they are dropped).
+    hold: Option<Arc<Hold>>,
 }
 
-/// A reader of the log, for openraft's replication tasks.
+/// A reader of the log, for openraft's replication tasks and state-machine worker.
 #[derive(Debug, Clone)]
 pub struct LogReader {
     inner: Arc<Inner>,
+    /// Released after `inner` (see [`LogStore`]).
+    _hold: Option<Arc<Hold>>,
 }
 
 fn log_key(group: u64, index: u64) -> [u8; 16] {
@@ -244,6 +250,21 @@ impl Inner {
 }
 
 impl LogStore {
+    /// Counts this store and every reader made from it among `holds`: openraft does not join
+    /// its state-machine worker, which drops its log reader after the state machine, so a
+    /// node waiting for [`StoreHolds::released`] must wait for the log env too.
+    pub fn held_by(mut self, holds: &StoreHolds) -> Self {
+        self.hold = Some(Arc::new(holds.hold()));
+        self
+    }
+
+    fn reader(&self) -> LogReader {
+        LogReader {
+            inner: self.inner.clone(),
+            _hold: self.hold.clone(),
+        }
+    }
+
     /// Opens (creating if needed) `<data_dir>/raft` with the default map size.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         Self::open_sized(data_dir, DEFAULT_MAX_LOG_BYTES)
@@ -307,6 +328,7 @@ impl LogStore {
                 durable: DurableSender::new(Default::default()),
             }),
             writer: None,
+            hold: None,
         }
     }
 
@@ -389,19 +411,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        LogReader {
-            inner: self.inner.clone(),
-        }
-        .try_get_log_entries(range)
-        .await
+        self.reader().try_get_log_entries(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        LogReader {
-            inner: self.inner.clone(),
-        }
-        .read_vote()
-        .await
+        self.reader().read_vote().await
     }
 }
 
@@ -421,9 +435,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader {
-            inner: self.inner.clone(),
-        }
+        self.reader()
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
@@ -503,6 +515,27 @@ pub(super) fn locked<'a, T>(table: &'a Mutex<T>, name: &str) -> std::sync::Mutex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// openraft's state-machine worker drops its log reader after the state machine: the
+    /// holds are released only when the last reader is gone and the env closed, so the
+    /// directory opens again at once (the restart test failed on CI when they were not).
+    #[tokio::test]
+    async fn the_holds_last_until_the_last_log_reader_is_gone() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let holds = StoreHolds::default();
+        let mut store = LogStore::open(dir.path()).expect("open").held_by(&holds);
+        let reader = store.get_log_reader().await;
+        drop(store);
+        assert!(
+            holds.released().now_or_never().is_none(),
+            "a reader still holds the env"
+        );
+        assert!(LogStore::open(dir.path()).is_err(), "the env is still open");
+        drop(reader);
+        assert!(holds.released().now_or_never().is_some());
+        LogStore::open(dir.path()).expect("opens again once released");
+    }
 
     /// A poisoned tail stops the reader loudly; it used to read as no entries at all.
     #[test]
