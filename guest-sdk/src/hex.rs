@@ -14,31 +14,14 @@ pub struct HexBytes(pub Vec<u8>);
 pub struct Hex32(pub [u8; 32]);
 
 fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(2 + bytes.len() * 2);
     s.push_str("0x");
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
+    s.push_str(&hex::encode(bytes));
     s
 }
 
-fn from_hex(s: &str) -> Result<Vec<u8>, &'static str> {
-    let s = s.strip_prefix("0x").unwrap_or(s);
-    if !s.len().is_multiple_of(2) {
-        return Err("odd number of hex digits");
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        b'A'..=b'F' => Ok(c - b'A' + 10),
-        _ => Err("not a hex digit"),
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?))
-        .collect()
+fn from_hex(s: &str) -> Result<Vec<u8>, hex::FromHexError> {
+    hex::decode(s.strip_prefix("0x").unwrap_or(s))
 }
 
 impl Serialize for HexBytes {

@@ -2,7 +2,8 @@
 //! client certificate; it connects to one, and the nodes forward what must go to the leader.
 //!
 //! Retries: a request refused with `NoLeader` (an election is under way), or that could not
-//! be sent because a node is down, is retried on the next node until `patience` runs out.
+//! be sent because a node is down, is retried on the next node until `patience` runs out,
+//! waiting 20 ms, then twice as long each time up to 1 s, with jitter.
 //! A write whose connection broke *after* it was sent is not retried (it may have applied);
 //! the error says so.
 
@@ -139,6 +140,7 @@ impl Client {
             request,
             ApiRequest::Query { .. } | ApiRequest::ListFsms | ApiRequest::Status
         );
+        let mut backoff = Backoff::default();
         loop {
             let retry = match self.once(&request).await {
                 Ok(Ok(response)) => return Ok(response),
@@ -154,7 +156,7 @@ impl Client {
                     last: retry,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            backoff.wait().await;
         }
     }
 
@@ -223,6 +225,7 @@ impl Client {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<ModuleId, ClientError> {
         let deadline = Instant::now() + self.patience;
+        let mut backoff = Backoff::default();
         loop {
             let retry = match self.connection().await {
                 Err(e) => e,
@@ -243,7 +246,7 @@ impl Client {
                     last: retry,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            backoff.wait().await;
         }
     }
 
@@ -351,5 +354,51 @@ impl Client {
             ApiResponse::Leader(id) => Ok(id),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
+    }
+}
+
+/// Waits between retries: exponential from 20 ms up to 1 s, each wait drawn uniformly from
+/// half to all of it (jitter, so clients refused together do not come back together).
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(20),
+        }
+    }
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(1);
+
+    async fn wait(&mut self) {
+        let full = self.next.as_micros() as u64;
+        let wait = Duration::from_micros(fastrand::u64(full / 2..=full));
+        self.next = (self.next * 2).min(Self::MAX);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn backoff_grows_to_a_second_with_jitter() {
+        tokio::time::pause();
+        let mut b = Backoff::default();
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            let before = tokio::time::Instant::now();
+            b.wait().await;
+            waits.push(before.elapsed());
+        }
+        assert!(waits[0] >= Duration::from_millis(10) && waits[0] <= Duration::from_millis(20));
+        assert!(waits[9] >= Duration::from_millis(500) && waits[9] <= Duration::from_secs(1));
+        assert!(waits.windows(2).all(|w| w[1] >= w[0] / 2), "{waits:?}");
     }
 }

@@ -93,30 +93,17 @@ pub struct ModuleId(pub [u8; 32]);
 impl ModuleId {
     /// Parses 64 hex digits.
     pub fn from_hex(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return None;
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        };
         let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
-        }
+        hex::decode_to_slice(s, &mut out).ok()?;
         Some(Self(out))
     }
 }
 
 impl fmt::Display for ModuleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).map_err(|_| fmt::Error)?;
+        f.write_str(core::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -5,22 +5,10 @@
 use std::io;
 use std::path::Path;
 
-/// Free bytes (for unprivileged users) on the filesystem holding `path`.
+/// Free bytes (for unprivileged users) on the filesystem holding `path`, if it can be asked.
 pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `s` is writable for one statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `s`.
-    let s = unsafe { s.assume_init() };
-    // The field types are narrower on some 32-bit targets.
-    #[allow(clippy::useless_conversion)]
-    let (blocks, size) = (u64::from(s.f_bavail), u64::from(s.f_frsize));
-    Some(blocks.saturating_mul(size))
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// Bytes a compacting copy of an LMDB env would give back: its file minus the pages in use
