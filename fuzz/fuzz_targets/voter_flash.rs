@@ -12,6 +12,8 @@ use wraft_fuzz::Input;
 use wraft_fuzz::voter::Nor;
 
 const SECTORS: usize = 4;
+/// Bytes of a key record up to its CRC's end: magic (4), version (1), key (32), CRC (4).
+const KEY_RECORD_CHECKED: usize = 41;
 
 fn open(flash: Nor) -> (FlashStore<Nor>, Persisted) {
     FlashStore::open(flash).expect("a whole flash opens whatever it holds")
@@ -28,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
     if let Some(record) = image.first_chunk::<KEY_RECORD_LEN>()
         && let Ok(key) = parse_key_record(record)
     {
-        assert_eq!(&key_record(&key), record);
+        // Magic, version, key and CRC come back; the padding after them is not read.
+        assert_eq!(key_record(&key)[..KEY_RECORD_CHECKED], record[..KEY_RECORD_CHECKED]);
     }
     let mut flash = Nor::new(SECTORS, image);
     let (store, state) = match FlashStore::open(flash.clone()) {
