@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(key) = parse_key_record(record)
     {
         // Magic, version, key and CRC come back; the padding after them is not read.
-        assert_eq!(key_record(&key)[..KEY_RECORD_CHECKED], record[..KEY_RECORD_CHECKED]);
+        assert_eq!(
+            key_record(&key)[..KEY_RECORD_CHECKED],
+            record[..KEY_RECORD_CHECKED]
+        );
     }
     let mut flash = Nor::new(SECTORS, image);
     let (store, state) = match FlashStore::open(flash.clone()) {

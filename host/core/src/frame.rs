@@ -238,7 +238,10 @@ mod tests {
             bytes: &wire,
             largest_ask: 0,
         };
-        assert_eq!(read_frame::<_, LogEntry>(&mut r, 1 << 20).expect("read"), big);
+        assert_eq!(
+            read_frame::<_, LogEntry>(&mut r, 1 << 20).expect("read"),
+            big
+        );
         assert_eq!(r.largest_ask, READ_STEP);
     }
 
