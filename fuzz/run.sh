@@ -26,6 +26,11 @@ if [ "$sanitizer" != none ]; then
     export RUSTC_BOOTSTRAP=1
 fi
 flags=(--sanitizer "$sanitizer" --debug-assertions)
+# FUZZ_BUILD=dev: unoptimized dependencies, a third of the release build's time; CI's smoke
+# runs use it (a short run needs the build more than the speed).
+if [ "${FUZZ_BUILD:-release}" = dev ]; then
+    flags+=(--dev)
+fi
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
