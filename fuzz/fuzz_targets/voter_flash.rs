@@ -6,7 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use wraft_core::voter::{
-    FlashError, FlashStore, KEY_RECORD_LEN, Persisted, VoterStore, key_record, parse_key_record,
+    FlashError, FlashStore, KEY_RECORD_LEN, MAX_RUNS, Persisted, VoterStore, key_record,
+    parse_key_record,
 };
 use wraft_fuzz::Input;
 use wraft_fuzz::voter::Nor;
@@ -36,15 +37,8 @@ fuzz_target!(|data: &[u8]| {
             record[..KEY_RECORD_CHECKED]
         );
     }
-    let mut flash = Nor::new(SECTORS, image);
-    let (store, state) = match FlashStore::open(flash.clone()) {
-        Ok(opened) => opened,
-        // A record of the largest size whose boot count then needs one more byte.
-        Err(FlashError::TooLarge) => return,
-        Err(e) => panic!("opening: {e}"),
-    };
-    flash = store.into_inner();
-    let (mut store, again) = open(flash);
+    let (store, state) = open(Nor::new(SECTORS, image));
+    let (mut store, again) = open(store.into_inner());
     assert_eq!(again.boots, state.boots.wrapping_add(1));
     assert_eq!(without_boots(again.clone()), without_boots(state));
     let mut acknowledged = again;
@@ -57,6 +51,10 @@ fuzz_target!(|data: &[u8]| {
             break;
         };
         input.0 = rest;
+        if next.tail.len() > MAX_RUNS {
+            // The voter never holds such a state, and opening skips one as foreign.
+            continue;
+        }
         if cut & 0x8000 != 0 {
             // The power fails after `cut % 4096` more bytes programmed or erased.
             let mut flash = store.into_inner();

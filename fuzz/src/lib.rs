@@ -5,11 +5,15 @@
 //!   bytes it was given.
 //! * [`Input`]: reads a target's structured input (selectors, lengths) off the fuzzer's bytes.
 //! * [`voter`]: in-memory NOR flash, voter storage and a byte stream for the passive voter.
-//! * [`codec`]: the example FSMs loaded once into an [`wraft_host::runtime::FsmRuntime`].
-//! * [`seeds`]: seed inputs built from real encodings (`cargo run --example seeds`).
+//! * `codec`: the example FSMs loaded once into a `wraft_host::runtime::FsmRuntime`.
+//! * `seeds`: seed inputs built from real encodings (`cargo run --example seeds`).
+//!
+//! `codec` and `seeds` need the feature `host` (default).
 
+#[cfg(feature = "host")]
 pub mod codec;
 pub mod meter;
+#[cfg(feature = "host")]
 pub mod seeds;
 pub mod voter;
 
