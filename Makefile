@@ -31,7 +31,7 @@ bench: setup
 ## Every cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECS seconds each, on stable Rust;
 ## installs cargo-fuzz if missing and prints executions and coverage per target
 ## (docs/testing.md, "Fuzzing"). FUZZ_TARGETS="frame link" narrows the run;
-## FUZZ_SANITIZER=address adds AddressSanitizer.
+## FUZZ_SANITIZER=address adds AddressSanitizer; FUZZ_BUILD=dev FUZZ_HOST=0 is CI's quick form.
 FUZZ_SECS ?= 60
 fuzz: setup
 	FUZZ_SECS=$(FUZZ_SECS) bash fuzz/run.sh $(FUZZ_TARGETS)
