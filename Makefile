@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup dev test bench ci edge-setup edge edge-test embedded-setup embedded embedded-test
+.PHONY: setup dev test bench fuzz fuzz-seeds ci edge-setup edge edge-test embedded-setup embedded embedded-test
 
 ## Rust targets and components the build needs (idempotent, offline once installed).
 setup:
@@ -27,6 +27,18 @@ bench: setup
 	$(CARGO) bench -p wraft-host --bench ops
 	$(CARGO) bench -p wraft-host --bench restart
 	$(CARGO) run --release -p wraft-host --bin wraft -- bench --size 256,4096
+
+## Every cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECS seconds each, on stable Rust;
+## installs cargo-fuzz if missing and prints executions and coverage per target
+## (docs/testing.md, "Fuzzing"). FUZZ_TARGETS="frame link" narrows the run;
+## FUZZ_SANITIZER=address adds AddressSanitizer; FUZZ_BUILD=dev FUZZ_HOST=0 is CI's quick form.
+FUZZ_SECS ?= 60
+fuzz: setup
+	FUZZ_SECS=$(FUZZ_SECS) bash fuzz/run.sh $(FUZZ_TARGETS)
+
+## Rewrites the committed seed corpora (fuzz/seeds/) from real encodings (fuzz/src/seeds.rs).
+fuzz-seeds: setup
+	cd fuzz && $(CARGO) run --example seeds
 
 ## Cross toolchains, Rust targets and qemu-user for the edge builds (targets/edge-linux).
 edge-setup: setup

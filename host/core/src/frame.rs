@@ -14,6 +14,9 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 8;
+/// Payload bytes [`read_frame`] reads at a time: its buffer grows with the bytes that
+/// arrived, never with the length a header announced.
+pub const READ_STEP: usize = 64 << 10;
 
 /// Why a frame could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +77,9 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), Fra
     w.flush().map_err(FrameError::Io)
 }
 
-/// Reads one frame of at most `max_len` payload bytes and decodes it.
+/// Reads one frame of at most `max_len` payload bytes and decodes it. The payload is read
+/// [`READ_STEP`] bytes at a time, so a header that announces much and a stream that then
+/// ends costs what arrived, not what was announced (found by the `frame` fuzz target).
 pub fn read_frame<R: Read, T: DeserializeOwned>(
     r: &mut R,
     max_len: usize,
@@ -85,8 +90,12 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(
     if len > max_len {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let mut payload = alloc::vec![0u8; len];
-    r.read_exact(&mut payload)?;
+    let mut payload = Vec::with_capacity(len.min(READ_STEP));
+    while payload.len() < len {
+        let at = payload.len();
+        payload.resize(at + (len - at).min(READ_STEP), 0);
+        r.read_exact(&mut payload[at..])?;
+    }
     decode_payload(&payload, expected)
 }
 
@@ -181,6 +190,59 @@ mod tests {
             read_frame::<_, LogEntry>(&mut r, 2),
             Err(FrameError::TooLarge { max: 2, .. })
         ));
+    }
+
+    /// Regression (fuzz target `frame`): an 8-byte header announcing 4.5 MiB made
+    /// `read_frame` allocate all of it before the stream ended. Now it asks the reader for
+    /// at most [`READ_STEP`] bytes at a time.
+    #[test]
+    fn a_large_announced_frame_is_read_in_steps() {
+        struct Stingy<'a> {
+            bytes: &'a [u8],
+            largest_ask: usize,
+        }
+        impl embedded_io::ErrorType for Stingy<'_> {
+            type Error = core::convert::Infallible;
+        }
+        impl Read for Stingy<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+                self.largest_ask = self.largest_ask.max(buf.len());
+                let n = buf.len().min(self.bytes.len());
+                buf[..n].copy_from_slice(&self.bytes[..n]);
+                self.bytes = &self.bytes[n..];
+                Ok(n)
+            }
+        }
+        let announced = [0x00, 0x00, 0x46, 0x00, 0x00, 0x00, 0x08, 0x08];
+        let mut r = Stingy {
+            bytes: &announced,
+            largest_ask: 0,
+        };
+        assert!(matches!(
+            read_frame::<_, LogEntry>(&mut r, 64 << 20),
+            Err(FrameError::UnexpectedEof)
+        ));
+        assert_eq!(r.largest_ask, READ_STEP);
+
+        // A frame longer than a step still reads whole.
+        let big = LogEntry::new(
+            1,
+            Command::DeployModule {
+                module_id: crate::entry::ModuleId([1; 32]),
+                bytes: alloc::vec![7; 3 * READ_STEP + 5],
+            },
+        );
+        let mut wire = Vec::new();
+        encode_frame(&big, &mut wire);
+        let mut r = Stingy {
+            bytes: &wire,
+            largest_ask: 0,
+        };
+        assert_eq!(
+            read_frame::<_, LogEntry>(&mut r, 1 << 20).expect("read"),
+            big
+        );
+        assert_eq!(r.largest_ask, READ_STEP);
     }
 
     #[test]

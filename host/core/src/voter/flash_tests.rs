@@ -377,3 +377,48 @@ fn the_key_loads_from_its_sector_or_is_missing() {
     nor.write(key_at, &key_record(&key)).expect("provision");
     assert_eq!(load_key(&mut nor, key_at), Ok(key));
 }
+
+/// Regression (fuzz target `voter_flash`): a record holding more runs than [`MAX_RUNS`]
+/// (never written by the voter, but with a valid CRC) was loaded, and with one more boot no
+/// longer fit a record, so every open failed with `TooLarge`. Such a record is foreign: the
+/// newest state the voter wrote is loaded instead, and the largest state within the bounds
+/// fits with any boot count.
+#[test]
+fn a_record_past_the_voter_bounds_is_skipped() {
+    let (mut store, _) = FlashStore::open(Nor::new(4)).expect("blank");
+    let good = state(1);
+    store.save(&good).expect("save");
+    let leader = LeaderId {
+        term: u64::MAX,
+        node: u64::MAX,
+    };
+    let mut foreign = good.clone();
+    foreign.tail = vec![
+        Run {
+            leader,
+            count: u32::MAX
+        };
+        MAX_RUNS + 2
+    ];
+    store
+        .append(&foreign)
+        .expect("fits a record, one boot short of not fitting");
+    let (_, loaded) = FlashStore::open(store.into_inner()).expect("opens");
+    assert_eq!(without_boots(loaded), without_boots(good));
+
+    let mut largest = foreign;
+    largest.tail.truncate(MAX_RUNS);
+    largest.committed = Some(LogId {
+        leader,
+        index: u64::MAX,
+    });
+    largest.vote = Vote {
+        leader,
+        committed: true,
+    };
+    largest.boots = u32::MAX - 1;
+    let (mut store, _) = FlashStore::open(Nor::new(4)).expect("blank");
+    store.save(&largest).expect("the largest state fits");
+    let (_, loaded) = FlashStore::open(store.into_inner()).expect("and one more boot");
+    assert_eq!(without_boots(loaded), without_boots(largest));
+}

@@ -165,7 +165,7 @@ impl FsmRecord {
     /// Decodes a record, also one written before limits had five fields (its queries keep
     /// running on the apply fuel and its keyspace has no quota, as they did then). Records
     /// are not rewritten: every replica hashes the bytes it applied.
-    pub(crate) fn decode(what: &str, bytes: &[u8]) -> Result<Self, StateError> {
+    pub fn decode(what: &str, bytes: &[u8]) -> Result<Self, StateError> {
         match postcard::from_bytes::<Self>(bytes) {
             Ok(rec) => Ok(rec),
             Err(postcard::Error::DeserializeUnexpectedEnd) => {
