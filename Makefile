@@ -3,6 +3,10 @@
 
 CARGO ?= cargo
 
+# Where cargo puts what it builds: a CARGO_TARGET_DIR in the environment is honoured (made
+# absolute: the firmware builds in its own directory), else ./target.
+TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(abspath $(CARGO_TARGET_DIR)),$(CURDIR)/target)
+
 .PHONY: setup dev test bench fuzz fuzz-seeds ci edge-setup edge edge-test embedded-setup embedded embedded-test
 
 ## Rust targets and components the build needs (idempotent, offline once installed).
@@ -49,12 +53,13 @@ edge-setup: setup
 edge: edge-setup
 	$(CARGO) build --profile edge --bin wraft --target aarch64-unknown-linux-gnu
 	$(CARGO) build --profile edge --bin wraft --target armv7-unknown-linux-gnueabihf
-	ls -l target/aarch64-unknown-linux-gnu/edge/wraft target/armv7-unknown-linux-gnueabihf/edge/wraft
+	ls -l $(TARGET_DIR)/aarch64-unknown-linux-gnu/edge/wraft \
+		$(TARGET_DIR)/armv7-unknown-linux-gnueabihf/edge/wraft
 
 ## One x86_64, one aarch64 (qemu-aarch64) and one armv7 (qemu-arm) node in one cluster:
 ## identical state for every FSM (host/node/tests/all/edge.rs). Dev builds: quicker to build.
-EDGE_BINS = WRAFT_EDGE_AARCH64=$(CURDIR)/target/aarch64-unknown-linux-gnu/debug/wraft \
-	WRAFT_EDGE_ARMV7=$(CURDIR)/target/armv7-unknown-linux-gnueabihf/debug/wraft
+EDGE_BINS = WRAFT_EDGE_AARCH64=$(TARGET_DIR)/aarch64-unknown-linux-gnu/debug/wraft \
+	WRAFT_EDGE_ARMV7=$(TARGET_DIR)/armv7-unknown-linux-gnueabihf/debug/wraft
 edge-test: edge-setup
 	$(CARGO) build --bin wraft --target aarch64-unknown-linux-gnu
 	$(CARGO) build --bin wraft --target armv7-unknown-linux-gnueabihf
@@ -66,12 +71,9 @@ embedded-setup: setup
 
 ## The passive-voter firmware for a Cortex-M4 (QEMU's mps2-an386); prints its flash and RAM
 ## use (docs/embedded.md). memory.x caps it at 128 KiB of flash and 64 KiB of RAM.
-## A CARGO_TARGET_DIR in the environment is honoured (made absolute: the firmware builds in
-## its own directory).
-VOTER_TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(abspath $(CARGO_TARGET_DIR)),$(CURDIR)/target)
-VOTER_FIRMWARE = $(VOTER_TARGET_DIR)/thumbv7em-none-eabihf/release/wraft-voter
+VOTER_FIRMWARE = $(TARGET_DIR)/thumbv7em-none-eabihf/release/wraft-voter
 embedded: embedded-setup
-	cd targets/cortex-m && CARGO_TARGET_DIR=$(VOTER_TARGET_DIR) $(CARGO) build --release
+	cd targets/cortex-m && CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) build --release
 	@if command -v size >/dev/null; then \
 		size -A $(VOTER_FIRMWARE) | grep -E '^(\.vector_table|\.text|\.rodata|\.data|\.bss|\.uninit) '; \
 	else ls -l $(VOTER_FIRMWARE); echo "(binutils' size prints the sections)"; fi

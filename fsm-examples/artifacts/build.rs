@@ -16,6 +16,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("probe", "probe"),
     // Built from probe's source (see its Cargo.toml).
     ("probe-next", "probe"),
+    ("nan-bits", "nan-bits"),
 ];
 
 fn main() {

@@ -228,7 +228,7 @@ mod tests {
         let big = LogEntry::new(
             1,
             Command::DeployModule {
-                module_id: crate::entry::ModuleId([1; 32]),
+                module_id: crate::ModuleId([1; 32]),
                 bytes: alloc::vec![7; 3 * READ_STEP + 5],
             },
         );

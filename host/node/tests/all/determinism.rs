@@ -1,5 +1,6 @@
 //! Two independent stores applying the same log reach the same state hash, including FSMs
-//! that use the entry context and the PRNG, and failures in the middle.
+//! that use the entry context and the PRNG, and failures in the middle; Cranelift and Pulley
+//! give the same answers, fuel exhaustion and NaN bits.
 
 use probe::Command as C;
 use wraft_core::{Command, EntryResponse, FsmLimits, LogEntry};
@@ -7,6 +8,7 @@ use wraft_host::runtime::{Backend, FsmRuntime};
 use wraft_host::state::{AppliedPosition, Committed, StateStore, module_id};
 
 use crate::common::{name, probe_apply, runtime};
+use crate::nan_model;
 
 fn log() -> Vec<LogEntry> {
     let bytes = wraft_fsm_artifacts::PROBE.to_vec();
@@ -159,4 +161,124 @@ fn cranelift_and_pulley_give_the_same_outputs_and_state() {
     let (da, db) = (a.digest().expect("digest"), b.digest().expect("digest"));
     assert!(da.differences(&db).is_empty(), "{:?}", da.differences(&db));
     assert_eq!(da.fsms, db.fsms);
+}
+
+/// NaNs: the nan-bits guest makes them every way it can (`nan_model::commands`: `0/0`,
+/// `inf - inf`, `sqrt(-1)`, arithmetic on signalling and payload-carrying NaNs; f32, f64,
+/// scalar and SIMD) under Cranelift and under Pulley. Both must store the same bytes (so reach
+/// the same state hash), and those must be the model's: the canonical NaN (`0x7fc00000`,
+/// `0x7ff8000000000000`) wherever arithmetic made a NaN, the operand's own bits where wasm
+/// only moves a sign or selects. Without canonicalization an x86 host stores `0xffc00000` for
+/// `0/0` and passes payloads on, on both backends alike: only the model catches that.
+#[test]
+pub(crate) fn nan_bits() {
+    let bytes = wraft_fsm_artifacts::NAN_BITS.to_vec();
+    let instructions = nan_model::instructions(&bytes);
+    let id = module_id(&bytes);
+    let commands = nan_model::commands();
+    let mut log = vec![
+        LogEntry::new(
+            1_000,
+            Command::DeployModule {
+                module_id: id,
+                bytes,
+            },
+        ),
+        LogEntry::new(
+            1_001,
+            Command::CreateFsm {
+                fsm: name("nan"),
+                module_id: id,
+                limits: FsmLimits::default(),
+            },
+        ),
+    ];
+    for (prefix, operands) in &commands {
+        let cmd = nan_bits::Command::Compute {
+            prefix: prefix.as_bytes().to_vec(),
+            operands: *operands,
+        };
+        let payload = postcard::to_allocvec(&cmd).expect("encode");
+        log.push(LogEntry::new(
+            1_002,
+            Command::Apply(wraft_core::Apply {
+                fsm: name("nan"),
+                payload,
+            }),
+        ));
+    }
+    let mut runs = Vec::new();
+    for backend in [Backend::Native, Backend::Pulley] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let runtime = FsmRuntime::with_backend(backend).expect("runtime");
+        let (store, responses) = replay_on(dir.path(), &log, 3, runtime.into());
+        for r in &responses[2..] {
+            assert!(matches!(r, EntryResponse::Output(_)), "{backend:?}: {r:?}");
+        }
+        let stored: Vec<Vec<(Vec<u8>, Vec<u8>)>> = commands
+            .iter()
+            .map(|(prefix, _)| {
+                let q = nan_bits::Query::Results {
+                    prefix: prefix.as_bytes().to_vec(),
+                };
+                let q = postcard::to_allocvec(&q).expect("encode");
+                let out = store
+                    .query(&name("nan"), &q)
+                    .expect("no fault")
+                    .expect("query");
+                postcard::from_bytes(&out).expect("decode")
+            })
+            .collect();
+        let hash = store.fsm_hash(&name("nan")).expect("hash").expect("fsm");
+        runs.push((stored, hash));
+    }
+    let [(native, native_hash), (pulley, pulley_hash)] = <[_; 2]>::try_from(runs).expect("two");
+    let missing: Vec<&str> = native[0]
+        .iter()
+        .map(|(op, _)| std::str::from_utf8(op).expect("an instruction name"))
+        .filter(|op| {
+            !nan_model::made_by(op)
+                .iter()
+                .all(|i| instructions.contains(i))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the guest's code lacks {missing:?}: the compiler folded or replaced them"
+    );
+    let (mut made, mut passed) = (0, 0);
+    for (((prefix, operands), native), pulley) in commands.iter().zip(&native).zip(&pulley) {
+        assert_eq!(native.len(), pulley.len(), "{prefix}: results stored");
+        assert_eq!(native.len(), nan_model::RESULTS, "{prefix}: results stored");
+        for ((key, bits), (pulley_key, pulley_bits)) in native.iter().zip(pulley) {
+            let op = std::str::from_utf8(key).expect("an instruction name");
+            assert_eq!(key, pulley_key, "{prefix}: keys");
+            let show = |b: &[u8]| nan_model::show(op, b);
+            assert_eq!(
+                bits,
+                pulley_bits,
+                "{prefix}{op}: Cranelift stored {}, Pulley {}",
+                show(bits),
+                show(pulley_bits)
+            );
+            let expected = nan_model::expected(op, operands);
+            assert_eq!(
+                bits,
+                &expected,
+                "{prefix}{op} of {operands:x?}: stored {}, the model says {}",
+                show(bits),
+                show(&expected)
+            );
+            let (nans, canonical) = nan_model::nans(op, bits);
+            if nan_model::canonicalizes(op) {
+                made += nans;
+            } else {
+                passed += nans - canonical;
+            }
+        }
+    }
+    assert_eq!(native_hash, pulley_hash, "state hashes");
+    // Enough NaNs were made, and enough non-canonical ones passed through, to mean something.
+    assert!(made >= 150, "{made} NaNs made by arithmetic");
+    assert!(passed >= 20, "{passed} non-canonical NaNs passed through");
 }

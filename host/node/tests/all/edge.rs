@@ -4,6 +4,12 @@
 //! thousand commands, floating point and hostile inputs included, and must end with the same
 //! state hash for every FSM. Commands that run out of fuel write first: a node that ran out
 //! at another command would keep or lose a key the others do not, and its hash would differ.
+//! The nan-bits guest makes NaNs every way it can: each node must hold exactly the bits the
+//! model says (`nan_model`: canonical NaNs from arithmetic), whatever its CPU or backend. A
+//! recursion swept across the call-depth cut-off writes only when it completes, so a node
+//! whose depth limit fell elsewhere would hold other keys. Then the armv7 node and the aarch64
+//! node are each stopped while the others write past a snapshot, and catch up by installing
+//! a snapshot built on another architecture.
 //!
 //! Needs the cross builds: `make edge-test` builds them and points `WRAFT_EDGE_AARCH64` and
 //! `WRAFT_EDGE_ARMV7` at them.
@@ -13,14 +19,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use probe::Command as P;
-use wraft_api::{ApiError, ApiRequest, ApiResponse, Payload};
+use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::{ApplyError, FsmLimits, FsmName};
 use wraft_faults::process::{NodeProcess, NodeSpec, command_under};
 
 use crate::cli::{WRAFT, free_udp_ports, text};
-use crate::faults::{certs_for, converge, identity};
 use crate::guests::airspace_volume;
+use crate::nan_model;
+use crate::processes::{certs_for, converge, identity};
+
+/// Every node snapshots after this many entries and keeps a few behind it, so a node that
+/// was down catches up from a snapshot.
+const SNAPSHOT_EVERY: u64 = 64;
 
 /// Batches of this many commands, each one raft entry.
 const BATCHES: usize = 100;
@@ -59,6 +70,179 @@ fn probe(cmd: &P) -> (FsmName, Payload) {
         name("probe"),
         Payload::Postcard(postcard::to_allocvec(cmd).expect("encode")),
     )
+}
+
+fn nan(command: &nan_bits::Command) -> (FsmName, Payload) {
+    (
+        name("nan"),
+        Payload::Postcard(postcard::to_allocvec(command).expect("encode")),
+    )
+}
+
+/// Checks the NaN bits `client`'s node stored (a stale read: whatever it applied) against the
+/// model.
+async fn check_nans(client: &Client, node: usize) {
+    for (prefix, operands) in nan_model::commands() {
+        let query = nan_bits::Query::Results {
+            prefix: prefix.as_bytes().to_vec(),
+        };
+        let request = ApiRequest::Query {
+            fsm: name("nan"),
+            query: Payload::Postcard(postcard::to_allocvec(&query).expect("encode")),
+            consistency: Consistency::Stale,
+        };
+        let Ok(ApiResponse::Output(Payload::Postcard(out))) = client.request(request).await else {
+            panic!("node {node}: no answer to the NaN query")
+        };
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = postcard::from_bytes(&out).expect("decode");
+        assert_eq!(
+            stored.len(),
+            nan_model::RESULTS,
+            "node {node}: {prefix} results"
+        );
+        for (op, bits) in &stored {
+            let op = std::str::from_utf8(op).expect("an instruction name");
+            let expected = nan_model::expected(op, &operands);
+            assert_eq!(
+                bits,
+                &expected,
+                "node {node}: {prefix}{op}: stored {}, the model says {}",
+                nan_model::show(op, bits),
+                nan_model::show(op, &expected)
+            );
+        }
+    }
+}
+
+/// A module whose apply recurses as deep as its command says (u32 LE), then stores the
+/// command as a key: a node whose call-depth cut-off fell elsewhere would hold other keys.
+/// Its recursive function costs 11 units a frame (8, one parameter, two operands).
+fn deep_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+            (import "wraft" "kv_put" (func $put (param i32 i32 i32 i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "ok")
+            (func (export "wraft_abi_version") (result i32) i32.const 1)
+            (func (export "wraft_alloc") (param i32) (result i32) i32.const 1024)
+            (func (export "wraft_query") (param i32 i32) (result i32) i32.const 0)
+            (func $down (param i32)
+                (if (local.get 0) (then (call $down (i32.sub (local.get 0) (i32.const 1))))))
+            (func (export "wraft_apply") (param i32 i32) (result i32)
+                (call $down (i32.load (local.get 0)))
+                (call $put (local.get 0) (i32.const 4) (i32.const 16) (i32.const 2))
+                i32.const 0))"#,
+    )
+    .expect("wat")
+}
+
+/// The depths swept: around the deepest recursion the counter lets through.
+fn deep_depths() -> std::ops::RangeInclusive<u32> {
+    let cut_off = wraft_host::runtime::DEPTH_LIMIT / (wraft_host::runtime::FRAME_UNITS + 3);
+    cut_off - 4..=cut_off + 4
+}
+
+/// The newest snapshot index any of `nodes` logged it built.
+fn newest_built(nodes: &[NodeProcess]) -> u64 {
+    nodes
+        .iter()
+        .flat_map(|n| {
+            n.log()
+                .lines()
+                .filter_map(|l| {
+                    l.split("built a snapshot up to ")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()
+                })
+                .filter_map(|id| id.split('-').nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Makes node 1 (x86_64) the leader if it is not; returns its term.
+async fn x86_64_leads(admin: &Client, node_1: &Client) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = node_1.status().await.expect("status");
+        if status.leader == Some(1) {
+            return status.term;
+        }
+        assert!(Instant::now() < deadline, "node 1 never led: {status:?}");
+        // Refused while an election is under way: asked again.
+        let _ = admin.transfer_leader(Some(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Stops node `victim` (an index), writes until node 1 (x86_64, made the leader) has built a
+/// snapshot well past the victim's log, and restarts it, until it installs node 1's snapshot (a leader purges its log
+/// behind a snapshot only once no replication reads those entries, which the test cannot
+/// see, so a node may catch up from the log instead: then it goes down again).
+async fn catch_up_by_snapshot(
+    nodes: &mut [NodeProcess],
+    victim: usize,
+    (admin, writer): (&Client, &Client),
+    per_node: &[Client],
+) {
+    const INSTALLED: &str = "installed a snapshot";
+    let fill = probe(&P::Incr {
+        key: b"fill".to_vec(),
+    });
+    for round in 0..4 {
+        let term = x86_64_leads(admin, &per_node[0]).await;
+        let last = per_node[victim]
+            .status()
+            .await
+            .expect("status")
+            .last_log
+            .unwrap_or(0);
+        let installed = nodes[victim].log().matches(INSTALLED).count();
+        assert!(nodes[victim].stop(), "node {} stopped cleanly", victim + 1);
+        let past = last + SNAPSHOT_EVERY;
+        for _ in 0..8 * SNAPSHOT_EVERY {
+            if newest_built(&nodes[..1]) > past {
+                break;
+            }
+            apply_alone(writer, fill.clone()).await.expect("fill");
+        }
+        assert!(
+            newest_built(&nodes[..1]) > past,
+            "node 1 never snapshotted past index {past}"
+        );
+        nodes[victim].start().expect("restart");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline && per_node[victim].status().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        converge(per_node, Instant::now() + Duration::from_secs(300))
+            .await
+            .expect("converge");
+        let now = per_node[0].status().await.expect("status");
+        if (now.leader, now.term) != (Some(1), term) {
+            eprintln!("leadership moved during round {round}; another round");
+            continue;
+        }
+        if nodes[victim].log().matches(INSTALLED).count() > installed {
+            // Node 1 led throughout: the snapshot was built on x86_64.
+            eprintln!(
+                "node {} installed node 1's snapshot (round {round})",
+                victim + 1
+            );
+            return;
+        }
+        eprintln!(
+            "node {} caught up from the log; it misses more writes",
+            victim + 1
+        );
+    }
+    panic!(
+        "node {} never installed a snapshot:\n{}",
+        victim + 1,
+        nodes[victim].log()
+    );
 }
 
 fn json(fsm: &str, s: String) -> (FsmName, Payload) {
@@ -209,6 +393,19 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
                 },
             );
             n.runner = runner.clone();
+            n.log_filter = "warn,wraft_host::raft=info".into();
+            n.tuning = [
+                "--checkpoint-interval",
+                "2",
+                "--snapshot-entries",
+                &SNAPSHOT_EVERY.to_string(),
+                "--snapshot-trailing-entries",
+                "8",
+                "--snapshot-interval",
+                "3",
+            ]
+            .map(String::from)
+            .to_vec();
             if id == 2 {
                 // qemu-user cannot map the 64 GiB default of a 64-bit host (nor can every
                 // board kernel with a 39-bit address space): docs/edge.md.
@@ -240,6 +437,8 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
             (wraft_fsm_artifacts::FILE_MANIFEST, "manifest"),
             (wraft_fsm_artifacts::AIRSPACE_STORE, "airspace"),
             (wraft_fsm_artifacts::PROBE, "probe"),
+            (wraft_fsm_artifacts::NAN_BITS, "nan"),
+            (&deep_module(), "deep"),
         ] {
             let id = admin.deploy(module.to_vec()).await.expect("deploy");
             let limits = match fsm {
@@ -257,7 +456,7 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
                 .await
                 .expect("create");
         }
-        eprintln!("deployed 4 modules in {:?}", started.elapsed());
+        eprintln!("deployed 6 modules in {:?}", started.elapsed());
         let writer = Client::new(addrs.clone(), &identity(&certs, "writer"))
             .expect("client")
             .with_patience(Duration::from_secs(60));
@@ -296,6 +495,29 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
             command: Payload::Postcard(vec![0xff; 9]),
         };
         assert!(writer.request(garbage).await.is_err(), "garbage applied");
+        // NaNs, each command alone.
+        for (prefix, operands) in nan_model::commands() {
+            let cmd = nan_bits::Command::Compute {
+                prefix: prefix.as_bytes().to_vec(),
+                operands,
+            };
+            apply_alone(&writer, nan(&cmd))
+                .await
+                .expect("NaNs computed");
+        }
+        // A recursion across the call-depth cut-off, each depth alone.
+        let mut deep = Vec::new();
+        for depth in deep_depths() {
+            let command = Payload::Postcard(depth.to_le_bytes().to_vec());
+            deep.push(apply_alone(&writer, (name("deep"), command)).await);
+        }
+        assert!(
+            deep.first().is_some_and(Result::is_ok)
+                && deep
+                    .last()
+                    .is_some_and(|r| matches!(r, Err(ApplyError::CallDepth { .. }))),
+            "the sweep straddles the cut-off: {deep:?}"
+        );
         // Spins that write, then run out of fuel past some number of rounds.
         let mut spins = Vec::new();
         for i in 0..60u64 {
@@ -317,6 +539,18 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
             .await
             .expect("converge");
         eprintln!("converged at index {applied} after {:?}", started.elapsed());
+        // The armv7 node, then the aarch64 one, catch up from a snapshot another CPU built.
+        for victim in [2, 1] {
+            catch_up_by_snapshot(&mut nodes, victim, (&admin, &writer), &per_node).await;
+            eprintln!(
+                "node {} caught up after {:?}",
+                victim + 1,
+                started.elapsed()
+            );
+        }
+        for (i, client) in per_node.iter().enumerate() {
+            check_nans(client, i + 1).await;
+        }
         let peaks: Vec<Option<u64>> = nodes
             .iter()
             .map(|n| n.pid().and_then(peak_rss_kib))
@@ -347,7 +581,7 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
         .zip(&arches)
         .map(|(n, (bin, runner))| fsm_hashes(bin, runner, &n.spec.data_dir))
         .collect();
-    assert_eq!(hashes[0].len(), 4, "four FSMs: {:?}", hashes[0]);
+    assert_eq!(hashes[0].len(), 6, "six FSMs: {:?}", hashes[0]);
     for (i, h) in hashes.iter().enumerate().skip(1) {
         assert_eq!(h, &hashes[0], "node {} differs from node 1", i + 1);
     }

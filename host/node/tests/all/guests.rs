@@ -4,6 +4,8 @@
 use wraft_core::FsmLimits;
 
 use crate::common::{Fixture, name};
+// nan-bits's test compares backends, so it lives with the others that do.
+use crate::determinism::nan_bits;
 
 macro_rules! require_test {
     ($guest:ident) => {
