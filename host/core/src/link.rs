@@ -64,7 +64,15 @@ pub fn frame(body: &[u8], out: &mut Vec<u8>) {
         body.len()
     );
     out.push(0);
-    cobs_encode(body.iter().chain(&crc).copied(), out);
+    let start = out.len();
+    out.resize(start + cobs::max_encoding_length(body.len() + crc.len()), 0);
+    let mut encoder = cobs::CobsEncoder::new(&mut out[start..]);
+    encoder
+        .push(body)
+        .and_then(|()| encoder.push(&crc))
+        .expect("the buffer is sized by max_encoding_length");
+    let len = encoder.finalize();
+    out.truncate(start + len);
     out.push(0);
 }
 
@@ -133,57 +141,12 @@ impl Decoder {
             return None;
         }
         self.consumed = true;
-        Some(cobs_decode_in_place(&mut self.buf[..self.len]).ok_or(LinkError::Cobs))
+        let frame = &mut self.buf[..self.len];
+        Some(match cobs::decode_in_place(frame) {
+            Ok(len) => Ok(&frame[..len]),
+            Err(_) => Err(LinkError::Cobs),
+        })
     }
-}
-
-fn cobs_encode(src: impl Iterator<Item = u8>, out: &mut Vec<u8>) {
-    let mut code_at = out.len();
-    out.push(0);
-    let mut code = 1u8;
-    for b in src {
-        if b == 0 {
-            out[code_at] = code;
-            code_at = out.len();
-            out.push(0);
-            code = 1;
-            continue;
-        }
-        out.push(b);
-        code += 1;
-        if code == 0xFF {
-            out[code_at] = code;
-            code_at = out.len();
-            out.push(0);
-            code = 1;
-        }
-    }
-    out[code_at] = code;
-}
-
-/// Decodes COBS in place (the output is never longer than the input); `None` if `buf` is not
-/// a valid encoding.
-fn cobs_decode_in_place(buf: &mut [u8]) -> Option<&[u8]> {
-    let (mut read, mut write) = (0, 0);
-    while read < buf.len() {
-        let code = usize::from(buf[read]);
-        if code == 0 {
-            return None;
-        }
-        read += 1;
-        let end = read + code - 1;
-        if end > buf.len() {
-            return None;
-        }
-        buf.copy_within(read..end, write);
-        write += end - read;
-        read = end;
-        if code < 0xFF && read < buf.len() {
-            buf[write] = 0;
-            write += 1;
-        }
-    }
-    Some(&buf[..write])
 }
 
 #[cfg(test)]

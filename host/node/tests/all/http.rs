@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wraft_api::Role;
 use wraft_core::FsmLimits;
 
@@ -22,7 +21,7 @@ fn tokens() -> Vec<(String, Role)> {
     ]
 }
 
-/// One HTTP/1.1 exchange: (status, body).
+/// One HTTP/1.1 exchange through hyper's client: (status, body). `headers` are `Name: value`.
 pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
@@ -30,93 +29,41 @@ pub(crate) async fn http(
     headers: &[String],
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
+        request = request.header("content-type", "application/json");
     }
     for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
+        let (name, value) = h.split_once(':').expect("a header is Name: value");
+        request = request.header(name.trim(), value.trim());
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write body");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("a response");
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, body)
+    let request = request
+        .body(axum::body::Body::from(body.to_vec()))
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("a response");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX)
+        .await
+        .expect("the body");
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-/// Splits a shell command line: whitespace, '...' (literal) and "..." ($VARs expanded).
+/// Splits a shell command line as a POSIX shell would (the `shell-words` crate), after
+/// expanding `$VAR`s (the docs use them only outside single quotes).
 fn shell_words(line: &str, vars: &[(&str, String)]) -> Vec<String> {
-    let expand = |s: &str| {
-        vars.iter().fold(s.to_string(), |acc, (k, v)| {
-            acc.replace(&format!("${k}"), v)
-        })
-    };
-    let (mut words, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None, false);
-    let mut plain = String::new();
-    for c in line.chars() {
-        match (quote, c) {
-            (None, '\'' | '"') => {
-                cur.push_str(&expand(&std::mem::take(&mut plain)));
-                quote = Some(c);
-                any = true;
-            }
-            (Some(q), c) if c == q => {
-                let part = std::mem::take(&mut plain);
-                cur.push_str(&if q == '"' { expand(&part) } else { part });
-                quote = None;
-            }
-            (None, c) if c.is_whitespace() => {
-                cur.push_str(&expand(&std::mem::take(&mut plain)));
-                if any || !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-                any = false;
-            }
-            (_, c) => {
-                plain.push(c);
-                any = true;
-            }
-        }
-    }
-    cur.push_str(&expand(&plain));
-    if any || !cur.is_empty() {
-        words.push(cur);
-    }
-    words
+    let expanded = vars.iter().fold(line.to_string(), |acc, (k, v)| {
+        acc.replace(&format!("${k}"), v)
+    });
+    shell_words::split(&expanded).expect("a shell command line")
 }
 
 /// Runs one `curl` command line as the test's HTTP client; returns (status, body).
