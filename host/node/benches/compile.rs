@@ -1,7 +1,8 @@
 //! Compile time and peak memory of the largest modules `SHAPE` accepts, each compiled in a
 //! child process of its own (so its peak resident memory is its own), on the native backend
 //! and on Pulley (what armv7 boards run). `cargo bench -p wraft-host --bench compile`;
-//! docs/benchmarks.md reports the figures.
+//! docs/benchmarks.md reports the figures. `WRAFT_COMPILE_BENCH_KEEP=DIR` keeps the modules
+//! in DIR (named after their case), for deploying them elsewhere (docs/edge.md: armv7).
 
 #[path = "support/shapes.rs"]
 mod shapes;
@@ -45,12 +46,19 @@ fn main() {
         return;
     }
     let exe = std::env::current_exe().expect("bench binary");
-    let dir = tempfile::tempdir().expect("tmp");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let keep = std::env::var_os("WRAFT_COMPILE_BENCH_KEEP").map(std::path::PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(tmp.path());
+    std::fs::create_dir_all(dir).expect("module directory");
     let cases: Vec<_> = shapes::worst_cases(&SHAPE)
         .into_iter()
         .enumerate()
         .map(|(i, (name, bytes))| {
-            let file = dir.path().join(format!("{i}.wasm"));
+            let slug: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let file = dir.join(format!("{i:02}-{slug}.wasm"));
             std::fs::write(&file, bytes).expect("write");
             (name, file)
         })

@@ -16,7 +16,7 @@ use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
 use wraft_transport_quic::pki::CLUSTER_NAME;
 
-use crate::faults::{caught_up, identity, runtime, three_nodes};
+use crate::processes::{caught_up, identity, runtime, three_nodes};
 
 /// Three `wraft serve` processes (without the power-loss preload: these tests move hundreds
 /// of megabytes) and clients of each role.

@@ -16,7 +16,7 @@ use wraft_core::FsmName;
 use wraft_faults::proxy::{Faults, Network};
 
 use crate::cli::free_udp_ports;
-use crate::faults::{
+use crate::processes::{
     certs_for, create_register, identity, node_processes, put, runtime, three_nodes,
 };
 

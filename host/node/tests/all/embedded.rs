@@ -24,7 +24,7 @@ use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::{NodeProcess, NodeSpec};
 
 use crate::cli::{WRAFT, free_tcp_run, free_udp_ports, text};
-use crate::faults::{certs_for, identity};
+use crate::processes::{certs_for, identity};
 
 /// The firmware under QEMU, its UARTs on two TCP ports, its flash a file in `dir`.
 struct Mcu {

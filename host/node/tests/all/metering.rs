@@ -13,7 +13,7 @@ use wraft_client::{Client, ClientError};
 use wraft_core::{ApplyError, FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
 
-use crate::faults::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
+use crate::processes::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 
 /// A module whose `apply` does what its input's first byte says, until it is stopped.
 fn hostile() -> Vec<u8> {

@@ -11,7 +11,7 @@ use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, IDLE_TIMEOUT, TlsIdentity, client_config, dial};
 
 use crate::cli::free_ports;
-use crate::faults::{certs_for, node_processes};
+use crate::processes::{certs_for, node_processes};
 
 /// A new connection to `addr` that answered `Status`, within 30 s.
 async fn connect_when_serving(

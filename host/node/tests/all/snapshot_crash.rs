@@ -19,7 +19,7 @@ use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
 use wraft_faults::unsynced::Survival;
 
-use crate::faults::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
+use crate::processes::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 
 /// Batches of `PER_BATCH` pairs of `VALUE` bytes: 40 MB of state.
 const BATCHES: u32 = 40;

@@ -18,7 +18,7 @@ use wraft_core::{FsmLimits, FsmName, ModuleId};
 use wraft_faults::process::NodeProcess;
 use wraft_faults::unsynced::Survival;
 
-use crate::faults::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
+use crate::processes::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 
 /// Pairs in each upgraded FSM: enough that a debug-built node migrates for a while.
 const KEYS: u32 = 20_000;

@@ -418,12 +418,12 @@ fn a_silent_voter_on_a_serial_device_costs_one_call_not_the_next() {
 fn a_node_with_a_voter_link_but_no_key_refuses_to_start() {
     use wraft_host::cluster::{ClusterNode, NodeConfig, NodeError};
     let dir = tempfile::tempdir().expect("tmp");
-    let certs = crate::faults::certs_for(dir.path(), &[1]).expect("certs");
+    let certs = crate::processes::certs_for(dir.path(), &[1]).expect("certs");
     let mut config = NodeConfig::new(
         1,
         dir.path().join("node-1"),
         "127.0.0.1:0".parse().expect("addr"),
-        crate::faults::identity(&certs, "node-1"),
+        crate::processes::identity(&certs, "node-1"),
     );
     config
         .voter_links

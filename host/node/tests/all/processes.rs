@@ -1,0 +1,260 @@
+//! Real `wraft serve` processes for the cluster tests: certificates, the nodes of a cluster,
+//! clients by role, waiting for convergence, and stopping, verifying and comparing data
+//! directories. The fault suite (`faults`) and the other process tests share it.
+
+use std::time::{Duration, Instant};
+
+use wraft_api::{ApiRequest, Payload};
+use wraft_client::Client;
+use wraft_core::{FsmLimits, FsmName};
+use wraft_faults::process::{NodeProcess, NodeSpec};
+use wraft_faults::proxy::NodeId;
+
+use crate::cli::{WRAFT, free_udp_ports, text};
+/// The binary under test: this build's, or `WRAFT_FAULT_BIN` (a long run can use a frozen
+/// copy while the tree is rebuilt).
+fn wraft_bin() -> std::path::PathBuf {
+    std::env::var_os("WRAFT_FAULT_BIN").map_or_else(|| WRAFT.into(), Into::into)
+}
+
+pub(crate) fn wraft(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(wraft_bin())
+        .current_dir(cwd)
+        .args(args)
+        .env("WRAFT_LOG", "error")
+        .output()
+        .expect("run wraft")
+}
+
+/// Certificates for nodes `ids` (and the client roles) under `dir/certs`.
+pub(crate) fn certs_for(
+    dir: &std::path::Path,
+    ids: &[NodeId],
+) -> Result<std::path::PathBuf, String> {
+    let certs = dir.join("certs");
+    let ids = ids
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = wraft(
+        dir,
+        &[
+            "cert",
+            "--out",
+            certs.to_str().unwrap_or("certs"),
+            "--nodes",
+            &ids,
+        ],
+    );
+    if !out.status.success() {
+        return Err(format!("wraft cert: {}", text(&out.stderr)));
+    }
+    Ok(certs)
+}
+
+/// Node processes `ids` listening on `listen` (by position), logging and keeping data under
+/// `dir`, under the preload library (so they can lose power and run out of disk); node 1
+/// initializes the cluster with `members`.
+pub(crate) fn node_processes(
+    dir: &std::path::Path,
+    certs: &std::path::Path,
+    ids: &[NodeId],
+    listen: &[std::net::SocketAddr],
+    members: &str,
+) -> Vec<NodeProcess> {
+    ids.iter()
+        .zip(listen)
+        .map(|(&id, &listen)| {
+            NodeProcess::new(
+                &wraft_bin(),
+                certs,
+                dir.join(format!("node-{id}.log")),
+                NodeSpec {
+                    id,
+                    listen,
+                    data_dir: dir.join(format!("node-{id}")),
+                    initial_members: (id == 1).then(|| members.to_string()),
+                    unsynced_journal: Some(dir.join(format!("unsynced-{id}"))),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Waits (90 s at most) until every node reports the same applied index ([`converge`]); on
+/// a timeout the panic carries each node's state and the end of its log.
+pub(crate) async fn caught_up(
+    addrs: &[String],
+    certs: &std::path::Path,
+    nodes: &mut [NodeProcess],
+) {
+    let each: Vec<Client> = addrs
+        .iter()
+        .map(|a| Client::new(vec![a.clone()], &identity(certs, "admin")).expect("client"))
+        .collect();
+    let Err(last) = converge(&each, Instant::now() + Duration::from_secs(90)).await else {
+        return;
+    };
+    let mut report = format!("the nodes never caught up: {last}");
+    for n in nodes.iter_mut() {
+        let running = n.running();
+        let log = n.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        report.push_str(&format!(
+            "\n--- node {} (running: {running}, exits: {:?}):\n{}",
+            n.spec.id,
+            n.exits,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    panic!("{report}");
+}
+
+/// Three node processes (ids 1–3) on free 127.0.0.1 ports, not started, node 1
+/// initializing the cluster, with certificates under `dir/certs`: the certificates'
+/// directory, the nodes' addresses and the processes.
+pub(crate) fn three_nodes(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    Vec<std::net::SocketAddr>,
+    Vec<NodeProcess>,
+) {
+    let ids = [1, 2, 3];
+    let certs = certs_for(dir, &ids).expect("certs");
+    let base = free_udp_ports(3);
+    let real: Vec<std::net::SocketAddr> = (0..3)
+        .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
+        .collect();
+    let members = real
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = node_processes(dir, &certs, &ids, &real, &members);
+    (certs, real, nodes)
+}
+
+/// Stops every node (each must stop cleanly and never have exited on its own), requires
+/// `wraft init verify` to pass on every data directory, runs `check` on each node's state,
+/// and requires the state digests to agree.
+pub(crate) fn stop_verify_and_compare(
+    dir: &std::path::Path,
+    nodes: &mut [NodeProcess],
+    check: impl Fn(NodeId, &wraft_host::state::StateStore),
+) {
+    for n in nodes.iter_mut() {
+        assert!(
+            n.stop(),
+            "node {} did not stop cleanly:\n{}",
+            n.spec.id,
+            n.log()
+        );
+        assert!(
+            n.exits.is_empty(),
+            "node {} exited: {:?}",
+            n.spec.id,
+            n.exits
+        );
+    }
+    let mut digests = Vec::new();
+    for n in nodes.iter() {
+        let (id, data) = (n.spec.id, &n.spec.data_dir);
+        let out = wraft(
+            dir,
+            &[
+                "init",
+                "verify",
+                "--state-dir",
+                data.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "node {id}'s data directory needs repair: {}",
+            text(&out.stdout)
+        );
+        let store = wraft_host::state::StateStore::open_read_only(&data.join("state"), false)
+            .expect("state");
+        check(id, &store);
+        digests.push((id, store.digest().expect("digest")));
+    }
+    for (id, d) in digests.iter().skip(1) {
+        let parts = d.differences(&digests[0].1);
+        assert!(
+            parts.is_empty(),
+            "node {id}'s state differs from node {}'s: {parts:?}",
+            digests[0].0
+        );
+    }
+}
+
+/// Deploys the probe module and creates FSM `r` from it (the registers under test).
+pub(crate) async fn create_register(admin: &Client) -> Result<(), String> {
+    let module = admin
+        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+        .await
+        .map_err(|e| format!("deploy: {e}"))?;
+    admin
+        .create_fsm(
+            FsmName::new("r").expect("name"),
+            module,
+            FsmLimits::default(),
+        )
+        .await
+        .map_err(|e| format!("create: {e}"))
+}
+
+pub(crate) fn identity(certs: &std::path::Path, name: &str) -> wraft_transport_quic::TlsIdentity {
+    let read = |f: String| std::fs::read_to_string(certs.join(f)).expect("cert file");
+    wraft_transport_quic::TlsIdentity::from_pem(
+        &read("ca.pem".into()),
+        &read(format!("{name}.pem")),
+        &read(format!("{name}.key")),
+    )
+    .expect("identity")
+}
+
+pub(crate) fn put(key: u32, value: u64) -> ApiRequest {
+    let cmd = probe::Command::Put {
+        key: key.to_be_bytes().to_vec(),
+        value: value.to_be_bytes().to_vec(),
+    };
+    ApiRequest::Apply {
+        fsm: FsmName::new("r").expect("name"),
+        command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+    }
+}
+
+/// Waits until every node reports the same applied index; returns it.
+pub(crate) async fn converge(per_node: &[Client], deadline: Instant) -> Result<u64, String> {
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        let mut applied = Vec::new();
+        for c in per_node {
+            let s = tokio::time::timeout(Duration::from_secs(2), c.status()).await;
+            applied.push(match s {
+                Ok(Ok(s)) => s.applied,
+                _ => None,
+            });
+        }
+        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+            return Ok(applied[0].unwrap_or(0));
+        }
+        if std::env::var_os("WRAFT_FAULT_TRACE").is_some() {
+            eprintln!("  applied {applied:?}");
+        }
+        last = applied;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("nodes did not converge: applied {last:?}"))
+}
+
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
