@@ -13,15 +13,24 @@ pub struct HexBytes(pub Vec<u8>);
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hex32(pub [u8; 32]);
 
+/// `0x` and two lowercase digits per byte. Through `hex`'s slice functions, not its
+/// iterator of chars: a 2 MiB block payload is encoded in FSM fuel, and the iterator costs
+/// several times the instructions per byte.
 fn to_hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("0x");
-    s.push_str(&hex::encode(bytes));
-    s
+    let mut out = alloc::vec![0u8; 2 + bytes.len() * 2];
+    out[..2].copy_from_slice(b"0x");
+    hex::encode_to_slice(bytes, &mut out[2..]).expect("the buffer holds two digits per byte");
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 fn from_hex(s: &str) -> Result<Vec<u8>, hex::FromHexError> {
-    hex::decode(s.strip_prefix("0x").unwrap_or(s))
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    if !digits.len().is_multiple_of(2) {
+        return Err(hex::FromHexError::OddLength);
+    }
+    let mut out = alloc::vec![0u8; digits.len() / 2];
+    hex::decode_to_slice(digits, &mut out)?;
+    Ok(out)
 }
 
 impl Serialize for HexBytes {
