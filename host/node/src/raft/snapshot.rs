@@ -254,7 +254,15 @@ impl SnapshotDir {
         })
     }
 
-    /// Verifies `data` against its trailer and replaces `store`'s state with it.
+    /// Verifies `data` against its trailer, reads it through, publishes it as this node's
+    /// current snapshot, then replaces `store`'s state with it.
+    ///
+    /// Published first: a power loss between the two leaves a published snapshot newer than
+    /// the state, which openraft installs again when the node starts (`restore_from_snapshot`).
+    /// The other order left a state newer than every published snapshot; openraft then purged
+    /// the log up to the state on start, past its newest snapshot, and stopped on its own
+    /// assertion (`purge_upto` going backwards) at the next snapshot (found by CI's
+    /// snapshot-crash test).
     pub(crate) fn install(
         &self,
         store: &StateStore,
@@ -269,15 +277,19 @@ impl SnapshotDir {
             io::copy(&mut (&mut data).take(len), &mut out)?;
             out.sync_all()?;
         }
-        store.import_from(&tmp).map_err(io_err)?;
+        // Readable to the end before it is published (see above).
+        if let Err(e) = store.check_snapshot(&tmp) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+        }
+        let sha = seal(&tmp)?;
+        let name = snapshot_name(meta, &sha);
+        self.publish(&tmp, meta, &name)?;
+        let (snap, _) = self.paths(&name);
+        store.import_from(&snap).map_err(io_err)?;
         // The state env commits without a meta sync (MDB_NOMETASYNC): make the import
         // durable now, because openraft purges the log up to the snapshot once this returns.
-        // A power loss would otherwise take the state back to before the snapshot while the
-        // log no longer holds the entries between (found by the fault suite).
-        store.sync().map_err(io_err)?;
-        let sha = seal(&tmp)?;
-        self.publish(&tmp, meta, &snapshot_name(meta, &sha))
-            .map(|_| ())
+        store.sync().map_err(io_err)
     }
 
     /// The newest complete snapshot, if any.

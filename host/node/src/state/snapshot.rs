@@ -99,16 +99,34 @@ impl StateStore {
         result
     }
 
+    /// Reads a whole snapshot without writing anything: whether [`Self::import_from`] can
+    /// install it (every record well formed and of this group; an LMDB copy with every
+    /// table). Checked before a snapshot is published, so a sealed but unreadable snapshot
+    /// never becomes the one a restart installs.
+    pub fn check_snapshot(&self, path: &Path) -> Result<(), StateError> {
+        if is_key_value(path)? {
+            return self.read_pairs(path, |_, _, _| Ok(()));
+        }
+        let src = open_copy(path)?;
+        let result = (|| {
+            let rtxn = src.read_txn()?;
+            for name in DB_NAMES {
+                let db: Option<Database<Bytes, Bytes>> = src.open_database(&rtxn, Some(name))?;
+                if db.is_none() {
+                    return Err(StateError::Snapshot {
+                        id: path_name(&src),
+                        detail: format!("the copy has no {name} database"),
+                    });
+                }
+            }
+            Ok(())
+        })();
+        src.prepare_for_closing().wait();
+        result
+    }
+
     /// Replaces this group's state with the pairs of a key/value snapshot.
     fn import_pairs(&self, path: &Path) -> Result<(), StateError> {
-        let bad = |detail: String| StateError::Snapshot {
-            id: path.display().to_string(),
-            detail,
-        };
-        let io = heed::Error::Io;
-        let mut input = BufReader::new(File::open(path).map_err(io)?);
-        let mut magic = [0u8; MAGIC.len()];
-        input.read_exact(&mut magic).map_err(io)?;
         let mut wtxn = self.env.write_txn()?;
         let group = self.group.to_be_bytes();
         let end = prefix_successor(&group).unwrap_or_default();
@@ -122,6 +140,36 @@ impl StateStore {
         for dst in dsts {
             dst.delete_range(&mut wtxn, &range)?;
         }
+        self.read_pairs(path, |table, key, value| {
+            let dst = dsts[table];
+            // Keys arrive sorted into an emptied range: append them (full pages, no tree
+            // search), unless a key of a later group sorts after them.
+            match dst.put_with_flags(&mut wtxn, PutFlags::APPEND, key, value) {
+                Err(heed::Error::Mdb(MdbError::KeyExist)) => dst.put(&mut wtxn, key, value)?,
+                other => other?,
+            }
+            Ok(())
+        })?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Calls `each(table, key, value)` for every record of a key/value snapshot, in order;
+    /// an error for a malformed record, a table out of range or a key of another group.
+    fn read_pairs(
+        &self,
+        path: &Path,
+        mut each: impl FnMut(usize, &[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let bad = |detail: String| StateError::Snapshot {
+            id: path.display().to_string(),
+            detail,
+        };
+        let io = heed::Error::Io;
+        let mut input = BufReader::new(File::open(path).map_err(io)?);
+        let mut magic = [0u8; MAGIC.len()];
+        input.read_exact(&mut magic).map_err(io)?;
+        let group = self.group.to_be_bytes();
         let (mut key, mut value) = (Vec::new(), Vec::new());
         loop {
             let mut table = [0u8];
@@ -129,11 +177,12 @@ impl StateStore {
                 .read_exact(&mut table)
                 .map_err(|e| bad(format!("cut short: {e}")))?;
             if table[0] == END {
-                break;
+                return Ok(());
             }
-            let dst = dsts
-                .get(table[0] as usize)
-                .ok_or_else(|| bad(format!("unknown table {}", table[0])))?;
+            let table = usize::from(table[0]);
+            if table >= DB_NAMES.len() {
+                return Err(bad(format!("unknown table {table}")));
+            }
             for part in [&mut key, &mut value] {
                 let len = read_varint(&mut input).map_err(&bad)?;
                 if len > MAX_RECORD_LEN {
@@ -147,15 +196,8 @@ impl StateStore {
             if !key.starts_with(&group) {
                 return Err(bad("a key of another raft group".into()));
             }
-            // Keys arrive sorted into an emptied range: append them (full pages, no tree
-            // search), unless a key of a later group sorts after them.
-            match dst.put_with_flags(&mut wtxn, PutFlags::APPEND, &key, &value) {
-                Err(heed::Error::Mdb(MdbError::KeyExist)) => dst.put(&mut wtxn, &key, &value)?,
-                other => other?,
-            }
+            each(table, &key, &value)?;
         }
-        wtxn.commit()?;
-        Ok(())
     }
 
     fn import_env(&self, src: &Env<WithoutTls>) -> Result<(), StateError> {

@@ -100,12 +100,25 @@ pub(crate) async fn caught_up(
     for n in nodes.iter_mut() {
         let running = n.running();
         let log = n.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let lines: Vec<&str> = log.lines().collect();
+        // A panic's message, which a long backtrace would push out of the tail.
+        let panics: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("panicked at"))
+            .flat_map(|(i, _)| lines[i.saturating_sub(5)..(i + 3).min(lines.len())].to_vec())
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
         report.push_str(&format!(
-            "\n--- node {} (running: {running}, exits: {:?}):\n{}",
+            "\n--- node {} (running: {running}, exits: {:?}):\n{}{}",
             n.spec.id,
             n.exits,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            if panics.is_empty() {
+                String::new()
+            } else {
+                format!("[panics]\n{}\n[end of log]\n", panics.join("\n"))
+            },
+            tail.join("\n")
         ));
     }
     panic!("{report}");
