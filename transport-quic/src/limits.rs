@@ -74,8 +74,10 @@ impl ServerLimits {
 
     /// How long a frame of `len` bytes may take to arrive.
     pub fn receive_deadline(&self, len: usize) -> Duration {
-        let per_byte = Duration::from_secs(1).as_nanos() / u128::from(self.bytes_per_second.max(1));
-        let transfer = Duration::from_nanos((per_byte * len as u128).min(u64::MAX as u128) as u64);
+        // Multiplied before dividing: a per-byte time rounded to whole nanoseconds came out
+        // 0.2% short (238 ns instead of 238.4 at 4 MiB/s).
+        let nanos = len as u128 * 1_000_000_000 / u128::from(self.bytes_per_second.max(1));
+        let transfer = Duration::from_nanos(nanos.min(u64::MAX as u128) as u64);
         self.receive_grace + transfer
     }
 }
