@@ -125,21 +125,31 @@ impl StateStore {
         result
     }
 
-    /// Replaces this group's state with the pairs of a key/value snapshot.
-    fn import_pairs(&self, path: &Path) -> Result<(), StateError> {
-        let mut wtxn = self.env.write_txn()?;
+    /// Empties this group's range of every table in `wtxn`; returns the tables in snapshot
+    /// order (`DB_NAMES`).
+    fn cleared_tables(
+        &self,
+        wtxn: &mut heed::RwTxn<'_>,
+    ) -> Result<[Database<Bytes, Bytes>; 4], StateError> {
         let group = self.group.to_be_bytes();
         let end = prefix_successor(&group).unwrap_or_default();
         let range = (Bound::Included(&group[..]), Bound::Excluded(&end[..]));
-        let dsts = [
+        let tables = [
             self.dbs.meta,
             self.dbs.fsms,
             self.dbs.modules,
             self.dbs.data,
         ];
-        for dst in dsts {
-            dst.delete_range(&mut wtxn, &range)?;
+        for table in tables {
+            table.delete_range(wtxn, &range)?;
         }
+        Ok(tables)
+    }
+
+    /// Replaces this group's state with the pairs of a key/value snapshot.
+    fn import_pairs(&self, path: &Path) -> Result<(), StateError> {
+        let mut wtxn = self.env.write_txn()?;
+        let dsts = self.cleared_tables(&mut wtxn)?;
         self.read_pairs(path, |table, key, value| {
             let dst = dsts[table];
             // Keys arrive sorted into an emptied range: append them (full pages, no tree
@@ -203,15 +213,7 @@ impl StateStore {
     fn import_env(&self, src: &Env<WithoutTls>) -> Result<(), StateError> {
         let rtxn = src.read_txn()?;
         let mut wtxn = self.env.write_txn()?;
-        let group = self.group.to_be_bytes();
-        let end = prefix_successor(&group).unwrap_or_default();
-        let range = (Bound::Included(&group[..]), Bound::Excluded(&end[..]));
-        let dsts = [
-            self.dbs.meta,
-            self.dbs.fsms,
-            self.dbs.modules,
-            self.dbs.data,
-        ];
+        let dsts = self.cleared_tables(&mut wtxn)?;
         for (name, dst) in DB_NAMES.iter().zip(dsts) {
             let src_db: Database<Bytes, Bytes> =
                 src.open_database(&rtxn, Some(name))?
@@ -219,8 +221,7 @@ impl StateStore {
                         id: path_name(src),
                         detail: format!("the copy has no {name} database"),
                     })?;
-            dst.delete_range(&mut wtxn, &range)?;
-            for item in src_db.prefix_iter(&rtxn, &group)? {
+            for item in src_db.prefix_iter(&rtxn, &self.group.to_be_bytes())? {
                 let (k, v) = item?;
                 // Keys arrive sorted into an emptied range: append them (full pages, no
                 // tree search), unless a key of a later group sorts after them.
