@@ -7,10 +7,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use wraft_api::Role;
+use wraft_api::{ApiCall, ApiCallRef, ApiResult, BackupManifest, MAX_REPLY};
 use wraft_core::frame::decode_frame;
 use wraft_fuzz::{Input, alloc_bound, frame, meter, round_trip};
-use wraft_api::{ApiCall, ApiCallRef, ApiResult, BackupManifest, MAX_REPLY};
-use wraft_api::Role;
 
 #[global_allocator]
 static ALLOC: meter::Meter = meter::Meter;

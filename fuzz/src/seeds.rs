@@ -10,9 +10,13 @@ use openraft::raft::{
 use openraft::{EntryPayload, Membership};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use wraft_api::Role;
+use wraft_api::{
+    ApiCall, ApiError, ApiRequest, ApiResponse, ApiResult, BackupManifest, Consistency, Payload,
+};
 use wraft_core::entry::{Apply, Command, FsmLimits, StateDigest};
-use wraft_core::name::ModuleId;
 use wraft_core::link::auth::{ClusterKey, Handshake};
+use wraft_core::name::ModuleId;
 use wraft_core::raft::{Entry, LogId, Node, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 use wraft_core::voter::{
     self, AppendOutcome, FlashStore, LeaderId, Persisted, Refusal, Request, Response, Run,
@@ -21,10 +25,6 @@ use wraft_core::voter::{
 use wraft_core::{ApplyError, EntryResponse, FsmName, LogEntry, frame, link};
 use wraft_host::raft::AppliedState;
 use wraft_host::state::FsmRecord;
-use wraft_api::{
-    ApiCall, ApiError, ApiRequest, ApiResponse, ApiResult, BackupManifest, Consistency, Payload,
-};
-use wraft_api::Role;
 use wraft_transport_quic::wire::{Chunk, Reply, Request as RaftRequest};
 
 use crate::InputBuilder;
