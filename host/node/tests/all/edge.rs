@@ -27,7 +27,7 @@ use wraft_faults::process::{NodeProcess, NodeSpec, command_under};
 use crate::cli::{WRAFT, free_udp_ports, text};
 use crate::guests::airspace_volume;
 use crate::nan_model;
-use crate::processes::{certs_for, converge, identity};
+use crate::processes::{certs_for, converge, identity, newest_built};
 
 /// Every node snapshots after this many entries and keeps a few behind it, so a node that
 /// was down catches up from a snapshot.
@@ -142,26 +142,6 @@ fn deep_depths() -> std::ops::RangeInclusive<u32> {
     cut_off - 4..=cut_off + 4
 }
 
-/// The newest snapshot index any of `nodes` logged it built.
-fn newest_built(nodes: &[NodeProcess]) -> u64 {
-    nodes
-        .iter()
-        .flat_map(|n| {
-            n.log()
-                .lines()
-                .filter_map(|l| {
-                    l.split("built a snapshot up to ")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()
-                })
-                .filter_map(|id| id.split('-').nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// Makes node 1 (x86_64) the leader if it is not; returns its term.
 async fn x86_64_leads(admin: &Client, node_1: &Client) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -203,20 +183,16 @@ async fn catch_up_by_snapshot(
         assert!(nodes[victim].stop(), "node {} stopped cleanly", victim + 1);
         let past = last + SNAPSHOT_EVERY;
         for _ in 0..8 * SNAPSHOT_EVERY {
-            if newest_built(&nodes[..1]) > past {
+            if newest_built(&nodes[0]) > past {
                 break;
             }
             apply_alone(writer, fill.clone()).await.expect("fill");
         }
         assert!(
-            newest_built(&nodes[..1]) > past,
+            newest_built(&nodes[0]) > past,
             "node 1 never snapshotted past index {past}"
         );
         nodes[victim].start().expect("restart");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline && per_node[victim].status().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
         converge(per_node, Instant::now() + Duration::from_secs(300))
             .await
             .expect("converge");

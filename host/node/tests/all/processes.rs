@@ -271,3 +271,14 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// The last index of the newest snapshot `node` logged it built.
+pub(crate) fn newest_built(node: &NodeProcess) -> u64 {
+    node.log()
+        .lines()
+        .filter_map(|l| l.split("built a snapshot up to ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|id| id.split('-').nth(1)?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}

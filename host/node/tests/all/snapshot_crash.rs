@@ -19,7 +19,9 @@ use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
 use wraft_faults::unsynced::Survival;
 
-use crate::processes::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
+use crate::processes::{
+    caught_up, identity, newest_built, runtime, stop_verify_and_compare, three_nodes,
+};
 
 /// Batches of `PER_BATCH` pairs of `VALUE` bytes: 40 MB of state.
 const BATCHES: u32 = 40;
@@ -115,17 +117,6 @@ async fn write_until_logged(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     false
-}
-
-/// The last index of the newest snapshot `node` logged it built.
-fn newest_built(node: &NodeProcess) -> u64 {
-    node.log()
-        .lines()
-        .filter_map(|l| l.split("built a snapshot up to ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .filter_map(|id| id.split('-').nth(1)?.parse().ok())
-        .max()
-        .unwrap_or(0)
 }
 
 /// How long the last `what` ("built a snapshot", "installed a snapshot") took: the
