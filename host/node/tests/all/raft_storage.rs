@@ -121,6 +121,15 @@ async fn wait_leader(raft: &Raft) {
         .expect("becomes leader");
 }
 
+/// Makes `raft` a one-node cluster, waits until it leads, and creates the probe FSM `p`.
+async fn lead_with_probe(raft: &Raft) {
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
+        .await
+        .expect("init");
+    wait_leader(raft).await;
+    setup_probe(raft).await;
+}
+
 /// Applies `n` increments with `concurrency` writers in flight.
 async fn increments(raft: &Raft, n: u64, concurrency: u64) {
     let mut tasks = Vec::new();
@@ -152,11 +161,7 @@ async fn a_restart_applies_no_entry_twice() {
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("tmp");
     let (raft, store, holds) = start(dir.path(), SnapshotPolicy::default()).await;
-    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-        .await
-        .expect("init");
-    wait_leader(&raft).await;
-    setup_probe(&raft).await;
+    lead_with_probe(&raft).await;
     increments(&raft, n, 256).await;
     assert_eq!(probe_counter(&store), n);
     let applied = store.applied().expect("applied").expect("some");
@@ -183,11 +188,7 @@ async fn a_restart_applies_no_entry_twice() {
 async fn a_shutdown_during_a_snapshot_build_releases_the_stores() {
     let dir = tempfile::tempdir().expect("tmp");
     let (mut raft, mut store, mut holds) = start(dir.path(), SnapshotPolicy::default()).await;
-    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-        .await
-        .expect("init");
-    wait_leader(&raft).await;
-    setup_probe(&raft).await;
+    lead_with_probe(&raft).await;
     // State worth copying: the build takes a while.
     let value = vec![7u8; 1 << 20];
     for i in 0..48u32 {
@@ -231,11 +232,7 @@ async fn snapshots_of_empty_and_real_state_install_elsewhere() {
     // Real state: a single node's raft applies some entries; snapshot; install on b.
     drop(sm_a);
     let (raft, store, _holds) = start(a.path(), SnapshotPolicy::default()).await;
-    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-        .await
-        .expect("init");
-    wait_leader(&raft).await;
-    setup_probe(&raft).await;
+    lead_with_probe(&raft).await;
     increments(&raft, 300, 16).await;
     raft.trigger().snapshot().await.expect("trigger");
     let snap = loop {
@@ -494,11 +491,7 @@ async fn an_entry_is_applied_only_once_the_local_log_has_it_on_disk() {
 async fn snapshots_as_pairs_and_as_older_lmdb_copies_install_the_same_state() {
     let dir = tempfile::tempdir().expect("tmp");
     let (raft, store, holds) = start(dir.path(), SnapshotPolicy::default()).await;
-    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-        .await
-        .expect("init");
-    wait_leader(&raft).await;
-    setup_probe(&raft).await;
+    lead_with_probe(&raft).await;
     increments(&raft, 50, 4).await;
     let pairs = dir.path().join("pairs.snap");
     let lmdb = dir.path().join("lmdb.snap");
@@ -578,11 +571,7 @@ async fn snapshots_as_pairs_and_as_older_lmdb_copies_install_the_same_state() {
 async fn an_install_cut_short_is_finished_when_the_node_starts() {
     let a = tempfile::tempdir().expect("tmp");
     let (raft, store, holds) = start(a.path(), SnapshotPolicy::default()).await;
-    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-        .await
-        .expect("init");
-    wait_leader(&raft).await;
-    setup_probe(&raft).await;
+    lead_with_probe(&raft).await;
     increments(&raft, 20, 2).await;
     let big = probe::Command::Put {
         key: b"big".to_vec(),
