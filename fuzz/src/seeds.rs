@@ -310,6 +310,7 @@ fn api_calls() -> Vec<(String, ApiCall)> {
             ApiRequest::Apply {
                 fsm: name("sequencer"),
                 command: json(r#"{"Commit":{"number":1}}"#),
+                once: None,
             },
         ),
         (
@@ -319,6 +320,7 @@ fn api_calls() -> Vec<(String, ApiCall)> {
                     (name("manifest"), json(r#"{"DeleteFile":{"path":"a"}}"#)),
                     (name("manifest"), Payload::Postcard(vec![1, 1, 97])),
                 ],
+                once: None,
             },
         ),
         (

@@ -16,7 +16,7 @@ mod role;
 
 pub use error::{ApiError, ApiResult};
 pub use request::{
-    ApiCall, ApiCallRef, ApiRequest, Consistency, MAX_UPLOAD_BYTES, Payload, UPLOAD_CHUNK,
+    ApiCall, ApiCallRef, ApiRequest, Consistency, MAX_UPLOAD_BYTES, Once, Payload, UPLOAD_CHUNK,
 };
 pub use response::{
     ApiResponse, BackupFile, BackupManifest, ClusterStatus, FsmInfo, MAX_REPLY, ModuleInfo,

@@ -1,6 +1,7 @@
 //! Requests: what opens a client API stream, and the role each needs.
 
 use serde::{Deserialize, Serialize};
+use wraft_core::session::Sequence;
 use wraft_core::{FsmLimits, FsmName, ModuleId, NodeId};
 
 use crate::{ApiError, Role};
@@ -37,11 +38,20 @@ pub enum ApiRequest {
         fsm: FsmName,
         /// The command.
         command: Payload,
+        /// Apply it at most once (a session's sequence, or an idempotency key), or not.
+        once: Option<Once>,
     },
     /// Apply commands as one atomic `Batch` entry (writer).
     Batch {
         /// (FSM, command) pairs, in order.
         commands: Vec<(FsmName, Payload)>,
+        /// Apply it at most once: a batch is one sequence of its session.
+        once: Option<Once>,
+    },
+    /// Open a client session (writer): the answer is [`crate::ApiResponse::Session`].
+    OpenSession {
+        /// Its idle timeout (`wraft_core::session`'s bounds).
+        idle_timeout_ms: u64,
     },
     /// Query an FSM (reader).
     Query {
@@ -133,6 +143,16 @@ pub enum ApiRequest {
     },
 }
 
+/// How a write is applied at most once ([`wraft_core::session`]): retried with the same
+/// `Once`, it answers what it did the first time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Once {
+    /// The next write of a client session.
+    Session(Sequence),
+    /// A key the client chose (HTTP's `Idempotency-Key`).
+    Key(String),
+}
+
 /// What opens a client API stream: a caller's own request, or one a voter forwards to the
 /// leader for a caller. A forwarded request is a plain [`ApiRequest`], which has no way to
 /// carry another forwarded one: the type does not nest, so decoding it never recurses.
@@ -186,7 +206,7 @@ impl ApiRequest {
     pub fn required_role(&self) -> Role {
         match self {
             Self::Query { .. } | Self::ListFsms | Self::ListModules | Self::Status => Role::Reader,
-            Self::Apply { .. } | Self::Batch { .. } => Role::Writer,
+            Self::Apply { .. } | Self::Batch { .. } | Self::OpenSession { .. } => Role::Writer,
             Self::Deploy { .. }
             | Self::CreateFsm { .. }
             | Self::UpgradeFsm { .. }

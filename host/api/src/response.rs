@@ -82,6 +82,8 @@ pub enum ApiResponse {
     Modules(Vec<ModuleInfo>),
     /// A backup's manifest; its file's bytes follow as chunks.
     Backup(BackupManifest),
+    /// A session was opened: its id.
+    Session(u64),
 }
 
 /// What a backup holds, as the node that took it describes it. Hashes are lowercase hex.

@@ -4,18 +4,26 @@
 //! Retries: a request refused with `NoLeader` (an election is under way), or that could not
 //! be sent because a node is down, is retried on the next node until `patience` runs out,
 //! waiting 20 ms, then twice as long each time up to 1 s, with jitter.
-//! A write whose connection broke *after* it was sent is not retried (it may have applied);
-//! the error says so.
+//!
+//! Writes are exactly-once: the client opens a session with the cluster on its first write
+//! and gives each write the next sequence of it (`wraft_core::session`). A write whose
+//! outcome is unknown (its connection broke after it was sent, or the node answered
+//! `OutcomeUnknown`) is sent again with the same sequence until an answer comes or
+//! `patience` runs out; the cluster applies it once and answers a retry with the first
+//! response. [`Client::without_sessions`] turns this off: such a write is then not retried,
+//! and the error says it may have applied.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use wraft_api::{
-    ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo, Payload,
+    ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo, Once,
+    Payload,
 };
 use wraft_core::raft::NodeId;
-use wraft_core::{FsmLimits, FsmName, ModuleId};
+use wraft_core::session::{self, Sequence};
+use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
 use wraft_transport_quic::api::{self};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
@@ -58,6 +66,18 @@ pub struct Client {
     nodes: Vec<String>,
     current: Mutex<Option<(usize, quinn::Connection)>>,
     patience: Duration,
+    /// How long one attempt of a repeatable request may wait for its answer.
+    attempt_timeout: Option<Duration>,
+    /// The session writes go on, once opened (`None` inside: not yet, or it expired).
+    session: Option<Mutex<Option<Session>>>,
+}
+
+/// The client's session: its id, the next sequence, and the sequences still in flight.
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    next: u64,
+    in_flight: std::collections::BTreeSet<u64>,
 }
 
 enum Attempt {
@@ -80,7 +100,95 @@ impl Client {
             nodes,
             current: Mutex::new(None),
             patience: Duration::from_secs(10),
+            attempt_timeout: None,
+            session: Some(Mutex::new(None)),
         })
+    }
+
+    /// How long one attempt of a read or an exactly-once write waits for its answer before
+    /// it is sent again to the next node (default: the client's patience). A leader cut off
+    /// from its cluster may hold a write unanswered until the partition heals; a shorter
+    /// timeout moves the retry to a node that can answer.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Writes without a session: one log entry fewer per client, but a write whose outcome is
+    /// unknown is not retried (the error says it may have applied).
+    pub fn without_sessions(mut self) -> Self {
+        self.session = None;
+        self
+    }
+
+    /// The next sequence of this client's session, opening one first if needed.
+    async fn next_sequence(&self, slot: &Mutex<Option<Session>>) -> Result<Sequence, ClientError> {
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            let opened = self
+                .request(ApiRequest::OpenSession {
+                    idle_timeout_ms: session::DEFAULT_IDLE_TIMEOUT_MS,
+                })
+                .await?;
+            let ApiResponse::Session(id) = opened else {
+                return Err(ClientError::Unexpected(Box::new(opened)));
+            };
+            *guard = Some(Session {
+                id,
+                next: 1,
+                in_flight: Default::default(),
+            });
+        }
+        let s = guard.as_mut().expect("opened just above");
+        let seq = s.next;
+        s.next += 1;
+        s.in_flight.insert(seq);
+        // Every sequence below the oldest still in flight has its answer (or was given up).
+        let oldest = s.in_flight.first().copied().unwrap_or(seq);
+        Ok(Sequence {
+            session: s.id,
+            seq,
+            acked: oldest - 1,
+        })
+    }
+
+    /// Sends a write made by `make`, on the session if the client has one.
+    async fn write(
+        &self,
+        make: impl Fn(Option<Once>) -> ApiRequest,
+    ) -> Result<ApiResponse, ClientError> {
+        let Some(slot) = &self.session else {
+            return self.request(make(None)).await;
+        };
+        // A session that expired before this write first reached it loses nothing: the
+        // write is sent once more on a new session. One that expired between the write's
+        // retries cannot tell whether it applied.
+        for _ in 0..2 {
+            let sequence = self.next_sequence(slot).await?;
+            let (result, resent) = self.send(&make(Some(Once::Session(sequence)))).await;
+            let mut guard = slot.lock().await;
+            let current = guard.as_mut().filter(|s| s.id == sequence.session);
+            if let Some(s) = current {
+                s.in_flight.remove(&sequence.seq);
+            }
+            match result {
+                Err(ClientError::Api(ApiError::Failed(ApplyError::UnknownSession { .. }))) => {
+                    if guard.as_ref().is_some_and(|s| s.id == sequence.session) {
+                        *guard = None;
+                    }
+                    if resent {
+                        return Err(ClientError::OutcomeUnknown(format!(
+                            "session {} expired while write {} of it was retried",
+                            sequence.session, sequence.seq
+                        )));
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::OutcomeUnknown(
+            "a new session expired before its first write".into(),
+        ))
     }
 
     /// How long to keep retrying on leader changes and down nodes (default 10 s).
@@ -135,27 +243,79 @@ impl Client {
 
     /// Sends `request`, retrying as the module docs describe.
     pub async fn request(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
+        self.send(&request).await.0
+    }
+
+    /// Sends `request`, retrying as the module docs describe; also says whether it was sent
+    /// again after an attempt whose outcome is unknown.
+    async fn send(&self, request: &ApiRequest) -> (Result<ApiResponse, ClientError>, bool) {
         let deadline = Instant::now() + self.patience;
-        let idempotent = matches!(
+        // Reads change nothing, and a write made once-only answers a retry with its first
+        // response: both may be sent again when an attempt's outcome is unknown.
+        let repeatable = matches!(
             request,
-            ApiRequest::Query { .. } | ApiRequest::ListFsms | ApiRequest::Status
+            ApiRequest::Query { .. }
+                | ApiRequest::ListFsms
+                | ApiRequest::Status
+                | ApiRequest::Apply { once: Some(_), .. }
+                | ApiRequest::Batch { once: Some(_), .. }
         );
         let mut backoff = Backoff::default();
+        let mut resent = false;
+        let mut unknown = None;
+        let attempt_timeout = self.attempt_timeout.unwrap_or(self.patience);
         loop {
-            let retry = match self.once(&request).await {
-                Ok(Ok(response)) => return Ok(response),
+            let attempt = if repeatable {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let limit = attempt_timeout.min(left).max(Duration::from_millis(100));
+                match tokio::time::timeout(limit, self.once(request)).await {
+                    Ok(attempt) => attempt,
+                    Err(_) => {
+                        // The next attempt goes to the next node.
+                        if let Some((_, c)) = self.current.lock().await.as_ref() {
+                            c.close(0u32.into(), b"no answer in time");
+                        }
+                        Err(Attempt::SentThenLost(format!("no answer within {limit:?}")))
+                    }
+                }
+            } else {
+                self.once(request).await
+            };
+            let retry = match attempt {
+                Ok(Ok(response)) => return (Ok(response), resent),
                 Ok(Err(ApiError::NoLeader)) => "no leader".to_string(),
-                Ok(Err(e)) => return Err(ClientError::Api(e)),
+                Ok(Err(ApiError::OutcomeUnknown(e))) if repeatable => {
+                    unknown = Some(e.clone());
+                    e
+                }
+                Ok(Err(e)) => return (Err(ClientError::Api(e)), resent),
                 Err(Attempt::NotSent(e)) => e,
-                Err(Attempt::SentThenLost(e)) if idempotent => e,
-                Err(Attempt::SentThenLost(e)) => return Err(ClientError::OutcomeUnknown(e)),
+                Err(Attempt::SentThenLost(e)) if repeatable => {
+                    unknown = Some(e.clone());
+                    e
+                }
+                Err(Attempt::SentThenLost(e)) => {
+                    return (Err(ClientError::OutcomeUnknown(e)), resent);
+                }
             };
             if Instant::now() >= deadline {
-                return Err(ClientError::Unreachable {
-                    tried: self.nodes.join(","),
-                    last: retry,
-                });
+                let error = match unknown {
+                    // Given up with an attempt's outcome unknown: say so, not "unreachable".
+                    Some(e) if !matches!(request, ApiRequest::Query { .. }) => {
+                        ClientError::OutcomeUnknown(format!(
+                            "no answer within the client's patience of {:?}; the last: {retry}; \
+                             an earlier attempt: {e}",
+                            self.patience
+                        ))
+                    }
+                    _ => ClientError::Unreachable {
+                        tried: self.nodes.join(","),
+                        last: retry,
+                    },
+                };
+                return (Err(error), resent);
             }
+            resent |= unknown.is_some();
             backoff.wait().await;
         }
     }
@@ -169,10 +329,17 @@ impl Client {
 
     /// Applies a JSON command; returns the FSM's JSON output.
     pub async fn apply_json(&self, fsm: &FsmName, json: &str) -> Result<Payload, ClientError> {
+        self.apply(fsm, Payload::Json(json.into())).await
+    }
+
+    /// Applies a command (JSON, or postcard of the FSM's own type), exactly once unless the
+    /// client is [`Client::without_sessions`]; returns the FSM's output in the same encoding.
+    pub async fn apply(&self, fsm: &FsmName, command: Payload) -> Result<Payload, ClientError> {
         let r = self
-            .request(ApiRequest::Apply {
+            .write(|once| ApiRequest::Apply {
                 fsm: fsm.clone(),
-                command: Payload::Json(json.into()),
+                command: command.clone(),
+                once,
             })
             .await?;
         Self::output(r)
@@ -183,11 +350,15 @@ impl Client {
         &self,
         commands: Vec<(FsmName, String)>,
     ) -> Result<Vec<Payload>, ClientError> {
-        let commands = commands
+        let commands: Vec<_> = commands
             .into_iter()
             .map(|(f, j)| (f, Payload::Json(j)))
             .collect();
-        match self.request(ApiRequest::Batch { commands }).await? {
+        let batch = |once| ApiRequest::Batch {
+            commands: commands.clone(),
+            once,
+        };
+        match self.write(batch).await? {
             ApiResponse::BatchOutputs(outs) => Ok(outs),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }

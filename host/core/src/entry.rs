@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApplyError;
 use crate::name::FsmName;
 use crate::name::ModuleId;
+use crate::session::{Sequence, SessionId, SessionWrite};
 
 /// The format an entry was written in, which is also the metering schedule it is applied
 /// under: every replica meters an entry by the rules of its format, so a log written before
@@ -245,9 +246,13 @@ mod v1 {
                 C::DropFsm { fsm } => Self::DropFsm { fsm },
                 C::DropModule { module_id } => Self::DropModule { module_id },
                 C::Checkpoint { leader } => Self::Checkpoint { leader },
-                C::SetLimits { .. } => {
+                C::SetLimits { .. }
+                | C::OpenSession { .. }
+                | C::SessionWrite { .. }
+                | C::KeyedWrite { .. } => {
                     unreachable!(
-                        "first-format entries come from first-format bytes, which have no SetLimits"
+                        "first-format entries come from first-format bytes, which have no \
+                         SetLimits and no sessions"
                     )
                 }
             }
@@ -272,6 +277,20 @@ impl fmt::Display for LogEntry {
             Command::DropFsm { fsm } => write!(f, "drop fsm {fsm}"),
             Command::DropModule { module_id } => write!(f, "drop module {module_id}"),
             Command::SetLimits { fsm, .. } => write!(f, "set limits of fsm {fsm}"),
+            Command::OpenSession { idle_timeout_ms } => {
+                write!(f, "open session (idle timeout {idle_timeout_ms} ms)")
+            }
+            Command::SessionWrite { sequence, write } => write!(
+                f,
+                "session {} write {} (acked {}): {}",
+                sequence.session,
+                sequence.seq,
+                sequence.acked,
+                WriteSummary(write)
+            ),
+            Command::KeyedWrite { key, write } => {
+                write!(f, "keyed write {key:?}: {}", WriteSummary(write))
+            }
             Command::Checkpoint { leader } => match leader {
                 Some(d) => write!(f, "checkpoint (leader's digest at {})", d.index),
                 None => f.write_str("checkpoint"),
@@ -348,6 +367,29 @@ pub enum Command {
         fsm: FsmName,
         /// Its new limits.
         limits: FsmLimits,
+    },
+    /// Opens a client session ([`crate::session`]); its id is this entry's index. The
+    /// response is [`EntryResponse::SessionOpened`].
+    OpenSession {
+        /// Writes end the session after this long without one (by the entries' timestamps),
+        /// between [`crate::session::MIN_IDLE_TIMEOUT_MS`] and
+        /// [`crate::session::MAX_IDLE_TIMEOUT_MS`].
+        idle_timeout_ms: u64,
+    },
+    /// A write on a session: applied once per sequence; a retry gets the first response.
+    SessionWrite {
+        /// Its place in the session.
+        sequence: Sequence,
+        /// What it does.
+        write: SessionWrite,
+    },
+    /// A write under a client's idempotency key: applied once per key while the key's
+    /// response is kept; a retry with the key gets the first response.
+    KeyedWrite {
+        /// The key ([`crate::session::check_idempotency_key`]).
+        key: alloc::string::String,
+        /// What it does.
+        write: SessionWrite,
     },
 }
 
@@ -438,6 +480,20 @@ pub enum EntryResponse {
     Failed(ApplyError),
     /// A raft-internal entry (blank, membership) with no FSM effect.
     Internal,
+    /// A session was opened; its id.
+    SessionOpened(SessionId),
+}
+
+/// A session write's command in one line.
+struct WriteSummary<'a>(&'a SessionWrite);
+
+impl fmt::Display for WriteSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            SessionWrite::Apply(a) => write!(f, "apply {} ({} bytes)", a.fsm, a.payload.len()),
+            SessionWrite::Batch(b) => write!(f, "batch of {}", b.len()),
+        }
+    }
 }
 
 impl fmt::Display for EntryResponse {
@@ -448,6 +504,7 @@ impl fmt::Display for EntryResponse {
             Self::Done => f.write_str("done"),
             Self::Failed(e) => write!(f, "failed: {e}"),
             Self::Internal => f.write_str("internal"),
+            Self::SessionOpened(id) => write!(f, "session {id} opened"),
         }
     }
 }

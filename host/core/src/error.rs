@@ -124,6 +124,45 @@ pub enum ApplyError {
         /// The limit.
         limit: u32,
     },
+    /// A session write named a session that is not open: it expired (no write for its idle
+    /// time) or was never opened. Its earlier writes' outcomes can no longer be told.
+    #[error(
+        "no session {session} is open: it expired after its idle time, or was never opened; \
+         open a new session (docs/api.md, \"Sessions\")"
+    )]
+    UnknownSession {
+        /// The session named.
+        session: u64,
+    },
+    /// A session write's sequence is at or below what the client acknowledged: its response
+    /// is gone, and it is not applied again.
+    #[error(
+        "sequence {seq} of session {session} is at or below the acknowledged {acked}: its \
+         response is no longer kept, and it is not applied again"
+    )]
+    SequenceTooOld {
+        /// The session.
+        session: u64,
+        /// The write's sequence.
+        seq: u64,
+        /// The session's acknowledged sequence.
+        acked: u64,
+    },
+    /// A session or idempotency-key bound was reached; nothing was applied.
+    #[error("{what}: the limit is {limit} (docs/api.md, \"Sessions\")")]
+    SessionLimit {
+        /// Which bound, and what to do.
+        what: String,
+        /// Its value.
+        limit: u64,
+    },
+    /// An idempotency key came back with a different request than its first: the first
+    /// response is not returned for it, and it is not applied.
+    #[error("idempotency key {key:?} was first used for a different request; use a new key")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
 }
 
 /// Decoding a `BatchFailed` inside a `BatchFailed` is refused before it recurses, so a
@@ -191,6 +230,10 @@ impl ApplyError {
             Self::BatchOutOfFuel { .. } => 17,
             Self::QuotaExceeded { .. } => 18,
             Self::CallDepth { .. } => 19,
+            Self::UnknownSession { .. } => 20,
+            Self::SequenceTooOld { .. } => 21,
+            Self::SessionLimit { .. } => 22,
+            Self::IdempotencyKeyReused { .. } => 23,
         }
     }
 }
@@ -238,10 +281,23 @@ mod tests {
                 error: Box::new(ApplyError::ReadOnly),
             },
         ];
-        let samples = samples.into_iter().chain([ApplyError::QuotaExceeded {
-            needed: 9,
-            quota: 8,
-        }]);
+        let samples = samples.into_iter().chain([
+            ApplyError::QuotaExceeded {
+                needed: 9,
+                quota: 8,
+            },
+            ApplyError::UnknownSession { session: 4 },
+            ApplyError::SequenceTooOld {
+                session: 4,
+                seq: 2,
+                acked: 3,
+            },
+            ApplyError::SessionLimit {
+                what: "x".into(),
+                limit: 1,
+            },
+            ApplyError::IdempotencyKeyReused { key: "k".into() },
+        ]);
         for e in samples {
             let bytes = postcard::to_allocvec(&e).expect("encode");
             assert_eq!(u16::from(bytes[0]), e.code(), "{e:?}");

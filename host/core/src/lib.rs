@@ -4,6 +4,7 @@
 //!   each carrying the leader's wall-clock timestamp.
 //! * [`abi`]: the FSM ABI between the host and a wasm guest, defined once: import module,
 //!   import and export names and signatures, status codes, the entry context layout.
+//! * [`session`]: client sessions and idempotency keys: writes applied exactly once.
 //! * [`error`]: the deterministic errors an entry can produce, recorded as its response.
 //! * [`frame`]: length-prefixed, checksummed postcard frames over `embedded-io`.
 //! * [`link`]: COBS-delimited, checksummed postcard frames for lossy byte streams (UARTs).
@@ -24,6 +25,7 @@ pub mod name;
 #[cfg(feature = "raft")]
 pub mod raft;
 pub mod rng;
+pub mod session;
 pub mod voter;
 
 pub use entry::{

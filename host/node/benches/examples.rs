@@ -65,6 +65,7 @@ fn batch() {
         let apply = |cmd: F| ApiRequest::Apply {
             fsm: fsm.clone(),
             command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+            once: None,
         };
         let (mut separate, mut batched) = (
             Histogram::<u64>::new(3).expect("hist"),

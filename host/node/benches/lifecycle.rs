@@ -98,6 +98,7 @@ fn main() {
                         .request(ApiRequest::Apply {
                             fsm: sequencer.clone(),
                             command: Payload::Json(block),
+                            once: None,
                         })
                         .await
                         .expect("commit while deploying");

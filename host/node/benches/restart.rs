@@ -106,7 +106,7 @@ fn main() {
                 })
                 .collect();
             client
-                .request(ApiRequest::Batch { commands })
+                .request(ApiRequest::Batch { commands, once: None })
                 .await
                 .expect("batch");
         }

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use wraft_api::Role;
-use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
+use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Once, Payload};
 use wraft_core::{ApplyError, FsmName};
 
 use crate::api::NodeApi;
@@ -234,6 +234,9 @@ fn error(status: StatusCode, kind: &'static str, message: impl std::fmt::Display
 fn api_error(e: ApiError) -> HttpError {
     let (status, kind) = match &e {
         ApiError::Failed(ApplyError::UnknownFsm(_)) => (StatusCode::NOT_FOUND, "unknown_fsm"),
+        ApiError::Failed(ApplyError::IdempotencyKeyReused { .. }) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+        }
         ApiError::Failed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "failed"),
         ApiError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "forbidden"),
         ApiError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
@@ -319,15 +322,35 @@ fn json_text(json: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
+/// The request's `Idempotency-Key`, if it has one: the write is then applied at most once
+/// per key, and a retry with the key gets the first answer.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<Once>, HttpError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Idempotency-Key is not ASCII",
+        )
+    })?;
+    wraft_core::session::check_idempotency_key(key)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    Ok(Some(Once::Key(key.to_owned())))
+}
+
 async fn apply(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
     Path(fsm): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let fsm = fsm_name(&fsm)?;
+    let once = idempotency_key(&headers)?;
     let command = Payload::Json(body_text(body)?);
-    call(&http, role, ApiRequest::Apply { fsm, command }).await
+    call(&http, role, ApiRequest::Apply { fsm, command, once }).await
 }
 
 #[derive(Deserialize)]
@@ -365,8 +388,10 @@ async fn query(
 async fn batch(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
+    let once = idempotency_key(&headers)?;
     #[derive(Deserialize)]
     struct Item {
         fsm: String,
@@ -380,7 +405,7 @@ async fn batch(
     for i in items {
         commands.push((fsm_name(&i.fsm)?, Payload::Json(i.command.to_string())));
     }
-    call(&http, role, ApiRequest::Batch { commands }).await
+    call(&http, role, ApiRequest::Batch { commands, once }).await
 }
 
 async fn status(

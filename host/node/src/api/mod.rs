@@ -134,6 +134,7 @@ impl NodeApi {
         match request {
             ApiRequest::Apply { .. }
             | ApiRequest::Batch { .. }
+            | ApiRequest::OpenSession { .. }
             | ApiRequest::Deploy { .. }
             | ApiRequest::CreateFsm { .. }
             | ApiRequest::UpgradeFsm { .. }

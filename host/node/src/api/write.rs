@@ -5,7 +5,8 @@
 
 use openraft::error::{ClientWriteError, RaftError};
 use wraft_api::Role;
-use wraft_api::{ApiError, ApiRequest, ApiResponse, ApiResult};
+use wraft_api::{ApiError, ApiRequest, ApiResponse, ApiResult, Once};
+use wraft_core::session::{self, SessionWrite};
 use wraft_core::{Apply, Command, EntryResponse, LogEntry};
 
 use crate::clock::now_ms;
@@ -43,10 +44,7 @@ impl NodeApi {
                 self.id, self.limits.max_entry_bytes
             )));
         }
-        if let Command::Apply(a) = entry.command() {
-            metrics::histogram!("commit_payload_size_bytes").record(a.payload.len() as f64);
-        } else if let Command::Batch(b) = entry.command() {
-            let size: usize = b.iter().map(|a| a.payload.len()).sum();
+        if let Some(size) = payload_bytes(entry.command()) {
             metrics::histogram!("commit_payload_size_bytes").record(size as f64);
         }
         let replicate = std::time::Instant::now();
@@ -81,13 +79,13 @@ impl NodeApi {
         };
         match (response, &request) {
             (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),
-            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command }) => {
+            (EntryResponse::Output(out), ApiRequest::Apply { fsm, command, .. }) => {
                 let out = self
                     .decode(fsm, command, out, EntryPoint::OutputToJson)
                     .await?;
                 Ok(ApiResponse::Output(out))
             }
-            (EntryResponse::BatchOutputs(outs), ApiRequest::Batch { commands }) => {
+            (EntryResponse::BatchOutputs(outs), ApiRequest::Batch { commands, .. }) => {
                 let mut decoded = Vec::with_capacity(outs.len());
                 for (out, (fsm, c)) in outs.into_iter().zip(commands) {
                     decoded.push(self.decode(fsm, c, out, EntryPoint::OutputToJson).await?);
@@ -96,6 +94,9 @@ impl NodeApi {
             }
             (EntryResponse::Done, ApiRequest::Deploy { bytes }) => {
                 Ok(ApiResponse::Deployed(module_id(bytes)))
+            }
+            (EntryResponse::SessionOpened(id), ApiRequest::OpenSession { .. }) => {
+                Ok(ApiResponse::Session(id))
             }
             (EntryResponse::Done, _) => Ok(ApiResponse::Done),
             (other, _) => Err(unavailable(format!("unexpected entry response {other:?}"))),
@@ -106,13 +107,16 @@ impl NodeApi {
     /// validated before it may enter the log).
     pub(super) async fn command(&self, request: &ApiRequest) -> Result<Command, ApiError> {
         Ok(match request {
-            ApiRequest::Apply { fsm, command } => Command::Apply(Apply {
-                fsm: fsm.clone(),
-                payload: self
-                    .encode(fsm, command, EntryPoint::CommandFromJson)
-                    .await?,
-            }),
-            ApiRequest::Batch { commands } => {
+            ApiRequest::Apply { fsm, command, once } => {
+                let apply = Apply {
+                    fsm: fsm.clone(),
+                    payload: self
+                        .encode(fsm, command, EntryPoint::CommandFromJson)
+                        .await?,
+                };
+                once_command(once, SessionWrite::Apply(apply))?
+            }
+            ApiRequest::Batch { commands, once } => {
                 let max = self.limits.max_batch_commands;
                 if commands.len() > max {
                     return Err(ApiError::BadRequest(format!(
@@ -144,8 +148,11 @@ impl NodeApi {
                         payload,
                     });
                 }
-                Command::Batch(applies)
+                once_command(once, SessionWrite::Batch(applies))?
             }
+            ApiRequest::OpenSession { idle_timeout_ms } => Command::OpenSession {
+                idle_timeout_ms: *idle_timeout_ms,
+            },
             ApiRequest::Deploy { bytes } => {
                 // Refuse an invalid module before it enters the log; compiling takes a
                 // thread of its own, never an async worker.
@@ -183,5 +190,38 @@ impl NodeApi {
             },
             _ => return Err(ApiError::BadRequest("not a write".into())),
         })
+    }
+}
+
+/// The log command of a write, made once-only as the caller asked.
+fn once_command(once: &Option<Once>, write: SessionWrite) -> Result<Command, ApiError> {
+    Ok(match (once, write) {
+        (None, SessionWrite::Apply(a)) => Command::Apply(a),
+        (None, SessionWrite::Batch(b)) => Command::Batch(b),
+        (Some(Once::Session(sequence)), write) => Command::SessionWrite {
+            sequence: *sequence,
+            write,
+        },
+        (Some(Once::Key(key)), write) => {
+            session::check_idempotency_key(key).map_err(ApiError::BadRequest)?;
+            Command::KeyedWrite {
+                key: key.clone(),
+                write,
+            }
+        }
+    })
+}
+
+/// The FSM payload bytes an entry carries, for the payload-size histogram.
+fn payload_bytes(command: &Command) -> Option<usize> {
+    let sum = |b: &[Apply]| b.iter().map(|a| a.payload.len()).sum();
+    match command {
+        Command::Apply(a) => Some(a.payload.len()),
+        Command::Batch(b) => Some(sum(b)),
+        Command::SessionWrite { write, .. } | Command::KeyedWrite { write, .. } => match write {
+            SessionWrite::Apply(a) => Some(a.payload.len()),
+            SessionWrite::Batch(b) => Some(sum(b)),
+        },
+        _ => None,
     }
 }

@@ -4,12 +4,14 @@
 
 use heed::RwTxn;
 use wraft_core::abi::EntryContext;
+use wraft_core::session::SessionWrite;
 use wraft_core::{
     Apply, ApplyError, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, FsmName,
     LogEntry, ModuleId,
 };
 
 use super::keys::{self, MetaTag};
+use super::session::Admission;
 use super::{AppliedPosition, FsmRecord, StateError, StateStore, encode};
 use crate::runtime::{
     CallEnv, EntryPoint, KvTarget, LoadedModule, MAX_MEMORY_PAGES, Usage, prefix_successor,
@@ -84,6 +86,7 @@ impl StateStore {
                         ctx,
                         format: entry.format(),
                     };
+                    self.expire_sessions(&mut wtxn, last_ts)?;
                     let mut child = self.env.nested_write_txn(&mut wtxn)?;
                     match self.apply_command(&mut child, entry.command(), call)? {
                         Ok(r) => {
@@ -147,7 +150,55 @@ impl StateStore {
             Command::Checkpoint { leader } => {
                 Ok(Ok(self.checkpoint(txn, leader.as_ref(), ctx.index)?))
             }
+            Command::OpenSession { idle_timeout_ms } => {
+                self.open_session(txn, ctx.index, *idle_timeout_ms, ctx.timestamp_ms)
+            }
+            Command::SessionWrite { sequence, write } => {
+                let admission = self.admit_session_write(txn, *sequence, ctx.timestamp_ms)?;
+                self.write_once(txn, admission, write, call)
+            }
+            Command::KeyedWrite { key, write } => {
+                let admission = self.admit_keyed_write(txn, key, write)?;
+                self.write_once(txn, admission, write, call)
+            }
         }
+    }
+
+    /// A session or keyed write: answered from what it did before, refused, or applied in a
+    /// transaction of its own whose outcome, success or deterministic failure, is kept
+    /// beside it (so a failed write is not re-run by its retry either).
+    fn write_once(
+        &self,
+        txn: &mut RwTxn<'_>,
+        admission: Admission,
+        write: &SessionWrite,
+        call: EntryCall,
+    ) -> Result<Outcome, StateError> {
+        let pending = match admission {
+            Admission::Answered(r) => return Ok(Ok(r)),
+            Admission::Refused(e) => return Ok(Err(e)),
+            Admission::Apply(pending) => pending,
+        };
+        let mut child = self.env.nested_write_txn(txn)?;
+        let applied = match write {
+            SessionWrite::Apply(a) => self
+                .apply_one(&mut child, a, call, None)?
+                .0
+                .map(EntryResponse::Output),
+            SessionWrite::Batch(cmds) => self.apply_batch(&mut child, cmds, call)?,
+        };
+        let response = match applied {
+            Ok(r) => {
+                child.commit()?;
+                r
+            }
+            Err(e) => {
+                child.abort();
+                EntryResponse::Failed(e)
+            }
+        };
+        self.record_response(txn, pending, &response, call.ctx.timestamp_ms)?;
+        Ok(Ok(response))
     }
 
     /// A batch's commands in order, each in the batch's transaction; the first failure fails

@@ -74,6 +74,12 @@ impl StateStore {
         let mut registry = Sha256::new();
         hash_table(&mut registry, self.dbs.fsms.prefix_iter(txn, &group)?, 8)?;
         hash_table(&mut registry, self.dbs.modules.prefix_iter(txn, &group)?, 8)?;
+        // Sessions and idempotency keys decide what a retry does, so replicas must agree on
+        // them too. (None yet: nothing is hashed, and the digest is as before sessions.)
+        for tag in keys::SESSION_TAGS {
+            let prefix = keys::meta(self.group, tag);
+            hash_table(&mut registry, self.dbs.meta.prefix_iter(txn, &prefix)?, 8)?;
+        }
         let mut fsms = Vec::new();
         for item in self.dbs.fsms.prefix_iter(txn, &group)? {
             let (k, v) = item?;

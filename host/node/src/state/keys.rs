@@ -29,6 +29,37 @@ pub enum MetaTag {
     Divergence = 7,
     /// Bytes one FSM's keyspace holds (u64 LE), keyed by its id after the tag ([`usage`]).
     Usage = 8,
+    /// One open session (postcard `SessionRecord`), keyed by its id after the tag.
+    Session = 9,
+    /// A session's kept response (postcard `EntryResponse`): | session id | sequence.
+    SessionResponse = 10,
+    /// When a session expires: | expiry ms | session id, empty value (an index).
+    SessionExpiry = 11,
+    /// An idempotency key's record (postcard `KeyRecord`): | key.
+    IdempotencyKey = 12,
+    /// When an idempotency key expires: | expiry ms | key, empty value (an index).
+    KeyExpiry = 13,
+    /// Counts of sessions, keys and kept response bytes (postcard `SessionTotals`).
+    SessionTotals = 14,
+}
+
+/// The tags whose records are sessions' and idempotency keys' (hashed in digests).
+pub const SESSION_TAGS: [MetaTag; 6] = [
+    MetaTag::Session,
+    MetaTag::SessionResponse,
+    MetaTag::SessionExpiry,
+    MetaTag::IdempotencyKey,
+    MetaTag::KeyExpiry,
+    MetaTag::SessionTotals,
+];
+
+/// `meta` key: group | tag | the parts, each as given (big-endian numbers sort in order).
+pub fn meta_with(group: GroupId, tag: MetaTag, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = meta(group, tag).to_vec();
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
 }
 
 /// `meta` key: group | tag.

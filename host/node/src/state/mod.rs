@@ -5,6 +5,7 @@
 mod apply;
 mod digest;
 mod offline;
+mod session;
 pub(crate) use offline::live_map_size;
 mod snapshot;
 pub use apply::Committed;

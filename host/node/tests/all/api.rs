@@ -137,6 +137,7 @@ async fn roles_are_enforced_directly_and_through_forwarding() {
     let apply = ApiRequest::Apply {
         fsm: p(),
         command: Payload::Json(INCR.into()),
+        once: None,
     };
     let sneaky = wraft_api::ApiCallRef::Forwarded {
         role: Role::Admin,

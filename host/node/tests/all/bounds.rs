@@ -135,6 +135,7 @@ fn put(key: &[u8], value: Vec<u8>) -> ApiRequest {
     ApiRequest::Apply {
         fsm: name("r"),
         command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+        once: None,
     }
 }
 
@@ -399,6 +400,7 @@ fn a_follower_down_while_large_entries_land_catches_up_quickly() {
             writer
                 .request(ApiRequest::Batch {
                     commands: vec![half(0), half(1)],
+                    once: None,
                 })
                 .await
                 .unwrap_or_else(|e| panic!("20 MiB batch {i}: {e}"));

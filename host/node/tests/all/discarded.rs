@@ -27,6 +27,7 @@ fn incr() -> ApiRequest {
     ApiRequest::Apply {
         fsm: FsmName::new("r").expect("name"),
         command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+        once: None,
     }
 }
 

@@ -281,7 +281,14 @@ async fn apply_alone(
     client: &Client,
     (fsm, command): (FsmName, Payload),
 ) -> Result<(), ApplyError> {
-    match client.request(ApiRequest::Apply { fsm, command }).await {
+    match client
+        .request(ApiRequest::Apply {
+            fsm,
+            command,
+            once: None,
+        })
+        .await
+    {
         Ok(_) => Ok(()),
         Err(ClientError::Api(ApiError::Failed(e))) => Err(e),
         Err(e) => panic!("not a deterministic outcome: {e}"),
@@ -438,7 +445,13 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
             .with_patience(Duration::from_secs(60));
         for b in 0..BATCHES {
             let commands = (b * PER_BATCH..(b + 1) * PER_BATCH).map(command).collect();
-            match writer.request(ApiRequest::Batch { commands }).await {
+            match writer
+                .request(ApiRequest::Batch {
+                    commands,
+                    once: None,
+                })
+                .await
+            {
                 Ok(ApiResponse::BatchOutputs(outs)) => assert_eq!(outs.len(), PER_BATCH),
                 other => panic!("batch {b}: {other:?}"),
             }
@@ -469,6 +482,7 @@ fn x86_64_aarch64_and_armv7_nodes_reach_identical_state() {
         let garbage = ApiRequest::Apply {
             fsm: name("probe"),
             command: Payload::Postcard(vec![0xff; 9]),
+            once: None,
         };
         assert!(writer.request(garbage).await.is_err(), "garbage applied");
         // NaNs, each command alone.

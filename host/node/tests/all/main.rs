@@ -29,6 +29,7 @@ mod persistence;
 mod processes;
 mod raft_storage;
 mod reconnect;
+mod sessions;
 mod snapshot_crash;
 mod upgrade_crash;
 mod validation;

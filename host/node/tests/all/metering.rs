@@ -88,6 +88,7 @@ fn op(fsm: &str, byte: u8) -> ApiRequest {
     ApiRequest::Apply {
         fsm: name(fsm),
         command: Payload::Postcard(vec![byte]),
+        once: None,
     }
 }
 
@@ -202,6 +203,7 @@ fn hostile_host_calls_run_out_of_fuel_quickly_everywhere_and_quotas_hold() {
                         .request(ApiRequest::Apply {
                             fsm: name("r"),
                             command: Payload::Postcard(postcard::to_allocvec(&put).expect("e")),
+                            once: None,
                         })
                         .await
                         .unwrap_or_else(|e| panic!("bystander write {n}: {e}"));

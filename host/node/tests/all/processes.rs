@@ -238,6 +238,7 @@ pub(crate) fn put(key: u32, value: u64) -> ApiRequest {
     ApiRequest::Apply {
         fsm: FsmName::new("r").expect("name"),
         command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+        once: None,
     }
 }
 

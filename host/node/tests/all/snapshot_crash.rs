@@ -73,7 +73,13 @@ impl Written {
             let mut tries = 0;
             loop {
                 let commands = (self.next..self.next + per).map(put).collect();
-                match client.request(ApiRequest::Batch { commands }).await {
+                match client
+                    .request(ApiRequest::Batch {
+                        commands,
+                        once: None,
+                    })
+                    .await
+                {
                     Ok(_) => break,
                     Err(
                         ClientError::OutcomeUnknown(_)

@@ -59,7 +59,10 @@ async fn fill(client: &Client, fsm: &str) {
             })
             .collect();
         client
-            .request(ApiRequest::Batch { commands })
+            .request(ApiRequest::Batch {
+                commands,
+                once: None,
+            })
             .await
             .expect("fill batch");
     }

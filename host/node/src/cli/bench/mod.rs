@@ -358,6 +358,7 @@ async fn run_row(
                     .request(ApiRequest::Apply {
                         fsm: fsm.clone(),
                         command,
+                        once: None,
                     })
                     .await;
                 match result {

@@ -1,0 +1,317 @@
+//! Client sessions and idempotency keys in the state machine: a retried write answers its
+//! first response and applies once, acknowledged sequences are refused, bounds hold, and
+//! expiry happens at the same entry on every replica (two stores fed the same log).
+
+use probe::Command as C;
+use wraft_core::session::{self, Sequence, SessionWrite};
+use wraft_core::{Apply, ApplyError, Command, EntryResponse, LogEntry};
+use wraft_host::state::{AppliedPosition, Committed, StateStore};
+
+use crate::common::{Fixture, name, output, probe_counter, reopen};
+
+/// Applies `command` at the next index with the leader's timestamp `ts`.
+fn at(store: &StateStore, ts: u64, command: Command) -> EntryResponse {
+    let index = store.applied().expect("applied").map_or(1, |a| a.index + 1);
+    let entry = LogEntry::new(ts, command);
+    let committed = Committed {
+        position: AppliedPosition { index, term: 1 },
+        entry: Some(&entry),
+    };
+    store
+        .apply(&[committed], None)
+        .expect("no node fault")
+        .remove(0)
+}
+
+fn incr() -> Apply {
+    Apply {
+        fsm: name("p"),
+        payload: postcard::to_allocvec(&C::Incr { key: b"n".to_vec() }).expect("encode"),
+    }
+}
+
+fn on(session: u64, seq: u64, acked: u64, apply: Apply) -> Command {
+    Command::SessionWrite {
+        sequence: Sequence {
+            session,
+            seq,
+            acked,
+        },
+        write: SessionWrite::Apply(apply),
+    }
+}
+
+fn open(store: &StateStore, ts: u64, idle_timeout_ms: u64) -> u64 {
+    match at(store, ts, Command::OpenSession { idle_timeout_ms }) {
+        EntryResponse::SessionOpened(id) => id,
+        other => panic!("expected a session, got {other:?}"),
+    }
+}
+
+fn counted(r: &EntryResponse) -> u64 {
+    match output(r) {
+        probe::Output::Number(n) => n,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Later than any fixture's setup entries (stamped with the clock): FSM time never runs
+/// backwards, so the entries here set it.
+const T0: u64 = 4_000_000_000_000;
+
+#[test]
+fn a_retried_session_write_answers_its_first_response_and_applies_once() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let s = open(store, T0, 60_000);
+    assert_eq!(
+        s,
+        f.applied_index(),
+        "a session's id is its opening entry's index"
+    );
+    let first = at(store, T0, on(s, 1, 0, incr()));
+    assert_eq!(counted(&first), 1);
+    for _ in 0..3 {
+        assert_eq!(
+            at(store, T0, on(s, 1, 0, incr())),
+            first,
+            "a retry's answer"
+        );
+    }
+    assert_eq!(probe_counter(store), 1, "applied once");
+    let second = at(store, T0, on(s, 2, 1, incr()));
+    assert_eq!(counted(&second), 2);
+
+    // A write that fails deterministically fails once; its retry gets the same failure and
+    // its writes stay undone.
+    let fail = Apply {
+        fsm: name("p"),
+        payload: postcard::to_allocvec(&C::PutThenFail {
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+        })
+        .expect("encode"),
+    };
+    let failed = at(store, T0, on(s, 3, 2, fail.clone()));
+    assert!(
+        matches!(failed, EntryResponse::Failed(ApplyError::Rejected(_))),
+        "{failed:?}"
+    );
+    assert_eq!(at(store, T0, on(s, 3, 2, fail)), failed);
+    assert_eq!(
+        f.query("p", &probe::Query::Get { key: b"x".to_vec() }),
+        Ok(probe::Output::None)
+    );
+
+    // A batch is one sequence.
+    let batch = Command::SessionWrite {
+        sequence: Sequence {
+            session: s,
+            seq: 4,
+            acked: 3,
+        },
+        write: SessionWrite::Batch(vec![incr(), incr()]),
+    };
+    let outs = at(store, T0, batch.clone());
+    assert!(matches!(&outs, EntryResponse::BatchOutputs(o) if o.len() == 2));
+    assert_eq!(at(store, T0, batch.clone()), outs);
+    assert_eq!(probe_counter(store), 4);
+
+    // The kept responses survive a restart.
+    let dir = f.dir.path().to_path_buf();
+    let Fixture { dir: tmp, node, .. } = f;
+    drop(node);
+    let store = reopen(&dir);
+    assert_eq!(at(&store, T0, batch), outs);
+    assert!(
+        matches!(
+            at(&store, T0, on(s, 2, 1, incr())),
+            EntryResponse::Failed(ApplyError::SequenceTooOld { .. })
+        ),
+        "sequence 2 was acknowledged by sequence 4"
+    );
+    assert_eq!(probe_counter(&store), 4);
+    drop(tmp);
+}
+
+#[test]
+fn acknowledged_and_unknown_sequences_are_refused_never_applied_again() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let s = open(store, T0, 60_000);
+    at(store, T0, on(s, 1, 0, incr()));
+    at(store, T0, on(s, 2, 0, incr()));
+    // Sequence 3 says the client has the answers up to 2: they are forgotten.
+    at(store, T0, on(s, 3, 2, incr()));
+    assert_eq!(probe_counter(store), 3);
+    let again = at(store, T0, on(s, 1, 0, incr()));
+    assert_eq!(
+        again,
+        EntryResponse::Failed(ApplyError::SequenceTooOld {
+            session: s,
+            seq: 1,
+            acked: 2
+        })
+    );
+    assert_eq!(probe_counter(store), 3, "not applied again");
+    let unknown = at(store, T0, on(s + 100, 1, 0, incr()));
+    assert_eq!(
+        unknown,
+        EntryResponse::Failed(ApplyError::UnknownSession { session: s + 100 })
+    );
+    assert_eq!(probe_counter(store), 3);
+    // Idle timeouts outside the bounds are refused.
+    for bad in [0, session::MAX_IDLE_TIMEOUT_MS + 1] {
+        let r = at(
+            store,
+            T0,
+            Command::OpenSession {
+                idle_timeout_ms: bad,
+            },
+        );
+        assert!(
+            matches!(&r, EntryResponse::Failed(ApplyError::SessionLimit { what, .. }) if what.contains("idle timeout")),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_session_keeps_a_bounded_number_of_unacknowledged_responses() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let s = open(store, T0, 60_000);
+    let nop = || Apply {
+        fsm: name("p"),
+        payload: postcard::to_allocvec(&C::Nop).expect("encode"),
+    };
+    let n = session::MAX_PENDING_RESPONSES;
+    let entries: Vec<LogEntry> = (1..=n)
+        .map(|seq| LogEntry::new(T0, on(s, seq, 0, nop())))
+        .collect();
+    let first = store.applied().expect("applied").expect("some").index + 1;
+    let committed: Vec<Committed<'_>> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Committed {
+            position: AppliedPosition {
+                index: first + i as u64,
+                term: 1,
+            },
+            entry: Some(e),
+        })
+        .collect();
+    let responses = store.apply(&committed, None).expect("no fault");
+    assert!(
+        responses
+            .iter()
+            .all(|r| matches!(r, EntryResponse::Output(_)))
+    );
+    let refused = at(store, T0, on(s, n + 1, 0, incr()));
+    match &refused {
+        EntryResponse::Failed(ApplyError::SessionLimit { what, limit }) => {
+            assert_eq!(*limit, n);
+            assert!(what.contains("acknowledge"), "{what}");
+        }
+        other => panic!("expected the session's bound, got {other:?}"),
+    }
+    assert_eq!(probe_counter(store), 0, "the refused write did not apply");
+    // Acknowledging frees the room.
+    assert_eq!(counted(&at(store, T0, on(s, n + 1, n, incr()))), 1);
+}
+
+#[test]
+fn an_idempotency_key_answers_its_first_response_and_refuses_another_request() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let keyed = |key: &str, apply: Apply| Command::KeyedWrite {
+        key: key.into(),
+        write: SessionWrite::Apply(apply),
+    };
+    let first = at(store, T0, keyed("order-1", incr()));
+    assert_eq!(counted(&first), 1);
+    assert_eq!(at(store, T0 + 5, keyed("order-1", incr())), first);
+    assert_eq!(probe_counter(store), 1);
+    let other = Apply {
+        fsm: name("p"),
+        payload: postcard::to_allocvec(&C::Nop).expect("encode"),
+    };
+    assert_eq!(
+        at(store, T0, keyed("order-1", other)),
+        EntryResponse::Failed(ApplyError::IdempotencyKeyReused {
+            key: "order-1".into()
+        })
+    );
+    // A day later the key is forgotten, and the same key writes again.
+    let later = T0 + session::IDEMPOTENCY_KEY_TTL_MS + 1;
+    assert_eq!(counted(&at(store, later, keyed("order-1", incr()))), 2);
+    assert_eq!(store.session_counts().expect("counts"), (0, 1));
+}
+
+/// Two replicas fed the same log: sessions expire at the same entry on both (by the entries'
+/// timestamps, not the clock), and their digests, which cover the session table, agree
+/// before and after; a replica whose session table differs has a different digest.
+#[test]
+fn sessions_expire_at_the_same_entry_on_every_replica() {
+    let a = Fixture::probe();
+    let b = Fixture::probe();
+    let log = |ts: u64, c: Command| {
+        let ra = at(a.node.store(), ts, c.clone());
+        let rb = at(b.node.store(), ts, c);
+        assert_eq!(ra, rb, "replicas answer alike");
+        ra
+    };
+    let EntryResponse::SessionOpened(short) = log(
+        T0,
+        Command::OpenSession {
+            idle_timeout_ms: 1_000,
+        },
+    ) else {
+        panic!("no session")
+    };
+    let EntryResponse::SessionOpened(long) = log(
+        T0,
+        Command::OpenSession {
+            idle_timeout_ms: 60_000,
+        },
+    ) else {
+        panic!("no session")
+    };
+    log(T0 + 500, on(short, 1, 0, incr()));
+    log(T0 + 500, on(long, 1, 0, incr()));
+    let digest = |f: &Fixture| {
+        let mut d = f.node.store().digest().expect("digest");
+        d.index = 0;
+        d
+    };
+    assert_eq!(digest(&a), digest(&b));
+    // 1 s after its last write (T0 + 500) the short session ends, at this entry.
+    let nop = Apply {
+        fsm: name("p"),
+        payload: postcard::to_allocvec(&C::Nop).expect("encode"),
+    };
+    log(T0 + 1_499, Command::Apply(nop.clone()));
+    assert_eq!(a.node.store().session_counts().expect("counts"), (2, 0));
+    log(T0 + 1_500, Command::Apply(nop.clone()));
+    assert_eq!(a.node.store().session_counts().expect("counts"), (1, 0));
+    assert_eq!(b.node.store().session_counts().expect("counts"), (1, 0));
+    assert_eq!(digest(&a), digest(&b));
+    assert_eq!(
+        log(T0 + 1_600, on(short, 2, 1, incr())),
+        EntryResponse::Failed(ApplyError::UnknownSession { session: short })
+    );
+    assert_eq!(counted(&log(T0 + 1_600, on(long, 2, 1, incr()))), 3);
+
+    // Only a: its session table now differs from b's, and so does its digest.
+    at(
+        a.node.store(),
+        T0 + 1_700,
+        Command::OpenSession {
+            idle_timeout_ms: 60_000,
+        },
+    );
+    at(b.node.store(), T0 + 1_700, Command::Apply(nop));
+    let (da, db) = (digest(&a), digest(&b));
+    assert_eq!(da.fsms, db.fsms, "the FSMs agree");
+    assert_ne!(da.registry, db.registry, "the session tables differ");
+}
