@@ -1,11 +1,13 @@
-//! A write whose entry a deposed leader discards must not be proposed again: the next leader
+//! A write whose entry a deposed leader discards must not be applied twice: the next leader
 //! may have committed it (fault seed 5002 at 68748f1 caught one client write applied twice).
 //!
 //! Node L leads; its followers receive its append of an increment but L hears nothing back,
 //! so it cannot commit it. L is cut off; a follower is elected with the increment in its log
 //! and commits it, then snapshots and purges far past it. When the network heals, L installs
 //! that snapshot over the entry it proposed, and openraft answers L's pending proposal with
-//! `LogEntryDiscarded`. wraft used to forward the request to the new leader again.
+//! `LogEntryDiscarded`. wraft used to forward the request to the new leader again; then it
+//! answered `OutcomeUnknown`; now the write is on a client session, and the client's retry
+//! through another node gets the write's first response.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -21,14 +23,18 @@ use crate::processes::{
 };
 
 fn incr() -> ApiRequest {
+    ApiRequest::Apply {
+        fsm: FsmName::new("r").expect("name"),
+        command: incr_command(),
+        once: None,
+    }
+}
+
+fn incr_command() -> Payload {
     let cmd = probe::Command::Incr {
         key: b"counter".to_vec(),
     };
-    ApiRequest::Apply {
-        fsm: FsmName::new("r").expect("name"),
-        command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
-        once: None,
-    }
+    Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode"))
 }
 
 async fn counter(client: &Client) -> u64 {
@@ -54,7 +60,7 @@ async fn counter(client: &Client) -> u64 {
 }
 
 #[test]
-fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
+fn a_write_discarded_on_a_leader_change_is_applied_once_and_its_retry_gets_the_first_answer() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tmp");
         let ids = [1, 2, 3];
@@ -102,12 +108,27 @@ fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
         let addr = |id: u64| addrs[id as usize - 1].clone();
 
         // 1. The followers get the leader's append of the increment; the leader hears nothing.
+        // The writer's session is open (its first write went through the leader), and it
+        // talks to the leader first; it gives up on an attempt after 3 s and sends it again
+        // to the next node, with the same sequence.
+        let mut in_order = vec![addr(leader)];
+        in_order.extend(others.iter().map(|&o| addr(o)));
+        let writer = client(in_order, 60).with_attempt_timeout(Duration::from_secs(3));
+        let r = FsmName::new("r").expect("name");
+        let first = probe::Command::Put {
+            key: b"writer".to_vec(),
+            value: b"1".to_vec(),
+        };
+        let first = Payload::Postcard(postcard::to_allocvec(&first).expect("encode"));
+        writer
+            .apply(&r, first)
+            .await
+            .expect("the writer's first write opens its session");
         network.set(Faults {
             blocked: others.iter().map(|&o| (o, leader)).collect::<HashSet<_>>(),
             ..Faults::healthy()
         });
-        let to_leader = client(vec![addr(leader)], 1);
-        let pending = tokio::spawn(async move { to_leader.request(incr()).await });
+        let pending = tokio::spawn(async move { writer.apply(&r, incr_command()).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         // 2. The leader is cut off; a follower takes over with the increment in its log,
@@ -136,16 +157,25 @@ fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
             1,
             "the new leader committed the increment"
         );
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-
-        // 3. Heal. The old leader installs the snapshot over its own entry; whatever its
-        //    caller hears, the increment happened once.
-        network.set(Faults::healthy());
+        // The writer's retry, through a node of the majority, gets the increment's first
+        // answer: the counter's value after it, 1.
         let answer = tokio::time::timeout(Duration::from_secs(60), pending)
             .await
-            .expect("the old leader answers its caller")
+            .expect("the writer hears an answer while the old leader is cut off")
             .expect("task");
-        eprintln!("the old leader answered its caller: {answer:?}");
+        match answer {
+            Ok(Payload::Postcard(bytes)) => assert_eq!(
+                postcard::from_bytes::<probe::Output>(&bytes).expect("output"),
+                probe::Output::Number(1),
+                "the increment's first response"
+            ),
+            other => panic!("unexpected answer to the increment: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+
+        // 3. Heal. The old leader installs the snapshot over its own entry; the increment
+        //    happened once.
+        network.set(Faults::healthy());
         let deadline = Instant::now() + Duration::from_secs(30);
         while client(vec![addr(leader)], 1)
             .status()
@@ -162,10 +192,6 @@ fn a_write_discarded_on_a_leader_change_is_never_applied_twice() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(counter(&admin).await, 1, "the increment was applied twice");
-        match answer {
-            Ok(_) | Err(ClientError::Api(ApiError::OutcomeUnknown(_))) => {}
-            Err(e) => panic!("unexpected answer to the increment: {e}"),
-        }
         for n in &mut nodes {
             assert!(
                 n.stop(),

@@ -134,10 +134,14 @@ async fn every_curl_example_in_docs_api_md_runs() {
         if !line.starts_with("curl ") {
             continue;
         }
-        let expected: u16 = lines
+        // `# -> STATUS`, or `# -> STATUS BODY` when the answer's body is part of the point.
+        let (expected, expected_body): (u16, Option<&str>) = lines
             .get(i + 1)
             .and_then(|l| l.strip_prefix("# -> "))
-            .and_then(|s| s.trim().parse().ok())
+            .and_then(|s| {
+                let (status, body) = s.trim().split_once(' ').unwrap_or((s.trim(), ""));
+                Some((status.parse().ok()?, Some(body).filter(|b| !b.is_empty())))
+            })
             .unwrap_or_else(|| panic!("docs/api.md line {}: no `# -> STATUS` after it", i + 1));
         let (status, body) = curl(line, &vars).await;
         assert_eq!(
@@ -146,6 +150,9 @@ async fn every_curl_example_in_docs_api_md_runs() {
             "docs/api.md line {}: {line}\n{body}",
             i + 1
         );
+        if let Some(expected_body) = expected_body {
+            assert_eq!(body, expected_body, "docs/api.md line {}: {line}", i + 1);
+        }
         if status >= 400 {
             let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON error body");
             assert!(v["error"].is_string() && v["message"].is_string(), "{body}");
