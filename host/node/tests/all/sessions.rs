@@ -315,3 +315,50 @@ fn sessions_expire_at_the_same_entry_on_every_replica() {
     assert_eq!(da.fsms, db.fsms, "the FSMs agree");
     assert_ne!(da.registry, db.registry, "the session tables differ");
 }
+
+/// A session's kept responses travel with the state: in a key/value snapshot, in an LMDB
+/// copy (what a snapshot of an older node and a hot backup are), and through `wraft backup`
+/// and `restore`. On each copy, a retry answers the first response and applies nothing.
+#[test]
+fn sessions_travel_in_snapshots_and_backups() {
+    use wraft_host::ops::backup;
+
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let s = open(store, T0, 60_000);
+    let first = at(store, T0, on(s, 1, 0, incr()));
+    assert_eq!(counted(&first), 1);
+    let key = Command::KeyedWrite {
+        key: "k-1".into(),
+        write: SessionWrite::Apply(incr()),
+    };
+    let keyed = at(store, T0, key.clone());
+    assert_eq!(counted(&keyed), 2);
+
+    let work = tempfile::tempdir().expect("tmp");
+    let pairs = work.path().join("snapshot.kv");
+    store.export_to(&pairs).expect("export");
+    let copy = work.path().join("snapshot.mdb");
+    store.copy_to(&copy).expect("copy");
+    let taken = backup::take(store, 1, f.dir.path()).expect("backup");
+    let backup_dir = work.path().join("backup");
+    std::fs::create_dir_all(&backup_dir).expect("dir");
+    std::fs::rename(&taken.path, backup_dir.join(backup::STATE_FILE)).expect("move");
+    backup::write_manifest(&backup_dir, &taken.manifest).expect("manifest");
+
+    let check = |store: &StateStore, how: &str| {
+        assert_eq!(store.session_counts().expect("counts"), (1, 1), "{how}");
+        assert_eq!(at(store, T0, on(s, 1, 0, incr())), first, "{how}");
+        assert_eq!(at(store, T0, key.clone()), keyed, "{how}");
+        assert_eq!(probe_counter(store), 2, "{how}: applied again");
+    };
+    for (how, path) in [("key/value snapshot", &pairs), ("LMDB copy", &copy)] {
+        let target = tempfile::tempdir().expect("tmp");
+        let other = reopen(target.path());
+        other.import_from(path).expect("install");
+        check(&other, how);
+    }
+    let restored = tempfile::tempdir().expect("tmp");
+    backup::restore(&backup_dir, restored.path(), false).expect("restore");
+    check(&reopen(restored.path()), "backup and restore");
+}
