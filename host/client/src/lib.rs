@@ -17,12 +17,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+
+mod slot;
+use slot::{SessionSlot, Taken};
 use wraft_api::{
     ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo, Once,
     Payload,
 };
 use wraft_core::raft::NodeId;
-use wraft_core::session::{self, Sequence};
+use wraft_core::session;
 use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
 use wraft_transport_quic::api::{self};
 use wraft_transport_quic::pki::CLUSTER_NAME;
@@ -68,16 +71,8 @@ pub struct Client {
     patience: Duration,
     /// How long one attempt of a repeatable request may wait for its answer.
     attempt_timeout: Option<Duration>,
-    /// The session writes go on, once opened (`None` inside: not yet, or it expired).
-    session: Option<Mutex<Option<Session>>>,
-}
-
-/// The client's session: its id, the next sequence, and the sequences still in flight.
-#[derive(Debug)]
-struct Session {
-    id: u64,
-    next: u64,
-    in_flight: std::collections::BTreeSet<u64>,
+    /// The session writes go on (`None`: the client writes without sessions).
+    session: Option<SessionSlot>,
 }
 
 enum Attempt {
@@ -101,8 +96,14 @@ impl Client {
             current: Mutex::new(None),
             patience: Duration::from_secs(10),
             attempt_timeout: None,
-            session: Some(Mutex::new(None)),
+            session: Some(SessionSlot::default()),
         })
+    }
+
+    /// How long to keep retrying on leader changes and down nodes (default 10 s).
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// How long one attempt of a read or an exactly-once write waits for its answer before
@@ -122,34 +123,24 @@ impl Client {
     }
 
     /// The next sequence of this client's session, opening one first if needed.
-    async fn next_sequence(&self, slot: &Mutex<Option<Session>>) -> Result<Sequence, ClientError> {
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            let opened = self
-                .request(ApiRequest::OpenSession {
-                    idle_timeout_ms: session::DEFAULT_IDLE_TIMEOUT_MS,
-                })
-                .await?;
-            let ApiResponse::Session(id) = opened else {
-                return Err(ClientError::Unexpected(Box::new(opened)));
-            };
-            *guard = Some(Session {
-                id,
-                next: 1,
-                in_flight: Default::default(),
-            });
+    async fn next_sequence<'a>(&self, slot: &'a SessionSlot) -> Result<Taken<'a>, ClientError> {
+        if let Some(taken) = slot.take() {
+            return Ok(taken);
         }
-        let s = guard.as_mut().expect("opened just above");
-        let seq = s.next;
-        s.next += 1;
-        s.in_flight.insert(seq);
-        // Every sequence below the oldest still in flight has its answer (or was given up).
-        let oldest = s.in_flight.first().copied().unwrap_or(seq);
-        Ok(Sequence {
-            session: s.id,
-            seq,
-            acked: oldest - 1,
-        })
+        let _opening = slot.opening.lock().await;
+        if let Some(taken) = slot.take() {
+            return Ok(taken);
+        }
+        let opened = self
+            .request(ApiRequest::OpenSession {
+                idle_timeout_ms: session::DEFAULT_IDLE_TIMEOUT_MS,
+            })
+            .await?;
+        let ApiResponse::Session(id) = opened else {
+            return Err(ClientError::Unexpected(Box::new(opened)));
+        };
+        slot.install(id);
+        Ok(slot.take().expect("a session was installed just above"))
     }
 
     /// Sends a write made by `make`, on the session if the client has one.
@@ -164,18 +155,13 @@ impl Client {
         // write is sent once more on a new session. One that expired between the write's
         // retries cannot tell whether it applied.
         for _ in 0..2 {
-            let sequence = self.next_sequence(slot).await?;
+            let taken = self.next_sequence(slot).await?;
+            let sequence = taken.sequence;
             let (result, resent) = self.send(&make(Some(Once::Session(sequence)))).await;
-            let mut guard = slot.lock().await;
-            let current = guard.as_mut().filter(|s| s.id == sequence.session);
-            if let Some(s) = current {
-                s.in_flight.remove(&sequence.seq);
-            }
+            drop(taken);
             match result {
                 Err(ClientError::Api(ApiError::Failed(ApplyError::UnknownSession { .. }))) => {
-                    if guard.as_ref().is_some_and(|s| s.id == sequence.session) {
-                        *guard = None;
-                    }
+                    slot.forget(sequence.session);
                     if resent {
                         return Err(ClientError::OutcomeUnknown(format!(
                             "session {} expired while write {} of it was retried",
@@ -189,12 +175,6 @@ impl Client {
         Err(ClientError::OutcomeUnknown(
             "a new session expired before its first write".into(),
         ))
-    }
-
-    /// How long to keep retrying on leader changes and down nodes (default 10 s).
-    pub fn with_patience(mut self, patience: Duration) -> Self {
-        self.patience = patience;
-        self
     }
 
     async fn connect(&self, start: usize) -> Result<(usize, quinn::Connection), String> {

@@ -6,12 +6,13 @@
 //! - [`schedule`]: a fault schedule drawn from a seed.
 //! - [`history`] and [`checker`]: what clients invoked and saw, and a linearizability
 //!   checker (Wing & Gong with Lowe's memoization, as Porcupine does) for a key-value store
-//!   of registers.
+//!   of registers; [`counter`], an exactly-once checker for counters.
 //! - [`unsynced`]: lost unsynced writes: a preload library journals what each write to a
 //!   node's data directory overwrites until the file is synced; after a kill, undoing the
 //!   journals leaves the directory as a power loss could.
 
 pub mod checker;
+pub mod counter;
 pub mod history;
 pub mod process;
 pub mod proxy;

@@ -87,15 +87,28 @@ impl StateStore {
                         format: entry.format(),
                     };
                     self.expire_sessions(&mut wtxn, last_ts)?;
-                    let mut child = self.env.nested_write_txn(&mut wtxn)?;
-                    match self.apply_command(&mut child, entry.command(), call)? {
-                        Ok(r) => {
-                            child.commit()?;
-                            r
+                    match entry.command() {
+                        Command::SessionWrite { sequence, write } => {
+                            let admission =
+                                self.admit_session_write(&mut wtxn, *sequence, ctx.timestamp_ms)?;
+                            self.write_once(&mut wtxn, admission, write, call)?
                         }
-                        Err(e) => {
-                            child.abort();
-                            EntryResponse::Failed(e)
+                        Command::KeyedWrite { key, write } => {
+                            let admission = self.admit_keyed_write(&wtxn, key, write)?;
+                            self.write_once(&mut wtxn, admission, write, call)?
+                        }
+                        command => {
+                            let mut child = self.env.nested_write_txn(&mut wtxn)?;
+                            match self.apply_command(&mut child, command, call)? {
+                                Ok(r) => {
+                                    child.commit()?;
+                                    r
+                                }
+                                Err(e) => {
+                                    child.abort();
+                                    EntryResponse::Failed(e)
+                                }
+                            }
                         }
                     }
                 }
@@ -153,30 +166,28 @@ impl StateStore {
             Command::OpenSession { idle_timeout_ms } => {
                 self.open_session(txn, ctx.index, *idle_timeout_ms, ctx.timestamp_ms)
             }
-            Command::SessionWrite { sequence, write } => {
-                let admission = self.admit_session_write(txn, *sequence, ctx.timestamp_ms)?;
-                self.write_once(txn, admission, write, call)
-            }
-            Command::KeyedWrite { key, write } => {
-                let admission = self.admit_keyed_write(txn, key, write)?;
-                self.write_once(txn, admission, write, call)
+            Command::SessionWrite { .. } | Command::KeyedWrite { .. } => {
+                unreachable!("apply_inner applies session and keyed writes itself")
             }
         }
     }
 
-    /// A session or keyed write: answered from what it did before, refused, or applied in a
-    /// transaction of its own whose outcome, success or deterministic failure, is kept
-    /// beside it (so a failed write is not re-run by its retry either).
+    /// A session or keyed write, in the run's transaction `txn`: answered from what it did
+    /// before, refused, or applied in a nested transaction of its own (the only one, as for
+    /// any other entry: LMDB allocates megabytes per nested transaction) whose outcome,
+    /// success or deterministic failure, is kept beside it, so a failed write is not re-run
+    /// by its retry either. What the admission wrote (the acknowledged responses forgotten,
+    /// the session's last write) stays even when the write is refused.
     fn write_once(
         &self,
         txn: &mut RwTxn<'_>,
         admission: Admission,
         write: &SessionWrite,
         call: EntryCall,
-    ) -> Result<Outcome, StateError> {
+    ) -> Result<EntryResponse, StateError> {
         let pending = match admission {
-            Admission::Answered(r) => return Ok(Ok(r)),
-            Admission::Refused(e) => return Ok(Err(e)),
+            Admission::Answered(r) => return Ok(r),
+            Admission::Refused(e) => return Ok(EntryResponse::Failed(e)),
             Admission::Apply(pending) => pending,
         };
         let mut child = self.env.nested_write_txn(txn)?;
@@ -198,7 +209,7 @@ impl StateStore {
             }
         };
         self.record_response(txn, pending, &response, call.ctx.timestamp_ms)?;
-        Ok(Ok(response))
+        Ok(response)
     }
 
     /// A batch's commands in order, each in the batch's transaction; the first failure fails

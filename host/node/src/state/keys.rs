@@ -33,23 +33,21 @@ pub enum MetaTag {
     Session = 9,
     /// A session's kept response (postcard `EntryResponse`): | session id | sequence.
     SessionResponse = 10,
-    /// When a session expires: | expiry ms | session id, empty value (an index).
-    SessionExpiry = 11,
+    /// When a session or an idempotency key is next looked at for expiry: | ms | 0 | session
+    /// id, or | ms | 1 | key; empty values (an index in time order).
+    Expiry = 11,
     /// An idempotency key's record (postcard `KeyRecord`): | key.
     IdempotencyKey = 12,
-    /// When an idempotency key expires: | expiry ms | key, empty value (an index).
-    KeyExpiry = 13,
     /// Counts of sessions, keys and kept response bytes (postcard `SessionTotals`).
-    SessionTotals = 14,
+    SessionTotals = 13,
 }
 
 /// The tags whose records are sessions' and idempotency keys' (hashed in digests).
-pub const SESSION_TAGS: [MetaTag; 6] = [
+pub const SESSION_TAGS: [MetaTag; 5] = [
     MetaTag::Session,
     MetaTag::SessionResponse,
-    MetaTag::SessionExpiry,
+    MetaTag::Expiry,
     MetaTag::IdempotencyKey,
-    MetaTag::KeyExpiry,
     MetaTag::SessionTotals,
 ];
 

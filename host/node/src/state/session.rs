@@ -4,10 +4,13 @@
 //! same way.
 //!
 //! Layout (`meta`, after the group): a session's record, its kept responses by sequence, an
-//! expiry index ordered by time; an idempotency key's record (with its response) and its
-//! expiry index; and the totals the bounds are checked against. Expiry runs before each
-//! entry, by the entry's timestamp (FSM time, which never runs backwards), a bounded number
-//! per entry.
+//! idempotency key's record (with its response), one expiry index in time order for both,
+//! and the totals the bounds are checked against. A write touches only its session's record:
+//! the index holds a time at or before the session's real expiry (its last write plus its
+//! idle timeout, which only moves later), and when that time comes the session is either
+//! expired or indexed again at its real expiry. So a busy session moves in the index once
+//! per idle period, not once per write. Expiry runs before each entry, by the entry's
+//! timestamp (FSM time, which never runs backwards), a bounded number per entry.
 
 use heed::RwTxn;
 use serde::{Deserialize, Serialize};
@@ -25,13 +28,19 @@ use super::{StateError, StateStore, decode, encode};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct SessionRecord {
     idle_timeout_ms: u64,
-    /// When it expires unless a write comes first (ms, FSM time).
-    expires_at_ms: u64,
+    /// Its last write (or its opening), ms of FSM time.
+    last_write_ms: u64,
     /// Responses of sequences up to this one are forgotten.
     acked: u64,
     /// Responses kept, and their bytes.
     pending: u64,
     pending_bytes: u64,
+}
+
+impl SessionRecord {
+    fn expires_at(&self) -> u64 {
+        self.last_write_ms.saturating_add(self.idle_timeout_ms)
+    }
 }
 
 /// One idempotency key's write.
@@ -45,7 +54,7 @@ struct KeyRecord {
 
 /// What the bounds are checked against.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct SessionTotals {
+pub(super) struct SessionTotals {
     sessions: u64,
     keys: u64,
     retained_bytes: u64,
@@ -61,11 +70,20 @@ pub(super) enum Admission {
     Apply(Pending),
 }
 
-/// A write admitted to apply, and where its response goes.
-pub(super) enum Pending {
+/// A write admitted to apply, where its response goes, and the totals it counts in.
+pub(super) struct Pending {
+    owner: Owner,
+    totals: SessionTotals,
+}
+
+enum Owner {
     Session(Sequence, SessionRecord),
     Key(String, [u8; 32]),
 }
+
+/// The two kinds of expiry index entries.
+const EXPIRY_SESSION: u8 = 0;
+const EXPIRY_KEY: u8 = 1;
 
 fn limit(what: &str, limit: u64) -> ApplyError {
     ApplyError::SessionLimit {
@@ -84,18 +102,13 @@ impl StateStore {
         keys::meta_with(self.group, MetaTag::SessionResponse, &[&id, &seq])
     }
 
-    fn session_expiry_key(&self, at: u64, id: SessionId) -> Vec<u8> {
-        let (at, id) = (at.to_be_bytes(), id.to_be_bytes());
-        keys::meta_with(self.group, MetaTag::SessionExpiry, &[&at, &id])
+    fn expiry_key(&self, at: u64, kind: u8, name: &[u8]) -> Vec<u8> {
+        let at = at.to_be_bytes();
+        keys::meta_with(self.group, MetaTag::Expiry, &[&at, &[kind], name])
     }
 
     fn key_key(&self, key: &str) -> Vec<u8> {
         keys::meta_with(self.group, MetaTag::IdempotencyKey, &[key.as_bytes()])
-    }
-
-    fn key_expiry_key(&self, at: u64, key: &str) -> Vec<u8> {
-        let at = at.to_be_bytes();
-        keys::meta_with(self.group, MetaTag::KeyExpiry, &[&at, key.as_bytes()])
     }
 
     fn totals(&self, txn: &RwTxn<'_>) -> Result<SessionTotals, StateError> {
@@ -118,27 +131,16 @@ impl StateStore {
         }
     }
 
-    /// Stores `rec`, moving its expiry to `now + idle` in the index.
-    fn touch_session(
+    fn put_session(
         &self,
         txn: &mut RwTxn<'_>,
         id: SessionId,
-        mut rec: SessionRecord,
-        now: u64,
-    ) -> Result<SessionRecord, StateError> {
-        let at = now.saturating_add(rec.idle_timeout_ms);
-        if at != rec.expires_at_ms {
-            let old = self.session_expiry_key(rec.expires_at_ms, id);
-            self.dbs.meta.delete(txn, &old)?;
-            self.dbs
-                .meta
-                .put(txn, &self.session_expiry_key(at, id), &[])?;
-            rec.expires_at_ms = at;
-        }
-        self.dbs
+        rec: &SessionRecord,
+    ) -> Result<(), StateError> {
+        Ok(self
+            .dbs
             .meta
-            .put(txn, &self.session_key(id), &encode(&rec))?;
-        Ok(rec)
+            .put(txn, &self.session_key(id), &encode(rec))?)
     }
 
     /// Opens session `id` (the opening entry's index) at `now`.
@@ -171,12 +173,14 @@ impl StateStore {
         self.put_totals(txn, totals)?;
         let rec = SessionRecord {
             idle_timeout_ms,
-            expires_at_ms: 0,
+            last_write_ms: now,
             acked: 0,
             pending: 0,
             pending_bytes: 0,
         };
-        self.touch_session(txn, id, rec, now)?;
+        let index = self.expiry_key(rec.expires_at(), EXPIRY_SESSION, &id.to_be_bytes());
+        self.dbs.meta.put(txn, &index, &[])?;
+        self.put_session(txn, id, &rec)?;
         Ok(Ok(EntryResponse::SessionOpened(id)))
     }
 
@@ -199,14 +203,13 @@ impl StateStore {
                 session: id,
             }));
         };
+        let mut totals = self.totals(txn)?;
         if acked > rec.acked {
-            let freed = self.forget_responses(txn, id, rec.acked, acked)?;
-            rec.pending -= freed.0;
-            rec.pending_bytes -= freed.1;
+            let (n, bytes) = self.forget_responses(txn, id, rec.acked, acked)?;
+            rec.pending -= n;
+            rec.pending_bytes -= bytes;
             rec.acked = acked;
-            let mut totals = self.totals(txn)?;
-            totals.retained_bytes = totals.retained_bytes.saturating_sub(freed.1);
-            self.put_totals(txn, totals)?;
+            totals.retained_bytes = totals.retained_bytes.saturating_sub(bytes);
         }
         if seq <= rec.acked {
             return Ok(Admission::Refused(ApplyError::SequenceTooOld {
@@ -215,51 +218,41 @@ impl StateStore {
                 acked: rec.acked,
             }));
         }
-        let rec = self.touch_session(txn, id, rec, now)?;
+        rec.last_write_ms = rec.last_write_ms.max(now);
         if let Some(b) = self.dbs.meta.get(txn, &self.response_key(id, seq))? {
-            return Ok(Admission::Answered(decode(
-                &format!("response {seq} of session {id}"),
-                b,
-            )?));
+            let response = decode(&format!("response {seq} of session {id}"), b)?;
+            self.put_session(txn, id, &rec)?;
+            self.put_totals(txn, totals)?;
+            return Ok(Admission::Answered(response));
         }
-        if rec.pending >= MAX_PENDING_RESPONSES {
-            return Ok(Admission::Refused(limit(
+        let refusal = if rec.pending >= MAX_PENDING_RESPONSES {
+            Some(limit(
                 &format!(
                     "session {id} keeps {} unacknowledged responses: acknowledge some \
                      (the client's `acked`) before writing more",
                     rec.pending
                 ),
                 MAX_PENDING_RESPONSES,
-            )));
-        }
-        if rec.pending_bytes >= MAX_SESSION_BYTES {
-            return Ok(Admission::Refused(limit(
+            ))
+        } else if rec.pending_bytes >= MAX_SESSION_BYTES {
+            Some(limit(
                 &format!(
                     "session {id} keeps {} bytes of unacknowledged responses: acknowledge \
                      some before writing more",
                     rec.pending_bytes
                 ),
                 MAX_SESSION_BYTES,
-            )));
-        }
-        self.check_retained(txn)?
-            .map_or(Ok(Admission::Apply(Pending::Session(sequence, rec))), |e| {
-                Ok(Admission::Refused(e))
-            })
-    }
-
-    fn check_retained(&self, txn: &RwTxn<'_>) -> Result<Option<ApplyError>, StateError> {
-        let totals = self.totals(txn)?;
-        Ok((totals.retained_bytes >= MAX_RETAINED_BYTES).then(|| {
-            limit(
-                &format!(
-                    "the cluster keeps {} bytes of responses for retries: sessions must \
-                     acknowledge theirs, or idempotency keys expire, before more are kept",
-                    totals.retained_bytes
-                ),
-                MAX_RETAINED_BYTES,
-            )
-        }))
+            ))
+        } else {
+            retained_refusal(&totals)
+        };
+        Ok(match refusal {
+            Some(e) => Admission::Refused(e),
+            None => Admission::Apply(Pending {
+                owner: Owner::Session(sequence, rec),
+                totals,
+            }),
+        })
     }
 
     /// Deletes session `id`'s responses for sequences in `(from, to]`; their count and bytes.
@@ -282,7 +275,9 @@ impl StateStore {
             n += 1;
             bytes += v.len() as u64;
         }
-        self.dbs.meta.delete_range(txn, &range)?;
+        if n > 0 {
+            self.dbs.meta.delete_range(txn, &range)?;
+        }
         Ok((n, bytes))
     }
 
@@ -309,15 +304,21 @@ impl StateStore {
                 Admission::Refused(ApplyError::IdempotencyKeyReused { key: key.into() })
             });
         }
-        if self.totals(txn)?.keys >= MAX_IDEMPOTENCY_KEYS {
-            return Ok(Admission::Refused(limit(
+        let totals = self.totals(txn)?;
+        let refusal = if totals.keys >= MAX_IDEMPOTENCY_KEYS {
+            Some(limit(
                 "too many idempotency keys are kept: wait for old ones to expire",
                 MAX_IDEMPOTENCY_KEYS,
-            )));
-        }
-        Ok(match self.check_retained(txn)? {
+            ))
+        } else {
+            retained_refusal(&totals)
+        };
+        Ok(match refusal {
             Some(e) => Admission::Refused(e),
-            None => Admission::Apply(Pending::Key(key.into(), request)),
+            None => Admission::Apply(Pending {
+                owner: Owner::Key(key.into(), request),
+                totals,
+            }),
         })
     }
 
@@ -329,21 +330,20 @@ impl StateStore {
         response: &EntryResponse,
         now: u64,
     ) -> Result<(), StateError> {
-        let mut totals = self.totals(txn)?;
-        match pending {
-            Pending::Session(s, mut rec) => {
-                let key = self.response_key(s.session, s.seq);
+        let Pending { owner, mut totals } = pending;
+        match owner {
+            Owner::Session(s, mut rec) => {
                 let bytes = encode(response);
                 let len = bytes.len() as u64;
-                self.dbs.meta.put(txn, &key, &bytes)?;
+                self.dbs
+                    .meta
+                    .put(txn, &self.response_key(s.session, s.seq), &bytes)?;
                 totals.retained_bytes = totals.retained_bytes.saturating_add(len);
                 rec.pending += 1;
                 rec.pending_bytes = rec.pending_bytes.saturating_add(len);
-                self.dbs
-                    .meta
-                    .put(txn, &self.session_key(s.session), &encode(&rec))?;
+                self.put_session(txn, s.session, &rec)?;
             }
-            Pending::Key(key, request) => {
+            Owner::Key(key, request) => {
                 let at = now.saturating_add(IDEMPOTENCY_KEY_TTL_MS);
                 let rec = KeyRecord {
                     expires_at_ms: at,
@@ -352,35 +352,21 @@ impl StateStore {
                 };
                 let bytes = encode(&rec);
                 totals.retained_bytes = totals.retained_bytes.saturating_add(bytes.len() as u64);
-                self.dbs.meta.put(txn, &self.key_key(&key), &bytes)?;
-                self.dbs
-                    .meta
-                    .put(txn, &self.key_expiry_key(at, &key), &[])?;
                 totals.keys += 1;
+                self.dbs.meta.put(txn, &self.key_key(&key), &bytes)?;
+                let index = self.expiry_key(at, EXPIRY_KEY, key.as_bytes());
+                self.dbs.meta.put(txn, &index, &[])?;
             }
         }
         self.put_totals(txn, totals)
     }
 
-    /// Ends the sessions and keys whose time ran out by `now`, at most
-    /// [`EXPIRIES_PER_ENTRY`] of them.
+    /// Looks at the expiry index entries due by `now`, at most [`EXPIRIES_PER_ENTRY`] of
+    /// them: ends the keys, and the sessions whose last write is older than their idle
+    /// timeout; indexes the other sessions again at their real expiry.
     pub(super) fn expire_sessions(&self, txn: &mut RwTxn<'_>, now: u64) -> Result<(), StateError> {
-        let prefix = keys::meta(self.group, MetaTag::SessionExpiry);
-        let due = |k: &[u8]| -> Option<(u64, u64)> {
-            let at = u64::from_be_bytes(k.get(9..17)?.try_into().ok()?);
-            let id = u64::from_be_bytes(k.get(17..25)?.try_into().ok()?);
-            (at <= now).then_some((at, id))
-        };
-        let mut sessions = Vec::new();
-        for item in self.dbs.meta.prefix_iter(txn, &prefix)? {
-            let (k, _) = item?;
-            match due(k) {
-                Some(s) if sessions.len() < EXPIRIES_PER_ENTRY => sessions.push(s),
-                _ => break,
-            }
-        }
-        let prefix = keys::meta(self.group, MetaTag::KeyExpiry);
-        let mut keys_due = Vec::new();
+        let prefix = keys::meta(self.group, MetaTag::Expiry);
+        let mut due = Vec::new();
         for item in self.dbs.meta.prefix_iter(txn, &prefix)? {
             let (k, _) = item?;
             let at = k
@@ -388,38 +374,49 @@ impl StateStore {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes);
             match at {
-                Some(at) if at <= now && keys_due.len() < EXPIRIES_PER_ENTRY => {
-                    keys_due.push((at, String::from_utf8_lossy(&k[17..]).into_owned()));
-                }
+                Some(at) if at <= now && due.len() < EXPIRIES_PER_ENTRY => due.push(k.to_vec()),
                 _ => break,
             }
         }
-        if sessions.is_empty() && keys_due.is_empty() {
+        if due.is_empty() {
             return Ok(());
         }
         let mut totals = self.totals(txn)?;
-        for (at, id) in sessions {
-            self.dbs
-                .meta
-                .delete(txn, &self.session_expiry_key(at, id))?;
+        for index in due {
+            self.dbs.meta.delete(txn, &index)?;
+            let corrupt = || StateError::Corrupt {
+                what: "session expiry index".into(),
+                detail: format!("key {index:02x?}"),
+            };
+            let (kind, name) = (*index.get(17).ok_or_else(corrupt)?, &index[18..]);
+            if kind == EXPIRY_KEY {
+                let key = self.key_key(&String::from_utf8_lossy(name));
+                if let Some(b) = self.dbs.meta.get(txn, &key)? {
+                    let bytes = b.len() as u64;
+                    self.dbs.meta.delete(txn, &key)?;
+                    totals.keys = totals.keys.saturating_sub(1);
+                    totals.retained_bytes = totals.retained_bytes.saturating_sub(bytes);
+                }
+                continue;
+            }
+            let id = u64::from_be_bytes(name.try_into().map_err(|_| corrupt())?);
+            let Some(rec) = self.session(txn, id)? else {
+                continue;
+            };
+            if rec.expires_at() > now {
+                let again = self.expiry_key(rec.expires_at(), EXPIRY_SESSION, name);
+                self.dbs.meta.put(txn, &again, &[])?;
+                continue;
+            }
             let (_, bytes) = self.forget_responses(txn, id, 0, u64::MAX)?;
             self.dbs.meta.delete(txn, &self.session_key(id))?;
             totals.sessions = totals.sessions.saturating_sub(1);
             totals.retained_bytes = totals.retained_bytes.saturating_sub(bytes);
         }
-        for (at, key) in keys_due {
-            self.dbs.meta.delete(txn, &self.key_expiry_key(at, &key))?;
-            if let Some(b) = self.dbs.meta.get(txn, &self.key_key(&key))? {
-                let bytes = b.len() as u64;
-                self.dbs.meta.delete(txn, &self.key_key(&key))?;
-                totals.keys = totals.keys.saturating_sub(1);
-                totals.retained_bytes = totals.retained_bytes.saturating_sub(bytes);
-            }
-        }
         self.put_totals(txn, totals)
     }
 
-    /// Open sessions and kept idempotency keys (for status and tests).
+    /// Open sessions and kept idempotency keys.
     pub fn session_counts(&self) -> Result<(u64, u64), StateError> {
         let rtxn = self.env.read_txn()?;
         let key = keys::meta(self.group, MetaTag::SessionTotals);
@@ -429,4 +426,18 @@ impl StateStore {
         };
         Ok((totals.sessions, totals.keys))
     }
+}
+
+/// The refusal of a write when all sessions and keys together keep too many bytes.
+fn retained_refusal(totals: &SessionTotals) -> Option<ApplyError> {
+    (totals.retained_bytes >= MAX_RETAINED_BYTES).then(|| {
+        limit(
+            &format!(
+                "the cluster keeps {} bytes of responses for retries: sessions must acknowledge \
+                 theirs, or idempotency keys expire, before more are kept",
+                totals.retained_bytes
+            ),
+            MAX_RETAINED_BYTES,
+        )
+    })
 }

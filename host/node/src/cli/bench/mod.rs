@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Write on client sessions (exactly-once: each write carries a session sequence and
+    /// its response is kept for retries), as `wraft-client`'s `apply` does, instead of plain
+    /// writes.
+    #[arg(long)]
+    pub sessions: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -107,6 +112,8 @@ pub struct Memory {
 pub struct Report {
     pub cores: usize,
     pub cluster: String,
+    /// Whether writes went on client sessions.
+    pub sessions: bool,
     pub fdatasync: Latency,
     pub round_trip: Latency,
     pub rows: Vec<Row>,
@@ -147,6 +154,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut report = Report {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cluster,
+        sessions: args.sessions,
         fdatasync: Latency::of(&fdatasync),
         round_trip: Latency::of(&round_trip),
         rows: Vec::new(),
@@ -158,17 +166,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let next_block = Arc::new(AtomicU64::new(first_block(&leader[0], &fsm).await?));
     for &size in &args.size {
         for &clients in &args.clients {
-            let row = run_row(
-                &leader,
-                &fsm,
+            let shape = RowShape {
                 size,
                 clients,
-                args.secs,
-                &next_block,
-                floor_ns,
-            )
-            .await
-            .with_context(|| format!("{clients} clients, {size}-byte commands"))?;
+                secs: args.secs,
+                sessions: args.sessions,
+            };
+            let row = run_row(&leader, &fsm, shape, &next_block, floor_ns)
+                .await
+                .with_context(|| format!("{clients} clients, {size}-byte commands"))?;
             if !args.json {
                 print_row(&row);
             }
@@ -328,15 +334,29 @@ fn commit(number: u64, size: usize) -> anyhow::Result<Payload> {
     }
 }
 
-async fn run_row(
-    leader: &Arc<Vec<Client>>,
-    fsm: &FsmName,
+/// What one row measures: command size, closed-loop clients, seconds, and whether writes go
+/// on client sessions.
+#[derive(Debug, Clone, Copy)]
+struct RowShape {
     size: usize,
     clients: usize,
     secs: u64,
+    sessions: bool,
+}
+
+async fn run_row(
+    leader: &Arc<Vec<Client>>,
+    fsm: &FsmName,
+    shape: RowShape,
     next_block: &Arc<AtomicU64>,
     floor_ns: f64,
 ) -> anyhow::Result<Row> {
+    let RowShape {
+        size,
+        clients,
+        secs,
+        sessions,
+    } = shape;
     let command_bytes = match commit(1, size)? {
         Payload::Postcard(b) => b.len(),
         Payload::Json(j) => j.len(),
@@ -354,13 +374,16 @@ async fn run_row(
                 let number = next_block.fetch_add(1, Ordering::Relaxed);
                 let command = commit(number, size)?;
                 let t = Instant::now();
-                let result = client
-                    .request(ApiRequest::Apply {
+                let result = if sessions {
+                    client.apply(&fsm, command).await.map(drop)
+                } else {
+                    let request = ApiRequest::Apply {
                         fsm: fsm.clone(),
                         command,
                         once: None,
-                    })
-                    .await;
+                    };
+                    client.request(request).await.map(drop)
+                };
                 match result {
                     Ok(_) => {}
                     // Another client's newer block got there first: still a commit.
@@ -392,7 +415,15 @@ async fn run_row(
 }
 
 fn print_header(r: &Report, at_rest: &[(u64, u64)]) {
-    println!("cluster: {}; {} cores here", r.cluster, r.cores);
+    let writes = if r.sessions {
+        "on client sessions"
+    } else {
+        "plain"
+    };
+    println!(
+        "cluster: {}; {} cores here; writes {writes}",
+        r.cluster, r.cores
+    );
     println!(
         "floor: fdatasync p50 {:.1} µs, p99 {:.1} µs; QUIC round trip (Status) p50 {:.1} µs, p99 {:.1} µs",
         r.fdatasync.p50_us, r.fdatasync.p99_us, r.round_trip.p50_us, r.round_trip.p99_us

@@ -30,8 +30,8 @@ use crate::processes::{
 
 mod phases;
 use phases::{
-    compare_data_directories, final_reads, heal, inject, spawn_clients, start, stop_cleanly,
-    trace_per_second,
+    check_counters, compare_data_directories, final_reads, heal, inject, spawn_clients, start,
+    stop_cleanly, trace_per_second,
 };
 
 const KEYS: u32 = 24;
@@ -102,7 +102,10 @@ async fn run_in(
         tokio::time::sleep(rest).await;
     }
     stop.store(true, Ordering::Relaxed);
-    while clients.join_next().await.is_some() {}
+    let mut increments = Vec::new();
+    while let Some(joined) = clients.join_next().await {
+        increments.push(joined.map_err(|e| format!("a client: {e}"))?);
+    }
 
     // Heal everything, then every node must catch up to the same state.
     let phase = |what: &str| {
@@ -114,7 +117,10 @@ async fn run_in(
     phase("schedule over");
     heal(&mut rig)?;
     final_reads(&rig, &history).await?;
-    phase("final reads done");
+    let increments = check_counters(&rig, &increments).await?;
+    phase(&format!(
+        "final reads done; {increments} acknowledged increments each applied exactly once"
+    ));
     let per_node: Vec<Client> = rig
         .addrs
         .iter()

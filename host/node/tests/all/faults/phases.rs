@@ -9,6 +9,7 @@ use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_client::{Client, ClientError};
 use wraft_core::FsmName;
 use wraft_faults::Rng;
+use wraft_faults::counter::{self, Increment};
 use wraft_faults::history::{Event, History, Op, Outcome};
 use wraft_faults::process::NodeProcess;
 use wraft_faults::proxy::{Faults, Network, NodeId};
@@ -46,8 +47,8 @@ fn read_value(response: &ApiResponse) -> Result<Option<u64>, String> {
 }
 
 /// A write's outcome: certain only when the node answered, or refused before proposing.
-fn write_outcome(
-    result: &Result<Result<ApiResponse, ClientError>, tokio::time::error::Elapsed>,
+fn write_outcome<T>(
+    result: &Result<Result<T, ClientError>, tokio::time::error::Elapsed>,
 ) -> Outcome {
     match result {
         Ok(Ok(_)) => Outcome::Ok,
@@ -61,23 +62,59 @@ fn write_outcome(
     }
 }
 
+/// Client `id`'s own counter (apart from the registers, whose keys are 4 bytes).
+fn counter_key(id: u32) -> Vec<u8> {
+    format!("counter-{id}").into_bytes()
+}
+
+fn register() -> FsmName {
+    FsmName::new("r").expect("name")
+}
+
+/// A client: writes registers and increments its own counter, each exactly once (the client
+/// writes on a session and sends a write whose outcome is unknown again, with the same
+/// sequence, until it is answered or its patience runs out), and reads registers. Returns
+/// how its increments ended, in order.
 async fn client_loop(
     id: u32,
     client: Client,
     history: Arc<History>,
     stop: Arc<AtomicBool>,
     seed: u64,
-) {
+) -> (u32, Vec<Increment>) {
     let mut rng = Rng::new(seed ^ (u64::from(id) << 32));
     let mut n = 0u64;
+    let mut increments = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let key = rng.below(u64::from(KEYS)) as u32;
         let call = history.now();
-        if rng.chance(0.5) {
+        if rng.chance(0.25) {
+            let incr = probe::Command::Incr {
+                key: counter_key(id),
+            };
+            let incr = Payload::Postcard(postcard::to_allocvec(&incr).expect("encode"));
+            let result =
+                tokio::time::timeout(Duration::from_secs(8), client.apply(&register(), incr)).await;
+            increments.push(match (write_outcome(&result), result) {
+                (Outcome::Ok, Ok(Ok(Payload::Postcard(out)))) => {
+                    match postcard::from_bytes::<probe::Output>(&out) {
+                        Ok(probe::Output::Number(v)) => Increment::Acked(v),
+                        other => panic!("an increment answered {other:?}"),
+                    }
+                }
+                (Outcome::Ok, other) => panic!("an increment answered {other:?}"),
+                (Outcome::Failed, _) => Increment::Failed,
+                (Outcome::Unknown, _) => Increment::Unknown,
+            });
+        } else if rng.chance(0.5) {
             n += 1;
             let value = (u64::from(id) + 1) << 40 | n;
+            let ApiRequest::Apply { command, .. } = put(key, value) else {
+                unreachable!("put is an apply")
+            };
             let result =
-                tokio::time::timeout(Duration::from_secs(8), client.request(put(key, value))).await;
+                tokio::time::timeout(Duration::from_secs(8), client.apply(&register(), command))
+                    .await;
             let outcome = write_outcome(&result);
             history.record(Event {
                 client: id,
@@ -103,6 +140,49 @@ async fn client_loop(
             }
         }
     }
+    (id, increments)
+}
+
+/// Reads every client's counter once the cluster healed, and checks that each acknowledged
+/// increment applied exactly once and each other at most once ([`counter::check`]).
+pub(super) async fn check_counters(
+    rig: &Rig,
+    increments: &[(u32, Vec<Increment>)],
+) -> Result<u64, String> {
+    let reader = Client::new(rig.addrs.clone(), &identity(&rig.certs, "reader"))
+        .map_err(|e| e.to_string())?
+        .with_patience(Duration::from_secs(30));
+    let mut acked = 0;
+    for (id, incs) in increments {
+        let q = probe::Query::Get {
+            key: counter_key(*id),
+        };
+        let read = ApiRequest::Query {
+            fsm: register(),
+            query: Payload::Postcard(postcard::to_allocvec(&q).expect("encode")),
+            consistency: Consistency::Linearizable,
+        };
+        let response = reader
+            .request(read)
+            .await
+            .map_err(|e| format!("reading counter {id}: {e}"))?;
+        let ApiResponse::Output(Payload::Postcard(bytes)) = response else {
+            return Err(format!("counter {id}: unexpected answer {response:?}"));
+        };
+        let value = match postcard::from_bytes::<probe::Output>(&bytes) {
+            Ok(probe::Output::None) => 0,
+            Ok(probe::Output::Bytes(b)) => {
+                postcard::from_bytes::<u64>(&b).map_err(|e| format!("counter {id}: {e}"))?
+            }
+            other => return Err(format!("counter {id}: unexpected output {other:?}")),
+        };
+        counter::check(incs, value).map_err(|e| format!("client {id}'s counter: {e}"))?;
+        acked += incs
+            .iter()
+            .filter(|i| matches!(i, Increment::Acked(_)))
+            .count() as u64;
+    }
+    Ok(acked)
 }
 
 /// The leader, as the first node that answers says (none if nobody knows).
@@ -169,7 +249,7 @@ pub(super) fn spawn_clients(
     history: &Arc<History>,
     stop: &Arc<AtomicBool>,
     seed: u64,
-) -> Result<tokio::task::JoinSet<()>, String> {
+) -> Result<tokio::task::JoinSet<(u32, Vec<Increment>)>, String> {
     let mut clients = tokio::task::JoinSet::new();
     for id in 0..CLIENTS {
         let mut order = rig.addrs.clone();
