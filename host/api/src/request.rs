@@ -48,11 +48,6 @@ pub enum ApiRequest {
         /// Apply it at most once: a batch is one sequence of its session.
         once: Option<Once>,
     },
-    /// Open a client session (writer): the answer is [`crate::ApiResponse::Session`].
-    OpenSession {
-        /// Its idle timeout (`wraft_core::session`'s bounds).
-        idle_timeout_ms: u64,
-    },
     /// Query an FSM (reader).
     Query {
         /// The FSM.
@@ -140,6 +135,12 @@ pub enum ApiRequest {
         fsm: FsmName,
         /// Its new limits.
         limits: FsmLimits,
+    },
+    /// Open a client session (writer): the answer is [`crate::ApiResponse::Session`].
+    /// (New variants go last: postcard encodes the variant's index.)
+    OpenSession {
+        /// Its idle timeout (`wraft_core::session`'s bounds).
+        idle_timeout_ms: u64,
     },
 }
 

@@ -204,7 +204,8 @@ impl StateStore {
             }));
         };
         let mut totals = self.totals(txn)?;
-        if acked > rec.acked {
+        let acknowledged = acked > rec.acked;
+        if acknowledged {
             let (n, bytes) = self.forget_responses(txn, id, rec.acked, acked)?;
             rec.pending -= n;
             rec.pending_bytes -= bytes;
@@ -218,13 +219,19 @@ impl StateStore {
                 acked: rec.acked,
             }));
         }
-        rec.last_write_ms = rec.last_write_ms.max(now);
         if let Some(b) = self.dbs.meta.get(txn, &self.response_key(id, seq))? {
+            // A retry changes nothing: it is not a new write for the idle time, and its
+            // first attempt already applied its `acked` (so normally nothing was forgotten
+            // above). So a retry that arrives late, after its client moved on, leaves the
+            // state as it was, and replicas that differ only by such entries agree.
             let response = decode(&format!("response {seq} of session {id}"), b)?;
-            self.put_session(txn, id, &rec)?;
-            self.put_totals(txn, totals)?;
+            if acknowledged {
+                self.put_session(txn, id, &rec)?;
+                self.put_totals(txn, totals)?;
+            }
             return Ok(Admission::Answered(response));
         }
+        rec.last_write_ms = rec.last_write_ms.max(now);
         let refusal = if rec.pending >= MAX_PENDING_RESPONSES {
             Some(limit(
                 &format!(

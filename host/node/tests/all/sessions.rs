@@ -362,3 +362,19 @@ fn sessions_travel_in_snapshots_and_backups() {
     backup::restore(&backup_dir, restored.path(), false).expect("restore");
     check(&reopen(restored.path()), "backup and restore");
 }
+
+/// A retry answered from a session changes no state: a late duplicate (its client gave up
+/// and moved on) leaves a replica that applied it equal to one that did not.
+#[test]
+fn a_retry_answered_from_the_session_changes_no_state() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let s = open(store, T0, 60_000);
+    at(store, T0, on(s, 1, 0, incr()));
+    at(store, T0 + 10, on(s, 2, 1, incr()));
+    let before = store.digest().expect("digest");
+    at(store, T0 + 5_000, on(s, 2, 1, incr()));
+    let mut after = store.digest().expect("digest");
+    after.index = before.index;
+    assert_eq!(after, before);
+}
