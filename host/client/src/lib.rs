@@ -73,6 +73,8 @@ pub struct Client {
     attempt_timeout: Option<Duration>,
     /// The session writes go on (`None`: the client writes without sessions).
     session: Option<SessionSlot>,
+    /// The idle timeout the client's sessions ask for.
+    session_idle_timeout: Duration,
 }
 
 enum Attempt {
@@ -97,6 +99,7 @@ impl Client {
             patience: Duration::from_secs(10),
             attempt_timeout: None,
             session: Some(SessionSlot::default()),
+            session_idle_timeout: Duration::from_millis(session::DEFAULT_IDLE_TIMEOUT_MS),
         })
     }
 
@@ -112,6 +115,14 @@ impl Client {
     /// timeout moves the retry to a node that can answer.
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The idle time after which the cluster ends this client's session (default an hour;
+    /// `wraft_core::session` bounds it): a short-lived client (one CLI command) asks for
+    /// little, so the sessions it leaves behind do not hold their room for long.
+    pub fn with_session_idle_timeout(mut self, idle: Duration) -> Self {
+        self.session_idle_timeout = idle;
         self
     }
 
@@ -133,7 +144,7 @@ impl Client {
         }
         let opened = self
             .request(ApiRequest::OpenSession {
-                idle_timeout_ms: session::DEFAULT_IDLE_TIMEOUT_MS,
+                idle_timeout_ms: self.session_idle_timeout.as_millis() as u64,
             })
             .await?;
         let ApiResponse::Session(id) = opened else {
@@ -209,16 +220,27 @@ impl Client {
         Ok(c)
     }
 
-    async fn once(&self, request: &ApiRequest) -> Result<Result<ApiResponse, ApiError>, Attempt> {
+    /// One attempt: the open connection (or the next node's), then the request on it,
+    /// waiting at most `limit` for the answer (`None`: as long as it takes).
+    async fn once(
+        &self,
+        request: &ApiRequest,
+        limit: Option<Duration>,
+    ) -> Result<Result<ApiResponse, ApiError>, Attempt> {
         let conn = self.connection().await.map_err(Attempt::NotSent)?;
-        match api::call(&conn, request).await {
-            Ok(result) => Ok(result),
-            Err(e) => {
-                // The next attempt sees the closed connection and moves on to the next node.
-                conn.close(0u32.into(), b"retrying elsewhere");
-                Err(Attempt::SentThenLost(e.to_string()))
-            }
-        }
+        let called = match limit {
+            Some(limit) => match tokio::time::timeout(limit, api::call(&conn, request)).await {
+                Ok(called) => called.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            },
+            None => api::call(&conn, request).await.map_err(|e| e.to_string()),
+        };
+        called.map_err(|e| {
+            // This attempt's connection (no other's): the next attempt sees it closed and
+            // moves on to the next node.
+            conn.close(0u32.into(), b"retrying elsewhere");
+            Attempt::SentThenLost(e)
+        })
     }
 
     /// Sends `request`, retrying as the module docs describe.
@@ -239,28 +261,20 @@ impl Client {
                 | ApiRequest::Status
                 | ApiRequest::Apply { once: Some(_), .. }
                 | ApiRequest::Batch { once: Some(_), .. }
+                // Opening again after a lost answer leaves one unused session, which
+                // expires: nothing a caller sees.
+                | ApiRequest::OpenSession { .. }
         );
         let mut backoff = Backoff::default();
         let mut resent = false;
         let mut unknown = None;
         let attempt_timeout = self.attempt_timeout.unwrap_or(self.patience);
         loop {
-            let attempt = if repeatable {
+            let limit = repeatable.then(|| {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let limit = attempt_timeout.min(left).max(Duration::from_millis(100));
-                match tokio::time::timeout(limit, self.once(request)).await {
-                    Ok(attempt) => attempt,
-                    Err(_) => {
-                        // The next attempt goes to the next node.
-                        if let Some((_, c)) = self.current.lock().await.as_ref() {
-                            c.close(0u32.into(), b"no answer in time");
-                        }
-                        Err(Attempt::SentThenLost(format!("no answer within {limit:?}")))
-                    }
-                }
-            } else {
-                self.once(request).await
-            };
+                attempt_timeout.min(left).max(Duration::from_millis(100))
+            });
+            let attempt = self.once(request, limit).await;
             let retry = match attempt {
                 Ok(Ok(response)) => return (Ok(response), resent),
                 Ok(Err(ApiError::NoLeader)) => "no leader".to_string(),

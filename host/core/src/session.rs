@@ -64,6 +64,10 @@ pub const MAX_SESSION_BYTES: u64 = 64 << 20;
 /// Response bytes all sessions and idempotency keys together keep at most (checked before
 /// a write applies, like [`MAX_SESSION_BYTES`]).
 pub const MAX_RETAINED_BYTES: u64 = 512 << 20;
+/// Largest response a session or idempotency key keeps (encoded): a write whose response
+/// would be larger is undone and refused, so that every kept record fits in a snapshot
+/// record (64 MiB) and the byte bounds are exceeded by at most this much.
+pub const MAX_KEPT_RESPONSE_BYTES: u64 = 32 << 20;
 /// How long an idempotency key's response is kept after its write: a day, as payment APIs do.
 pub const IDEMPOTENCY_KEY_TTL_MS: u64 = 24 * 3_600_000;
 /// Longest idempotency key.

@@ -51,7 +51,10 @@ impl Conn {
     /// A client.
     pub fn client(&self) -> anyhow::Result<Client> {
         let identity = super::load_identity(&self.ca, &self.cert, &self.key)?;
-        Ok(Client::new(self.nodes.clone(), &identity)?)
+        // One command's client: its session (if it writes) only needs to outlive the
+        // command's retries.
+        Ok(Client::new(self.nodes.clone(), &identity)?
+            .with_session_idle_timeout(std::time::Duration::from_secs(60)))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use heed::RwTxn;
 use wraft_core::abi::EntryContext;
-use wraft_core::session::SessionWrite;
+use wraft_core::session::{self, SessionWrite};
 use wraft_core::{
     Apply, ApplyError, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, FsmName,
     LogEntry, ModuleId,
@@ -198,12 +198,29 @@ impl StateStore {
                 .map(EntryResponse::Output),
             SessionWrite::Batch(cmds) => self.apply_batch(&mut child, cmds, call)?,
         };
-        let response = match applied {
-            Ok(r) => {
+        let kept = match &applied {
+            Ok(r) => postcard::serialize_with_flavor(r, postcard::ser_flavors::Size::default())
+                .expect("a response is plain data, which always encodes")
+                as u64,
+            Err(_) => 0,
+        };
+        let response = match (applied, kept) {
+            (Ok(_), len) if len > session::MAX_KEPT_RESPONSE_BYTES => {
+                child.abort();
+                EntryResponse::Failed(ApplyError::SessionLimit {
+                    what: format!(
+                        "the write's response of {kept} bytes is larger than a session or \
+                         idempotency key keeps, so it was not applied; send it without one, \
+                         or split it"
+                    ),
+                    limit: session::MAX_KEPT_RESPONSE_BYTES,
+                })
+            }
+            (Ok(r), _) => {
                 child.commit()?;
                 r
             }
-            Err(e) => {
+            (Err(e), _) => {
                 child.abort();
                 EntryResponse::Failed(e)
             }

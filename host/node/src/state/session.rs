@@ -204,13 +204,16 @@ impl StateStore {
             }));
         };
         let mut totals = self.totals(txn)?;
-        let acknowledged = acked > rec.acked;
-        if acknowledged {
+        if acked > rec.acked {
+            // Kept whatever happens to the write below (the run's transaction commits a
+            // refused write's admission too): the rows and their counts go together.
             let (n, bytes) = self.forget_responses(txn, id, rec.acked, acked)?;
-            rec.pending -= n;
-            rec.pending_bytes -= bytes;
+            rec.pending = rec.pending.saturating_sub(n);
+            rec.pending_bytes = rec.pending_bytes.saturating_sub(bytes);
             rec.acked = acked;
             totals.retained_bytes = totals.retained_bytes.saturating_sub(bytes);
+            self.put_session(txn, id, &rec)?;
+            self.put_totals(txn, totals)?;
         }
         if seq <= rec.acked {
             return Ok(Admission::Refused(ApplyError::SequenceTooOld {
@@ -224,12 +227,10 @@ impl StateStore {
             // first attempt already applied its `acked` (so normally nothing was forgotten
             // above). So a retry that arrives late, after its client moved on, leaves the
             // state as it was, and replicas that differ only by such entries agree.
-            let response = decode(&format!("response {seq} of session {id}"), b)?;
-            if acknowledged {
-                self.put_session(txn, id, &rec)?;
-                self.put_totals(txn, totals)?;
-            }
-            return Ok(Admission::Answered(response));
+            return Ok(Admission::Answered(decode(
+                &format!("response {seq} of session {id}"),
+                b,
+            )?));
         }
         rec.last_write_ms = rec.last_write_ms.max(now);
         let refusal = if rec.pending >= MAX_PENDING_RESPONSES {
@@ -423,15 +424,15 @@ impl StateStore {
         self.put_totals(txn, totals)
     }
 
-    /// Open sessions and kept idempotency keys.
-    pub fn session_counts(&self) -> Result<(u64, u64), StateError> {
+    /// Open sessions, kept idempotency keys, and the bytes of the responses kept for both.
+    pub fn session_counts(&self) -> Result<(u64, u64, u64), StateError> {
         let rtxn = self.env.read_txn()?;
         let key = keys::meta(self.group, MetaTag::SessionTotals);
         let totals: SessionTotals = match self.dbs.meta.get(&rtxn, &key)? {
             Some(b) => decode("session totals", b)?,
             None => SessionTotals::default(),
         };
-        Ok((totals.sessions, totals.keys))
+        Ok((totals.sessions, totals.keys, totals.retained_bytes))
     }
 }
 

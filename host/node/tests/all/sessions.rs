@@ -245,7 +245,7 @@ fn an_idempotency_key_answers_its_first_response_and_refuses_another_request() {
     // A day later the key is forgotten, and the same key writes again.
     let later = T0 + session::IDEMPOTENCY_KEY_TTL_MS + 1;
     assert_eq!(counted(&at(store, later, keyed("order-1", incr()))), 2);
-    assert_eq!(store.session_counts().expect("counts"), (0, 1));
+    assert_eq!(counts(store), (0, 1));
 }
 
 /// Two replicas fed the same log: sessions expire at the same entry on both (by the entries'
@@ -291,10 +291,10 @@ fn sessions_expire_at_the_same_entry_on_every_replica() {
         payload: postcard::to_allocvec(&C::Nop).expect("encode"),
     };
     log(T0 + 1_499, Command::Apply(nop.clone()));
-    assert_eq!(a.node.store().session_counts().expect("counts"), (2, 0));
+    assert_eq!(counts(a.node.store()), (2, 0));
     log(T0 + 1_500, Command::Apply(nop.clone()));
-    assert_eq!(a.node.store().session_counts().expect("counts"), (1, 0));
-    assert_eq!(b.node.store().session_counts().expect("counts"), (1, 0));
+    assert_eq!(counts(a.node.store()), (1, 0));
+    assert_eq!(counts(b.node.store()), (1, 0));
     assert_eq!(digest(&a), digest(&b));
     assert_eq!(
         log(T0 + 1_600, on(short, 2, 1, incr())),
@@ -347,7 +347,7 @@ fn sessions_travel_in_snapshots_and_backups() {
     backup::write_manifest(&backup_dir, &taken.manifest).expect("manifest");
 
     let check = |store: &StateStore, how: &str| {
-        assert_eq!(store.session_counts().expect("counts"), (1, 1), "{how}");
+        assert_eq!(counts(store), (1, 1), "{how}");
         assert_eq!(at(store, T0, on(s, 1, 0, incr())), first, "{how}");
         assert_eq!(at(store, T0, key.clone()), keyed, "{how}");
         assert_eq!(probe_counter(store), 2, "{how}: applied again");
@@ -377,4 +377,93 @@ fn a_retry_answered_from_the_session_changes_no_state() {
     let mut after = store.digest().expect("digest");
     after.index = before.index;
     assert_eq!(after, before);
+}
+
+/// Open sessions and kept idempotency keys.
+fn counts(store: &StateStore) -> (u64, u64) {
+    let (sessions, keys, _) = store.session_counts().expect("counts");
+    (sessions, keys)
+}
+
+/// A write refused after its acknowledgement forgot kept responses still counts them gone:
+/// the bytes the cluster keeps for retries go back to what is really kept, and the
+/// session's room with them (a refusal once left the counts high for good).
+#[test]
+fn a_refused_write_keeps_what_its_acknowledgement_forgot() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let s = open(store, T0, 60_000);
+    for seq in 1..=3 {
+        at(store, T0, on(s, seq, 0, incr()));
+    }
+    let kept = store.session_counts().expect("counts").2;
+    assert!(kept > 0, "three responses kept");
+    // Acknowledges 1-3, and is itself at or below what it acknowledges: refused.
+    let refused = at(store, T0, on(s, 3, 3, incr()));
+    assert!(
+        matches!(
+            refused,
+            EntryResponse::Failed(ApplyError::SequenceTooOld { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.session_counts().expect("counts").2,
+        0,
+        "nothing is kept"
+    );
+    assert_eq!(counted(&at(store, T0, on(s, 4, 3, incr()))), 4);
+    assert!(store.session_counts().expect("counts").2 > 0);
+}
+
+/// A write whose response is larger than a session keeps is undone and refused, so every
+/// kept record fits in a snapshot record.
+#[test]
+fn a_response_too_large_to_keep_undoes_its_write() {
+    let f = Fixture::new(
+        wraft_fsm_artifacts::PROBE,
+        "p",
+        wraft_core::FsmLimits {
+            fuel: 2_000_000_000,
+            memory_pages: 2048,
+            max_output_bytes: 64 << 20,
+            ..wraft_core::FsmLimits::default()
+        },
+    );
+    let store = f.node.store();
+    let s = open(store, T0, 60_000);
+    let cmd = |c: &C| Apply {
+        fsm: name("p"),
+        payload: postcard::to_allocvec(c).expect("encode"),
+    };
+    let put = cmd(&C::Put {
+        key: b"x".to_vec(),
+        value: b"1".to_vec(),
+    });
+    let huge = cmd(&C::HugeOutput {
+        len: (session::MAX_KEPT_RESPONSE_BYTES + 1) as u32,
+    });
+    let batch = Command::SessionWrite {
+        sequence: Sequence {
+            session: s,
+            seq: 1,
+            acked: 0,
+        },
+        write: SessionWrite::Batch(vec![put.clone(), huge.clone()]),
+    };
+    match at(store, T0, batch) {
+        EntryResponse::Failed(ApplyError::SessionLimit { what, limit }) => {
+            assert_eq!(limit, session::MAX_KEPT_RESPONSE_BYTES);
+            assert!(what.contains("without one"), "{what}");
+        }
+        other => panic!("expected the kept-response bound, got {other:?}"),
+    }
+    assert_eq!(
+        f.query("p", &probe::Query::Get { key: b"x".to_vec() }),
+        Ok(probe::Output::None),
+        "the batch was undone"
+    );
+    // Without a session the same batch applies.
+    let plain = at(store, T0, Command::Batch(vec![put, huge]));
+    assert!(matches!(plain, EntryResponse::BatchOutputs(_)), "applied");
 }
