@@ -209,7 +209,7 @@ impl StateStore {
                 child.abort();
                 EntryResponse::Failed(ApplyError::SessionLimit {
                     what: format!(
-                        "the write's response of {kept} bytes is larger than a session or \
+                        "the write's response of {len} bytes is larger than a session or \
                          idempotency key keeps, so it was not applied; send it without one, \
                          or split it"
                     ),

@@ -12,7 +12,7 @@
 //! per idle period, not once per write. Expiry runs before each entry, by the entry's
 //! timestamp (FSM time, which never runs backwards), a bounded number per entry.
 
-use heed::RwTxn;
+use heed::{RoTxn, RwTxn};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wraft_core::session::{
@@ -43,13 +43,14 @@ impl SessionRecord {
     }
 }
 
-/// One idempotency key's write.
+/// One idempotency key's write: decoded with its response owned, written with it borrowed
+/// (the same bytes), so keeping a response does not copy it first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct KeyRecord {
+struct KeyRecord<R = EntryResponse> {
     expires_at_ms: u64,
     /// sha256 of the write it was first used for.
     request: [u8; 32],
-    response: EntryResponse,
+    response: R,
 }
 
 /// What the bounds are checked against.
@@ -111,7 +112,7 @@ impl StateStore {
         keys::meta_with(self.group, MetaTag::IdempotencyKey, &[key.as_bytes()])
     }
 
-    fn totals(&self, txn: &RwTxn<'_>) -> Result<SessionTotals, StateError> {
+    fn totals(&self, txn: &RoTxn<'_>) -> Result<SessionTotals, StateError> {
         let key = keys::meta(self.group, MetaTag::SessionTotals);
         match self.dbs.meta.get(txn, &key)? {
             Some(b) => decode("session totals", b),
@@ -124,7 +125,7 @@ impl StateStore {
         Ok(self.dbs.meta.put(txn, &key, &encode(&t))?)
     }
 
-    fn session(&self, txn: &RwTxn<'_>, id: SessionId) -> Result<Option<SessionRecord>, StateError> {
+    fn session(&self, txn: &RoTxn<'_>, id: SessionId) -> Result<Option<SessionRecord>, StateError> {
         match self.dbs.meta.get(txn, &self.session_key(id))? {
             Some(b) => Ok(Some(decode(&format!("session {id}"), b)?)),
             None => Ok(None),
@@ -303,7 +304,14 @@ impl StateStore {
                 session::MAX_IDEMPOTENCY_KEY_LEN as u64,
             )));
         }
-        let request: [u8; 32] = Sha256::digest(encode(write)).into();
+        // Hashed as it encodes: a write can be as large as an entry.
+        let request: [u8; 32] = postcard::to_io(write, Sha256::new())
+            .map_err(|e| StateError::Corrupt {
+                what: format!("the write under idempotency key {key:?}"),
+                detail: e.to_string(),
+            })?
+            .finalize()
+            .into();
         if let Some(b) = self.dbs.meta.get(txn, &self.key_key(key))? {
             let rec: KeyRecord = decode(&format!("idempotency key {key:?}"), b)?;
             return Ok(if rec.request == request {
@@ -356,7 +364,7 @@ impl StateStore {
                 let rec = KeyRecord {
                     expires_at_ms: at,
                     request,
-                    response: response.clone(),
+                    response,
                 };
                 let bytes = encode(&rec);
                 totals.retained_bytes = totals.retained_bytes.saturating_add(bytes.len() as u64);
@@ -427,11 +435,7 @@ impl StateStore {
     /// Open sessions, kept idempotency keys, and the bytes of the responses kept for both.
     pub fn session_counts(&self) -> Result<(u64, u64, u64), StateError> {
         let rtxn = self.env.read_txn()?;
-        let key = keys::meta(self.group, MetaTag::SessionTotals);
-        let totals: SessionTotals = match self.dbs.meta.get(&rtxn, &key)? {
-            Some(b) => decode("session totals", b)?,
-            None => SessionTotals::default(),
-        };
+        let totals = self.totals(&rtxn)?;
         Ok((totals.sessions, totals.keys, totals.retained_bytes))
     }
 }
