@@ -17,9 +17,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-
-mod slot;
-use slot::{SessionSlot, Taken};
 use wraft_api::{
     ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo, Once,
     Payload,
@@ -30,6 +27,9 @@ use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
 use wraft_transport_quic::api::{self};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
+
+mod slot;
+use slot::{SessionSlot, Taken};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -154,13 +154,10 @@ impl Client {
         Ok(slot.take().expect("a session was installed just above"))
     }
 
-    /// Sends a write made by `make`, on the session if the client has one.
-    async fn write(
-        &self,
-        make: impl Fn(Option<Once>) -> ApiRequest,
-    ) -> Result<ApiResponse, ClientError> {
+    /// Sends a write (an `Apply` or a `Batch`), on the session if the client has one.
+    async fn write(&self, mut request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let Some(slot) = &self.session else {
-            return self.request(make(None)).await;
+            return self.request(request).await;
         };
         // A session that expired before this write first reached it loses nothing: the
         // write is sent once more on a new session. One that expired between the write's
@@ -168,7 +165,13 @@ impl Client {
         for _ in 0..2 {
             let taken = self.next_sequence(slot).await?;
             let sequence = taken.sequence;
-            let (result, resent) = self.send(&make(Some(Once::Session(sequence)))).await;
+            match &mut request {
+                ApiRequest::Apply { once, .. } | ApiRequest::Batch { once, .. } => {
+                    *once = Some(Once::Session(sequence));
+                }
+                _ => unreachable!("write() is given applies and batches only"),
+            }
+            let (result, resent) = self.send(&request).await;
             drop(taken);
             match result {
                 Err(ClientError::Api(ApiError::Failed(ApplyError::UnknownSession { .. }))) => {
@@ -330,10 +333,10 @@ impl Client {
     /// client is [`Client::without_sessions`]; returns the FSM's output in the same encoding.
     pub async fn apply(&self, fsm: &FsmName, command: Payload) -> Result<Payload, ClientError> {
         let r = self
-            .write(|once| ApiRequest::Apply {
+            .write(ApiRequest::Apply {
                 fsm: fsm.clone(),
-                command: command.clone(),
-                once,
+                command,
+                once: None,
             })
             .await?;
         Self::output(r)
@@ -344,15 +347,17 @@ impl Client {
         &self,
         commands: Vec<(FsmName, String)>,
     ) -> Result<Vec<Payload>, ClientError> {
-        let commands: Vec<_> = commands
+        let commands = commands
             .into_iter()
             .map(|(f, j)| (f, Payload::Json(j)))
             .collect();
-        let batch = |once| ApiRequest::Batch {
-            commands: commands.clone(),
-            once,
-        };
-        match self.write(batch).await? {
+        match self
+            .write(ApiRequest::Batch {
+                commands,
+                once: None,
+            })
+            .await?
+        {
             ApiResponse::BatchOutputs(outs) => Ok(outs),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
