@@ -14,17 +14,16 @@ use std::time::{Duration, Instant};
 
 use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_client::{Client, ClientError};
-use wraft_core::FsmName;
 use wraft_faults::proxy::{Faults, Network};
 
 use crate::cli::free_udp_ports;
 use crate::processes::{
-    certs_for, create_register, identity, node_processes, put, runtime, three_nodes,
+    certs_for, create_register, identity, node_processes, put, register, runtime, three_nodes,
 };
 
 fn incr() -> ApiRequest {
     ApiRequest::Apply {
-        fsm: FsmName::new("r").expect("name"),
+        fsm: register(),
         command: incr_command(),
         once: None,
     }
@@ -43,7 +42,7 @@ async fn counter(client: &Client) -> u64 {
     };
     let answer = client
         .request(ApiRequest::Query {
-            fsm: FsmName::new("r").expect("name"),
+            fsm: register(),
             query: Payload::Postcard(postcard::to_allocvec(&q).expect("encode")),
             consistency: Consistency::Linearizable,
         })
@@ -114,7 +113,7 @@ fn a_write_discarded_on_a_leader_change_is_applied_once_and_its_retry_gets_the_f
         let mut in_order = vec![addr(leader)];
         in_order.extend(others.iter().map(|&o| addr(o)));
         let writer = client(in_order, 60).with_attempt_timeout(Duration::from_secs(3));
-        let r = FsmName::new("r").expect("name");
+        let r = register();
         let first = probe::Command::Put {
             key: b"writer".to_vec(),
             value: b"1".to_vec(),

@@ -211,11 +211,7 @@ pub(crate) async fn create_register(admin: &Client) -> Result<(), String> {
         .await
         .map_err(|e| format!("deploy: {e}"))?;
     admin
-        .create_fsm(
-            FsmName::new("r").expect("name"),
-            module,
-            FsmLimits::default(),
-        )
+        .create_fsm(register(), module, FsmLimits::default())
         .await
         .map_err(|e| format!("create: {e}"))
 }
@@ -230,14 +226,25 @@ pub(crate) fn identity(certs: &std::path::Path, name: &str) -> wraft_transport_q
     .expect("identity")
 }
 
-pub(crate) fn put(key: u32, value: u64) -> ApiRequest {
+/// The register FSM's name.
+pub(crate) fn register() -> FsmName {
+    FsmName::new("r").expect("name")
+}
+
+/// The command that writes `value` to register `key`.
+pub(crate) fn put_command(key: u32, value: u64) -> Payload {
     let cmd = probe::Command::Put {
         key: key.to_be_bytes().to_vec(),
         value: value.to_be_bytes().to_vec(),
     };
+    Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode"))
+}
+
+/// A plain (not once-only) write of `value` to register `key`.
+pub(crate) fn put(key: u32, value: u64) -> ApiRequest {
     ApiRequest::Apply {
-        fsm: FsmName::new("r").expect("name"),
-        command: Payload::Postcard(postcard::to_allocvec(&cmd).expect("encode")),
+        fsm: register(),
+        command: put_command(key, value),
         once: None,
     }
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_client::{Client, ClientError};
-use wraft_core::FsmName;
 use wraft_faults::Rng;
 use wraft_faults::counter::{self, Increment};
 use wraft_faults::history::{Event, History, Op, Outcome};
@@ -17,7 +16,9 @@ use wraft_faults::schedule::{self, Fault, Target};
 use wraft_faults::unsynced::{Lost, Survival};
 
 use crate::cli::{free_udp_ports, text};
-use crate::processes::{certs_for, create_register, identity, node_processes, put, wraft};
+use crate::processes::{
+    certs_for, create_register, identity, node_processes, put_command, register, wraft,
+};
 
 use super::{CLIENTS, KEYS};
 
@@ -26,7 +27,7 @@ fn get(key: u32) -> ApiRequest {
         key: key.to_be_bytes().to_vec(),
     };
     ApiRequest::Query {
-        fsm: FsmName::new("r").expect("name"),
+        fsm: register(),
         query: Payload::Postcard(postcard::to_allocvec(&q).expect("encode")),
         consistency: Consistency::Linearizable,
     }
@@ -67,10 +68,6 @@ fn counter_key(id: u32) -> Vec<u8> {
     format!("counter-{id}").into_bytes()
 }
 
-fn register() -> FsmName {
-    FsmName::new("r").expect("name")
-}
-
 /// A client: writes registers and increments its own counter, each exactly once (the client
 /// writes on a session and sends a write whose outcome is unknown again, with the same
 /// sequence, until it is answered or its patience runs out), and reads registers. Returns
@@ -85,6 +82,7 @@ async fn client_loop(
     let mut rng = Rng::new(seed ^ (u64::from(id) << 32));
     let mut n = 0u64;
     let mut increments = Vec::new();
+    let r = register();
     while !stop.load(Ordering::Relaxed) {
         let key = rng.below(u64::from(KEYS)) as u32;
         let call = history.now();
@@ -93,8 +91,7 @@ async fn client_loop(
                 key: counter_key(id),
             };
             let incr = Payload::Postcard(postcard::to_allocvec(&incr).expect("encode"));
-            let result =
-                tokio::time::timeout(Duration::from_secs(8), client.apply(&register(), incr)).await;
+            let result = tokio::time::timeout(Duration::from_secs(8), client.apply(&r, incr)).await;
             increments.push(match (write_outcome(&result), result) {
                 (Outcome::Ok, Ok(Ok(Payload::Postcard(out)))) => {
                     match postcard::from_bytes::<probe::Output>(&out) {
@@ -109,12 +106,8 @@ async fn client_loop(
         } else if rng.chance(0.5) {
             n += 1;
             let value = (u64::from(id) + 1) << 40 | n;
-            let ApiRequest::Apply { command, .. } = put(key, value) else {
-                unreachable!("put is an apply")
-            };
-            let result =
-                tokio::time::timeout(Duration::from_secs(8), client.apply(&register(), command))
-                    .await;
+            let write = client.apply(&r, put_command(key, value));
+            let result = tokio::time::timeout(Duration::from_secs(8), write).await;
             let outcome = write_outcome(&result);
             history.record(Event {
                 client: id,
@@ -477,7 +470,7 @@ fn explain_difference(dir: &std::path::Path, other: NodeId, events: &[Event]) ->
                     return Err("not postcard".to_string());
                 };
                 let out = store
-                    .query(&FsmName::new("r").expect("name"), &q)
+                    .query(&register(), &q)
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
                 read_value(&ApiResponse::Output(Payload::Postcard(out)))
