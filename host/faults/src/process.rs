@@ -159,6 +159,8 @@ impl NodeProcess {
             .unsynced_journal
             .as_ref()
             .context("a power loss needs the node's unsynced journal")?;
+        crate::unsynced::reboot(&self.spec.data_dir)
+            .with_context(|| format!("rebooting node {}", self.spec.id))?;
         if !journal.exists() {
             return Ok(crate::unsynced::Lost::default());
         }

@@ -36,6 +36,22 @@ pub enum Survival {
     Torn(u64),
 }
 
+/// Where a node's state env records the boot it was opened in while it commits without
+/// flushing (`wraft_host::state::unflushed::MARK`, inside `<data>/state`).
+const STATE_BOOT_MARK: &str = "state/unflushed";
+
+/// The reboot that follows a power loss: the machine's boot id changes. This machine's
+/// cannot, so the boot id a node recorded in its data directory is made another boot's,
+/// which is what the node sees when it starts after a real power loss.
+pub fn reboot(root: &Path) -> std::io::Result<()> {
+    let mark = root.join(STATE_BOOT_MARK);
+    match std::fs::read_to_string(&mark) {
+        Ok(boot) => std::fs::write(&mark, format!("before-power-loss-{}", boot.trim())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// What a power loss undid.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lost {

@@ -55,6 +55,7 @@ fn name(s: &str) -> anyhow::Result<FsmName> {
 pub fn run(data_dir: PathBuf, max_state_bytes: usize, op: LocalOp) -> anyhow::Result<()> {
     let options = wraft_host::state::StateOptions {
         max_bytes: max_state_bytes,
+        ..Default::default()
     };
     let node = LocalNode::open_with(&data_dir, options)
         .with_context(|| format!("opening {}", data_dir.display()))?;

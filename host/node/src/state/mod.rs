@@ -10,7 +10,9 @@ pub(crate) use offline::live_map_size;
 mod snapshot;
 pub use apply::Committed;
 mod keys;
+pub mod unflushed;
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -71,6 +73,17 @@ pub enum StateError {
         /// The stored format.
         found: u32,
     },
+    /// The env was open, unflushed, when the machine went down: it may be torn.
+    #[error(
+        "the state env at {path} was open when the machine went down (boot {boot}) and may be \
+         torn: start the node, which rebuilds it from its newest snapshot and raft log"
+    )]
+    Unflushed {
+        /// The env's directory.
+        path: PathBuf,
+        /// The boot it was open in.
+        boot: String,
+    },
     /// The wasm runtime faulted.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -125,12 +138,17 @@ pub struct StateOptions {
     /// Largest size the env may reach, in bytes: LMDB's map size. The file itself only grows
     /// as data is written; this bounds it.
     pub max_bytes: usize,
+    /// Commits are not flushed: the env sits behind a raft log that holds every entry after
+    /// the newest snapshot, and is discarded after a power loss ([`unflushed`]). Without
+    /// this (a store of its own, like `wraft local`'s), each apply flushes its pages.
+    pub behind_log: bool,
 }
 
 impl Default for StateOptions {
     fn default() -> Self {
         Self {
             max_bytes: DEFAULT_MAX_STATE_BYTES,
+            behind_log: false,
         }
     }
 }
@@ -218,6 +236,29 @@ pub struct StateStore {
     runtime: Arc<FsmRuntime>,
     group: GroupId,
     max_bytes: usize,
+    /// Set while an env behind the log is open; cleared when it closes flushed.
+    unflushed: Option<unflushed::Mark>,
+}
+
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        let Some(mark) = &self.unflushed else {
+            return;
+        };
+        // Nothing writes any more. Flushed, the env needs no rebuild after a power loss; if
+        // either step fails, the mark stays and a restart in another boot rebuilds it.
+        let closed = self
+            .env
+            .force_sync()
+            .map_err(io::Error::other)
+            .and_then(|()| mark.clear());
+        if let Err(e) = closed {
+            tracing::warn!(
+                "the state env at {} was not closed flushed: {e}",
+                self.path().display()
+            );
+        }
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StateError> {
@@ -251,14 +292,32 @@ impl StateStore {
         std::fs::create_dir_all(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
         opts.map_size(options.max_bytes).max_dbs(8);
-        // One device flush per apply instead of two: LMDB still syncs a transaction's pages
-        // before writing its meta page (so a crash never corrupts the env), but leaves that
-        // meta page to the next commit's flush. A power loss can therefore undo the last
-        // apply transaction, which the raft log re-applies on restart; the log is never
-        // purged past what is on disk because a snapshot build ends with [`Self::sync`].
-        // SAFETY: NO_META_SYNC is a documented LMDB flag; the directory is wraft's own, and
-        // LMDB's rule that one process must not open an env twice is enforced by heed.
-        unsafe { opts.flags(heed::EnvFlags::NO_META_SYNC) };
+        let unflushed = if options.behind_log {
+            let (mark, found) =
+                unflushed::Mark::set(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
+            if let unflushed::Found::Discarded { boot } = found {
+                tracing::warn!(
+                    "the state env at {} was open when the machine went down (boot {boot}): \
+                     discarded; the newest snapshot and the raft log rebuild it",
+                    path.display()
+                );
+            }
+            // No device flush per apply: see `unflushed`.
+            // SAFETY: NO_SYNC is a documented LMDB flag; the env is discarded when a power
+            // loss may have left it torn (the mark above).
+            unsafe { opts.flags(heed::EnvFlags::NO_SYNC) };
+            Some(mark)
+        } else {
+            // One device flush per apply instead of two: LMDB still syncs a transaction's
+            // pages before writing its meta page (so a crash never corrupts the env), but
+            // leaves that meta page to the next commit's flush; a power loss can undo the
+            // last apply.
+            // SAFETY: NO_META_SYNC is a documented LMDB flag.
+            unsafe { opts.flags(heed::EnvFlags::NO_META_SYNC) };
+            None
+        };
+        // SAFETY: the directory is wraft's own, and LMDB's rule that one process must not
+        // open an env twice is enforced by heed.
         let env = unsafe { opts.open(&path) }.map_err(open_err)?;
         let mut wtxn = env.write_txn()?;
         let dbs = Dbs {
@@ -290,6 +349,7 @@ impl StateStore {
             runtime,
             group,
             max_bytes: options.max_bytes,
+            unflushed,
         })
     }
 
@@ -300,8 +360,9 @@ impl StateStore {
         Ok(self.dbs.meta.get(&rtxn, &key)?.map(<[u8]>::to_vec))
     }
 
-    /// Flushes every committed apply to disk (the last meta page, which applies leave to
-    /// the next commit). Called before the raft log may be purged.
+    /// Flushes every committed apply to disk (applies behind the log flush nothing; others
+    /// leave their meta page to the next commit). Called after a snapshot import, before the
+    /// raft log may be purged.
     pub fn sync(&self) -> Result<(), StateError> {
         Ok(self.env.force_sync()?)
     }

@@ -59,6 +59,18 @@ impl StateStore {
     /// beside a running node) or, with `single_file`, an LMDB copy file (a backup's
     /// `state.mdb`). Fails if it holds no wraft state.
     pub fn open_read_only(path: &Path, single_file: bool) -> Result<Self, StateError> {
+        if !single_file
+            && let Some(boot) =
+                super::unflushed::left_by_another_boot(path).map_err(|e| StateError::Open {
+                    path: path.into(),
+                    source: heed::Error::Io(e),
+                })?
+        {
+            return Err(StateError::Unflushed {
+                path: path.into(),
+                boot,
+            });
+        }
         let (env, len) = open_env(path, single_file)?;
         let rtxn = env.read_txn()?;
         let open = |name: &str| {
@@ -82,6 +94,7 @@ impl StateStore {
             runtime: Arc::new(FsmRuntime::new()?),
             group: 0,
             max_bytes: len,
+            unflushed: None,
         })
     }
 

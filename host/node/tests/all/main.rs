@@ -26,6 +26,7 @@ mod metering;
 mod nan_model;
 mod ops;
 mod persistence;
+mod power_loss;
 mod processes;
 mod raft_storage;
 mod reconnect;

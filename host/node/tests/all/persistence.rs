@@ -214,7 +214,14 @@ fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
     use wraft_host::state::{StateError, StateOptions};
     let dir = tempfile::tempdir().expect("tmp");
     let ceiling = 2 << 20;
-    let node = LocalNode::open_with(dir.path(), StateOptions { max_bytes: ceiling }).expect("open");
+    let node = LocalNode::open_with(
+        dir.path(),
+        StateOptions {
+            max_bytes: ceiling,
+            ..Default::default()
+        },
+    )
+    .expect("open");
     let module = node
         .deploy(wraft_fsm_artifacts::PROBE.to_vec())
         .expect("no fault")

@@ -595,6 +595,7 @@ async fn an_install_cut_short_is_finished_when_the_node_starts() {
     {
         let small = wraft_host::state::StateOptions {
             max_bytes: 512 << 10,
+            ..Default::default()
         };
         let store = wraft_host::state::StateStore::open_with(b.path(), runtime(), small)
             .expect("a state env of 512 KiB");
