@@ -108,4 +108,12 @@ async fn rebuilds_after_power_loss(seed: u64) {
     }
     caught_up(&addrs, &certs, &mut nodes).await;
     stop_verify_and_compare(dir.path(), &mut nodes, |_, _| {});
+    for n in &nodes {
+        let mark = n.spec.data_dir.join("state/unflushed");
+        assert!(
+            !mark.exists(),
+            "node {} stopped cleanly but left its state env marked unflushed",
+            n.spec.id
+        );
+    }
 }
