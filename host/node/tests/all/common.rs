@@ -119,9 +119,26 @@ pub fn probe_counter(store: &StateStore) -> u64 {
 }
 
 /// Proposes `command` through `raft` (the leader) and returns the entry's response.
+///
+/// A leader refuses a write, appending nothing, while it is not sure it still leads: its
+/// lease lapsed because a quorum's heartbeat answers came late (on a loaded 2-core machine
+/// running several clusters, seen in `cluster::three_nodes_replicate_survive_leader_loss_and_agree`
+/// right after an election). It regains the lease at the next answers, so this asks again
+/// for up to 10 s, as a client does.
 pub async fn raft_write(raft: &wraft_host::raft::Raft, command: Command) -> EntryResponse {
     let entry = wraft_core::LogEntry::new(wraft_host::clock::now_ms(), command);
-    raft.client_write(entry).await.expect("committed").data
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match raft.client_write(entry.clone()).await {
+            Ok(written) => return written.data,
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) if f.leader_id.is_none() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("committed: {e:?}"),
+        }
+    }
 }
 
 /// Deploys the probe module and creates FSM "p" from it through `raft`.
