@@ -350,6 +350,7 @@ fn api_calls() -> Vec<(String, ApiCall)> {
         ("upload", ApiRequest::Upload { len: 1 << 20 }),
         ("status", ApiRequest::Status),
         ("backup", ApiRequest::Backup),
+        ("stages", ApiRequest::Stages),
     ];
     let mut calls: Vec<(String, ApiCall)> = requests
         .iter()
@@ -393,6 +394,16 @@ fn api_results() -> Vec<(String, ApiResult)> {
         ),
         ("backup", Ok(ApiResponse::Backup(manifest()))),
         ("leader", Ok(ApiResponse::Leader(2))),
+        (
+            "stages",
+            Ok(ApiResponse::Stages(vec![wraft_api::StageLatency {
+                stage: "submitted_to_persisted".into(),
+                entries: 1024,
+                p50_us: 180,
+                p90_us: 400,
+                p99_us: 2900,
+            }])),
+        ),
         (
             "failed",
             Err(ApiError::Failed(ApplyError::BatchFailed {

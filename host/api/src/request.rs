@@ -142,6 +142,9 @@ pub enum ApiRequest {
         /// Its idle timeout (`wraft_core::session`'s bounds).
         idle_timeout_ms: u64,
     },
+    /// Where this node's recent log entries spent their time, stage by stage (reader; served
+    /// by the node asked, not forwarded): [`crate::ApiResponse::Stages`].
+    Stages,
 }
 
 /// How a write is applied at most once ([`wraft_core::session`]): retried with the same
@@ -206,7 +209,11 @@ impl ApiRequest {
     /// The least role allowed to make this request.
     pub fn required_role(&self) -> Role {
         match self {
-            Self::Query { .. } | Self::ListFsms | Self::ListModules | Self::Status => Role::Reader,
+            Self::Query { .. }
+            | Self::ListFsms
+            | Self::ListModules
+            | Self::Status
+            | Self::Stages => Role::Reader,
             Self::Apply { .. } | Self::Batch { .. } | Self::OpenSession { .. } => Role::Writer,
             Self::Deploy { .. }
             | Self::CreateFsm { .. }

@@ -84,6 +84,28 @@ pub enum ApiResponse {
     Backup(BackupManifest),
     /// A session was opened: its id.
     Session(u64),
+    /// Per-stage latencies of the node's recent log entries, in stage order.
+    Stages(Vec<StageLatency>),
+}
+
+/// How long a node's recent log entries took from one stage of their life to the next
+/// (openraft's log-stage statistics over its last 1024 batches of entries): proposed (a
+/// leader's client write), received (by the raft core), submitted (to the log store),
+/// persisted (flushed), committed (by a quorum), applied (by the state machine), and
+/// proposed to applied end to end. A follower has no proposals: its first stages read 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageLatency {
+    /// `proposed_to_received`, `received_to_submitted`, `submitted_to_persisted`,
+    /// `persisted_to_committed`, `committed_to_applied` or `proposed_to_applied`.
+    pub stage: String,
+    /// Entries measured.
+    pub entries: u64,
+    /// Median, µs.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
 }
 
 /// What a backup holds, as the node that took it describes it. Hashes are lowercase hex.

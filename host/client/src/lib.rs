@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use wraft_api::{
     ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo, Once,
-    Payload,
+    Payload, StageLatency,
 };
 use wraft_core::raft::NodeId;
 use wraft_core::session;
@@ -262,6 +262,7 @@ impl Client {
             ApiRequest::Query { .. }
                 | ApiRequest::ListFsms
                 | ApiRequest::Status
+                | ApiRequest::Stages
                 | ApiRequest::Apply { once: Some(_), .. }
                 | ApiRequest::Batch { once: Some(_), .. }
                 // Opening again after a lost answer leaves one unused session, which
@@ -514,6 +515,14 @@ impl Client {
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         match self.request(ApiRequest::Status).await? {
             ApiResponse::Status(s) => Ok(s),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Where the answering node's recent log entries spent their time, stage by stage.
+    pub async fn stages(&self) -> Result<Vec<StageLatency>, ClientError> {
+        match self.request(ApiRequest::Stages).await? {
+            ApiResponse::Stages(s) => Ok(s),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

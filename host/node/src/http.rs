@@ -446,6 +446,16 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
     metrics::gauge!("raft_last_log_index").set(s.last_log.unwrap_or(0) as f64);
     metrics::gauge!("raft_committed_index").set(s.committed.unwrap_or(0) as f64);
     metrics::gauge!("raft_applied_index").set(s.applied.unwrap_or(0) as f64);
+    // Where this node's recent entries spent their time (the raft core answers at once; a
+    // node shutting down has none to give).
+    if let Ok(stages) = http.api.stages().await {
+        for st in stages {
+            for (q, us) in [("0.5", st.p50_us), ("0.9", st.p90_us), ("0.99", st.p99_us)] {
+                metrics::gauge!("raft_log_stage_seconds", "stage" => st.stage.clone(), "quantile" => q)
+                    .set(us as f64 / 1e6);
+            }
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::handle().render(),

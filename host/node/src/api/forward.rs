@@ -52,6 +52,7 @@ impl NodeApi {
                 | ApiRequest::ListFsms
                 | ApiRequest::ListModules
                 | ApiRequest::Status
+                | ApiRequest::Stages
         );
         let forwarded = ApiCallRef::Forwarded {
             role,

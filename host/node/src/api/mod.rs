@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use wraft_api::Role;
 use wraft_api::{
     ApiCall, ApiError, ApiRequest, ApiResponse, ApiResult, ClusterStatus, Consistency, FsmInfo,
-    ModuleInfo, NodeStatus,
+    ModuleInfo, NodeStatus, StageLatency,
 };
 use wraft_core::raft::NodeId;
 use wraft_transport_quic::api::{ApiHandler, Caller};
@@ -204,6 +204,7 @@ impl NodeApi {
                 ))
             }
             ApiRequest::Status => Ok(ApiResponse::Status(self.status())),
+            ApiRequest::Stages => Ok(ApiResponse::Stages(self.stages().await?)),
             ApiRequest::AddLearner { .. }
             | ApiRequest::Promote { .. }
             | ApiRequest::Remove { .. }
@@ -235,6 +236,34 @@ impl NodeApi {
             Ok(d) => d.map(|d| d.to_string()),
             Err(e) => Some(e.to_string()),
         }
+    }
+
+    /// Where this node's recent log entries spent their time (openraft's log-stage
+    /// statistics, over its last 1024 batches).
+    pub async fn stages(&self) -> Result<Vec<StageLatency>, ApiError> {
+        let stats = self.raft.runtime_stats().await.map_err(unavailable)?;
+        let h = &stats.log_stage_histograms;
+        let stages = [
+            ("proposed_to_received", &h.proposed_to_received),
+            ("received_to_submitted", &h.received_to_submitted),
+            ("submitted_to_persisted", &h.submitted_to_persisted),
+            ("persisted_to_committed", &h.persisted_to_committed),
+            ("committed_to_applied", &h.committed_to_applied),
+            ("proposed_to_applied", &h.proposed_to_applied),
+        ];
+        Ok(stages
+            .into_iter()
+            .map(|(stage, h)| {
+                let p = h.percentile_stats();
+                StageLatency {
+                    stage: stage.into(),
+                    entries: p.samples,
+                    p50_us: p.p50,
+                    p90_us: p.p90,
+                    p99_us: p.p99,
+                }
+            })
+            .collect())
     }
 
     /// The cluster as this node sees it.

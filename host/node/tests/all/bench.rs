@@ -90,3 +90,57 @@ fn bench_refuses_zero_clients() {
         text(&out.stderr)
     );
 }
+
+/// `--http` drives the leader's HTTP JSON API (a keep-alive connection per loop), and
+/// `--stages` reports where the leader's entries spent their time after each row: every
+/// stage measured, the log flush and the apply taking time.
+#[test]
+fn bench_through_http_reports_the_leaders_stages() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().to_str().expect("utf-8 path");
+    let out = wraft(
+        dir.path(),
+        &[
+            "bench",
+            "--dir",
+            base,
+            "--secs",
+            "1",
+            "--clients",
+            "1,4",
+            "--http",
+            "--stages",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["http"], Value::Bool(true), "{report}");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{report}");
+    for r in rows {
+        assert!(num(r, &["commits"]) >= 1.0, "{r}");
+        let stages = r["stages"].as_array().expect("stages");
+        let names: Vec<&str> = stages
+            .iter()
+            .map(|s| s["stage"].as_str().expect("a stage's name"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "proposed_to_received",
+                "received_to_submitted",
+                "submitted_to_persisted",
+                "persisted_to_committed",
+                "committed_to_applied",
+                "proposed_to_applied"
+            ]
+        );
+        for s in stages {
+            assert!(num(s, &["entries"]) >= 1.0, "{s}");
+            assert!(num(s, &["p50_us"]) <= num(s, &["p99_us"]), "{s}");
+        }
+        let end_to_end = &stages[5];
+        assert!(num(end_to_end, &["p50_us"]) > 0.0, "{end_to_end}");
+    }
+}

@@ -222,6 +222,19 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
     ] {
         assert!(sample(&after, gauge) >= 1.0, "{gauge} missing:\n{after}");
     }
+    // Where the leader's entries spent their time, per stage (openraft's log stages).
+    let stage_p50 = |stage: &str| -> f64 {
+        after
+            .lines()
+            .filter(|l| l.starts_with("raft_log_stage_seconds{"))
+            .filter(|l| l.contains(&format!("stage=\"{stage}\"")) && l.contains("quantile=\"0.5\""))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    assert!(
+        stage_p50("proposed_to_applied") > 0.0 && stage_p50("submitted_to_persisted") > 0.0,
+        "no log stage latencies:\n{after}"
+    );
     // Refusals: oversized body, unknown token, reader writing; each counted or explained.
     let big = vec![b' '; (1 << 20) + 1];
     let (status, body) = http(

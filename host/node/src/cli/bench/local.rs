@@ -16,12 +16,15 @@ use wraft_client::Client;
 pub struct LocalCluster {
     pub dir: PathBuf,
     pub addrs: Vec<SocketAddr>,
+    /// Each node's HTTP port, when asked for, and the writer token it accepts.
+    http: Option<(Vec<SocketAddr>, String)>,
     children: Vec<Child>,
 }
 
 impl LocalCluster {
-    /// Starts three nodes under a new directory inside `base` and waits for a leader.
-    pub async fn start(base: &Path, port: Option<u16>) -> anyhow::Result<Self> {
+    /// Starts three nodes under a new directory inside `base` (serving HTTP too, if `http`)
+    /// and waits for a leader.
+    pub async fn start(base: &Path, port: Option<u16>, http: bool) -> anyhow::Result<Self> {
         let dir = base.join(format!("wraft-bench-{}", std::process::id()));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
@@ -42,9 +45,15 @@ impl LocalCluster {
             .collect::<Vec<_>>()
             .join(",");
         let exe = std::env::current_exe().context("locating the wraft binary")?;
+        let http = if http {
+            Some((free_tcp_addrs(3)?, writer_token()))
+        } else {
+            None
+        };
         let mut cluster = Self {
             dir: dir.clone(),
             addrs: addrs.clone(),
+            http: http.clone(),
             children: Vec::new(),
         };
         for (i, addr) in addrs.iter().enumerate() {
@@ -69,6 +78,10 @@ impl LocalCluster {
             if id == 1 {
                 cmd.args(["--initial-members", &members]);
             }
+            if let Some((http_addrs, token)) = &http {
+                cmd.args(["--http-listen", &http_addrs[i].to_string()])
+                    .args(["--http-token", &format!("writer:{token}")]);
+            }
             cluster
                 .children
                 .push(cmd.spawn().context("starting wraft serve")?);
@@ -81,6 +94,27 @@ impl LocalCluster {
     pub fn client(&self) -> anyhow::Result<Client> {
         let nodes = self.addrs.iter().map(ToString::to_string).collect();
         Ok(Client::new(nodes, &self.identity()?)?)
+    }
+
+    /// The leader's HTTP port and a writer's token (a cluster started with `http`).
+    pub async fn http_target(&self, client: &Client) -> anyhow::Result<super::HttpTarget> {
+        let (addrs, token) = self
+            .http
+            .as_ref()
+            .context("the local cluster was started without HTTP")?;
+        let leader = client
+            .status()
+            .await?
+            .leader
+            .context("the cluster has no leader")?;
+        let addr = *usize::try_from(leader)
+            .ok()
+            .and_then(|id| addrs.get(id.wrapping_sub(1)))
+            .context("the leader is not one of the local nodes")?;
+        Ok(super::HttpTarget {
+            addr,
+            token: token.clone(),
+        })
     }
 
     /// The admin's TLS identity.
@@ -158,6 +192,26 @@ impl Drop for LocalCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `n` TCP ports on 127.0.0.1 that were free a moment ago.
+fn free_tcp_addrs(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("finding free TCP ports")?;
+    Ok(listeners
+        .iter()
+        .map(std::net::TcpListener::local_addr)
+        .collect::<std::io::Result<Vec<_>>>()?)
+}
+
+/// A token for the bench's writer, unguessable by other users of the machine for the
+/// cluster's short life (std's per-process random hash keys, twice).
+fn writer_token() -> String {
+    use std::hash::BuildHasher;
+    let draw = || std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("{:016x}{:016x}", draw(), draw())
 }
 
 /// `n` UDP ports on 127.0.0.1 that were free a moment ago.

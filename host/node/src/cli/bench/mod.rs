@@ -5,6 +5,7 @@
 //! By default it starts its own 3-node cluster of `wraft serve` processes (see [`local`]);
 //! with `--existing` it measures the cluster at `--nodes`.
 
+mod http;
 mod local;
 
 use std::fs::OpenOptions;
@@ -17,11 +18,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use wraft_api::{ApiError, ApiRequest, Payload};
+use wraft_api::{ApiError, ApiRequest, Payload, StageLatency};
 use wraft_client::{Client, ClientError};
 use wraft_core::{FsmLimits, FsmName};
 
 use super::client::Conn;
+use http::{HttpLoop, HttpTarget};
 use local::LocalCluster;
 
 /// Options of `wraft bench`.
@@ -59,6 +61,16 @@ pub struct BenchArgs {
     /// writes.
     #[arg(long)]
     pub sessions: bool,
+    /// After each row, where the leader's entries spent their time: openraft's log stages
+    /// (proposed, received, submitted, persisted, committed, applied) over the leader's last
+    /// 1024 batches, which the row's own entries fill.
+    #[arg(long)]
+    pub stages: bool,
+    /// Drive the leader's HTTP JSON API instead of the QUIC API, as an HTTP client does: one
+    /// keep-alive connection per loop, JSON commands through the FSM's codec (the local
+    /// cluster only: its nodes then serve HTTP on free ports of 127.0.0.1).
+    #[arg(long, conflicts_with_all = ["existing", "sessions"])]
+    pub http: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -97,6 +109,9 @@ pub struct Row {
     pub latency: Latency,
     /// p50 over (fdatasync p50 + round trip p50).
     pub p50_over_floor: f64,
+    /// With `--stages`: the leader's log stages after the row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<StageLatency>>,
 }
 
 /// A node's resident memory.
@@ -114,6 +129,8 @@ pub struct Report {
     pub cluster: String,
     /// Whether writes went on client sessions.
     pub sessions: bool,
+    /// Whether writes went through the HTTP JSON API.
+    pub http: bool,
     pub fdatasync: Latency,
     pub round_trip: Latency,
     pub rows: Vec<Row>,
@@ -129,7 +146,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let local = if args.existing {
         None
     } else {
-        Some(LocalCluster::start(&base, args.port).await?)
+        Some(LocalCluster::start(&base, args.port, args.http).await?)
     };
     let (identity, nodes, cluster) = match &local {
         Some(l) => (
@@ -146,6 +163,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = Client::new(nodes, &identity)?;
     let fsm = prepare(&client, &args.fsm, local.is_some()).await?;
     let leader = Arc::new(leader_clients(&client, &identity).await?);
+    let http = match &local {
+        Some(l) if args.http => Some(l.http_target(&client).await?),
+        _ => None,
+    };
     let fdatasync = fdatasync_floor(local.as_ref().map_or(&base, |l| &l.dir))?;
     let round_trip = round_trip_floor(&leader[0]).await?;
     let at_rest = local.as_ref().map(LocalCluster::memory).unwrap_or_default();
@@ -155,6 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cluster,
         sessions: args.sessions,
+        http: args.http,
         fdatasync: Latency::of(&fdatasync),
         round_trip: Latency::of(&round_trip),
         rows: Vec::new(),
@@ -172,9 +194,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 secs: args.secs,
                 sessions: args.sessions,
             };
-            let row = run_row(&leader, &fsm, shape, &next_block, floor_ns)
+            let target = match &http {
+                Some(t) => Target::Http(t.clone()),
+                None => Target::Quic(leader.clone()),
+            };
+            let mut row = run_row(&target, &fsm, shape, &next_block, floor_ns)
                 .await
                 .with_context(|| format!("{clients} clients, {size}-byte commands"))?;
+            if args.stages {
+                row.stages = Some(leader[0].stages().await.context("the leader's stages")?);
+            }
             if !args.json {
                 print_row(&row);
             }
@@ -308,29 +337,79 @@ async fn first_block(client: &Client, fsm: &FsmName) -> anyhow::Result<u64> {
     Ok(latest.map_or(1, |p| p.number + 1))
 }
 
-/// The postcard `Commit` of block `number`, `size` bytes long (or the smallest commit, if
-/// `size` is below it).
+/// The `Commit` of block `number` whose postcard encoding is `size` bytes long (or the
+/// smallest commit, if `size` is below it).
 fn commit(number: u64, size: usize) -> anyhow::Result<Payload> {
+    Ok(Payload::Postcard(postcard::to_allocvec(&commit_command(
+        number, size,
+    )?)?))
+}
+
+/// The same command as JSON, the body an HTTP client sends.
+fn commit_json(number: u64, size: usize) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&commit_command(number, size)?)?)
+}
+
+fn commit_command(number: u64, size: usize) -> anyhow::Result<latest_payload::Command> {
     let mut hash = [0u8; 32];
     hash[..8].copy_from_slice(&number.to_be_bytes());
     let mut parent = [0u8; 32];
     parent[..8].copy_from_slice(&number.wrapping_sub(1).to_be_bytes());
-    let encode = |len: usize| {
-        postcard::to_allocvec(&latest_payload::Command::Commit(latest_payload::Payload {
+    let command = |len: usize| {
+        latest_payload::Command::Commit(latest_payload::Payload {
             number,
             hash: wraft_guest::Hex32(hash),
             parent_hash: wraft_guest::Hex32(parent),
             payload: wraft_guest::HexBytes(vec![0x5a; len]),
-        }))
+        })
     };
     // The payload's length prefix grows with it: shrink until the whole fits.
-    let mut len = size.saturating_sub(encode(0)?.len());
-    loop {
-        let bytes = encode(len)?;
-        if bytes.len() <= size || len == 0 {
-            return Ok(Payload::Postcard(bytes));
-        }
+    let encoded = |len: usize| postcard::to_allocvec(&command(len)).map(|b| b.len());
+    let mut len = size.saturating_sub(encoded(0)?);
+    while len > 0 && encoded(len)? > size {
         len -= 1;
+    }
+    Ok(command(len))
+}
+
+/// Where a row's loops write.
+#[derive(Clone)]
+enum Target {
+    /// The leader's QUIC API, through these clients (a loop uses one of them).
+    Quic(Arc<Vec<Client>>),
+    /// The leader's HTTP API (a loop opens its own connection).
+    Http(HttpTarget),
+}
+
+/// One closed loop's way of writing.
+enum Writer<'a> {
+    Quic { client: &'a Client, sessions: bool },
+    Http(HttpLoop),
+}
+
+impl Writer<'_> {
+    /// Writes block `number`: `true` if it applied, `false` if the FSM refused it.
+    async fn write(&mut self, fsm: &FsmName, number: u64, size: usize) -> anyhow::Result<bool> {
+        let result = match self {
+            Self::Http(conn) => return conn.apply(fsm.as_str(), commit_json(number, size)?).await,
+            Self::Quic {
+                client,
+                sessions: true,
+            } => client.apply(fsm, commit(number, size)?).await.map(drop),
+            Self::Quic { client, .. } => {
+                let request = ApiRequest::Apply {
+                    fsm: fsm.clone(),
+                    command: commit(number, size)?,
+                    once: None,
+                };
+                client.request(request).await.map(drop)
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(ClientError::Api(ApiError::Failed(_))) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -345,7 +424,7 @@ struct RowShape {
 }
 
 async fn run_row(
-    leader: &Arc<Vec<Client>>,
+    target: &Target,
     fsm: &FsmName,
     shape: RowShape,
     next_block: &Arc<AtomicU64>,
@@ -365,30 +444,23 @@ async fn run_row(
     let deadline = started + Duration::from_secs(secs);
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let (leader, fsm, next_block) = (leader.clone(), fsm.clone(), next_block.clone());
+        let (target, fsm, next_block) = (target.clone(), fsm.clone(), next_block.clone());
         tasks.spawn(async move {
-            let client = &leader[c % leader.len()];
+            let mut writer = match &target {
+                Target::Quic(leader) => Writer::Quic {
+                    client: &leader[c % leader.len()],
+                    sessions,
+                },
+                Target::Http(t) => Writer::Http(HttpLoop::connect(t).await?),
+            };
             let mut h = Histogram::<u64>::new(3)?;
             let mut refused = 0u64;
             while Instant::now() < deadline {
                 let number = next_block.fetch_add(1, Ordering::Relaxed);
-                let command = commit(number, size)?;
                 let t = Instant::now();
-                let result = if sessions {
-                    client.apply(&fsm, command).await.map(drop)
-                } else {
-                    let request = ApiRequest::Apply {
-                        fsm: fsm.clone(),
-                        command,
-                        once: None,
-                    };
-                    client.request(request).await.map(drop)
-                };
-                match result {
-                    Ok(_) => {}
-                    // Another client's newer block got there first: still a commit.
-                    Err(ClientError::Api(ApiError::Failed(_))) => refused += 1,
-                    Err(e) => return Err(anyhow::Error::from(e)),
+                // Refused: another client's newer block got there first; still a commit.
+                if !writer.write(&fsm, number, size).await? {
+                    refused += 1;
                 }
                 h.record(t.elapsed().as_nanos() as u64)?;
             }
@@ -411,12 +483,15 @@ async fn run_row(
         refused,
         latency: Latency::of(&all),
         p50_over_floor: all.value_at_quantile(0.5) as f64 / floor_ns,
+        stages: None,
     })
 }
 
 fn print_header(r: &Report, at_rest: &[(u64, u64)]) {
     let writes = if r.sessions {
         "on client sessions"
+    } else if r.http {
+        "through the HTTP JSON API"
     } else {
         "plain"
     };
@@ -465,4 +540,11 @@ fn print_row(r: &Row) {
         r.p50_over_floor,
         r.refused
     );
+    if let Some(stages) = &r.stages {
+        let each: Vec<String> = stages
+            .iter()
+            .map(|s| format!("{} {}/{}", s.stage, s.p50_us, s.p99_us))
+            .collect();
+        println!("        leader's stages, p50/p99 µs: {}", each.join(", "));
+    }
 }
