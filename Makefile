@@ -7,7 +7,7 @@ CARGO ?= cargo
 # absolute: the firmware builds in its own directory), else ./target.
 TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(abspath $(CARGO_TARGET_DIR)),$(CURDIR)/target)
 
-.PHONY: setup dev test bench fuzz fuzz-seeds ci edge-setup edge edge-test embedded-setup embedded embedded-test
+.PHONY: setup dev test man bench fuzz fuzz-seeds ci edge-setup edge edge-test embedded-setup embedded embedded-test
 
 ## Rust targets and components the build needs (idempotent, offline once installed).
 setup:
@@ -21,6 +21,10 @@ dev: setup
 ## Every test of the workspace: unit, integration (real LMDB, real wasm guests), doc tests.
 test: setup
 	$(CARGO) test --workspace
+
+## Man pages from the clap definitions: wraft.1 and one per subcommand, in target/man.
+man:
+	$(CARGO) run -p wraft-host --bin wraft -- man --dir $(TARGET_DIR)/man
 
 ## Every benchmark of docs/benchmarks.md (criterion and bench binaries, then `wraft bench`).
 bench: setup

@@ -5,15 +5,32 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cli::client::{ClusterCmd, Conn, FsmCmd, ModuleCmd, ReadLevel};
 
 /// wraft: a Raft host whose state machines are WebAssembly modules.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "wraft", version, about)]
 struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line,
+    /// with the event's fields and spans) for log shippers. `WRAFT_LOG` sets the level.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "WRAFT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,21 +120,41 @@ enum Cmd {
         #[command(subcommand)]
         op: cli::local::LocalOp,
     },
+    /// Print a completion script for a shell (bash: `source <(wraft completions bash)`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (`wraft.1` and one per subcommand) into a directory (`make man`).
+    Man {
+        /// Where the pages go.
+        #[arg(long, default_value = "target/man")]
+        dir: PathBuf,
+    },
+}
+
+/// Logs to stderr in `format`, at the level `WRAFT_LOG` asks for (default: warnings).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WRAFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WRAFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run(Cli::parse())),
+        Ok(rt) => rt.block_on(run(cli)),
         Err(e) => Err(e.into()),
     };
     match result {
@@ -166,5 +203,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_state_bytes,
             op,
         } => cli::local::run(data_dir, max_state_bytes, op),
+        Cmd::Completions { shell } => cli::reference::completions(Cli::command(), shell),
+        Cmd::Man { dir } => cli::reference::man_pages(Cli::command(), &dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log shipper gets one JSON object per event, with the event's fields.
+    #[test]
+    fn json_logs_are_one_object_a_line_with_the_fields() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lines").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(fsm = "sequencer", index = 42, "a refused write");
+        });
+        let out = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+        let line: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert_eq!(line["fields"]["fsm"], "sequencer", "{line}");
+        assert_eq!(line["fields"]["index"], 42, "{line}");
+        assert_eq!(line["fields"]["message"], "a refused write", "{line}");
+    }
+
+    #[test]
+    fn the_command_definitions_are_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -89,7 +89,11 @@ pub enum ModuleCmd {
         file: PathBuf,
     },
     /// List deployed modules, with their sizes and the FSMs running them.
-    List,
+    List {
+        /// One JSON array of `{module_id, size_bytes, fsms}` instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a module no FSM uses.
     Drop {
         /// Module id (hex).
@@ -111,7 +115,11 @@ pub enum FsmCmd {
         limits: super::LimitsArgs,
     },
     /// List FSM instances.
-    List,
+    List {
+        /// One JSON array of `{name, module_id, limits}` instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move an FSM to another deployed module, keeping its data; the new module's
     /// `migrate` runs in the same entry, and if it fails the FSM stays on its old module.
     Upgrade {
@@ -139,7 +147,12 @@ pub enum FsmCmd {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// Membership, roles and progress.
-    Status,
+    Status {
+        /// The answering node's view as one JSON object (the API's `ClusterStatus`, each
+        /// node with its `lag` behind the leader's last log index where known).
+        #[arg(long)]
+        json: bool,
+    },
     /// Add a non-voting learner.
     AddLearner {
         /// Its id.
@@ -246,7 +259,23 @@ pub async fn module(conn: &Conn, cmd: ModuleCmd) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("{}", id?);
         }
-        ModuleCmd::List => {
+        ModuleCmd::List { json: true } => {
+            let modules: Vec<_> = conn
+                .client()?
+                .modules()
+                .await?
+                .into_iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "module_id": m.module_id.to_string(),
+                        "size_bytes": m.size_bytes,
+                        "fsms": m.fsms,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&modules)?);
+        }
+        ModuleCmd::List { json: false } => {
             for m in conn.client()?.modules().await? {
                 println!(
                     "{}\t{} bytes\tfsms [{}]",
@@ -277,7 +306,23 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
             conn.client()?.create_fsm(name(&n)?, id, limits).await?;
             println!("created {n}");
         }
-        FsmCmd::List => {
+        FsmCmd::List { json: true } => {
+            let fsms: Vec<_> = conn
+                .client()?
+                .fsms()
+                .await?
+                .into_iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "name": f.name,
+                        "module_id": f.module_id.to_string(),
+                        "limits": f.limits,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&fsms)?);
+        }
+        FsmCmd::List { json: false } => {
             for f in conn.client()?.fsms().await? {
                 println!(
                     "{}\tmodule {}\tfuel {}\tpages {}",
@@ -316,7 +361,21 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
 pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
     let client = conn.client()?;
     match cmd {
-        ClusterCmd::Status => {
+        ClusterCmd::Status { json: true } => {
+            let s = client.status().await?;
+            let mut value = serde_json::to_value(&s)?;
+            if let Some(nodes) = value["nodes"].as_array_mut() {
+                for (v, n) in nodes.iter_mut().zip(&s.nodes) {
+                    let lag = n
+                        .matched
+                        .zip(s.last_log)
+                        .map(|(m, last)| last.saturating_sub(m));
+                    v["lag"] = serde_json::json!(lag);
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        ClusterCmd::Status { json: false } => {
             let s = client.status().await?;
             let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
             println!(

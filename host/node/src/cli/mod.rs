@@ -7,6 +7,7 @@ pub mod client;
 pub mod dev;
 pub mod init;
 pub mod local;
+pub mod reference;
 pub mod serve;
 pub mod voter;
 

@@ -200,6 +200,7 @@ pub fn restore(backup: &Path, data_dir: &Path, force: bool) -> Result<BackupMani
         .and_then(|f| f.sync_all())
         .map_err(at(&incoming))?;
     swap_in(&incoming, &state.join("data.mdb"))?;
+    crate::state::unflushed::replaced(&state).map_err(at(&state))?;
     // The reader table of the replaced env is stale; LMDB recreates it.
     match std::fs::remove_file(state.join("lock.mdb")) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&state)(e)),

@@ -41,6 +41,9 @@ pub fn compact(data_dir: &Path) -> Result<Vec<Compacted>, OpsError> {
         }
         // The env handles are closed here, before the swap.
         swap_in(&copy, &file)?;
+        if env == "state" {
+            crate::state::unflushed::replaced(&dir).map_err(at(&dir))?;
+        }
         let after = file.metadata().map_err(at(&file))?.len();
         done.push(Compacted { env, before, after });
     }

@@ -62,6 +62,17 @@ pub(super) fn left_by_another_boot(dir: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// Forgets the mark of the env in `dir`, whose file was just replaced by a complete,
+/// synced copy (a restore, a compaction): nothing the old env left unflushed matters, and the
+/// copy must not be discarded at the next start as a torn env would be.
+pub fn replaced(dir: &Path) -> io::Result<()> {
+    match fs::remove_file(dir.join(MARK)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => sync_dir(dir),
+    }
+}
+
 impl Mark {
     /// Checks `dir` (the env's directory, before the env is opened) for the last run's mark,
     /// discards the env if that mark is from another boot, then marks it open in this boot

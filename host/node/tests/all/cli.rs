@@ -158,6 +158,16 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         "{}",
         text(&out.stdout)
     );
+    let out = wraft(
+        dir.path(),
+        &["cluster", "status", "--json", "--nodes", &nodes],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let members = status["nodes"].as_array().expect("nodes");
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(status["leader"].as_u64().is_some(), "{status}");
+    assert!(members.iter().all(|n| n.get("lag").is_some()), "{status}");
     // Many commands as one atomic Batch entry, across two FSMs.
     let batch = format!(
         r#"[{{"fsm":"manifest","command":{{"RegisterFile":{{"path":"p1","database":"db","measurement":"m","partition_time_ms":0,"size_bytes":5,"checksum":"c","tier":"Hot"}}}}}},
@@ -239,6 +249,25 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
             .lines()
             .any(|l| l.starts_with(&v4) && l.ends_with("[pp]")),
         "{listed}"
+    );
+    let modules: serde_json::Value =
+        serde_json::from_str(&run(&["module", "list", "--json"])).expect("modules JSON");
+    assert!(
+        modules
+            .as_array()
+            .expect("an array")
+            .iter()
+            .any(|m| m["module_id"] == v4.as_str() && m["fsms"] == serde_json::json!(["pp"])),
+        "{modules}"
+    );
+    let fsms: serde_json::Value =
+        serde_json::from_str(&run(&["fsm", "list", "--json"])).expect("fsms JSON");
+    assert!(
+        fsms.as_array()
+            .expect("an array")
+            .iter()
+            .any(|f| f["name"] == "pp" && f["module_id"] == v4.as_str()),
+        "{fsms}"
     );
     run(&["module", "drop", &v3]);
     run(&["fsm", "drop", "pp"]);
@@ -345,4 +374,35 @@ fn cert_writes_a_ca_and_refuses_to_overwrite_it() {
         ca,
         "the CA was not replaced"
     );
+}
+
+/// Shell completions and man pages come from the same clap definitions as the commands: a
+/// new flag shows up in both.
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = wraft(dir.path(), &["--log-format", "json", "completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("bench") && script.contains("stages"),
+            "{shell}'s script lacks `wraft bench --stages`:\n{script}"
+        );
+    }
+    let pages = dir.path().join("man");
+    let out = wraft(
+        dir.path(),
+        &["man", "--dir", pages.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let top = std::fs::read_to_string(pages.join("wraft.1")).expect("wraft.1");
+    assert!(top.contains(".TH wraft"), "{top}");
+    let bench = std::fs::read_to_string(pages.join("wraft-bench.1")).expect("wraft-bench.1");
+    assert!(
+        bench.contains("stages") && bench.contains("http"),
+        "{bench}"
+    );
+    let out = wraft(dir.path(), &["--log-format", "yaml", "completions", "bash"]);
+    assert!(!out.status.success(), "an unknown log format is refused");
 }

@@ -484,6 +484,30 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
         hex::encode(restored_hash),
         manifest.fsms.iter().find(|(n, _)| n == "p").expect("p").1
     );
+    // Restored over a data directory whose state env was left open across a reboot (a power
+    // loss): the restored env is complete and synced, so its mark goes; kept, the node
+    // would discard the restored state at start as a torn env (and the offline tools refuse
+    // it).
+    let lost: PathBuf = tmp.path().join("after-power-loss");
+    std::fs::create_dir_all(lost.join("state")).expect("mkdir");
+    std::fs::write(
+        lost.join("state").join(wraft_host::state::unflushed::MARK),
+        "an-earlier-boot",
+    )
+    .expect("mark");
+    let (ok, _, err) = run(
+        tmp.path(),
+        &[
+            "restore",
+            "--backup",
+            backup.to_str().expect("path"),
+            "--state-dir",
+            lost.to_str().expect("path"),
+            "--force",
+        ],
+    );
+    assert!(ok, "{err}");
+    StateStore::open_read_only(&lost.join("state"), false).expect("the restored env is trusted");
     c.stop(leader).await;
     let scratch = tempfile::tempdir().expect("scratch");
     let replayed = replayed_hash(c.data_dir(leader), scratch.path(), manifest.applied_index).await;
