@@ -1,6 +1,7 @@
-//! Explaining failed writes. LMDB reports a full disk, a file-size limit and a failing
-//! device alike (a short write surfaces as EIO), so a write error is reported with where it
-//! happened and how much room that filesystem has left.
+//! The disk: the small file operations several layers share (a directory's entries made
+//! durable, a file removed if present), and explaining failed writes. LMDB reports a full
+//! disk, a file-size limit and a failing device alike (a short write surfaces as EIO), so a
+//! write error is reported with where it happened and how much room that filesystem has left.
 
 use std::io;
 use std::path::Path;
@@ -29,6 +30,19 @@ pub fn write_failed(what: &str, dir: &Path, error: impl std::fmt::Display) -> io
          acknowledged: make room, then restart the node",
         dir.display()
     ))
+}
+
+/// Makes `dir`'s entries (new, renamed or removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes `path`; a file that is not there is not an error.
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

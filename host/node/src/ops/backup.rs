@@ -13,7 +13,7 @@
 //! agree with the backup on the term of that entry.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -202,10 +202,7 @@ pub fn restore(backup: &Path, data_dir: &Path, force: bool) -> Result<BackupMani
     swap_in(&incoming, &state.join("data.mdb"))?;
     crate::state::unflushed::replaced(&state).map_err(at(&state))?;
     // The reader table of the replaced env is stale; LMDB recreates it.
-    match std::fs::remove_file(state.join("lock.mdb")) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&state)(e)),
-        _ => {}
-    }
+    crate::disk::remove_if_present(&state.join("lock.mdb")).map_err(at(&state))?;
     if snapshots.exists() {
         std::fs::remove_dir_all(&snapshots).map_err(at(&snapshots))?;
     }
@@ -216,5 +213,5 @@ pub fn restore(backup: &Path, data_dir: &Path, force: bool) -> Result<BackupMani
 pub(crate) fn swap_in(from: &Path, to: &Path) -> Result<(), OpsError> {
     std::fs::rename(from, to).map_err(at(to))?;
     let dir: PathBuf = to.parent().map_or_else(|| ".".into(), Path::to_path_buf);
-    crate::raft::sync_dir(&dir).map_err(at(&dir))
+    crate::disk::sync_dir(&dir).map_err(at(&dir))
 }

@@ -11,7 +11,7 @@ pub use applied::AppliedState;
 pub use holds::StoreHolds;
 pub use log_store::{DEFAULT_MAX_LOG_BYTES, DurableLog, LogReader, LogStore, LogSummary};
 pub use snapshot::{SnapshotPolicy, verify_snapshot_file};
-pub(crate) use snapshot::{sha256_prefix, sync_dir, ticker, unique_path};
+pub(crate) use snapshot::{sha256_prefix, ticker, unique_path};
 pub use state_machine::{RemovedNodes, StateMachine};
 
 pub use wraft_core::raft::{

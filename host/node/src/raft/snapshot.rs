@@ -15,6 +15,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{AppliedState, Snapshot, SnapshotMeta, io_err};
+use crate::disk::{remove_if_present, sync_dir};
 use crate::state::StateStore;
 
 /// When to snapshot and how much log to keep: op-conductor's three knobs.
@@ -166,17 +167,6 @@ pub(crate) fn unique_path(dir: &Path, what: &str, ext: &str) -> PathBuf {
 }
 
 /// Removes `path`; one already gone is fine.
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// The snapshot directory of one node. Builds and installs may be asked for at the same
 /// time (openraft builds in a task of its own while a leader's snapshot arrives): they take
 /// turns, so one never publishes, or clears away, the other's files mid-way.

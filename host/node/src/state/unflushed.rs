@@ -20,6 +20,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::disk::{remove_if_present, sync_dir};
+
 /// The mark's file name inside the env's directory. The fault suite's power loss rewrites it
 /// as a reboot would change the boot id (`wraft_faults::process`).
 pub const MARK: &str = "unflushed";
@@ -51,26 +53,28 @@ fn boot_id() -> Option<String> {
     (!id.is_empty()).then(|| id.to_string())
 }
 
-/// The boot that left `dir`'s env open, if not this one (read-only: the offline tools check
-/// before they read an env).
-pub(super) fn left_by_another_boot(dir: &Path) -> io::Result<Option<String>> {
+/// The boot named by `dir`'s mark, if the env is marked open.
+fn marked_boot(dir: &Path) -> io::Result<Option<String>> {
     match fs::read_to_string(dir.join(MARK)) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
-        Ok(boot) if boot_id().as_deref() == Some(boot.trim()) => Ok(None),
         Ok(boot) => Ok(Some(boot.trim().to_string())),
     }
+}
+
+/// The boot that left `dir`'s env open, if not this one (read-only: the offline tools check
+/// before they read an env).
+pub(super) fn left_by_another_boot(dir: &Path) -> io::Result<Option<String>> {
+    let this_boot = boot_id();
+    Ok(marked_boot(dir)?.filter(|boot| this_boot.as_ref() != Some(boot)))
 }
 
 /// Forgets the mark of the env in `dir`, whose file was just replaced by a complete,
 /// synced copy (a restore, a compaction): nothing the old env left unflushed matters, and the
 /// copy must not be discarded at the next start as a torn env would be.
 pub fn replaced(dir: &Path) -> io::Result<()> {
-    match fs::remove_file(dir.join(MARK)) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(()) => sync_dir(dir),
-    }
+    remove_if_present(&dir.join(MARK))?;
+    sync_dir(dir)
 }
 
 impl Mark {
@@ -78,27 +82,24 @@ impl Mark {
     /// discards the env if that mark is from another boot, then marks it open in this boot
     /// (durably, before any commit can go unflushed).
     pub(super) fn set(dir: &Path) -> io::Result<(Self, Found)> {
-        let path = dir.join(MARK);
-        let found = match left_by_another_boot(dir)? {
-            None if path.exists() => Found::ThisBoot,
+        let this_boot = boot_id();
+        let found = match marked_boot(dir)? {
             None => Found::Clean,
+            Some(boot) if this_boot.as_ref() == Some(&boot) => Found::ThisBoot,
             Some(boot) => {
                 for name in ENV_FILES {
-                    match fs::remove_file(dir.join(name)) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    }
+                    remove_if_present(&dir.join(name))?;
                 }
                 Found::Discarded { boot }
             }
         };
-        let this_boot = boot_id();
         let tmp = dir.join(format!("{MARK}.tmp"));
         {
             let mut file = fs::File::create(&tmp)?;
             file.write_all(this_boot.as_deref().unwrap_or("unknown").as_bytes())?;
             file.sync_all()?;
         }
+        let path = dir.join(MARK);
         fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
         Ok((Self { path }, found))
@@ -113,10 +114,6 @@ impl Mark {
             .expect("the mark is a file inside the env's directory");
         sync_dir(dir)
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
