@@ -357,6 +357,14 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How far `n` is behind the answering node's last log index: the leader knows each
+/// member's matched index; lag is what it still lacks.
+fn lag(s: &wraft_api::ClusterStatus, n: &wraft_api::NodeStatus) -> Option<u64> {
+    n.matched
+        .zip(s.last_log)
+        .map(|(m, last)| last.saturating_sub(m))
+}
+
 /// `wraft cluster ...`.
 pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
     let client = conn.client()?;
@@ -366,11 +374,7 @@ pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
             let mut value = serde_json::to_value(&s)?;
             if let Some(nodes) = value["nodes"].as_array_mut() {
                 for (v, n) in nodes.iter_mut().zip(&s.nodes) {
-                    let lag = n
-                        .matched
-                        .zip(s.last_log)
-                        .map(|(m, last)| last.saturating_sub(m));
-                    v["lag"] = serde_json::json!(lag);
+                    v["lag"] = serde_json::json!(lag(&s, n));
                 }
             }
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -392,13 +396,9 @@ pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
                 "{:<6} {:<22} {:<8} {:<8} {:>8} {:>6}",
                 "node", "address", "member", "role", "matched", "lag"
             );
-            for n in s.nodes {
+            for n in &s.nodes {
                 let role = if Some(n.id) == s.leader { "leader" } else { "" };
-                // The leader knows each member's matched index; lag is what it still lacks.
-                let lag = n
-                    .matched
-                    .zip(s.last_log)
-                    .map(|(m, last)| last.saturating_sub(m));
+                let lag = lag(&s, n);
                 println!(
                     "{:<6} {:<22} {:<8} {:<8} {:>8} {:>6}",
                     n.id,
