@@ -34,6 +34,8 @@ pub mod hex;
 pub mod testing;
 
 #[cfg(target_arch = "wasm32")]
+mod bump;
+#[cfg(target_arch = "wasm32")]
 mod wasm;
 
 #[doc(hidden)]

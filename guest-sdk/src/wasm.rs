@@ -1,9 +1,6 @@
-//! The wasm32 side of the ABI: host imports, the [`Host`] over them, the allocator and the
-//! panic handler.
+//! The wasm32 side of the ABI: host imports, the [`Host`] over them and the panic handler.
 
 use alloc::vec::Vec;
-use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
 
 use wraft_core::abi::{CONTEXT_LEN, EntryContext};
 
@@ -107,93 +104,6 @@ pub fn set_output(output: &[u8]) {
     // SAFETY: pointer and length describe a live slice.
     unsafe { imports::set_output(ptr(output), len(output)) }
 }
-
-/// A bump allocator. Every call runs in a fresh instance, so memory is reclaimed by throwing
-/// the instance away; freeing (or growing) the most recent allocation is done in place.
-struct Bump {
-    next: Cell<usize>,
-    end: Cell<usize>,
-}
-
-// SAFETY: wasm32-unknown-unknown guests are single-threaded (threads are disabled by the host).
-unsafe impl Sync for Bump {}
-
-const PAGE: usize = 65536;
-
-impl Bump {
-    fn grow(&self, need: usize) -> bool {
-        if self.end.get() == 0 {
-            // Start the heap at the end of the module's initial memory (stack and data below).
-            let base = core::arch::wasm32::memory_size(0) * PAGE;
-            self.next.set(base);
-            self.end.set(base);
-        }
-        let missing = need.saturating_sub(self.end.get() - self.next.get());
-        if missing == 0 {
-            return true;
-        }
-        let pages = missing.div_ceil(PAGE);
-        if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
-            return false;
-        }
-        self.end.set(self.end.get() + pages * PAGE);
-        true
-    }
-}
-
-// SAFETY: returns suitably aligned, non-overlapping blocks inside grown linear memory.
-unsafe impl GlobalAlloc for Bump {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let align = layout.align();
-        let pad = |next: usize| (next + align - 1) & !(align - 1);
-        if !self.grow(0) {
-            return core::ptr::null_mut();
-        }
-        let start = pad(self.next.get());
-        let Some(end) = start.checked_add(layout.size()) else {
-            return core::ptr::null_mut();
-        };
-        if end > self.end.get() && !self.grow(end - self.next.get()) {
-            return core::ptr::null_mut();
-        }
-        self.next.set(end);
-        start as *mut u8
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if ptr as usize + layout.size() == self.next.get() {
-            self.next.set(ptr as usize);
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let start = ptr as usize;
-        if start + layout.size() == self.next.get() {
-            // The latest allocation: grow or shrink it in place.
-            let new_end = start + new_size;
-            if new_end <= self.end.get() || self.grow(new_end - self.next.get()) {
-                self.next.set(new_end);
-                return ptr;
-            }
-            return core::ptr::null_mut();
-        }
-        // SAFETY: `new_size` is valid for `layout.align()` per GlobalAlloc's contract.
-        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        // SAFETY: forwarding GlobalAlloc's contract.
-        let new = unsafe { self.alloc(new_layout) };
-        if !new.is_null() {
-            // SAFETY: both blocks are valid for min(old, new) bytes and do not overlap.
-            unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
-        }
-        new
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Bump = Bump {
-    next: Cell::new(0),
-    end: Cell::new(0),
-};
 
 /// Reports the panic message to the host, which ends the call with `ApplyError::Panicked`.
 /// Ends the call with `ApplyError::Panicked(message)`: the same on every replica.
