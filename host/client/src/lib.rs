@@ -146,7 +146,16 @@ impl Client {
             .request(ApiRequest::OpenSession {
                 idle_timeout_ms: self.session_idle_timeout.as_millis() as u64,
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The write itself was never sent: its outcome is known (not applied), and
+                // a session opened unseen only expires.
+                ClientError::OutcomeUnknown(why) => ClientError::Unreachable {
+                    tried: self.nodes.join(","),
+                    last: format!("no session could be opened for the write (not sent): {why}"),
+                },
+                other => other,
+            })?;
         let ApiResponse::Session(id) = opened else {
             return Err(ClientError::Unexpected(Box::new(opened)));
         };

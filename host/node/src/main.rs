@@ -10,7 +10,7 @@ use cli::client::{ClusterCmd, Conn, FsmCmd, ModuleCmd, ReadLevel};
 
 /// wraft: a Raft host whose state machines are WebAssembly modules.
 #[derive(Debug, Parser)]
-#[command(name = "wraft", version, about)]
+#[command(name = "wraft", version, about, after_help = cli::exit::HELP)]
 struct Cli {
     /// How log lines are written to stderr: `text` for people, `json` (one object a line,
     /// with the event's fields and spans) for log shippers. `WRAFT_LOG` sets the level.
@@ -161,7 +161,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            cli::exit::Exit::of(&e).into()
         }
     }
 }
@@ -188,7 +188,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             conn,
             ..
         } => cli::client::apply(&conn, &fsm, &json).await,
-        Cmd::Apply { .. } => Err(anyhow::anyhow!("give FSM and JSON, or --batch FILE")),
+        Cmd::Apply { .. } => {
+            Err(cli::exit::UsageError("give FSM and JSON, or --batch FILE".into()).into())
+        }
         Cmd::Query {
             fsm,
             json,

@@ -14,6 +14,9 @@ pub struct BackupArgs {
     /// Directory to write `state.mdb` and `manifest.json` into (created; must be empty).
     #[arg(long, env = "WRAFT_BACKUP_OUT")]
     pub out: PathBuf,
+    /// Print the backup's manifest as one JSON object (no progress bar).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -47,7 +50,12 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
         bail!("{} is not empty; give a new directory", out.display());
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let bar = indicatif::ProgressBar::new(0).with_style(
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    let bar = bar.with_style(
         indicatif::ProgressStyle::with_template(
             "backup {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
         )
@@ -65,6 +73,12 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
     let manifest = manifest?;
     backup::write_manifest(out, &manifest)?;
     backup::verify(out).context("the downloaded backup does not check out")?;
+    if args.json {
+        let mut j = serde_json::to_value(&manifest).context("the manifest as JSON")?;
+        j["dir"] = out.display().to_string().into();
+        println!("{j}");
+        return Ok(());
+    }
     println!(
         "backup of node {} at applied index {} (term {}): {} bytes, sha256 {}, in {}",
         manifest.node,

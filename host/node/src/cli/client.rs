@@ -45,6 +45,35 @@ pub struct Conn {
         global = true
     )]
     pub key: PathBuf,
+    /// How long a command keeps trying (other nodes, a new leader, a lost answer) before it
+    /// gives up: `10s`, `500ms`, `2m`.
+    #[arg(
+        long,
+        env = "WRAFT_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub timeout: std::time::Duration,
+}
+
+/// `10s`, `500ms`, `2m`, or plain seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s or m")),
+    };
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    std::time::Duration::try_from_secs_f64(n * scale).map_err(|e| format!("{s:?}: {e}"))
 }
 
 impl Conn {
@@ -54,6 +83,7 @@ impl Conn {
         // One command's client: its session (if it writes) only needs to outlive the
         // command's retries.
         Ok(Client::new(self.nodes.clone(), &identity)?
+            .with_patience(self.timeout)
             .with_session_idle_timeout(std::time::Duration::from_secs(60)))
     }
 }

@@ -37,6 +37,9 @@ pub enum InitCmd {
         /// The node's data directory.
         #[arg(long, env = "WRAFT_INIT_STATE_DIR")]
         state_dir: PathBuf,
+        /// One JSON object (sizes in bytes, positions as `{"index", "term"}`, `problems`).
+        #[arg(long)]
+        json: bool,
     },
     /// Check that a data directory's stores are intact and agree (entry checksums, log
     /// continuity, vote, module hashes, FSM records, snapshot checksums, applied position
@@ -45,6 +48,10 @@ pub enum InitCmd {
         /// The node's data directory.
         #[arg(long, env = "WRAFT_INIT_STATE_DIR")]
         state_dir: PathBuf,
+        /// One JSON object, as `init info --json` with each FSM's state hash and `"ok"`
+        /// (the exit code still says whether there were problems).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -76,21 +83,33 @@ pub fn run(cmd: InitCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        InitCmd::Info { state_dir } => {
+        InitCmd::Info { state_dir, json } => {
             let report = inspect(&state_dir, false)
                 .with_context(|| format!("reading {}", state_dir.display()))?;
+            if json {
+                println!("{}", report.to_json());
+                return Ok(());
+            }
             print!("{}", report.render());
             for p in &report.problems {
                 println!("problem: {p}");
             }
             Ok(())
         }
-        InitCmd::Verify { state_dir } => {
+        InitCmd::Verify { state_dir, json } => {
             let report = inspect(&state_dir, true)
                 .with_context(|| format!("verifying {}", state_dir.display()))?;
-            print!("{}", report.render());
+            if json {
+                let mut out = report.to_json();
+                out["ok"] = report.problems.is_empty().into();
+                println!("{out}");
+            } else {
+                print!("{}", report.render());
+            }
             if report.problems.is_empty() {
-                println!("ok: {} is consistent", state_dir.display());
+                if !json {
+                    println!("ok: {} is consistent", state_dir.display());
+                }
                 return Ok(());
             }
             for p in &report.problems {

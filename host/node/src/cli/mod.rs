@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cert;
 pub mod client;
 pub mod dev;
+pub mod exit;
 pub mod init;
 pub mod local;
 pub mod reference;

@@ -23,14 +23,18 @@ pub enum VoterCmd {
     /// other UART).
     Status {
         /// tcp:HOST:PORT or /dev/ttyX.
-        #[arg(long)]
+        #[arg(long, env = "WRAFT_VOTER_LINK")]
         link: String,
         /// The cluster's voter key file.
         #[arg(long, env = "WRAFT_VOTER_KEY")]
         key: PathBuf,
         /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, env = "WRAFT_VOTER_TIMEOUT", default_value_t = 5)]
         timeout: u64,
+        /// The voter's status as one JSON object (`vote`, `last`, `committed`, `tail_runs`,
+        /// `boots`, `writes`, `rejected`).
+        #[arg(long)]
+        json: bool,
     },
     /// Write a new cluster key for passive voters: 32 random bytes as 64 hex digits, in a new
     /// file only its owner can read.
@@ -61,7 +65,12 @@ pub enum VoterCmd {
 /// Runs a `wraft voter` subcommand.
 pub async fn run(cmd: VoterCmd) -> anyhow::Result<()> {
     match cmd {
-        VoterCmd::Status { link, key, timeout } => status(&link, &key, timeout).await,
+        VoterCmd::Status {
+            link,
+            key,
+            timeout,
+            json,
+        } => status(&link, &key, timeout, json).await,
         VoterCmd::Keygen { out, force } => keygen(&out, force),
         VoterCmd::Provision {
             key,
@@ -130,7 +139,7 @@ fn provision(key: &ClusterKey, image: &Path, offset: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn status(link: &str, key: &Path, timeout: u64) -> anyhow::Result<()> {
+async fn status(link: &str, key: &Path, timeout: u64, json: bool) -> anyhow::Result<()> {
     let addr: LinkAddr = link.parse().map_err(anyhow::Error::msg)?;
     let link = VoterLink::new(addr, read_key(key)?);
     let answer = link
@@ -140,6 +149,13 @@ async fn status(link: &str, key: &Path, timeout: u64) -> anyhow::Result<()> {
     let Response::Status(s) = answer else {
         bail!("the voter answered {answer:?}");
     };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_value(&s).context("the voter's status as JSON")?
+        );
+        return Ok(());
+    }
     let id = |l: Option<wraft_core::voter::LogId>| {
         l.map_or("none".to_string(), |l| {
             format!("T{}-N{}:{}", l.leader.term, l.leader.node, l.index)

@@ -314,3 +314,95 @@ impl Report {
         o
     }
 }
+
+fn log_id_json(l: &Option<LogId>) -> serde_json::Value {
+    l.map_or(
+        serde_json::Value::Null,
+        |l| serde_json::json!({ "index": l.index, "term": l.leader_id.term }),
+    )
+}
+
+/// `{"voters": [{"id": 1, "addr": "..."}], "learners": [...]}`
+fn members_json(m: &Membership<NodeId, Node>) -> serde_json::Value {
+    let list = |ids: Vec<NodeId>| -> Vec<serde_json::Value> {
+        ids.iter()
+            .map(|id| {
+                let addr = m.get_node(id).map(|n| n.addr.clone());
+                serde_json::json!({ "id": id, "addr": addr })
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "voters": list(m.voter_ids().collect()),
+        "learners": list(m.learner_ids().collect()),
+    })
+}
+
+impl Report {
+    /// The report for machines (`wraft init info --json`): the same facts as
+    /// [`Report::render`], sizes in bytes, log positions as `{"index", "term"}` (or null).
+    pub fn to_json(&self) -> serde_json::Value {
+        let raft = self.raft.as_ref().map(|r| {
+            serde_json::json!({
+                "file_bytes": r.file_bytes,
+                "reclaimable_bytes": r.reclaimable_bytes,
+                "owner": r.owner,
+                "role": role(r),
+                "vote": r.vote.map(|v| serde_json::json!({
+                    "term": v.leader_id.term,
+                    "node": v.leader_id.node_id,
+                    "committed": v.committed,
+                })),
+                "entries": r.entries,
+                "first": log_id_json(&r.first),
+                "last": log_id_json(&r.last),
+                "purged": log_id_json(&r.purged),
+                "committed": log_id_json(&r.committed),
+                "membership": r.membership.as_ref().map(|(at, m)| {
+                    let mut j = members_json(m);
+                    j["log_index"] = at.index.into();
+                    j
+                }),
+            })
+        });
+        let state = self.state.as_ref().map(|s| {
+            let state_hash = |name: &str| {
+                s.digest
+                    .as_ref()
+                    .and_then(|d| d.fsms.iter().find(|(n, _)| n.as_str() == name))
+                    .map(|(_, h)| hex::encode(h))
+            };
+            serde_json::json!({
+                "file_bytes": s.file_bytes,
+                "reclaimable_bytes": s.reclaimable_bytes,
+                "applied": s.applied.map(|a| serde_json::json!({ "index": a.index, "term": a.term })),
+                "membership": s.raft.as_ref().map(|(_, m)| members_json(m.membership())),
+                "fsms": s.fsms.iter().map(|(name, rec)| serde_json::json!({
+                    "name": name,
+                    "module_id": rec.module_id.to_string(),
+                    "state_hash": state_hash(name),
+                })).collect::<Vec<_>>(),
+                "modules": s.modules.iter().map(|(id, size)| serde_json::json!({
+                    "module_id": id.to_string(),
+                    "bytes": size,
+                })).collect::<Vec<_>>(),
+                "last_checkpoint": s.last_checkpoint.as_ref().map(|c| c.index),
+                "divergence": s.divergence.as_ref().map(|d| serde_json::json!({
+                    "checkpoint": d.checkpoint,
+                    "detected_at": d.detected_at,
+                    "parts": d.parts,
+                })),
+            })
+        });
+        serde_json::json!({
+            "raft": raft,
+            "state": state,
+            "snapshots": self.snapshots.iter().map(|(name, bytes)| serde_json::json!({
+                "file": name,
+                "bytes": bytes,
+            })).collect::<Vec<_>>(),
+            "cache_bytes": self.cache_bytes,
+            "problems": self.problems,
+        })
+    }
+}

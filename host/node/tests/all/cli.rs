@@ -204,7 +204,12 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         dir.path(),
         &["apply", "--batch", "bad.json", "--nodes", &nodes],
     );
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a batch the FSM refuses exits 3 (refused): {}",
+        text(&out.stderr)
+    );
     assert!(
         text(&out.stderr).contains("batch command 1 failed"),
         "{}",
@@ -288,11 +293,85 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
     ];
     args.extend(reader);
     let out = wraft(dir.path(), &args);
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a write the role does not allow exits 3 (refused): {}",
+        text(&out.stderr)
+    );
     assert!(
         text(&out.stderr).contains("needs the Writer role"),
         "{}",
         text(&out.stderr)
+    );
+    // No node at the address: 5 (unavailable) once --timeout runs out; a usage error: 2.
+    let nobody = format!("127.0.0.1:{}", free_udp_ports(1));
+    let out = wraft(
+        dir.path(),
+        &[
+            "query",
+            "sequencer",
+            r#""Latest""#,
+            "--nodes",
+            &nobody,
+            "--timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no node reachable"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = wraft(dir.path(), &["apply", "sequencer"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = wraft(
+        dir.path(),
+        &["query", "sequencer", "1", "--timeout", "soon"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // --json on the other state-printing commands: a data directory (safe while the node
+    // runs) and a hot backup.
+    let out = wraft(
+        dir.path(),
+        &[
+            "init",
+            "info",
+            "--json",
+            "--state-dir",
+            "wraft-data/dev/node-1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert!(info["raft"]["last"]["index"].as_u64() > Some(0), "{info}");
+    assert_eq!(
+        info["raft"]["membership"]["voters"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "{info}"
+    );
+    let fsm_names: Vec<&str> = info["state"]["fsms"]
+        .as_array()
+        .expect("fsms")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(fsm_names.contains(&"sequencer"), "{info}");
+    let out = wraft(
+        dir.path(),
+        &["backup", "--json", "--out", "backup", "--nodes", &nodes],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("backup manifest JSON");
+    assert!(manifest["applied_index"].as_u64() > Some(0), "{manifest}");
+    assert_eq!(
+        manifest["file_sha256"].as_str().map(str::len),
+        Some(64),
+        "{manifest}"
     );
     // SIGTERM stops it cleanly.
     let kill = Command::new("kill")
@@ -312,6 +391,28 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "wraft dev exited with {status}");
+    // A stopped node's directory verifies, in JSON too.
+    let out = wraft(
+        dir.path(),
+        &[
+            "init",
+            "verify",
+            "--json",
+            "--state-dir",
+            "wraft-data/dev/node-1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert!(
+        verified["state"]["fsms"]
+            .as_array()
+            .expect("fsms")
+            .iter()
+            .all(|f| f["state_hash"].as_str().map(str::len) == Some(64)),
+        "{verified}"
+    );
 }
 
 #[test]

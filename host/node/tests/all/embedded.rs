@@ -118,12 +118,29 @@ impl Mcu {
                 .unwrap_or_else(|| panic!("no {k} in {report}"))
                 .to_string()
         };
-        VoterStatus {
+        let status = VoterStatus {
             vote: field("vote"),
             last: field("last"),
             boots: field("boots").parse().expect("boots"),
             rejected: field("rejected").parse().expect("rejected"),
-        }
+        };
+        // The same facts as one JSON object.
+        let out = Command::new(WRAFT)
+            .args(["voter", "status", "--json", "--link", &link, "--key"])
+            .arg(key)
+            .env("WRAFT_LOG", "error")
+            .output()
+            .expect("run wraft voter status --json");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        assert_eq!(json["boots"], status.boots, "{json}");
+        assert_eq!(json["rejected"], status.rejected, "{json}");
+        assert_eq!(
+            json["vote"]["committed"],
+            status.vote.ends_with(" committed"),
+            "{json}"
+        );
+        status
     }
 }
 
