@@ -1,7 +1,6 @@
 //! Membership changes and leader transfers, served by the leader.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeSet;
 
 use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
@@ -52,65 +51,26 @@ impl NodeApi {
         }
     }
 
-    /// Hands leadership to `to` (or the most caught-up other voter) and reports who leads
-    /// afterwards: the real outcome, not a timeout.
+    /// Hands leadership to `to` (or the most caught-up other voter that answers) and reports
+    /// who leads afterwards: the real outcome, not a timeout. A named node that is down, far
+    /// behind or cannot lead is refused before anything changes.
     pub(super) async fn transfer_leader(&self, to: Option<NodeId>) -> ApiResult {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        // Passive voters never lead: not a target, explicit or chosen.
-        let voters: Vec<NodeId> = membership
-            .voter_ids()
-            .filter(|v| *v != self.id)
-            .filter(|v| {
-                membership
-                    .get_node(v)
-                    .is_none_or(|n| !crate::voter::is_passive(&n.addr))
-            })
-            .collect();
-        let target = match to {
-            Some(t) if t == self.id => return Ok(ApiResponse::Leader(self.id)),
-            Some(t) if voters.contains(&t) => t,
-            Some(t) => {
-                return Err(ApiError::BadRequest(format!(
-                    "node {t} is not a voter that can lead"
-                )));
-            }
-            None => {
-                let matched: BTreeMap<NodeId, u64> = m
-                    .replication
-                    .as_ref()
-                    .map(|r| {
-                        r.iter()
-                            .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                *voters
-                    .iter()
-                    .max_by_key(|v| matched.get(v).copied().unwrap_or(0))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest("no other voter to hand leadership to".into())
-                    })?
-            }
-        };
-        self.raft
-            .trigger()
-            .transfer_leader(target)
-            .await
-            .map_err(unavailable)?;
-        let settled = self
-            .raft
-            .wait(Some(Duration::from_secs(5)))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != self.id),
-                "leadership moved",
-            )
-            .await;
-        match settled {
-            Ok(m) => Ok(ApiResponse::Leader(m.current_leader.unwrap_or(target))),
-            Err(_) => match self.metrics().current_leader {
-                Some(l) => Ok(ApiResponse::Leader(l)),
-                None => Err(ApiError::NoLeader),
+        use crate::raft::leadership::{HAND_OVER_WAIT, HandOverError, hand_over};
+        if to == Some(self.id) {
+            return Ok(ApiResponse::Leader(self.id));
+        }
+        match hand_over(&self.raft, self.id, to, HAND_OVER_WAIT).await {
+            Ok(leader) => Ok(ApiResponse::Leader(leader)),
+            Err(
+                e @ (HandOverError::NotAVoter(_)
+                | HandOverError::NoSuccessor(_)
+                | HandOverError::Unresponsive { .. }
+                | HandOverError::Lagging { .. }),
+            ) => Err(ApiError::BadRequest(e.to_string())),
+            Err(HandOverError::NotLeader) => Err(ApiError::NoLeader),
+            Err(e @ HandOverError::Raft(_)) => match self.metrics().current_leader {
+                Some(l) if l != self.id => Ok(ApiResponse::Leader(l)),
+                _ => Err(unavailable(e)),
             },
         }
     }

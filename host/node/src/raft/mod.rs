@@ -3,6 +3,7 @@
 
 mod applied;
 mod holds;
+pub mod leadership;
 mod log_store;
 mod snapshot;
 mod state_machine;

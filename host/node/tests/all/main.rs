@@ -20,6 +20,7 @@ mod guests;
 mod hostile;
 mod http;
 mod leader_restart;
+mod leadership;
 mod lifecycle;
 mod membership;
 mod metering;
