@@ -13,6 +13,21 @@ pub const DEFAULT_MAX_BATCH_COMMANDS: usize = 1024;
 /// Requests of one role served at once by default; more are answered `Busy`.
 pub const DEFAULT_REQUESTS_PER_ROLE: usize = 1024;
 
+/// Guest calls per lane by default. On 64-bit hosts eight per CPU (at most
+/// [`crate::runtime::MAX_GUEST_THREADS`]): a codec call spends most of its time waiting for
+/// threads to wake, not running, so with one per CPU the HTTP JSON API's writes queued for
+/// their codecs with a quarter of the CPU idle (256 clients: 3 768 writes/s with 2 per lane,
+/// 8 952 with 8, 9 527 with 16; docs/benchmarks.md). On 32-bit boards, whose address space
+/// and memory are small, one per CPU.
+pub fn default_guest_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    if cfg!(target_pointer_width = "64") {
+        (8 * cpus).min(crate::runtime::MAX_GUEST_THREADS)
+    } else {
+        cpus
+    }
+}
+
 /// A node's admission bounds.
 #[derive(Debug, Clone)]
 pub struct NodeLimits {
@@ -23,9 +38,10 @@ pub struct NodeLimits {
     /// Requests of each role (reader, writer, admin, forwarded) in progress at once
     /// (`--max-requests-per-role`); more are answered `Busy` at once.
     pub requests_per_role: usize,
-    /// Guest calls made for callers (queries and JSON codecs) running at once, on threads of
-    /// their own so they never hold the workers that carry raft's heartbeats
-    /// (`--guest-threads`; default: the number of CPUs).
+    /// Guest calls made for callers (queries and JSON codecs) running at once in each lane,
+    /// on threads of their own so they never hold the workers that carry raft's heartbeats
+    /// (`--guest-threads`; default [`default_guest_threads`], at most
+    /// [`crate::runtime::MAX_GUEST_THREADS`]).
     pub guest_threads: usize,
     /// The endpoint's bounds (bytes per message, in flight, streams, connections).
     pub transport: ServerLimits,
@@ -38,7 +54,7 @@ impl NodeLimits {
             max_entry_bytes,
             max_batch_commands: DEFAULT_MAX_BATCH_COMMANDS,
             requests_per_role: DEFAULT_REQUESTS_PER_ROLE,
-            guest_threads: std::thread::available_parallelism().map_or(2, usize::from),
+            guest_threads: default_guest_threads(),
             transport: ServerLimits::new(max_entry_bytes),
         }
     }

@@ -108,8 +108,8 @@ pub struct LimitArgs {
     /// QUIC connections open at once in all (default 4096).
     #[arg(long, env = "WRAFT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Queries and JSON codec calls running at once, per lane (reads, writes); default: the
-    /// number of CPUs.
+    /// Queries and JSON codec calls running at once, per lane (reads, writes), 1 to 24;
+    /// default: 8 per CPU, at most 24 (one per CPU on 32-bit hosts).
     #[arg(long, env = "WRAFT_GUEST_THREADS")]
     pub guest_threads: Option<usize>,
     /// Largest HTTP request body, in bytes (default 65 MiB).
@@ -122,7 +122,7 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     /// The node's limits: the flags', else the file's, else the defaults.
-    fn node_limits(&self, file: &LimitArgs) -> wraft_host::limits::NodeLimits {
+    fn node_limits(&self, file: &LimitArgs) -> anyhow::Result<wraft_host::limits::NodeLimits> {
         macro_rules! pick {
             ($f:ident) => {
                 self.$f.or(file.$f)
@@ -138,6 +138,14 @@ impl LimitArgs {
             l.requests_per_role = n;
         }
         if let Some(n) = pick!(guest_threads) {
+            let max = wraft_host::runtime::MAX_GUEST_THREADS;
+            if !(1..=max).contains(&n) {
+                bail!(
+                    "--guest-threads {n}: give 1 to {max} (guest_threads in the config file): the \
+                     wasm instance pool has 64 slots, and both lanes together must leave room \
+                     for the apply"
+                );
+            }
             l.guest_threads = n;
         }
         let t = &mut l.transport;
@@ -153,7 +161,7 @@ impl LimitArgs {
         if let Some(n) = pick!(max_connections) {
             t.connections = n;
         }
-        l
+        Ok(l)
     }
 }
 
@@ -237,6 +245,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         snapshot_interval != Some(0),
         "--snapshot-interval must be at least 1 second"
     );
+    let limits = args.limits.node_limits(&file.limits)?;
     let id = need!(id, "id");
     let listen = need!(listen, "listen");
     let data_dir = need!(data_dir, "data-dir");
@@ -248,7 +257,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|m| parse_members(&m))
         .transpose()?;
     let mut config = NodeConfig::new(id, data_dir, listen, identity);
-    config.limits = args.limits.node_limits(&file.limits);
+    config.limits = limits;
     if let Some(q) = args.queue.or(file.queue) {
         config.queue = q;
     }

@@ -15,6 +15,15 @@ pub const MAX_MEMORY_PAGES: u32 = 16_384;
 /// codec calls run beside them.
 const POOL_INSTANCES: u32 = 64;
 
+/// Most guest calls made for callers (queries, JSON codecs) one lane of the guest pool may run
+/// at once (`--guest-threads`). Both lanes together leave 16 of the pool's 64 instance slots
+/// to the apply (one call at a time), module validation on deploy and init/migrate calls: an
+/// apply that found no free slot would be a fault of the node, not an answer.
+pub const MAX_GUEST_THREADS: usize = 24;
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(2 * MAX_GUEST_THREADS + 16 <= POOL_INSTANCES as usize);
+
 /// Largest table (function references) an FSM module may declare or grow to, on every host
 /// (the pool's slot size on 64-bit hosts, the limiter's bound everywhere), so a table that
 /// does not fit fails the same way on every architecture.

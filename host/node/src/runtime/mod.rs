@@ -20,7 +20,7 @@ use wraft_core::{ApplyError, Format, FsmLimits, ModuleId};
 
 pub use artifact_cache::ArtifactCache;
 pub use depth::{DEPTH_LIMIT, FRAME_UNITS};
-pub use engine::{Backend, MAX_MEMORY_PAGES};
+pub use engine::{Backend, MAX_GUEST_THREADS, MAX_MEMORY_PAGES};
 pub(crate) use error::HostAbort;
 pub use error::RuntimeError;
 pub(crate) use keyspace::prefix_successor;

@@ -444,6 +444,14 @@ fn serve_explains_a_bad_configuration() {
         "{}",
         text(&out.stderr)
     );
+    // More guest calls than the wasm instance pool can hold beside the apply.
+    let out = wraft(dir.path(), &["serve", "--guest-threads", "40"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--guest-threads 40: give 1 to 24"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
