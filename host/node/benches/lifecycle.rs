@@ -109,14 +109,21 @@ fn main() {
             })
         };
         let mut hist = Histogram::<u64>::new(3).expect("hist");
+        // Where each deploy's time went: the deploy answered (upload, the leader's validation
+        // and compile, the entry committed and applied on the leader), the create answered,
+        // every node serving.
+        let mut phases = Vec::new();
         for (i, bytes) in modules.iter().enumerate() {
             let fsm = FsmName::new(format!("big{i}")).expect("name");
             let t = Instant::now();
             let id = admin.deploy(bytes.clone()).await.expect("deploy");
+            let deployed = t.elapsed();
             admin
                 .create_fsm(fsm.clone(), id, FsmLimits::default())
                 .await
                 .expect("create");
+            let created = t.elapsed();
+            phases.push((deployed, created));
             for node in &cluster.nodes {
                 let one = wraft_client::Client::new(vec![node.addr.to_string()], &cluster.identity)
                     .expect("client");
@@ -140,6 +147,13 @@ fn main() {
             us(hist.max()) / 1000.0,
             hist.len()
         );
+        for (deployed, created) in &phases {
+            println!(
+                "  deploy answered at {:.0} ms, create answered at {:.0} ms",
+                deployed.as_secs_f64() * 1e3,
+                created.as_secs_f64() * 1e3
+            );
+        }
         deploying.store(false, std::sync::atomic::Ordering::Relaxed);
         let commits = writer.await.expect("writer");
         println!(
