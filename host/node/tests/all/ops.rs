@@ -454,6 +454,36 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
             .expect("manifest json");
     assert_eq!(manifest.node, source);
     assert!(manifest.applied_index > 20, "{manifest:?}");
+    // A damaged copy of the backup (one byte of its state file flipped) is refused, naming
+    // the damage, and the target directory is left as it was.
+    let damaged = tmp.path().join("damaged-backup");
+    std::fs::create_dir_all(&damaged).expect("mkdir");
+    for f in ["manifest.json", "state.mdb"] {
+        std::fs::copy(backup.join(f), damaged.join(f)).expect("copy the backup");
+    }
+    let mut bytes = std::fs::read(damaged.join("state.mdb")).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(damaged.join("state.mdb"), bytes).expect("write");
+    let untouched = tmp.path().join("untouched");
+    std::fs::create_dir_all(&untouched).expect("mkdir");
+    let (ok, _, err) = run(
+        tmp.path(),
+        &[
+            "restore",
+            "--backup",
+            damaged.to_str().expect("path"),
+            "--state-dir",
+            untouched.to_str().expect("path"),
+        ],
+    );
+    assert!(!ok, "a damaged backup was restored");
+    assert!(err.contains("the backup is damaged"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&untouched).expect("dir").count(),
+        0,
+        "a refused restore wrote into the data directory"
+    );
     // Restored into a new node's empty data directory, with the CLI.
     let new_dir: PathBuf = c.prepare_node_dir();
     let (ok, out, err) = run(
