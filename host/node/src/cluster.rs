@@ -374,7 +374,11 @@ impl ClusterNode {
             ));
         }
         let diverged = store.divergence()?.is_some();
-        metrics::gauge!("state_diverged").set(if diverged { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(if diverged {
+            1.0
+        } else {
+            0.0
+        });
         if let Some(auto) = config.auto_promote {
             tasks.push(auto.spawn(raft.clone()));
         }

@@ -440,18 +440,38 @@ async fn readyz(State(http): State<Arc<Http>>) -> Response {
 }
 
 async fn metrics(State(http): State<Arc<Http>>) -> Response {
+    use crate::metrics::names;
     let s = http.api.status();
-    metrics::gauge!("raft_term").set(s.term as f64);
-    metrics::gauge!("raft_leader_id").set(s.leader.map_or(0.0, |l| l as f64));
-    metrics::gauge!("raft_last_log_index").set(s.last_log.unwrap_or(0) as f64);
-    metrics::gauge!("raft_committed_index").set(s.committed.unwrap_or(0) as f64);
-    metrics::gauge!("raft_applied_index").set(s.applied.unwrap_or(0) as f64);
+    let node = s.node.to_string();
+    let gauge = |name: &'static str, v: f64| metrics::gauge!(name, "node" => node.clone()).set(v);
+    metrics::gauge!(names::BUILD_INFO, "node" => node.clone(), "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    gauge(names::RAFT_TERM, s.term as f64);
+    gauge(names::RAFT_LEADER_ID, s.leader.map_or(0.0, |l| l as f64));
+    gauge(names::RAFT_LAST_LOG_INDEX, s.last_log.unwrap_or(0) as f64);
+    gauge(names::RAFT_COMMITTED_INDEX, s.committed.unwrap_or(0) as f64);
+    gauge(names::RAFT_APPLIED_INDEX, s.applied.unwrap_or(0) as f64);
+    // The leader knows what each follower holds; a follower reports none.
+    if s.leader == Some(s.node) {
+        let last = s.last_log.unwrap_or(0);
+        for n in s.nodes.iter().filter(|n| n.id != s.node) {
+            let lag = last.saturating_sub(n.matched.unwrap_or(0));
+            metrics::gauge!(names::RAFT_FOLLOWER_LAG, "node" => node.clone(), "follower" => n.id.to_string())
+                .set(lag as f64);
+        }
+    }
+    for (env, file) in http.api.env_files() {
+        if let Ok(meta) = std::fs::metadata(&file) {
+            metrics::gauge!(names::LMDB_FILE_SIZE, "node" => node.clone(), "env" => env)
+                .set(meta.len() as f64);
+        }
+    }
     // Where this node's recent entries spent their time (the raft core answers at once; a
     // node shutting down has none to give).
     if let Ok(stages) = http.api.stages().await {
         for st in stages {
             for (q, us) in [("0.5", st.p50_us), ("0.9", st.p90_us), ("0.99", st.p99_us)] {
-                metrics::gauge!("raft_log_stage_seconds", "stage" => st.stage.clone(), "quantile" => q)
+                metrics::gauge!(names::RAFT_LOG_STAGE, "node" => node.clone(), "stage" => st.stage.clone(), "quantile" => q)
                     .set(us as f64 / 1e6);
             }
         }

@@ -1,12 +1,100 @@
 //! Prometheus metrics. One registry per process (installed on first use), rendered by each
-//! node's `/metrics`. In production a process is one node; `wraft dev` and the tests run
-//! several nodes in one process, which then share the commit-path series (the raft gauges
-//! are set from the scraped node at scrape time).
+//! node's `/metrics`. Every name starts with `wraft_` and is declared once, in [`names`]
+//! (docs/api.md lists the same; a test holds them equal). `wraft serve` (one node a process)
+//! labels every series with `node`; `wraft dev` and the tests run several nodes in one
+//! process, which then share the commit-path series, while the gauges set at scrape time
+//! carry the scraped node's `node` label.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Every metric name, declared once.
+pub mod names {
+    /// Histogram: JSON to postcard and building the entry, on the leader (seconds).
+    pub const COMMIT_MARSHAL: &str = "wraft_commit_marshal_duration_seconds";
+    /// Histogram: propose to committed and applied, on the leader (seconds).
+    pub const COMMIT_RAFT_APPLY: &str = "wraft_commit_raft_apply_duration_seconds";
+    /// Histogram: one FSM call in apply (seconds).
+    pub const FSM_APPLY: &str = "wraft_fsm_apply_duration_seconds";
+    /// Histogram: one durable log append (seconds).
+    pub const RAFT_LOG_STORE: &str = "wraft_raft_log_store_duration_seconds";
+    /// Histogram: a snapshot build (seconds).
+    pub const SNAPSHOT_BUILD: &str = "wraft_snapshot_build_duration_seconds";
+    /// Histogram: a snapshot install (seconds).
+    pub const SNAPSHOT_INSTALL: &str = "wraft_snapshot_install_duration_seconds";
+    /// Histogram: a module compile (seconds).
+    pub const MODULE_COMPILE: &str = "wraft_module_compile_duration_seconds";
+    /// Histogram: a write's encoded command (bytes).
+    pub const COMMIT_PAYLOAD_SIZE: &str = "wraft_commit_payload_size_bytes";
+    /// Histogram: a built snapshot (bytes).
+    pub const SNAPSHOT_SIZE: &str = "wraft_snapshot_size_bytes";
+    /// Histogram: fuel per apply call.
+    pub const FSM_FUEL_USED: &str = "wraft_fsm_fuel_used";
+    /// Counter: proposals refused before the log, by `cause`.
+    pub const PROPOSALS_REJECTED: &str = "wraft_proposals_rejected_total";
+    /// Counter: consistency checkpoints that matched.
+    pub const CHECKPOINTS_VERIFIED: &str = "wraft_checkpoints_verified_total";
+    /// Counter: consistency checkpoints that did not.
+    pub const CHECKPOINT_MISMATCHES: &str = "wraft_checkpoint_mismatches_total";
+    /// Gauge: 1 while this node's state differs from the leader's.
+    pub const STATE_DIVERGED: &str = "wraft_state_diverged";
+    /// Gauge (scrape): the version this node runs, `version` label, value 1.
+    pub const BUILD_INFO: &str = "wraft_build_info";
+    /// Gauge (scrape): the term.
+    pub const RAFT_TERM: &str = "wraft_raft_term";
+    /// Gauge (scrape): the leader's id (0: none known).
+    pub const RAFT_LEADER_ID: &str = "wraft_raft_leader_id";
+    /// Gauge (scrape): the last log index.
+    pub const RAFT_LAST_LOG_INDEX: &str = "wraft_raft_last_log_index";
+    /// Gauge (scrape): the committed index.
+    pub const RAFT_COMMITTED_INDEX: &str = "wraft_raft_committed_index";
+    /// Gauge (scrape): the applied index.
+    pub const RAFT_APPLIED_INDEX: &str = "wraft_raft_applied_index";
+    /// Gauge (scrape, leader only): entries each `follower` lacks of the leader's log.
+    pub const RAFT_FOLLOWER_LAG: &str = "wraft_raft_follower_lag_entries";
+    /// Gauge (scrape): log-stage latency percentiles, `stage` and `quantile` labels (seconds).
+    pub const RAFT_LOG_STAGE: &str = "wraft_raft_log_stage_seconds";
+    /// Gauge (scrape): the size of an LMDB env's data file, `env` = `raft` | `state` (bytes).
+    pub const LMDB_FILE_SIZE: &str = "wraft_lmdb_file_size_bytes";
+
+    /// All of them.
+    pub const ALL: &[&str] = &[
+        COMMIT_MARSHAL,
+        COMMIT_RAFT_APPLY,
+        FSM_APPLY,
+        RAFT_LOG_STORE,
+        SNAPSHOT_BUILD,
+        SNAPSHOT_INSTALL,
+        MODULE_COMPILE,
+        COMMIT_PAYLOAD_SIZE,
+        SNAPSHOT_SIZE,
+        FSM_FUEL_USED,
+        PROPOSALS_REJECTED,
+        CHECKPOINTS_VERIFIED,
+        CHECKPOINT_MISMATCHES,
+        STATE_DIVERGED,
+        BUILD_INFO,
+        RAFT_TERM,
+        RAFT_LEADER_ID,
+        RAFT_LAST_LOG_INDEX,
+        RAFT_COMMITTED_INDEX,
+        RAFT_APPLIED_INDEX,
+        RAFT_FOLLOWER_LAG,
+        RAFT_LOG_STAGE,
+        LMDB_FILE_SIZE,
+    ];
+}
+
+/// The node a process serves, when it serves one (`wraft serve`): every series gets its
+/// `node` label. Set before the first metric is recorded.
+static NODE: OnceLock<u64> = OnceLock::new();
+
+/// Labels every series of this process with `node` (call once, before anything records).
+pub fn serve_as(node: u64) {
+    let _ = NODE.set(node);
+}
 
 /// Histogram buckets from 5 µs to 10 s, for latencies.
 const SECONDS: &[f64] = &[
@@ -22,22 +110,25 @@ const BYTES: &[f64] = &[
 const FUEL: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
 
 const LATENCIES: &[&str] = &[
-    "commit_marshal_duration_seconds",
-    "commit_raft_apply_duration_seconds",
-    "fsm_apply_duration_seconds",
-    "raft_log_store_duration_seconds",
-    "snapshot_build_duration_seconds",
-    "snapshot_install_duration_seconds",
-    "module_compile_duration_seconds",
+    names::COMMIT_MARSHAL,
+    names::COMMIT_RAFT_APPLY,
+    names::FSM_APPLY,
+    names::RAFT_LOG_STORE,
+    names::SNAPSHOT_BUILD,
+    names::SNAPSHOT_INSTALL,
+    names::MODULE_COMPILE,
 ];
 
 fn builder() -> Result<PrometheusBuilder, BuildError> {
     let mut b = PrometheusBuilder::new();
+    if let Some(node) = NODE.get() {
+        b = b.add_global_label("node", node.to_string());
+    }
     for name in LATENCIES {
         b = b.set_buckets_for_metric(Matcher::Full((*name).into()), SECONDS)?;
     }
     b = b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES)?;
-    b.set_buckets_for_metric(Matcher::Full("fsm_fuel_used".into()), FUEL)
+    b.set_buckets_for_metric(Matcher::Full(names::FSM_FUEL_USED.into()), FUEL)
 }
 
 /// The process's metrics registry.
@@ -63,5 +154,33 @@ pub fn seconds(name: &'static str, d: Duration) {
 
 /// Counts a refused proposal.
 pub fn rejected(cause: &'static str) {
-    metrics::counter!("proposals_rejected_total", "cause" => cause).increment(1);
+    metrics::counter!(names::PROPOSALS_REJECTED, "cause" => cause).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    /// docs/api.md's "Metrics" section names exactly the metrics the node declares.
+    #[test]
+    fn the_documented_metric_names_are_the_declared_ones() {
+        let doc = include_str!("../../../docs/api.md");
+        let section = doc
+            .split("## Metrics")
+            .nth(1)
+            .expect("docs/api.md has a Metrics section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let mut documented: Vec<&str> = section
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|code| code.split(['{', ' ']).next().unwrap_or(code))
+            .filter(|name| name.starts_with("wraft_"))
+            .collect();
+        documented.sort_unstable();
+        documented.dedup();
+        let mut declared = names::ALL.to_vec();
+        declared.sort_unstable();
+        assert_eq!(documented, declared);
+    }
 }

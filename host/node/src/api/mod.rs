@@ -95,6 +95,18 @@ impl NodeApi {
         })
     }
 
+    /// The data files of this node's LMDB envs (`raft`, `state`), for `/metrics`.
+    pub fn env_files(&self) -> [(&'static str, std::path::PathBuf); 2] {
+        let state = self.store.path();
+        let data_dir = state
+            .parent()
+            .expect("the state env lives in <data dir>/state");
+        [
+            ("raft", data_dir.join("raft").join("data.mdb")),
+            ("state", state.join("data.mdb")),
+        ]
+    }
+
     fn metrics(&self) -> openraft::RaftMetrics<wraft_core::raft::TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
     }

@@ -33,7 +33,7 @@ impl NodeApi {
                 crate::metrics::rejected("invalid");
             }
         })?;
-        crate::metrics::seconds("commit_marshal_duration_seconds", marshal.elapsed());
+        crate::metrics::seconds(crate::metrics::names::COMMIT_MARSHAL, marshal.elapsed());
         let entry = LogEntry::new(now_ms(), command);
         let len = entry.encoded_len();
         if len > self.limits.max_entry_bytes {
@@ -45,11 +45,14 @@ impl NodeApi {
             )));
         }
         if let Some(size) = payload_bytes(entry.command()) {
-            metrics::histogram!("commit_payload_size_bytes").record(size as f64);
+            metrics::histogram!(crate::metrics::names::COMMIT_PAYLOAD_SIZE).record(size as f64);
         }
         let replicate = std::time::Instant::now();
         let written = self.raft.client_write(entry).await;
-        crate::metrics::seconds("commit_raft_apply_duration_seconds", replicate.elapsed());
+        crate::metrics::seconds(
+            crate::metrics::names::COMMIT_RAFT_APPLY,
+            replicate.elapsed(),
+        );
         let response = match written {
             Ok(r) => r.data,
             // Refused before it was appended: the leader (if any) can take it.

@@ -256,6 +256,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .or(file.initial_members)
         .map(|m| parse_members(&m))
         .transpose()?;
+    // One node in this process: every metric series carries its id.
+    wraft_host::metrics::serve_as(id);
     let mut config = NodeConfig::new(id, data_dir, listen, identity);
     config.limits = limits;
     if let Some(q) = args.queue.or(file.queue) {

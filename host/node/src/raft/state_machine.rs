@@ -130,9 +130,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(io_err)?
         .map_err(|e| storage_fault("building a snapshot", &where_, e))?;
-        crate::metrics::seconds("snapshot_build_duration_seconds", started.elapsed());
+        crate::metrics::seconds(crate::metrics::names::SNAPSHOT_BUILD, started.elapsed());
         let len = snapshot.snapshot.metadata().map(|m| m.len()).unwrap_or(0);
-        metrics::histogram!("snapshot_size_bytes").record(len as f64);
+        metrics::histogram!(crate::metrics::names::SNAPSHOT_SIZE).record(len as f64);
         tracing::info!(
             "built a snapshot up to {} ({len} bytes) in {} ms",
             display_log_id(&snapshot.meta.last_log_id),
@@ -234,7 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(io_err)?
         .map_err(|e| storage_fault("installing a snapshot", &where_, e))?;
-        crate::metrics::seconds("snapshot_install_duration_seconds", started.elapsed());
+        crate::metrics::seconds(crate::metrics::names::SNAPSHOT_INSTALL, started.elapsed());
         tracing::info!(
             "installed a snapshot up to {upto} in {} ms",
             started.elapsed().as_millis()

@@ -224,7 +224,7 @@ impl FsmRuntime {
                 self.compilations.fetch_add(1, Ordering::Relaxed);
                 let started = std::time::Instant::now();
                 let compiled = validate::validate(&self.engine, bytes)?;
-                crate::metrics::seconds("module_compile_duration_seconds", started.elapsed());
+                crate::metrics::seconds(crate::metrics::names::MODULE_COMPILE, started.elapsed());
                 compiled
             }
         };

@@ -340,8 +340,9 @@ impl StateStore {
         let started = std::time::Instant::now();
         let outcome = self.runtime.call(module, entry, input, env)?;
         if entry == EntryPoint::Apply {
-            crate::metrics::seconds("fsm_apply_duration_seconds", started.elapsed());
-            metrics::histogram!("fsm_fuel_used").record(outcome.fuel_used as f64);
+            crate::metrics::seconds(crate::metrics::names::FSM_APPLY, started.elapsed());
+            metrics::histogram!(crate::metrics::names::FSM_FUEL_USED)
+                .record(outcome.fuel_used as f64);
         }
         if let Some(bytes) = outcome.usage {
             self.dbs

@@ -5,7 +5,7 @@
 //! [`Command::Checkpoint`](wraft_core::Command::Checkpoint) entry each replica records its
 //! digest; the next checkpoint carries the leader's recorded digest, and a replica whose own
 //! record at that index differs marks itself diverged: it logs the parts that differ, sets the
-//! `state_diverged` gauge, and refuses reads until its state is replaced (restore from a
+//! `wraft_state_diverged` gauge, and refuses reads until its state is replaced (restore from a
 //! healthy node's backup, or a snapshot install), which clears the mark.
 
 use heed::{RoTxn, RwTxn};
@@ -148,7 +148,7 @@ impl StateStore {
         {
             let parts = own.differences(leader);
             if parts.is_empty() {
-                metrics::counter!("checkpoints_verified_total").increment(1);
+                metrics::counter!(crate::metrics::names::CHECKPOINTS_VERIFIED).increment(1);
             } else if self.divergence_in(txn)?.is_none() {
                 let d = Divergence {
                     checkpoint: own.index,
@@ -156,8 +156,8 @@ impl StateStore {
                     parts,
                 };
                 tracing::error!("{d}; this node serves no reads until it is repaired");
-                metrics::counter!("checkpoint_mismatches_total").increment(1);
-                metrics::gauge!("state_diverged").set(1.0);
+                metrics::counter!(crate::metrics::names::CHECKPOINT_MISMATCHES).increment(1);
+                metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(1.0);
                 self.dbs.meta.put(
                     txn,
                     &keys::meta(self.group, MetaTag::Divergence),

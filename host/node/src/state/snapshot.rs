@@ -94,7 +94,11 @@ impl StateStore {
         if result.is_ok() {
             // The imported state carries its own divergence record (normally none).
             let diverged = self.divergence()?.is_some();
-            metrics::gauge!("state_diverged").set(if diverged { 1.0 } else { 0.0 });
+            metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(if diverged {
+                1.0
+            } else {
+                0.0
+            });
         }
         result
     }

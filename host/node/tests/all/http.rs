@@ -200,12 +200,12 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
     let (status, after) = http(node, "GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
     for name in [
-        "commit_marshal_duration_seconds_count",
-        "commit_raft_apply_duration_seconds_count",
-        "commit_payload_size_bytes_count",
-        "fsm_apply_duration_seconds_count",
-        "raft_log_store_duration_seconds_count",
-        "fsm_fuel_used_count",
+        "wraft_commit_marshal_duration_seconds_count",
+        "wraft_commit_raft_apply_duration_seconds_count",
+        "wraft_commit_payload_size_bytes_count",
+        "wraft_fsm_apply_duration_seconds_count",
+        "wraft_raft_log_store_duration_seconds_count",
+        "wraft_fsm_fuel_used_count",
     ] {
         assert!(
             sample(&after, name) >= sample(&before, name) + 5.0,
@@ -215,18 +215,49 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
         );
     }
     for gauge in [
-        "raft_term",
-        "raft_committed_index",
-        "raft_applied_index",
-        "raft_leader_id",
+        "wraft_raft_term{",
+        "wraft_raft_committed_index{",
+        "wraft_raft_applied_index{",
+        "wraft_raft_leader_id{",
+        "wraft_build_info{",
     ] {
         assert!(sample(&after, gauge) >= 1.0, "{gauge} missing:\n{after}");
+    }
+    // The scrape-time gauges name the node; the leader reports each follower's lag and
+    // both LMDB envs' file sizes.
+    assert!(
+        after.contains(&format!("wraft_raft_term{{node=\"{leader}\"}}")),
+        "{after}"
+    );
+    let followers = after
+        .lines()
+        .filter(|l| l.starts_with("wraft_raft_follower_lag_entries{"))
+        .count();
+    assert_eq!(followers, 2, "{after}");
+    for env in ["raft", "state"] {
+        let size = after
+            .lines()
+            .filter(|l| {
+                l.starts_with("wraft_lmdb_file_size_bytes{")
+                    && l.contains(&format!("env=\"{env}\""))
+            })
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum::<f64>();
+        assert!(size > 0.0, "no size for the {env} env:\n{after}");
+    }
+    // Every family the server exposes is a declared (and so documented) one, and has the prefix.
+    for line in after.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let family = line.split_whitespace().nth(2).expect("a family name");
+        assert!(
+            wraft_host::metrics::names::ALL.contains(&family),
+            "{family} is served but not declared in metrics::names (nor documented)"
+        );
     }
     // Where the leader's entries spent their time, per stage (openraft's log stages).
     let stage_p50 = |stage: &str| -> f64 {
         after
             .lines()
-            .filter(|l| l.starts_with("raft_log_stage_seconds{"))
+            .filter(|l| l.starts_with("wraft_raft_log_stage_seconds{"))
             .filter(|l| l.contains(&format!("stage=\"{stage}\"")) && l.contains("quantile=\"0.5\""))
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum()
@@ -247,7 +278,7 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
     .await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("too_large"), "{body}");
-    let rejected = sample(&after, "proposals_rejected_total");
+    let rejected = sample(&after, "wraft_proposals_rejected_total");
     let (status, _) = http(
         node,
         "POST",
@@ -259,7 +290,7 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
     assert_eq!(status, 403);
     let (_, later) = http(node, "GET", "/metrics", &[], b"").await;
     assert!(
-        sample(&later, "proposals_rejected_total") > rejected,
+        sample(&later, "wraft_proposals_rejected_total") > rejected,
         "{later}"
     );
     let (status, body) = http(node, "GET", "/readyz", &[], b"").await;

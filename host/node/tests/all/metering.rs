@@ -95,17 +95,18 @@ fn op(fsm: &str, byte: u8) -> ApiRequest {
 /// The node's count of applies and of those that took at most a second.
 async fn applies_within_a_second(http: std::net::SocketAddr) -> (f64, f64) {
     let (_, metrics) = crate::http::http(http, "GET", "/metrics", &[], b"").await;
-    let sample = |line_start: &str| {
+    // A node process labels its series (`node="1"`): match the name and the bucket's label.
+    let sample = |line_start: &str, label: &str| {
         metrics
             .lines()
-            .find(|l| l.starts_with(line_start))
+            .find(|l| l.starts_with(line_start) && l.contains(label))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
     (
-        sample("fsm_apply_duration_seconds_count"),
-        sample("fsm_apply_duration_seconds_bucket{le=\"1\"}"),
+        sample("wraft_fsm_apply_duration_seconds_count", ""),
+        sample("wraft_fsm_apply_duration_seconds_bucket{", "le=\"1\"}"),
     )
 }
 

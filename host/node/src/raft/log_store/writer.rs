@@ -205,7 +205,7 @@ fn commit_appends(inner: &Inner, appends: Queued) {
         (Err(_), _) => d.failed = true,
     });
     if result.is_ok() {
-        crate::metrics::seconds("raft_log_store_duration_seconds", started.elapsed());
+        crate::metrics::seconds(crate::metrics::names::RAFT_LOG_STORE, started.elapsed());
         let mut tail = super::locked(&inner.tail, "tail");
         for (index, log_id, _) in appends.iter().flat_map(|(e, _)| e) {
             if tail.get(index).is_some_and(|e| e.log_id == *log_id) {
