@@ -104,6 +104,13 @@ async fn applies_within_a_second(http: std::net::SocketAddr) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    // `wraft serve` labels every series of its process with its node id.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wraft_fsm_apply_duration_seconds_count{node=\"")),
+        "a node process's histograms carry no node label:\n{metrics}"
+    );
     (
         sample("wraft_fsm_apply_duration_seconds_count", ""),
         sample("wraft_fsm_apply_duration_seconds_bucket{", "le=\"1\"}"),
