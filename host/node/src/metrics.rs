@@ -183,4 +183,37 @@ mod tests {
         declared.sort_unstable();
         assert_eq!(documented, declared);
     }
+
+    /// The Grafana dashboard in docs/ queries only metrics the node serves (a histogram's
+    /// `_bucket`, `_count` and `_sum` series are its own), and every panel has a query.
+    #[test]
+    fn the_grafana_dashboard_queries_declared_metrics() {
+        let text = include_str!("../../../docs/grafana-dashboard.json");
+        let dashboard: serde_json::Value = serde_json::from_str(text).expect("dashboard JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10, "{} panels", panels.len());
+        let mut used = 0;
+        for panel in panels {
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().expect("a PromQL expression");
+                let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+                for word in words.filter(|w| w.starts_with("wraft_")) {
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .filter(|base| names::ALL.contains(base))
+                        .unwrap_or(word);
+                    assert!(
+                        names::ALL.contains(&family),
+                        "panel {} queries {word}, which the node does not serve",
+                        panel["title"]
+                    );
+                    used += 1;
+                }
+            }
+        }
+        assert!(used > 0);
+    }
 }
