@@ -83,7 +83,12 @@ enum Cmd {
         /// The query, JSON.
         json: String,
         /// How fresh the answer must be.
-        #[arg(long, value_enum, default_value = "linearizable")]
+        #[arg(
+            long,
+            value_enum,
+            env = "WRAFT_CONSISTENCY",
+            default_value = "linearizable"
+        )]
         consistency: ReadLevel,
         #[command(flatten)]
         conn: Conn,
@@ -248,5 +253,44 @@ mod tests {
     #[test]
     fn the_command_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every flag that takes a value can also come from a `WRAFT_*` environment variable
+    /// (as systemd units and containers set them); switches (`--json`, `--force`, ...) and
+    /// positional arguments are the exceptions.
+    #[test]
+    fn every_flag_with_a_value_has_an_environment_variable() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let takes_value = arg.get_action().takes_values();
+                if arg.is_positional() || !takes_value || arg.get_id() == "help" {
+                    continue;
+                }
+                match arg.get_env() {
+                    Some(env) if env.to_string_lossy().starts_with("WRAFT_") => {}
+                    _ => missing.push(format!("{path} --{}", arg.get_id())),
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        // A command's own operand, different every time: an environment variable left set
+        // would silently become the next command's operand.
+        let operands = [
+            "wraft apply --batch",
+            "wraft fsm create --module",
+            "wraft fsm upgrade --module",
+            "wraft cluster transfer-leader --to",
+            "wraft voter keygen --out",
+            "wraft man --dir",
+        ];
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "wraft", &mut missing);
+        missing.retain(|flag| !operands.contains(&flag.as_str()));
+        assert!(
+            missing.is_empty(),
+            "flags without a WRAFT_ variable: {missing:#?}"
+        );
     }
 }

@@ -54,10 +54,10 @@ pub enum VoterCmd {
         #[arg(long, env = "WRAFT_VOTER_KEY")]
         key: PathBuf,
         /// The flash image.
-        #[arg(long)]
+        #[arg(long, env = "WRAFT_VOTER_FLASH_IMAGE")]
         flash_image: PathBuf,
         /// Byte offset of the key's sector in the image (the QEMU firmware's: 65536).
-        #[arg(long, default_value_t = FIRMWARE_KEY_AT)]
+        #[arg(long, env = "WRAFT_VOTER_KEY_OFFSET", default_value_t = FIRMWARE_KEY_AT)]
         offset: u64,
     },
 }

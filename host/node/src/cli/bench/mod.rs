@@ -38,20 +38,30 @@ pub struct BenchArgs {
     #[arg(long, env = "WRAFT_BENCH_DIR")]
     pub dir: Option<PathBuf>,
     /// Closed-loop clients, one row each.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    #[arg(
+        long,
+        env = "WRAFT_BENCH_CLIENTS",
+        value_delimiter = ',',
+        default_value = "1,16,64,256"
+    )]
     pub clients: Vec<usize>,
     /// Command sizes in bytes (the encoded command), one set of rows each.
-    #[arg(long, value_delimiter = ',', default_value = "256")]
+    #[arg(
+        long,
+        env = "WRAFT_BENCH_SIZE",
+        value_delimiter = ',',
+        default_value = "256"
+    )]
     pub size: Vec<usize>,
     /// The local cluster's nodes listen on this UDP port of 127.0.0.1 and the next two
     /// (default: free ports).
-    #[arg(long)]
+    #[arg(long, env = "WRAFT_BENCH_PORT")]
     pub port: Option<u16>,
     /// Seconds per row.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "WRAFT_BENCH_SECS", default_value_t = 5)]
     pub secs: u64,
     /// The latest-payload FSM to commit to (created if missing).
-    #[arg(long, default_value = "bench")]
+    #[arg(long, env = "WRAFT_BENCH_FSM", default_value = "bench")]
     pub fsm: String,
     /// Print one JSON document instead of the table.
     #[arg(long)]
