@@ -18,7 +18,8 @@ use wraft_faults::proxy::{Faults, Network};
 
 use crate::cli::free_udp_ports;
 use crate::processes::{
-    certs_for, create_register, identity, node_processes, put, register, runtime, three_nodes,
+    certs_for, create_register, identity, node_processes, put, register, runtime, stop_cleanly,
+    three_nodes,
 };
 
 fn incr() -> ApiRequest {
@@ -191,14 +192,7 @@ fn a_write_discarded_on_a_leader_change_is_applied_once_and_its_retry_gets_the_f
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(counter(&admin).await, 1, "the increment was applied twice");
-        for n in &mut nodes {
-            assert!(
-                n.stop(),
-                "node {} did not stop cleanly:\n{}",
-                n.spec.id,
-                n.log()
-            );
-        }
+        stop_cleanly(&mut nodes);
     });
 }
 
@@ -258,13 +252,6 @@ fn a_write_forwarded_to_a_leader_that_stops_answering_has_an_unknown_outcome() {
         // Whatever happened to it, it happened at most once.
         let n = counter(&admin).await;
         assert!((1..=2).contains(&n), "the counter reads {n}");
-        for n in &mut nodes {
-            assert!(
-                n.stop(),
-                "node {} did not stop cleanly:\n{}",
-                n.spec.id,
-                n.log()
-            );
-        }
+        stop_cleanly(&mut nodes);
     });
 }

@@ -9,7 +9,7 @@ use wraft_api::ApiError;
 use wraft_client::{Client, ClientError};
 use wraft_host::raft::leadership::ANSWERED_WITHIN;
 
-use crate::processes::{create_register, identity, runtime, three_nodes};
+use crate::processes::{create_register, identity, runtime, stop_cleanly, three_nodes};
 
 #[test]
 fn a_stopping_leader_hands_over_and_a_transfer_to_a_silent_node_is_refused() {
@@ -68,13 +68,6 @@ fn a_stopping_leader_hands_over_and_a_transfer_to_a_silent_node_is_refused() {
             .expect("the successor's status");
         assert_eq!(now.leader, Some(successor), "{now:?}");
         assert!(now.term > before.term, "{now:?}");
-        for n in &mut nodes {
-            assert!(
-                n.stop(),
-                "node {} did not stop cleanly:\n{}",
-                n.spec.id,
-                n.log()
-            );
-        }
+        stop_cleanly(&mut nodes);
     });
 }

@@ -150,6 +150,18 @@ pub(crate) fn three_nodes(
     (certs, real, nodes)
 }
 
+/// Stops every node; each must stop cleanly (SIGTERM, exit 0).
+pub(crate) fn stop_cleanly(nodes: &mut [NodeProcess]) {
+    for n in nodes.iter_mut() {
+        assert!(
+            n.stop(),
+            "node {} did not stop cleanly:\n{}",
+            n.spec.id,
+            n.log()
+        );
+    }
+}
+
 /// Stops every node (each must stop cleanly and never have exited on its own), requires
 /// `wraft init verify` to pass on every data directory, runs `check` on each node's state,
 /// and requires the state digests to agree.
