@@ -451,6 +451,7 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
     gauge(names::RAFT_LAST_LOG_INDEX, s.last_log.unwrap_or(0) as f64);
     gauge(names::RAFT_COMMITTED_INDEX, s.committed.unwrap_or(0) as f64);
     gauge(names::RAFT_APPLIED_INDEX, s.applied.unwrap_or(0) as f64);
+    gauge(names::PROPOSAL_QUEUE_DEPTH, http.api.queue_depth() as f64);
     // The leader knows what each follower holds; a follower reports none.
     if s.leader == Some(s.node) {
         let last = s.last_log.unwrap_or(0);

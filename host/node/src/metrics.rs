@@ -58,6 +58,8 @@ pub mod names {
     pub const RAFT_LOG_STAGE: &str = "wraft_raft_log_stage_seconds";
     /// Gauge (scrape): the size of an LMDB env's data file, `env` = `raft` | `state` (bytes).
     pub const LMDB_FILE_SIZE: &str = "wraft_lmdb_file_size_bytes";
+    /// Gauge (scrape): proposals holding a slot of the node's queue (`--queue`) now.
+    pub const PROPOSAL_QUEUE_DEPTH: &str = "wraft_proposal_queue_depth";
 
     /// All of them.
     pub const ALL: &[&str] = &[
@@ -84,6 +86,7 @@ pub mod names {
         RAFT_FOLLOWER_LAG,
         RAFT_LOG_STAGE,
         LMDB_FILE_SIZE,
+        PROPOSAL_QUEUE_DEPTH,
     ];
 }
 

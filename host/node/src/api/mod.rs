@@ -97,14 +97,15 @@ impl NodeApi {
 
     /// The data files of this node's LMDB envs (`raft`, `state`), for `/metrics`.
     pub fn env_files(&self) -> [(&'static str, std::path::PathBuf); 2] {
-        let state = self.store.path();
-        let data_dir = state
-            .parent()
-            .expect("the state env lives in <data dir>/state");
         [
-            ("raft", data_dir.join("raft").join("data.mdb")),
-            ("state", state.join("data.mdb")),
+            ("raft", self.data_dir.join("raft").join("data.mdb")),
+            ("state", self.store.path().join("data.mdb")),
         ]
+    }
+
+    /// Proposals holding a slot of this node's queue now (proposed, not yet answered).
+    pub fn queue_depth(&self) -> usize {
+        self.capacity.saturating_sub(self.queue.available_permits())
     }
 
     fn metrics(&self) -> openraft::RaftMetrics<wraft_core::raft::TypeConfig> {

@@ -223,6 +223,13 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
     ] {
         assert!(sample(&after, gauge) >= 1.0, "{gauge} missing:\n{after}");
     }
+    // Nothing is in flight between the writes above and this scrape.
+    assert!(
+        after.contains(&format!(
+            "wraft_proposal_queue_depth{{node=\"{leader}\"}} 0"
+        )),
+        "{after}"
+    );
     // The scrape-time gauges name the node; the leader reports each follower's lag and
     // both LMDB envs' file sizes.
     assert!(
