@@ -20,7 +20,8 @@ pub(super) enum Lane {
 impl NodeApi {
     /// Runs `call` (a guest call made for a caller: a query or a JSON codec) on a thread of
     /// the guest pool, so wasm never holds the async workers that carry raft's heartbeats;
-    /// at most `guest_threads` run at once and the rest wait their turn.
+    /// at most `guest_threads` (reads) or `codec_threads` (writes' codecs) run at once and
+    /// the rest wait their turn.
     pub(super) async fn on_guest_thread<T: Send + 'static>(
         &self,
         lane: Lane,

@@ -85,7 +85,8 @@ impl NodeApi {
             raft,
             store,
             queue: Arc::new(Semaphore::new(capacity)),
-            guests: std::array::from_fn(|_| Arc::new(Semaphore::new(limits.guest_threads.max(1)))),
+            guests: [limits.guest_threads, limits.codec_threads]
+                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
             in_progress: std::array::from_fn(|_| Semaphore::new(limits.requests_per_role)),
             capacity,
             forward,

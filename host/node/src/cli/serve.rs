@@ -108,10 +108,13 @@ pub struct LimitArgs {
     /// QUIC connections open at once in all (default 4096).
     #[arg(long, env = "WRAFT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Queries and JSON codec calls running at once, per lane (reads, writes), 1 to 24;
-    /// default: 8 per CPU, at most 24 (one per CPU on 32-bit hosts).
+    /// Queries (and their JSON codecs) running at once, 1 to 24; default: one per CPU.
     #[arg(long, env = "WRAFT_GUEST_THREADS")]
     pub guest_threads: Option<usize>,
+    /// Writes' JSON codec calls running at once, 1 to 24; default: 8 per CPU, at most 24
+    /// (one per CPU on 32-bit hosts).
+    #[arg(long, env = "WRAFT_CODEC_THREADS")]
+    pub codec_threads: Option<usize>,
     /// Largest HTTP request body, in bytes (default 65 MiB).
     #[arg(long, env = "WRAFT_HTTP_MAX_BODY")]
     pub http_max_body: Option<usize>,
@@ -137,16 +140,22 @@ impl LimitArgs {
         if let Some(n) = pick!(max_requests_per_role) {
             l.requests_per_role = n;
         }
-        if let Some(n) = pick!(guest_threads) {
-            let max = wraft_host::runtime::MAX_GUEST_THREADS;
+        let max = wraft_host::runtime::MAX_GUEST_THREADS;
+        let lane = |n: usize, flag: &str| -> anyhow::Result<usize> {
             if !(1..=max).contains(&n) {
                 bail!(
-                    "--guest-threads {n}: give 1 to {max} (guest_threads in the config file): the \
-                     wasm instance pool has 64 slots, and both lanes together must leave room \
-                     for the apply"
+                    "--{flag} {n}: give 1 to {max} (or in the config file): the wasm instance \
+                     pool has 64 slots, and queries and codecs together must leave room for \
+                     the apply"
                 );
             }
-            l.guest_threads = n;
+            Ok(n)
+        };
+        if let Some(n) = pick!(guest_threads) {
+            l.guest_threads = lane(n, "guest-threads")?;
+        }
+        if let Some(n) = pick!(codec_threads) {
+            l.codec_threads = lane(n, "codec-threads")?;
         }
         let t = &mut l.transport;
         if let Some(n) = pick!(max_read_request_bytes) {
