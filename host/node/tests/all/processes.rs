@@ -170,13 +170,8 @@ pub(crate) fn stop_verify_and_compare(
     nodes: &mut [NodeProcess],
     check: impl Fn(NodeId, &wraft_host::state::StateStore),
 ) {
-    for n in nodes.iter_mut() {
-        assert!(
-            n.stop(),
-            "node {} did not stop cleanly:\n{}",
-            n.spec.id,
-            n.log()
-        );
+    stop_cleanly(nodes);
+    for n in nodes.iter() {
         assert!(
             n.exits.is_empty(),
             "node {} exited: {:?}",
