@@ -61,6 +61,16 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
 }
 
+impl ClusterStatus {
+    /// How many entries of the answering node's log `n` is not known to hold: the leader
+    /// knows each member's matched index (`None` where it does not, or on a follower).
+    pub fn lag(&self, n: &NodeStatus) -> Option<u64> {
+        n.matched
+            .zip(self.last_log)
+            .map(|(m, last)| last.saturating_sub(m))
+    }
+}
+
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiResponse {

@@ -454,9 +454,9 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
     gauge(names::PROPOSAL_QUEUE_DEPTH, http.api.queue_depth() as f64);
     // The leader knows what each follower holds; a follower reports none.
     if s.leader == Some(s.node) {
-        let last = s.last_log.unwrap_or(0);
         for n in s.nodes.iter().filter(|n| n.id != s.node) {
-            let lag = last.saturating_sub(n.matched.unwrap_or(0));
+            // Not known to hold anything: the whole log.
+            let lag = s.lag(n).unwrap_or(s.last_log.unwrap_or(0));
             metrics::gauge!(names::RAFT_FOLLOWER_LAG, "node" => node.clone(), "follower" => n.id.to_string())
                 .set(lag as f64);
         }

@@ -57,7 +57,8 @@ pub struct Conn {
     pub timeout: std::time::Duration,
 }
 
-/// `10s`, `500ms`, `2m`, or plain seconds (`1.5`).
+/// `10s`, `500ms`, `2m`, or plain seconds (`1.5`). Hand-made: no duration-parsing crate
+/// (humantime) is in the dependency tree, and three units are all a timeout needs.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
         Some(at) => s.split_at(at),
@@ -387,14 +388,6 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How far `n` is behind the answering node's last log index: the leader knows each
-/// member's matched index; lag is what it still lacks.
-fn lag(s: &wraft_api::ClusterStatus, n: &wraft_api::NodeStatus) -> Option<u64> {
-    n.matched
-        .zip(s.last_log)
-        .map(|(m, last)| last.saturating_sub(m))
-}
-
 /// `wraft cluster ...`.
 pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
     let client = conn.client()?;
@@ -404,7 +397,7 @@ pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
             let mut value = serde_json::to_value(&s)?;
             if let Some(nodes) = value["nodes"].as_array_mut() {
                 for (v, n) in nodes.iter_mut().zip(&s.nodes) {
-                    v["lag"] = serde_json::json!(lag(&s, n));
+                    v["lag"] = serde_json::json!(s.lag(n));
                 }
             }
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -428,7 +421,7 @@ pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
             );
             for n in &s.nodes {
                 let role = if Some(n.id) == s.leader { "leader" } else { "" };
-                let lag = lag(&s, n);
+                let lag = s.lag(n);
                 println!(
                     "{:<6} {:<22} {:<8} {:<8} {:>8} {:>6}",
                     n.id,

@@ -33,6 +33,15 @@ pub struct StateSummary {
     pub digest: Option<StateDigest>,
 }
 
+impl StateSummary {
+    /// `fsm`'s state hash in hex, when the digest was computed (verify only).
+    fn state_hash(&self, fsm: &str) -> Option<String> {
+        let digest = self.digest.as_ref()?;
+        let (_, hash) = digest.fsms.iter().find(|(n, _)| n.as_str() == fsm)?;
+        Some(hex::encode(hash))
+    }
+}
+
 /// What a data directory holds.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -280,12 +289,8 @@ impl Report {
             }
             for (name, rec) in &s.fsms {
                 let hash = s
-                    .digest
-                    .as_ref()
-                    .and_then(|d| d.fsms.iter().find(|(n, _)| n.as_str() == name))
-                    .map_or(String::new(), |(_, h)| {
-                        format!(", state {}", hex::encode(h))
-                    });
+                    .state_hash(name)
+                    .map_or(String::new(), |h| format!(", state {h}"));
                 let _ = writeln!(o, "  fsm           {name}: module {}{hash}", rec.module_id);
             }
             for (id, size) in &s.modules {
@@ -366,12 +371,6 @@ impl Report {
             })
         });
         let state = self.state.as_ref().map(|s| {
-            let state_hash = |name: &str| {
-                s.digest
-                    .as_ref()
-                    .and_then(|d| d.fsms.iter().find(|(n, _)| n.as_str() == name))
-                    .map(|(_, h)| hex::encode(h))
-            };
             serde_json::json!({
                 "file_bytes": s.file_bytes,
                 "reclaimable_bytes": s.reclaimable_bytes,
@@ -380,7 +379,7 @@ impl Report {
                 "fsms": s.fsms.iter().map(|(name, rec)| serde_json::json!({
                     "name": name,
                     "module_id": rec.module_id.to_string(),
-                    "state_hash": state_hash(name),
+                    "state_hash": s.state_hash(name),
                 })).collect::<Vec<_>>(),
                 "modules": s.modules.iter().map(|(id, size)| serde_json::json!({
                     "module_id": id.to_string(),

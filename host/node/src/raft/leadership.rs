@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use openraft::Instant as _;
+use openraft::RaftMetrics;
 use openraft::type_config::async_runtime::WatchReceiver;
-use wraft_core::raft::NodeId;
+use wraft_core::raft::{NodeId, TypeConfig};
 
 use super::Raft;
 
@@ -137,11 +138,10 @@ pub fn successor(
     })
 }
 
-/// The other members as the leader `me` sees them now (none if it does not lead).
-fn peers(raft: &Raft, me: NodeId) -> (Vec<Peer>, u64) {
-    let m = raft.metrics().borrow_watched().clone();
+/// The other members as the leader `me` sees them in `m`.
+fn peers(m: &RaftMetrics<TypeConfig>, me: NodeId) -> Vec<Peer> {
     let membership = m.membership_config.membership();
-    let peers = membership
+    membership
         .nodes()
         .map(|(id, _)| *id)
         .filter(|id| *id != me)
@@ -162,8 +162,7 @@ fn peers(raft: &Raft, me: NodeId) -> (Vec<Peer>, u64) {
                 .and_then(|h| h.get(&id).cloned().flatten())
                 .map(|at| at.elapsed()),
         })
-        .collect();
-    (peers, m.last_log_index.unwrap_or(0))
+        .collect()
 }
 
 /// Hands leadership from `me` to `to` (or the best successor) and waits up to `wait` for
@@ -174,11 +173,11 @@ pub async fn hand_over(
     to: Option<NodeId>,
     wait: Duration,
 ) -> Result<NodeId, HandOverError> {
-    if raft.metrics().borrow_watched().current_leader != Some(me) {
+    let m = raft.metrics().borrow_watched().clone();
+    if m.current_leader != Some(me) {
         return Err(HandOverError::NotLeader);
     }
-    let (peers, last_log) = peers(raft, me);
-    let target = successor(&peers, last_log, to)?;
+    let target = successor(&peers(&m, me), m.last_log_index.unwrap_or(0), to)?;
     raft.trigger()
         .transfer_leader(target)
         .await

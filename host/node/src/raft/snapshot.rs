@@ -166,7 +166,6 @@ pub(crate) fn unique_path(dir: &Path, what: &str, ext: &str) -> PathBuf {
     dir.join(format!("{what}-{nanos}.{ext}"))
 }
 
-/// Removes `path`; one already gone is fine.
 /// The snapshot directory of one node. Builds and installs may be asked for at the same
 /// time (openraft builds in a task of its own while a leader's snapshot arrives): they take
 /// turns, so one never publishes, or clears away, the other's files mid-way.

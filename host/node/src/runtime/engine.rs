@@ -15,8 +15,8 @@ pub const MAX_MEMORY_PAGES: u32 = 16_384;
 /// codec calls run beside them.
 const POOL_INSTANCES: u32 = 64;
 
-/// Most guest calls made for callers (queries, JSON codecs) one lane of the guest pool may run
-/// at once (`--guest-threads`). Both lanes together leave 16 of the pool's 64 instance slots
+/// Most guest calls made for callers one lane of the guest pool may run at once
+/// (`--guest-threads` for queries, `--codec-threads` for writes' JSON codecs). Both lanes together leave 16 of the pool's 64 instance slots
 /// to the apply (one call at a time), module validation on deploy and init/migrate calls: an
 /// apply that found no free slot would be a fault of the node, not an answer.
 pub const MAX_GUEST_THREADS: usize = 24;
