@@ -7,7 +7,7 @@ CARGO ?= cargo
 # absolute: the firmware builds in its own directory), else ./target.
 TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(abspath $(CARGO_TARGET_DIR)),$(CURDIR)/target)
 
-.PHONY: setup dev test man bench fuzz fuzz-seeds ci edge-setup edge edge-test embedded-setup embedded embedded-test
+.PHONY: setup dev test man bench fuzz fuzz-seeds ci edge-setup edge edge-test embedded-setup embedded embedded-test console-test
 
 ## Rust targets and components the build needs (idempotent, offline once installed).
 setup:
@@ -86,6 +86,12 @@ embedded: embedded-setup
 ## (host/node/tests/all/embedded.rs).
 embedded-test: embedded
 	WRAFT_VOTER_FIRMWARE=$(VOTER_FIRMWARE) $(CARGO) test -p wraft-host --test all embedded -- --ignored --nocapture
+
+## The web console in headless Chromium against three `wraft serve` processes; the screenshot
+## is kept in target/console.png (host/node/tests/all/console.rs).
+console-test: setup
+	bash host/node/tests/browser-setup.sh
+	$(CARGO) test -p wraft-host --test all console -- --ignored --nocapture
 
 ## What CI runs.
 ci:

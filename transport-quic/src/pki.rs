@@ -77,10 +77,15 @@ impl DevCa {
 
     /// The certificate of node `id` (server and client authentication).
     pub fn node(&self, id: NodeId) -> Result<CertifiedKey, TransportError> {
-        self.sign(
-            vec![node_name(id), CLUSTER_NAME.into()],
-            &format!("wraft node {id}"),
-        )
+        self.node_at(id, &[])
+    }
+
+    /// The certificate of node `id`, also valid for `hosts` (IP addresses or DNS names): what
+    /// an HTTPS client checks when it reaches the node's HTTP port by address.
+    pub fn node_at(&self, id: NodeId, hosts: &[String]) -> Result<CertifiedKey, TransportError> {
+        let mut names = vec![node_name(id), CLUSTER_NAME.into()];
+        names.extend(hosts.iter().cloned());
+        self.sign(names, &format!("wraft node {id}"))
     }
 
     /// A client certificate with `role`, for `who`.

@@ -86,9 +86,48 @@ impl fmt::Debug for FsmName {
     }
 }
 
-/// A module's id: the sha256 of its bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A module's id: the sha256 of its bytes. In the log and the state (postcard) it is its 32
+/// bytes; in human-readable formats (the HTTP API's JSON, `--json`) its 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ModuleId(pub [u8; 32]);
+
+impl Serialize for ModuleId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let mut digits = [0u8; 64];
+            hex::encode_to_slice(self.0, &mut digits).map_err(serde::ser::Error::custom)?;
+            let text = core::str::from_utf8(&digits).map_err(serde::ser::Error::custom)?;
+            s.serialize_str(text)
+        } else {
+            // What `#[derive(Serialize)]` wrote: the bytes of the log and the state.
+            s.serialize_newtype_struct("ModuleId", &self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModuleId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            struct Hex;
+            impl serde::de::Visitor<'_> for Hex {
+                type Value = ModuleId;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a module id: 64 hex digits")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModuleId, E> {
+                    ModuleId::from_hex(v)
+                        .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            d.deserialize_str(Hex)
+        } else {
+            #[derive(Deserialize)]
+            #[serde(rename = "ModuleId")]
+            struct Bytes([u8; 32]);
+            Bytes::deserialize(d).map(|b| ModuleId(b.0))
+        }
+    }
+}
 
 impl ModuleId {
     /// Parses 64 hex digits.
@@ -124,6 +163,19 @@ mod tests {
         for bad in ["", "-x", "Upper", "a b", "ü", &"a".repeat(65)] {
             assert!(FsmName::new(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// Postcard (the log, the state) keeps the 32 bytes `derive` wrote; JSON gets hex.
+    #[test]
+    fn module_ids_are_bytes_in_postcard_and_hex_in_json() {
+        let id = ModuleId([0xab; 32]);
+        let bytes = postcard::to_allocvec(&id).expect("postcard");
+        assert_eq!(bytes, [0xab; 32]);
+        assert_eq!(postcard::from_bytes::<ModuleId>(&bytes).expect("back"), id);
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(32)));
+        assert_eq!(serde_json::from_str::<ModuleId>(&json).expect("back"), id);
+        assert!(serde_json::from_str::<ModuleId>("\"abc\"").is_err());
     }
 
     #[test]

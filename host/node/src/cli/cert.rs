@@ -19,6 +19,15 @@ pub struct CertArgs {
         default_value = "1,2,3"
     )]
     pub nodes: Vec<u64>,
+    /// IP addresses and DNS names the node certificates are also valid for: the names
+    /// HTTPS clients reach the nodes' HTTP ports by (the QUIC port needs none of them).
+    #[arg(
+        long,
+        env = "WRAFT_CERT_HOSTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,localhost"
+    )]
+    pub hosts: Vec<String>,
     /// Replace existing files.
     #[arg(long)]
     pub force: bool,
@@ -74,8 +83,8 @@ mod tests {
     }
 }
 
-/// Writes `ca.pem`, `node-<id>.{pem,key}` and `{admin,writer,reader}.{pem,key}` to `out`.
-pub fn generate(out: &Path, nodes: &[u64], force: bool) -> anyhow::Result<()> {
+/// Writes `ca.pem`, `node-<id>.{pem,key}` (also valid for `hosts`) and `{admin,writer,reader}.{pem,key}` to `out`.
+pub fn generate(out: &Path, nodes: &[u64], hosts: &[String], force: bool) -> anyhow::Result<()> {
     if out.join("ca.pem").exists() && !force {
         bail!(
             "{} already holds a CA (ca.pem); pass --force to replace it",
@@ -86,7 +95,7 @@ pub fn generate(out: &Path, nodes: &[u64], force: bool) -> anyhow::Result<()> {
     let ca = DevCa::generate("wraft development CA")?;
     std::fs::write(out.join("ca.pem"), &ca.cert_pem)?;
     for id in nodes {
-        write(out, &format!("node-{id}"), &ca.node(*id)?)?;
+        write(out, &format!("node-{id}"), &ca.node_at(*id, hosts)?)?;
     }
     for role in Role::ALL {
         write(
@@ -100,7 +109,7 @@ pub fn generate(out: &Path, nodes: &[u64], force: bool) -> anyhow::Result<()> {
 
 /// Runs `wraft cert`.
 pub fn run(args: CertArgs) -> anyhow::Result<()> {
-    generate(&args.out, &args.nodes, args.force)?;
+    generate(&args.out, &args.nodes, &args.hosts, args.force)?;
     println!(
         "wrote a development CA and certificates to {}:\n  ca.pem\n{}  admin, writer, reader (.pem/.key): client certificates by role",
         args.out.display(),

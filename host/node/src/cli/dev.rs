@@ -40,7 +40,7 @@ fn dev_tokens(data_dir: &Path) -> anyhow::Result<Vec<String>> {
             .map(|(role, r)| format!("{role}:{}", hex::encode(r)))
             .collect();
         std::fs::create_dir_all(data_dir)?;
-        std::fs::write(&path, lines.join("\n") + "\n")?;
+        super::cert::write_private(&path, (lines.join("\n") + "\n").as_bytes())?;
     }
     Ok(std::fs::read_to_string(&path)?
         .lines()
@@ -61,22 +61,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     super::raise_open_files_limit();
     let certs = args.data_dir.join("certs");
     if !certs.join("ca.pem").exists() {
-        super::cert::generate(&certs, &[1, 2, 3], false)?;
+        super::cert::generate(&certs, &[1, 2, 3], &["127.0.0.1".into()], false)?;
     }
     let addrs: Vec<SocketAddr> = (0..3)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], args.port + i)))
         .collect();
+    let tokens = dev_tokens(&args.data_dir)?
+        .iter()
+        .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reader = tokens
+        .iter()
+        .find(|(_, role)| *role == wraft_api::Role::Reader)
+        .map_or(String::new(), |(t, _)| t.clone());
     let mut nodes = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let dir = args.data_dir.join(format!("node-{id}"));
         let mut config = NodeConfig::new(id, dir, *addr, identity(&certs, &format!("node-{id}"))?);
         let http = SocketAddr::from(([127, 0, 0, 1], args.http_port + i as u16));
-        let tokens = dev_tokens(&args.data_dir)?
-            .iter()
-            .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        config.http = Some(wraft_host::http::HttpConfig::new(http, tokens));
+        config.http = Some(wraft_host::http::HttpConfig::new(http, tokens.clone()));
         let node = ClusterNode::start(config)
             .await
             .with_context(|| format!("starting node {id} on {addr}"))?;
@@ -120,6 +124,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          wraft cluster transfer-leader\n  \
          curl -s -H \"Authorization: Bearer $(sed -n 's/^reader://p' {d}/http-tokens)\" http://127.0.0.1:{hp}/v1/status\n  \
          curl -s http://127.0.0.1:{hp}/metrics\n\
+         The web console (plain HTTP: `wraft dev` is for one machine): http://127.0.0.1:{hp}/#token={reader}\n\
          Ctrl-C stops the cluster; `wraft dev` again resumes it from {d}.",
         addrs
             .iter()

@@ -6,6 +6,7 @@ pub mod cert;
 pub mod client;
 pub mod dev;
 pub mod exit;
+pub mod http_port;
 pub mod init;
 pub mod local;
 pub mod reference;

@@ -13,6 +13,7 @@ use wraft_host::cluster::{ClusterNode, NodeConfig};
 pub struct ServeArgs {
     /// A TOML file with any of the keys below (`id`, `listen`, `data_dir`, `ca`, `cert`, `key`,
     /// `initial_members`, `queue`, `http_listen`, `http_tokens` and `voter_links` as lists,
+    /// `http_token_file`, `http_cert`, `http_key`, `http_plaintext`,
     /// `voter_key`, `checkpoint_interval`, ...).
     #[arg(long, env = "WRAFT_CONFIG")]
     pub config: Option<PathBuf>,
@@ -41,13 +42,8 @@ pub struct ServeArgs {
     /// Proposals admitted at once before callers get "queue full".
     #[arg(long, env = "WRAFT_QUEUE")]
     pub queue: Option<usize>,
-    /// TCP address of the HTTP port (`/healthz`, `/readyz`, `/metrics`, the JSON API).
-    #[arg(long, env = "WRAFT_HTTP_LISTEN")]
-    pub http_listen: Option<SocketAddr>,
-    /// A bearer token for the JSON API, as ROLE:TOKEN (role admin, writer or reader);
-    /// repeat the flag, or separate with commas in the variable.
-    #[arg(long = "http-token", env = "WRAFT_HTTP_TOKENS", value_delimiter = ',')]
-    pub http_tokens: Vec<String>,
+    #[command(flatten)]
+    pub http: super::http_port::HttpArgs,
     /// Seconds between consistency checkpoints proposed while this node leads (0: off;
     /// default 60).
     #[arg(long, env = "WRAFT_CHECKPOINT_INTERVAL")]
@@ -185,9 +181,8 @@ struct FileConfig {
     key: Option<PathBuf>,
     initial_members: Option<String>,
     queue: Option<usize>,
-    http_listen: Option<SocketAddr>,
-    #[serde(default)]
-    http_tokens: Vec<String>,
+    #[serde(flatten)]
+    http: super::http_port::HttpArgs,
     checkpoint_interval: Option<u64>,
     snapshot_entries: Option<u64>,
     snapshot_interval: Option<u64>,
@@ -258,8 +253,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let id = need!(id, "id");
     let listen = need!(listen, "listen");
     let data_dir = need!(data_dir, "data-dir");
-    let identity =
-        super::load_identity(&need!(ca, "ca"), &need!(cert, "cert"), &need!(key, "key"))?;
+    let (cert, key) = (need!(cert, "cert"), need!(key, "key"));
+    let identity = super::load_identity(&need!(ca, "ca"), &cert, &key)?;
     let members = args
         .initial_members
         .or(file.initial_members)
@@ -272,17 +267,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(q) = args.queue.or(file.queue) {
         config.queue = q;
     }
-    if let Some(listen) = args.http_listen.or(file.http_listen) {
-        let tokens = if args.http_tokens.is_empty() {
-            file.http_tokens
-        } else {
-            args.http_tokens
-        };
-        let tokens = tokens
-            .iter()
-            .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut http = wraft_host::http::HttpConfig::new(listen, tokens);
+    config.http = args.http.config(file.http, &cert, &key)?;
+    if let Some(http) = &mut config.http {
         if let Some(n) = args.limits.http_max_body.or(file.limits.http_max_body) {
             http.max_body = n;
         }
@@ -293,7 +279,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         {
             http.max_connections = n;
         }
-        config.http = Some(http);
     }
     if let Some(secs) = args.checkpoint_interval.or(file.checkpoint_interval) {
         config.checkpoint_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
@@ -333,6 +318,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => {}
     }
+    let scheme = match config.http.as_ref().map(|h| h.tls.is_some()) {
+        Some(false) => "http",
+        _ => "https",
+    };
     let node = ClusterNode::start(config).await?;
     if let Some(members) = members
         && !node.raft.is_initialized().await?
@@ -341,7 +330,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("node {id} serving on {}", node.addr);
     if let Some(http) = node.http_addr {
-        println!("node {id} HTTP on http://{http}");
+        println!("node {id} HTTP on {scheme}://{http}");
     }
     let wait = node.raft.wait(None);
     let fatal = wait.metrics(|m| m.running_state.is_err(), "raft stopped");

@@ -718,6 +718,7 @@ fn idle_and_slow_http_connections_do_not_stop_the_node_serving() {
             vec![
                 "--http-listen".into(),
                 http(id).to_string(),
+                "--http-plaintext".into(),
                 "--http-token".into(),
                 format!("writer:{HTTP_WRITER}"),
             ]

@@ -160,6 +160,16 @@ impl Cluster {
                 "127.0.0.1:0".parse().expect("addr"),
                 tokens.clone(),
             );
+            // TLS, as `wraft serve` serves by default: a certificate of the cluster CA valid
+            // for the address the tests connect to.
+            let cert = self
+                .ca
+                .node_at(id, &["127.0.0.1".into()])
+                .expect("HTTP certificate");
+            http.tls = Some(
+                wraft_host::http::server_config(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
+                    .expect("TLS settings"),
+            );
             // Small enough for the tests to send a body past it.
             http.max_body = 1 << 20;
             config.http = Some(http);
@@ -170,6 +180,12 @@ impl Cluster {
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> &std::path::Path {
         self.dirs[id as usize - 1].path()
+    }
+
+    /// Node `id`'s HTTP port, reached over TLS trusting the cluster CA.
+    pub fn http_port(&self, id: u64) -> crate::http::Port {
+        let addr = self.node(id).http_addr.expect("an HTTP port");
+        crate::http::Port::tls(addr, &self.ca.cert_pem)
     }
 
     pub fn node(&self, id: u64) -> &ClusterNode {

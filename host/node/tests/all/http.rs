@@ -21,7 +21,81 @@ fn tokens() -> Vec<(String, Role)> {
     ]
 }
 
-/// One HTTP/1.1 exchange through hyper's client: (status, body). `headers` are `Name: value`.
+/// An HTTP port as the tests reach it: plainly, or over TLS trusting one CA.
+#[derive(Clone)]
+pub(crate) struct Port {
+    pub addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Port {
+    pub(crate) fn plain(addr: SocketAddr) -> Self {
+        Self { addr, tls: None }
+    }
+
+    /// TLS, trusting the certificates in `ca_pem` only (none: trusting nothing).
+    pub(crate) fn tls(addr: SocketAddr, ca_pem: &str) -> Self {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("a PEM certificate")).expect("a CA");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Self {
+            addr,
+            tls: Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+                config,
+            ))),
+        }
+    }
+
+    /// One exchange that must be answered: (status, body).
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[String],
+        body: &[u8],
+    ) -> (u16, String) {
+        self.exchange(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// One HTTP/1.1 exchange through hyper's client: (status, body), or why there was no
+    /// answer (a refused TLS handshake, say). `headers` are `Name: value`.
+    pub(crate) async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[String],
+        body: &[u8],
+    ) -> Result<(u16, String), String> {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match &self.tls {
+            None => exchange(stream, self.addr, method, path, headers, body).await,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+                let stream = tls
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                exchange(stream, self.addr, method, path, headers, body).await
+            }
+        }
+    }
+}
+
+/// One plain HTTP/1.1 exchange: (status, body). `headers` are `Name: value`.
 pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
@@ -29,11 +103,27 @@ pub(crate) async fn http(
     headers: &[String],
     body: &[u8],
 ) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    Port::plain(addr)
+        .exchange(method, path, headers, body)
+        .await
+        .expect("an answer")
+}
+
+async fn exchange<S>(
+    stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &[u8],
+) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .expect("handshake");
+            .map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(connection);
     let mut request = axum::http::Request::builder()
         .method(method)
@@ -49,12 +139,15 @@ pub(crate) async fn http(
     let request = request
         .body(axum::body::Body::from(body.to_vec()))
         .expect("a request");
-    let response = sender.send_request(request).await.expect("a response");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("no response: {e}"))?;
     let status = response.status().as_u16();
     let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX)
         .await
-        .expect("the body");
-    (status, String::from_utf8_lossy(&body).into_owned())
+        .map_err(|e| format!("the body: {e}"))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Splits a shell command line as a POSIX shell would (the `shell-words` crate), after
@@ -69,7 +162,7 @@ fn shell_words(line: &str, vars: &[(&str, String)]) -> Vec<String> {
 /// Runs one `curl` command line as the test's HTTP client; returns (status, body).
 async fn curl(line: &str, vars: &[(&str, String)]) -> (u16, String) {
     let words = shell_words(line, vars);
-    let (mut method, mut headers, mut data, mut url) = (None, Vec::new(), None, None);
+    let (mut method, mut headers, mut data, mut url, mut ca) = (None, Vec::new(), None, None, None);
     let mut it = words.into_iter().skip(1);
     while let Some(w) = it.next() {
         match w.as_str() {
@@ -77,23 +170,24 @@ async fn curl(line: &str, vars: &[(&str, String)]) -> (u16, String) {
             "-X" => method = it.next(),
             "-H" => headers.push(it.next().expect("header")),
             "-d" => data = it.next(),
-            other if other.starts_with("http://") => url = Some(other.to_string()),
-            other => panic!("the doc uses a curl option the test does not know: {other}"),
+            "--cacert" => {
+                ca = Some(std::fs::read_to_string(it.next().expect("a file")).expect("CA"))
+            }
+            other if other.starts_with("https://") => url = Some(other.to_string()),
+            other => panic!("the doc uses a curl option or URL the test does not know: {other}"),
         }
     }
-    let url = url.expect("a URL");
-    let rest = url.trim_start_matches("http://");
+    let url = url.expect("an https:// URL");
+    let rest = url.trim_start_matches("https://");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let addr: SocketAddr = host.parse().expect("host:port");
     let method = method.unwrap_or_else(|| if data.is_some() { "POST" } else { "GET" }.into());
-    http(
-        addr,
-        &method,
-        path,
-        &headers,
-        data.unwrap_or_default().as_bytes(),
-    )
-    .await
+    // Without --cacert, curl would check the node against the system's CAs: none of them
+    // signed it.
+    Port::tls(addr, ca.as_deref().unwrap_or(""))
+        .exchange(&method, path, &headers, data.unwrap_or_default().as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
 }
 
 async fn cluster_with_sequencer() -> Cluster {
@@ -118,10 +212,13 @@ async fn every_curl_example_in_docs_api_md_runs() {
     let leader = c.leader().await.id;
     let follower = (1..=3).find(|id| *id != leader).expect("follower");
     let node = c.node(follower).http_addr.expect("http port");
+    let ca = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(ca.path(), &c.ca.cert_pem).expect("CA file");
     // The stale-read example needs the follower to have applied the FSM's creation.
     c.converged_hashes_of("sequencer").await;
     let vars = [
-        ("NODE", format!("http://{node}")),
+        ("NODE", format!("https://{node}")),
+        ("CA", ca.path().display().to_string()),
         ("ADMIN", ADMIN.to_string()),
         ("WRITER", WRITER.to_string()),
         ("READER", READER.to_string()),
@@ -178,8 +275,8 @@ fn sample(metrics: &str, name: &str) -> f64 {
 async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
     let mut c = cluster_with_sequencer().await;
     let leader = c.leader().await.id;
-    let node = c.node(leader).http_addr.expect("http port");
-    let (_, before) = http(node, "GET", "/metrics", &[], b"").await;
+    let node = c.http_port(leader);
+    let (_, before) = node.request("GET", "/metrics", &[], b"").await;
     let auth = |t: &str| vec![format!("Authorization: Bearer {t}")];
     for n in 1..=5u8 {
         let cmd = format!(
@@ -187,17 +284,17 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
             hex::encode([n; 32]),
             hex::encode([n - 1; 32])
         );
-        let (status, body) = http(
-            node,
-            "POST",
-            "/v1/fsms/sequencer/apply",
-            &auth(WRITER),
-            cmd.as_bytes(),
-        )
-        .await;
+        let (status, body) = node
+            .request(
+                "POST",
+                "/v1/fsms/sequencer/apply",
+                &auth(WRITER),
+                cmd.as_bytes(),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, after) = http(node, "GET", "/metrics", &[], b"").await;
+    let (status, after) = node.request("GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
     for name in [
         "wraft_commit_marshal_duration_seconds_count",
@@ -275,32 +372,54 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
     );
     // Refusals: oversized body, unknown token, reader writing; each counted or explained.
     let big = vec![b' '; (1 << 20) + 1];
-    let (status, body) = http(
-        node,
-        "POST",
-        "/v1/fsms/sequencer/apply",
-        &auth(WRITER),
-        &big,
-    )
-    .await;
+    let (status, body) = node
+        .request("POST", "/v1/fsms/sequencer/apply", &auth(WRITER), &big)
+        .await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("too_large"), "{body}");
     let rejected = sample(&after, "wraft_proposals_rejected_total");
-    let (status, _) = http(
-        node,
-        "POST",
-        "/v1/fsms/sequencer/apply",
-        &auth(READER),
-        b"{}",
-    )
-    .await;
+    let (status, _) = node
+        .request("POST", "/v1/fsms/sequencer/apply", &auth(READER), b"{}")
+        .await;
     assert_eq!(status, 403);
-    let (_, later) = http(node, "GET", "/metrics", &[], b"").await;
+    let (_, later) = node.request("GET", "/metrics", &[], b"").await;
     assert!(
         sample(&later, "wraft_proposals_rejected_total") > rejected,
         "{later}"
     );
-    let (status, body) = http(node, "GET", "/readyz", &[], b"").await;
+    let (status, body) = node.request("GET", "/readyz", &[], b"").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
+    c.stop_all().await;
+}
+
+/// The HTTP port speaks TLS: a client that does not trust the cluster CA is refused in the
+/// handshake, a plain-HTTP client gets no answer, and neither leaves the port unable to
+/// serve a client that trusts the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_is_tls_and_refuses_clients_that_do_not_trust_the_cluster_ca() {
+    let mut c = Cluster::start_http(1, tokens()).await;
+    let addr = c.node(1).http_addr.expect("http port");
+    let trusted = c.http_port(1);
+    let auth = [format!("Authorization: Bearer {READER}")];
+    let (status, body) = trusted.request("GET", "/v1/status", &auth, b"").await;
+    assert_eq!(status, 200, "{body}");
+    let other = wraft_transport_quic::pki::DevCa::generate("another CA").expect("CA");
+    for (who, port) in [
+        (
+            "a client trusting another CA",
+            Port::tls(addr, &other.cert_pem),
+        ),
+        ("a client trusting no CA", Port::tls(addr, "")),
+    ] {
+        let refused = port.exchange("GET", "/v1/status", &auth, b"").await;
+        let e = refused.expect_err(who);
+        assert!(e.starts_with("TLS handshake"), "{who}: {e}");
+    }
+    let plain = Port::plain(addr)
+        .exchange("GET", "/healthz", &[], b"")
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    let (status, _) = trusted.request("GET", "/healthz", &[], b"").await;
+    assert_eq!(status, 200);
     c.stop_all().await;
 }

@@ -142,6 +142,7 @@ fn start() -> Nodes {
             "100000",
             "--http-listen",
             &h.to_string(),
+            "--http-plaintext",
         ]
         .map(String::from)
         .to_vec();

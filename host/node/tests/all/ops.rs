@@ -267,8 +267,7 @@ async fn stale_read(c: &Cluster, id: u64) -> Result<Payload, wraft_client::Clien
 
 /// Node `id`'s `/readyz` answer.
 async fn readyz(c: &Cluster, id: u64) -> (u16, String) {
-    let addr = c.node(id).http_addr.expect("http port");
-    crate::http::http(addr, "GET", "/readyz", &[], b"").await
+    c.http_port(id).request("GET", "/readyz", &[], b"").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

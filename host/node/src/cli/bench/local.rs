@@ -31,7 +31,7 @@ impl LocalCluster {
                 .with_context(|| format!("removing a stale {}", dir.display()))?;
         }
         let certs = dir.join("certs");
-        crate::cli::cert::generate(&certs, &[1, 2, 3], false)?;
+        crate::cli::cert::generate(&certs, &[1, 2, 3], &[], false)?;
         let addrs = match port {
             Some(p) => (0..3)
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], p.saturating_add(i))))
@@ -79,8 +79,13 @@ impl LocalCluster {
                 cmd.args(["--initial-members", &members]);
             }
             if let Some((http_addrs, token)) = &http {
-                cmd.args(["--http-listen", &http_addrs[i].to_string()])
-                    .args(["--http-token", &format!("writer:{token}")]);
+                // Plain HTTP, as the etcd it is compared with is measured (docs/benchmarks.md).
+                cmd.args([
+                    "--http-listen",
+                    &http_addrs[i].to_string(),
+                    "--http-plaintext",
+                ])
+                .args(["--http-token", &format!("writer:{token}")]);
             }
             cluster
                 .children

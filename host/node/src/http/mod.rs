@@ -1,7 +1,15 @@
 //! The HTTP port of a node: `/healthz`, `/readyz`, `/metrics` (Prometheus), and a JSON API
 //! over the same requests the QUIC client API serves, authenticated by bearer tokens bound
-//! to roles. Every error is a JSON body `{"error": KIND, "message": TEXT}`. docs/api.md
-//! lists the endpoints; its curl examples are run by the tests.
+//! to roles, and the web console at `/`. Every error is a JSON body `{"error": KIND,
+//! "message": TEXT}`. docs/api.md lists the endpoints; its curl examples are run by the
+//! tests. With [`HttpConfig::tls`] every connection is TLS first.
+
+mod console;
+mod tls;
+mod tokens;
+
+pub use tls::{TlsSetupError, server_config};
+pub use tokens::{parse_token, read_token_file};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +57,8 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Connections held open at once; more are closed at once.
     pub max_connections: usize,
+    /// TLS on every connection ([`server_config`]); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl HttpConfig {
@@ -59,37 +69,15 @@ impl HttpConfig {
             tokens,
             max_body: DEFAULT_MAX_BODY,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            tls: None,
         }
     }
 }
 
-/// Parses `ROLE:TOKEN` (role `admin`, `writer` or `reader`).
-pub fn parse_token(s: &str) -> Result<(String, Role), String> {
-    let (role, token) = s
-        .split_once(':')
-        .ok_or_else(|| format!("token {s:?} is not ROLE:TOKEN"))?;
-    let role = match role {
-        "admin" => Role::Admin,
-        "writer" => Role::Writer,
-        "reader" => Role::Reader,
-        other => return Err(format!("unknown role {other:?} (admin, writer or reader)")),
-    };
-    if token.len() < 8 {
-        return Err("a token must be at least 8 characters".into());
-    }
-    Ok((token.to_string(), role))
-}
-
 struct Http {
     api: Arc<NodeApi>,
-    /// sha256 of each token, and the role it grants: compared in constant time.
-    tokens: Vec<([u8; 32], Role)>,
+    tokens: tokens::Tokens,
     max_body: usize,
-}
-
-fn token_hash(token: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Binds the port and serves until the task is aborted; returns the bound address.
@@ -99,17 +87,14 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let state = Arc::new(Http {
         api,
-        tokens: config
-            .tokens
-            .iter()
-            .map(|(t, r)| (token_hash(t), *r))
-            .collect(),
+        tokens: tokens::Tokens::new(&config.tokens),
         max_body: config.max_body,
     });
     // The JSON API authenticates a request before it reads a byte of its body.
     let api_routes = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/fsms", get(fsms))
+        .route("/v1/modules", get(modules))
         .route("/v1/fsms/{fsm}/apply", post(apply))
         .route("/v1/fsms/{fsm}/query", post(query))
         .route("/v1/batch", post(batch))
@@ -118,20 +103,26 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(console::routes())
         .merge(api_routes)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(accept_loop(listener, app, config.max_connections));
+    let tls = config.tls.map(tokio_rustls::TlsAcceptor::from);
+    let task = tokio::spawn(accept_loop(listener, app, config.max_connections, tls));
     Ok((addr, task))
 }
 
 /// Accepts connections while fewer than `max` are open (closing the rest at once), each
-/// served by hyper with a deadline on its headers, so idle or trickling clients cannot hold
-/// the node's file descriptors.
-async fn accept_loop(listener: tokio::net::TcpListener, app: Router, max: usize) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+/// served by hyper with a deadline on its TLS handshake and on its headers, so idle or
+/// trickling clients cannot hold the node's file descriptors.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let open = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -149,18 +140,38 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, max: usize)
             drop(stream);
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%remote, "HTTP connection ended: {e}");
+            match tls {
+                None => serve_connection(stream, app, remote).await,
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, app, remote).await,
+                    Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake took over {HEADER_TIMEOUT:?}")
+                    }
+                },
             }
             drop(slot);
         });
+    }
+}
+
+/// Serves one connection's requests until it closes, or idles past [`HEADER_TIMEOUT`].
+async fn serve_connection<S>(stream: S, app: Router, remote: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%remote, "HTTP connection ended: {e}");
     }
 }
 
@@ -171,7 +182,7 @@ async fn authenticated(
     request: Request,
     next: Next,
 ) -> Result<Response, HttpError> {
-    let role = role(&http, request.headers())?;
+    let role = http.tokens.role(request.headers())?;
     let (parts, body) = request.into_parts();
     let announced = parts
         .headers
@@ -249,41 +260,6 @@ fn api_error(e: ApiError) -> HttpError {
     error(status, kind, e)
 }
 
-/// The role of the request's bearer token, or the 401 to answer.
-fn role(http: &Http, headers: &HeaderMap) -> Result<Role, HttpError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing Authorization: Bearer <token>",
-        ));
-    };
-    let presented = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| token_hash(t.trim()));
-    // Every token is compared, each in constant time: how long this takes says nothing of
-    // how close a guess came.
-    let mut granted = None;
-    if let Some(presented) = presented {
-        for (hash, role) in &http.tokens {
-            if ring_eq(hash, &presented) {
-                granted = Some(*role);
-            }
-        }
-    }
-    granted.ok_or_else(|| {
-        crate::metrics::rejected("not_allowed");
-        error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
-    })
-}
-
-/// Equality of two digests in time independent of where they differ.
-fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn body_text(bytes: Bytes) -> Result<String, HttpError> {
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", "body is not UTF-8"))?;
@@ -311,6 +287,7 @@ async fn call(http: &Http, role: Role, request: ApiRequest) -> Result<Response, 
         }
         Ok(ApiResponse::Status(s)) => axum::Json(s).into_response(),
         Ok(ApiResponse::Fsms(f)) => axum::Json(f).into_response(),
+        Ok(ApiResponse::Modules(m)) => axum::Json(m).into_response(),
         Ok(other) => {
             axum::Json(serde_json::json!({ "done": format!("{other:?}") })).into_response()
         }
@@ -420,6 +397,13 @@ async fn fsms(
     Extension(role): Extension<Role>,
 ) -> Result<Response, HttpError> {
     call(&http, role, ApiRequest::ListFsms).await
+}
+
+async fn modules(
+    State(http): State<Arc<Http>>,
+    Extension(role): Extension<Role>,
+) -> Result<Response, HttpError> {
+    call(&http, role, ApiRequest::ListModules).await
 }
 
 async fn readyz(State(http): State<Arc<Http>>) -> Response {
