@@ -20,7 +20,9 @@ pub struct CertArgs {
     )]
     pub nodes: Vec<u64>,
     /// IP addresses and DNS names the node certificates are also valid for: the names
-    /// HTTPS clients reach the nodes' HTTP ports by (the QUIC port needs none of them).
+    /// HTTPS clients reach the nodes' HTTP ports by (the QUIC port needs none of them). They
+    /// replace the default, and every node's certificate carries all of them: for
+    /// production, give each node's HTTP port its own certificate (`serve --http-cert`).
     #[arg(
         long,
         env = "WRAFT_CERT_HOSTS",
@@ -85,6 +87,15 @@ mod tests {
 
 /// Writes `ca.pem`, `node-<id>.{pem,key}` (also valid for `hosts`) and `{admin,writer,reader}.{pem,key}` to `out`.
 pub fn generate(out: &Path, nodes: &[u64], hosts: &[String], force: bool) -> anyhow::Result<()> {
+    for host in hosts {
+        // A `.wraft` name or a wildcard would make a node certificate pass as another node
+        // or a client role on the QUIC port, which names peers by exactly these names.
+        if host.contains('*') || host.trim_end_matches('.').ends_with(".wraft") || host == "wraft" {
+            bail!(
+                "--hosts {host:?}: wildcards and .wraft names are reserved for the cluster's own identities"
+            );
+        }
+    }
     if out.join("ca.pem").exists() && !force {
         bail!(
             "{} already holds a CA (ca.pem); pass --force to replace it",

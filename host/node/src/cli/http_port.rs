@@ -29,14 +29,22 @@ pub struct HttpArgs {
     pub http_token_file: Option<PathBuf>,
     /// The certificate chain (PEM) the HTTP port presents (default: the node's --cert,
     /// signed by the cluster CA).
-    #[arg(long, env = "WRAFT_HTTP_CERT", requires = "http_key")]
+    #[arg(long, env = "WRAFT_HTTP_CERT")]
     pub http_cert: Option<PathBuf>,
     /// The private key (PEM) of --http-cert.
-    #[arg(long, env = "WRAFT_HTTP_KEY", requires = "http_cert")]
+    #[arg(long, env = "WRAFT_HTTP_KEY")]
     pub http_key: Option<PathBuf>,
     /// Serve plain HTTP on the HTTP port, without TLS: tokens and payloads cross the network
-    /// readable. For a port bound to loopback behind a TLS-terminating proxy.
-    #[arg(long, env = "WRAFT_HTTP_PLAINTEXT", conflicts_with_all = ["http_cert", "http_key"])]
+    /// readable. For a port bound to loopback behind a TLS-terminating proxy. The variable
+    /// takes true/false, yes/no, on/off or 1/0.
+    // Which combinations of the HTTP flags make sense is checked in `config`, across flags,
+    // variables and the file at once, not by clap, which sees only the first two.
+    #[arg(
+        long,
+        env = "WRAFT_HTTP_PLAINTEXT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     #[serde(default)]
     pub http_plaintext: bool,
 }
@@ -52,6 +60,33 @@ impl HttpArgs {
         node_key: &Path,
     ) -> anyhow::Result<Option<HttpConfig>> {
         let Some(listen) = self.http_listen.or(file.http_listen) else {
+            let stray = [
+                (
+                    "--http-token",
+                    !self.http_tokens.is_empty() || !file.http_tokens.is_empty(),
+                ),
+                (
+                    "--http-token-file",
+                    self.http_token_file.is_some() || file.http_token_file.is_some(),
+                ),
+                (
+                    "--http-cert",
+                    self.http_cert.is_some() || file.http_cert.is_some(),
+                ),
+                (
+                    "--http-key",
+                    self.http_key.is_some() || file.http_key.is_some(),
+                ),
+                (
+                    "--http-plaintext",
+                    self.http_plaintext || file.http_plaintext,
+                ),
+            ];
+            if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+                bail!(
+                    "{flag} is given without --http-listen (or `http_listen`): no HTTP port to apply it to"
+                );
+            }
             return Ok(None);
         };
         let listed = if self.http_tokens.is_empty() {
@@ -63,9 +98,18 @@ impl HttpArgs {
             .iter()
             .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()
-            .context("--http-token")?;
+            .context("an HTTP token (--http-token, WRAFT_HTTP_TOKENS or `http_tokens`)")?;
         if let Some(path) = self.http_token_file.or(file.http_token_file) {
             tokens.extend(wraft_host::http::read_token_file(&path).map_err(anyhow::Error::msg)?);
+        }
+        for (i, (token, role)) in tokens.iter().enumerate() {
+            if let Some((_, other)) = tokens[..i].iter().find(|(t, _)| t == token) {
+                bail!(
+                    "one HTTP token is given twice, for roles {} and {}: give each token once",
+                    other.as_str(),
+                    role.as_str()
+                );
+            }
         }
         let mut http = HttpConfig::new(listen, tokens);
         let plaintext = self.http_plaintext || file.http_plaintext;

@@ -39,6 +39,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// How long a client may take to send a request's headers (also an idle keep-alive
 /// connection's wait for its next request) before the connection is closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write to a client may make no progress (it stopped reading) before the
+/// connection is closed.
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Time a request body may take beyond its size at [`BODY_BYTES_PER_SECOND`].
 pub const BODY_GRACE: Duration = Duration::from_secs(10);
 /// The slowest a request body may arrive, in bytes per second.
@@ -115,16 +118,24 @@ pub async fn serve(
 }
 
 /// Accepts connections while fewer than `max` are open (closing the rest at once), each
-/// served by hyper with a deadline on its TLS handshake and on its headers, so idle or
-/// trickling clients cannot hold the node's file descriptors.
+/// served by hyper with a deadline on its TLS handshake and on its headers, and a limit on
+/// how long a write may stall, so idle, trickling or unread clients cannot hold the node's
+/// file descriptors. The connections are tasks of this loop's own: when the node stops (the
+/// loop is aborted) they end with it, and with them their hold on the node's stores.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
     max: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let open = Arc::new(tokio::sync::Semaphore::new(max));
+    // MAX_PERMITS (2^61) is past any number of descriptors a process can hold: a larger
+    // `max` means the same, no limit, and would make `Semaphore::new` panic.
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        max.min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, remote) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -142,7 +153,10 @@ async fn accept_loop(
         };
         let app = app.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(WRITE_STALL));
+        let stream = Box::pin(stream);
+        connections.spawn(async move {
             match tls {
                 None => serve_connection(stream, app, remote).await,
                 Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
@@ -158,8 +172,13 @@ async fn accept_loop(
     }
 }
 
+/// How long a closed connection still reads (and drops) what its client sends.
+const LINGER: Duration = Duration::from_secs(2);
+/// How much a closed connection reads (and drops) at most.
+const LINGER_BYTES: usize = 8 << 20;
+
 /// Serves one connection's requests until it closes, or idles past [`HEADER_TIMEOUT`].
-async fn serve_connection<S>(stream: S, app: Router, remote: SocketAddr)
+async fn serve_connection<S>(mut stream: S, app: Router, remote: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -168,11 +187,32 @@ where
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(&mut stream), service)
         .await;
     if let Err(e) = served {
         tracing::debug!(%remote, "HTTP connection ended: {e}");
     }
+    linger(stream).await;
+}
+
+/// Reads and drops what the client still sends, for [`LINGER`] and [`LINGER_BYTES`] at most,
+/// before the connection is dropped. A request refused before its body was read (401, 413)
+/// leaves the body on its way; closing at once would answer it with a TCP reset, which can
+/// destroy the refusal in the client's buffers before it reads it (a lingering close, as
+/// web servers do).
+async fn linger<S: tokio::io::AsyncRead + Unpin>(mut stream: S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// Checks the bearer token (401 before any of the body is read), then reads the body within

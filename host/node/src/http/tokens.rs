@@ -17,7 +17,9 @@ pub fn parse_token(s: &str) -> Result<(String, Role), String> {
         "admin" => Role::Admin,
         "writer" => Role::Writer,
         "reader" => Role::Reader,
-        other => return Err(format!("unknown role {other:?} (admin, writer or reader)")),
+        // Not repeated: a line written the wrong way round (`SECRET:reader`) holds the
+        // secret here.
+        _ => return Err("the role before `:` must be admin, writer or reader".into()),
     };
     if token.len() < 8 {
         return Err("a token must be at least 8 characters".into());
@@ -29,22 +31,24 @@ pub fn parse_token(s: &str) -> Result<(String, Role), String> {
 /// skipped. On Unix the file must not be readable by its group or others (as ssh asks of a
 /// key), so a token kept out of `ps` is not left readable on disk instead.
 pub fn read_token_file(path: &Path) -> Result<Vec<(String, Role)>, String> {
+    use std::io::Read;
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {shown}: {e}"))?;
+    let failed = |e: std::io::Error| format!("reading {shown}: {e}");
+    // The mode of the file that is read, not of whatever the path names a moment later.
+    let mut file = std::fs::File::open(path).map_err(failed)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| format!("reading {shown}: {e}"))?
-            .permissions()
-            .mode();
+        let mode = file.metadata().map_err(failed)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(format!(
-                "{shown} is readable by others (mode {:o}): `chmod 600 {shown}`",
+                "{shown} is open to its group or others (mode {:o}): `chmod 600 {shown}`",
                 mode & 0o777
             ));
         }
     }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(failed)?;
     text.lines()
         .enumerate()
         .map(|(i, l)| (i, l.trim()))
@@ -71,11 +75,13 @@ impl Tokens {
                 "missing Authorization: Bearer <token>",
             ));
         };
+        // The scheme's name is case-insensitive (RFC 9110 section 11.1).
         let presented = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| digest(t.trim()));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| digest(t.trim()));
         // Every token is compared, each in constant time: how long this takes says nothing
         // of how close a guess came.
         let mut granted = None;
@@ -132,9 +138,13 @@ mod tests {
                 ("writer-secret-2".to_string(), Role::Writer)
             ]
         );
-        write("reader:reader-secret-1\nroot:hunter2-hunter2\n", 0o600);
+        // Written the wrong way round: the secret stands where the role should.
+        write("reader:reader-secret-1\nhunter2-hunter2:reader\n", 0o600);
         let e = read_token_file(&path).expect_err("bad role");
-        assert!(e.contains("line 2") && e.contains("root"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("admin, writer or reader"),
+            "{e}"
+        );
         assert!(
             !e.contains("hunter2"),
             "the message repeats the secret: {e}"

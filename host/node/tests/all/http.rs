@@ -10,8 +10,8 @@ use crate::cluster::Cluster;
 use crate::common::name;
 
 const ADMIN: &str = "admin-token-0123456789";
-const WRITER: &str = "writer-token-0123456789";
-const READER: &str = "reader-token-0123456789";
+pub(crate) const WRITER: &str = "writer-token-0123456789";
+pub(crate) const READER: &str = "reader-token-0123456789";
 
 fn tokens() -> Vec<(String, Role)> {
     vec![
@@ -56,6 +56,18 @@ impl Port {
         }
     }
 
+    /// A TLS connection to the port (which must be a TLS one).
+    pub(crate) async fn connect_tls(
+        &self,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        let tls = self.tls.as_ref().expect("a TLS port");
+        tls.connect(name, stream).await.expect("TLS handshake")
+    }
+
     /// One exchange that must be answered: (status, body).
     pub(crate) async fn request(
         &self,
@@ -78,6 +90,18 @@ impl Port {
         headers: &[String],
         body: &[u8],
     ) -> Result<(u16, String), String> {
+        let (status, answer) = self.exchange_full(method, path, headers, body).await?;
+        Ok((status, answer.body))
+    }
+
+    /// [`Port::exchange`], with the answer's content type.
+    pub(crate) async fn exchange_full(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[String],
+        body: &[u8],
+    ) -> Result<(u16, Answer), String> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -109,6 +133,12 @@ pub(crate) async fn http(
         .expect("an answer")
 }
 
+/// An answer's body and content type.
+pub(crate) struct Answer {
+    pub content_type: String,
+    pub body: String,
+}
+
 async fn exchange<S>(
     stream: S,
     addr: SocketAddr,
@@ -116,7 +146,7 @@ async fn exchange<S>(
     path: &str,
     headers: &[String],
     body: &[u8],
-) -> Result<(u16, String), String>
+) -> Result<(u16, Answer), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -144,10 +174,17 @@ where
         .await
         .map_err(|e| format!("no response: {e}"))?;
     let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX)
         .await
         .map_err(|e| format!("the body: {e}"))?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let body = String::from_utf8_lossy(&body).into_owned();
+    Ok((status, Answer { content_type, body }))
 }
 
 /// Splits a shell command line as a POSIX shell would (the `shell-words` crate), after
@@ -190,7 +227,7 @@ async fn curl(line: &str, vars: &[(&str, String)]) -> (u16, String) {
         .unwrap_or_else(|e| panic!("{line}: {e}"))
 }
 
-async fn cluster_with_sequencer() -> Cluster {
+pub(crate) async fn cluster_with_sequencer() -> Cluster {
     let c = Cluster::start_http(3, tokens()).await;
     let leader = c.leader().await.id;
     let admin = c.client(Role::Admin, &[leader]);
@@ -371,12 +408,16 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
         "no log stage latencies:\n{after}"
     );
     // Refusals: oversized body, unknown token, reader writing; each counted or explained.
+    // The oversized body is refused before it is read, while the client is still sending
+    // it: the refusal must reach the client every time (the node lingers before closing).
     let big = vec![b' '; (1 << 20) + 1];
-    let (status, body) = node
-        .request("POST", "/v1/fsms/sequencer/apply", &auth(WRITER), &big)
-        .await;
-    assert_eq!(status, 413, "{body}");
-    assert!(body.contains("too_large"), "{body}");
+    for _ in 0..20 {
+        let (status, body) = node
+            .request("POST", "/v1/fsms/sequencer/apply", &auth(WRITER), &big)
+            .await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("too_large"), "{body}");
+    }
     let rejected = sample(&after, "wraft_proposals_rejected_total");
     let (status, _) = node
         .request("POST", "/v1/fsms/sequencer/apply", &auth(READER), b"{}")
@@ -420,6 +461,53 @@ async fn the_http_port_is_tls_and_refuses_clients_that_do_not_trust_the_cluster_
         .await;
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
     let (status, _) = trusted.request("GET", "/healthz", &[], b"").await;
+    assert_eq!(status, 200);
+    c.stop_all().await;
+}
+
+/// A client that sends requests and never reads the answers cannot hold its connection (a
+/// descriptor, a task, a connection slot): once a write to it has made no progress for
+/// `WRITE_STALL`, the node closes it. Checked by what the client can still read: only what
+/// the sockets buffered before the close, far less than the answers it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = Cluster::start_http(1, tokens()).await;
+    let port = c.http_port(1);
+    let (_, script) = port.request("GET", "/console.js", &[], b"").await;
+    let requests = 4000;
+    let asked = requests * script.len();
+    let stream = port.connect_tls().await;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let request = b"GET /console.js HTTP/1.1\r\nhost: wraft\r\n\r\n".repeat(requests);
+    let sender = tokio::spawn(async move {
+        // Stops when the node closes the connection, or once everything is sent.
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    tokio::time::sleep(wraft_host::http::WRITE_STALL + std::time::Duration::from_secs(5)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the connection was still open after {got} bytes"
+    );
+    assert!(
+        got < asked / 2,
+        "read {got} of {asked} bytes asked for: the node kept writing to a client that did not read"
+    );
+    let _ = sender.await;
+    // The node serves others all along.
+    let (status, _) = port.request("GET", "/healthz", &[], b"").await;
     assert_eq!(status, 200);
     c.stop_all().await;
 }

@@ -26,6 +26,7 @@ mod lifecycle;
 mod membership;
 mod metering;
 mod nan_model;
+mod openapi;
 mod ops;
 mod persistence;
 mod power_loss;

@@ -201,9 +201,8 @@ function bytes(n) {
   return (i ? +n.toFixed(1) : n) + ' ' + units[i];
 }
 
-// A module id as hex: serde writes a ModuleId ([u8; 32]) as an array of numbers.
+// A module id: 64 hex digits in the JSON API.
 function hexId(v) {
-  if (Array.isArray(v)) return v.map((b) => (b & 255).toString(16).padStart(2, '0')).join('');
   return String(v ?? '');
 }
 
@@ -370,10 +369,10 @@ function drawCharts() {
 async function poll() {
   const authed = st.token != null;
   const [status, fsms, modules, metrics] = await Promise.allSettled([
-    authed ? getJson('/v1/status') : null,
-    authed ? getJson('/v1/fsms') : null,
-    authed && !st.modulesGone ? getJson('/v1/modules') : null,
-    get('/metrics', false),
+    authed ? getJson('v1/status') : null,
+    authed ? getJson('v1/fsms') : null,
+    authed && !st.modulesGone ? getJson('v1/modules') : null,
+    get('metrics', false),
   ]);
   const errors = [];
   // Renders a fulfilled answer (true if it did); a refusal `refused` does not take is an error.
@@ -387,12 +386,12 @@ async function poll() {
   };
   let s = null;
   const haveStatus = handle(status, (v) => { st.node = v.node; s = v; renderStatus(v); });
-  handle(fsms, (v) => renderFsms(listing(v, 'Fsms', '/v1/fsms')));
-  handle(modules, (v) => renderModules(listing(v, 'Modules', '/v1/modules')), (e) => {
-    if (e.status === 403) fillTable('modules', [], 'Needs an admin token.');
+  handle(fsms, (v) => renderFsms(listing(v, 'Fsms', 'v1/fsms')));
+  handle(modules, (v) => renderModules(listing(v, 'Modules', 'v1/modules')), (e) => {
+    // A node older than GET /v1/modules answers 404: stop asking it.
     if (e.status === 404) fillTable('modules', [], 'Not served by this node.');
     st.modulesGone = e.status === 404;
-    return e.status === 403 || e.status === 404;
+    return e.status === 404;
   });
   const m = handle(metrics, (v) => {
     const parsed = parseMetrics(v);
