@@ -29,6 +29,7 @@ use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
 
 mod slot;
+mod typed;
 use slot::{SessionSlot, Taken};
 
 /// Why a request failed.
@@ -56,6 +57,10 @@ pub enum ClientError {
     /// A local file could not be written.
     #[error("{0}")]
     Local(String),
+    /// A command, query or output did not encode or decode as the FSM's own type
+    /// ([`Client::apply_as`], [`Client::query_as`]).
+    #[error("{0}")]
+    Codec(String),
     /// The node answered with something this request does not expect.
     #[error("unexpected answer: {0:?}")]
     Unexpected(Box<ApiResponse>),
@@ -380,10 +385,22 @@ impl Client {
         json: &str,
         consistency: Consistency,
     ) -> Result<Payload, ClientError> {
+        self.query(fsm, Payload::Json(json.into()), consistency)
+            .await
+    }
+
+    /// Runs a query (JSON, or postcard of the FSM's own type); returns the answer in the same
+    /// encoding.
+    pub async fn query(
+        &self,
+        fsm: &FsmName,
+        query: Payload,
+        consistency: Consistency,
+    ) -> Result<Payload, ClientError> {
         let r = self
             .request(ApiRequest::Query {
                 fsm: fsm.clone(),
-                query: Payload::Json(json.into()),
+                query,
                 consistency,
             })
             .await?;

@@ -61,7 +61,10 @@ impl Exit {
             ClientError::Unreachable { .. } => Some(Self::Unavailable),
             ClientError::OutcomeUnknown(_) => Some(Self::OutcomeUnknown),
             ClientError::Api(api) => Some(Self::of_api(api)),
-            ClientError::Setup(_) | ClientError::Local(_) | ClientError::Unexpected(_) => None,
+            ClientError::Setup(_)
+            | ClientError::Local(_)
+            | ClientError::Codec(_)
+            | ClientError::Unexpected(_) => None,
         }
     }
 

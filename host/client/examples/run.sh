@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every example of wraft-client against a fresh `wraft dev` cluster (a CI step: the
+# examples must build and work, not only compile). Ports: those of `wraft dev`
+# (7001-7003, 8001-8003).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+target=${CARGO_TARGET_DIR:-target}
+cargo build -q -p wraft-host --bin wraft
+cargo build -q -p wraft-client --examples
+dir=$(mktemp -d)
+"$target/debug/wraft" dev --data-dir "$dir" >"$dir/dev.log" 2>&1 &
+dev=$!
+trap 'kill $dev 2>/dev/null || true; wait $dev 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 1 120); do
+    grep -q '^wraft dev:' "$dir/dev.log" && break
+    kill -0 $dev 2>/dev/null || break
+    sleep 1
+done
+grep -q '^wraft dev:' "$dir/dev.log" || { echo "wraft dev did not start:"; cat "$dir/dev.log"; exit 1; }
+export WRAFT_CLIENT_CA=$dir/certs/ca.pem WRAFT_CLIENT_CERT=$dir/certs/writer.pem \
+    WRAFT_CLIENT_KEY=$dir/certs/writer.key
+for example in host/client/examples/*.rs; do
+    name=$(basename "$example" .rs)
+    echo "== example $name"
+    "$target/debug/examples/$name"
+done
