@@ -9,51 +9,45 @@ use wraft_api::{ApiRequest, Consistency, Payload};
 use wraft_client::Client;
 use wraft_core::FsmName;
 
-/// How to reach the cluster.
+/// How to reach the cluster: flags or variables, else the profile (`--profile`), else the
+/// defaults of `wraft dev`.
 #[derive(Debug, clap::Args)]
 pub struct Conn {
+    /// A named set of the settings below from the profile file (`$WRAFT_PROFILES`, else
+    /// `~/.config/wraft/profiles.toml`; docs/operations.md, "Client profiles").
+    #[arg(long, env = "WRAFT_PROFILE", global = true)]
+    pub profile: Option<String>,
+    /// Any nodes' addresses [default: 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003].
+    #[arg(long, env = "WRAFT_NODES", value_delimiter = ',', global = true)]
+    pub nodes: Vec<String>,
+    /// Cluster CA certificate [default: wraft-data/dev/certs/ca.pem].
+    #[arg(long = "client-ca", env = "WRAFT_CLIENT_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (its role decides what is allowed) [default:
+    /// wraft-data/dev/certs/admin.pem].
+    #[arg(long = "client-cert", env = "WRAFT_CLIENT_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Client private key [default: wraft-data/dev/certs/admin.key].
+    #[arg(long = "client-key", env = "WRAFT_CLIENT_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// How long a command keeps trying (other nodes, a new leader, a lost answer) before it
+    /// gives up: `10s`, `500ms`, `2m` [default: 10s].
+    #[arg(long, env = "WRAFT_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// The settings a command connects with, once flags, the profile and defaults are merged.
+#[derive(Debug)]
+pub struct Resolved {
     /// Any nodes' addresses.
-    #[arg(
-        long,
-        env = "WRAFT_NODES",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
-        global = true
-    )]
     pub nodes: Vec<String>,
     /// Cluster CA certificate.
-    #[arg(
-        long = "client-ca",
-        env = "WRAFT_CLIENT_CA",
-        default_value = "wraft-data/dev/certs/ca.pem",
-        global = true
-    )]
     pub ca: PathBuf,
-    /// Client certificate (its role decides what is allowed).
-    #[arg(
-        long = "client-cert",
-        env = "WRAFT_CLIENT_CERT",
-        default_value = "wraft-data/dev/certs/admin.pem",
-        global = true
-    )]
+    /// Client certificate.
     pub cert: PathBuf,
     /// Client private key.
-    #[arg(
-        long = "client-key",
-        env = "WRAFT_CLIENT_KEY",
-        default_value = "wraft-data/dev/certs/admin.key",
-        global = true
-    )]
     pub key: PathBuf,
-    /// How long a command keeps trying (other nodes, a new leader, a lost answer) before it
-    /// gives up: `10s`, `500ms`, `2m`.
-    #[arg(
-        long,
-        env = "WRAFT_TIMEOUT",
-        default_value = "10s",
-        value_parser = parse_duration,
-        global = true
-    )]
+    /// How long a command keeps trying.
     pub timeout: std::time::Duration,
 }
 
@@ -78,13 +72,55 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 impl Conn {
+    /// The settings: each from its flag or variable, else the profile, else the default.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let profile = match &self.profile {
+            Some(name) => super::profile::load(&super::profile::file()?, name)?,
+            None => super::profile::Profile::default(),
+        };
+        let timeout = match (self.timeout, &profile.timeout) {
+            (Some(t), _) => t,
+            (None, Some(text)) => parse_duration(text)
+                .map_err(anyhow::Error::msg)
+                .context("the profile's timeout")?,
+            (None, None) => std::time::Duration::from_secs(10),
+        };
+        let dev = |file: &str| PathBuf::from("wraft-data/dev/certs").join(file);
+        Ok(Resolved {
+            nodes: match (&self.nodes, profile.nodes) {
+                (given, _) if !given.is_empty() => given.clone(),
+                (_, Some(nodes)) => nodes,
+                _ => ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+                    .map(String::from)
+                    .to_vec(),
+            },
+            ca: self
+                .ca
+                .clone()
+                .or(profile.ca)
+                .unwrap_or_else(|| dev("ca.pem")),
+            cert: self
+                .cert
+                .clone()
+                .or(profile.cert)
+                .unwrap_or_else(|| dev("admin.pem")),
+            key: self
+                .key
+                .clone()
+                .or(profile.key)
+                .unwrap_or_else(|| dev("admin.key")),
+            timeout,
+        })
+    }
+
     /// A client.
     pub fn client(&self) -> anyhow::Result<Client> {
-        let identity = super::load_identity(&self.ca, &self.cert, &self.key)?;
+        let c = self.resolve()?;
+        let identity = super::load_identity(&c.ca, &c.cert, &c.key)?;
         // One command's client: its session (if it writes) only needs to outlive the
         // command's retries.
-        Ok(Client::new(self.nodes.clone(), &identity)?
-            .with_patience(self.timeout)
+        Ok(Client::new(c.nodes, &identity)?
+            .with_patience(c.timeout)
             .with_session_idle_timeout(std::time::Duration::from_secs(60)))
     }
 }

@@ -9,6 +9,7 @@ pub mod exit;
 pub mod http_port;
 pub mod init;
 pub mod local;
+pub mod profile;
 pub mod reference;
 pub mod serve;
 pub mod voter;

@@ -128,6 +128,72 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         "{}",
         text(&out.stdout)
     );
+    // A profile holds the connection settings: from another directory, with no flag, the
+    // profile's reader certificate is the one used; a flag still wins over the profile.
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let certs = dir.path().join("wraft-data/dev/certs");
+    let profiles = elsewhere.path().join("profiles.toml");
+    std::fs::write(
+        &profiles,
+        format!(
+            "[lab]\nnodes = [\"127.0.0.1:{}\"]\nca = {:?}\ncert = {:?}\nkey = {:?}\ntimeout = \"20s\"\n",
+            port + 1,
+            certs.join("ca.pem"),
+            certs.join("reader.pem"),
+            certs.join("reader.key"),
+        ),
+    )
+    .expect("profiles");
+    let with_profile = |args: &[&str]| {
+        Command::new(WRAFT)
+            .current_dir(elsewhere.path())
+            .args(args)
+            .env("WRAFT_PROFILES", &profiles)
+            .env("WRAFT_LOG", "error")
+            .output()
+            .expect("run wraft")
+    };
+    let out = with_profile(&["query", "--profile", "lab", "sequencer", r#""Latest""#]);
+    assert!(
+        out.status.success(),
+        "query by profile: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains(r#""number":7"#),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = with_profile(&["apply", "--profile", "lab", "sequencer", &commit]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a reader's write: {}",
+        text(&out.stderr)
+    );
+    let out = with_profile(&[
+        "query",
+        "--profile",
+        "lab",
+        "--nodes",
+        "127.0.0.1:1",
+        "--timeout",
+        "1s",
+        "sequencer",
+        r#""Latest""#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "flags over the profile: {}",
+        text(&out.stderr)
+    );
+    let out = with_profile(&["query", "--profile", "prod", "sequencer", r#""Latest""#]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("no profile \"prod\""),
+        "{}",
+        text(&out.stderr)
+    );
     // The HTTP port, with the tokens `wraft dev` wrote.
     let tokens =
         std::fs::read_to_string(dir.path().join("wraft-data/dev/http-tokens")).expect("dev tokens");

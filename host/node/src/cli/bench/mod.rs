@@ -164,11 +164,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             l.addrs.iter().map(ToString::to_string).collect(),
             format!("3 local nodes (processes) with data in {}", l.dir.display()),
         ),
-        None => (
-            super::load_identity(&args.conn.ca, &args.conn.cert, &args.conn.key)?,
-            args.conn.nodes.clone(),
-            args.conn.nodes.join(","),
-        ),
+        None => {
+            let c = args.conn.resolve()?;
+            (
+                super::load_identity(&c.ca, &c.cert, &c.key)?,
+                c.nodes.clone(),
+                c.nodes.join(","),
+            )
+        }
     };
     let client = Client::new(nodes, &identity)?;
     let fsm = prepare(&client, &args.fsm, local.is_some()).await?;
