@@ -206,6 +206,45 @@ impl ApiRequest {
         }
     }
 
+    /// The request's kind, for logs and spans (`apply`, `query`, `deploy`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Apply { .. } => "apply",
+            Self::Batch { .. } => "batch",
+            Self::Query { .. } => "query",
+            Self::Deploy { .. } => "deploy",
+            Self::CreateFsm { .. } => "create_fsm",
+            Self::ListFsms => "list_fsms",
+            Self::Status => "status",
+            Self::AddLearner { .. } => "add_learner",
+            Self::Promote { .. } => "promote",
+            Self::Remove { .. } => "remove",
+            Self::TransferLeader { .. } => "transfer_leader",
+            Self::UpgradeFsm { .. } => "upgrade_fsm",
+            Self::DropFsm { .. } => "drop_fsm",
+            Self::DropModule { .. } => "drop_module",
+            Self::ListModules => "list_modules",
+            Self::Backup => "backup",
+            Self::Upload { .. } => "upload",
+            Self::SetLimits { .. } => "set_limits",
+            Self::OpenSession { .. } => "open_session",
+            Self::Stages => "stages",
+        }
+    }
+
+    /// The FSM the request is about, if one (a batch may touch several: none is named).
+    pub fn fsm(&self) -> Option<&FsmName> {
+        match self {
+            Self::Apply { fsm, .. }
+            | Self::Query { fsm, .. }
+            | Self::CreateFsm { fsm, .. }
+            | Self::UpgradeFsm { fsm, .. }
+            | Self::DropFsm { fsm, .. }
+            | Self::SetLimits { fsm, .. } => Some(fsm),
+            _ => None,
+        }
+    }
+
     /// The least role allowed to make this request.
     pub fn required_role(&self) -> Role {
         match self {

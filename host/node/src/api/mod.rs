@@ -56,7 +56,21 @@ pub struct NodeApi {
     data_dir: std::path::PathBuf,
     removed: crate::raft::RemovedNodes,
     limits: crate::limits::NodeLimits,
+    /// Requests this node has answered: the id of a request that brings none.
+    requests: std::sync::atomic::AtomicU64,
 }
+
+/// The id of a request that came without one: `n<node>-<count>`.
+struct NodeRequest(NodeId, u64);
+
+impl std::fmt::Display for NodeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "n{}-{}", self.0, self.1)
+    }
+}
+
+/// A request that takes longer is logged at `warn` with its span ([`NodeApi::serve_traced`]).
+pub const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A write that may or may not have been applied, counted as such.
 fn outcome_unknown(why: String) -> ApiError {
@@ -93,7 +107,16 @@ impl NodeApi {
             data_dir: config.data_dir.clone(),
             removed,
             limits,
+            requests: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A new request id of this node's: `n<node>-<count>`.
+    pub fn request_id(&self) -> String {
+        let n = self
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        NodeRequest(self.id, n).to_string()
     }
 
     /// The data files of this node's LMDB envs (`raft`, `state`), for `/metrics`.
@@ -360,6 +383,60 @@ impl NodeApi {
     /// Answers `request` for a caller holding `role` (a client certificate's, or an HTTP
     /// token's), refusing it if the role is not enough.
     pub async fn serve_as(&self, role: Option<Role>, request: ApiRequest) -> ApiResult {
+        self.serve_traced(role, request, None).await
+    }
+
+    /// [`NodeApi::serve_as`], inside a `request` span (request id, kind, FSM, role) that
+    /// every log line of the request carries, so a slow request can be followed: `id` is the
+    /// caller's (HTTP `X-Request-Id`) or one of this node's (`n<node>-<count>`). A request
+    /// slower than [`SLOW_REQUEST`] is logged at `warn` with its time and outcome; every
+    /// request at `debug`.
+    pub async fn serve_traced(
+        &self,
+        role: Option<Role>,
+        request: ApiRequest,
+        id: Option<String>,
+    ) -> ApiResult {
+        use tracing::Instrument;
+        // Formatted only if a subscriber records the span: nothing is allocated per request
+        // at the default log level.
+        let own;
+        let id: &(dyn std::fmt::Display + Sync) = match &id {
+            Some(id) => id,
+            None => {
+                own = NodeRequest(
+                    self.id,
+                    self.requests
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                );
+                &own
+            }
+        };
+        let span = tracing::info_span!(
+            "request",
+            id = %id,
+            kind = request.name(),
+            fsm = request.fsm().map(|f| f.as_str()),
+            role = role.map(|r| r.as_str()),
+        );
+        async {
+            let started = std::time::Instant::now();
+            let answer = self.serve_checked(role, request).await;
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            let slow = started.elapsed() >= SLOW_REQUEST;
+            match (&answer, slow) {
+                (Ok(_), true) => tracing::warn!(elapsed_ms, outcome = "ok", "slow request"),
+                (Ok(_), false) => tracing::debug!(elapsed_ms, outcome = "ok", "request answered"),
+                (Err(e), true) => tracing::warn!(elapsed_ms, outcome = %e, "slow request"),
+                (Err(e), false) => tracing::debug!(elapsed_ms, outcome = %e, "request answered"),
+            }
+            answer
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve_checked(&self, role: Option<Role>, request: ApiRequest) -> ApiResult {
         let needed = request.required_role();
         match role {
             Some(role) if role >= needed => {

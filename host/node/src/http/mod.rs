@@ -223,6 +223,10 @@ async fn authenticated(
     next: Next,
 ) -> Result<Response, HttpError> {
     let role = http.tokens.role(request.headers())?;
+    let id = match request_id(request.headers())? {
+        Some(id) => id,
+        None => http.api.request_id(),
+    };
     let (parts, body) = request.into_parts();
     let announced = parts
         .headers
@@ -248,7 +252,12 @@ async fn authenticated(
         };
     let mut request = Request::from_parts(parts, Body::from(bytes));
     request.extensions_mut().insert(role);
-    Ok(next.run(request).await)
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    Ok(response)
 }
 
 fn too_large(max: usize) -> HttpError {
@@ -312,27 +321,60 @@ fn fsm_name(s: &str) -> Result<FsmName, HttpError> {
     FsmName::new(s).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e))
 }
 
-async fn call(http: &Http, role: Role, request: ApiRequest) -> Result<Response, HttpError> {
-    Ok(match http.api.serve_as(Some(role), request).await {
-        Ok(ApiResponse::Output(Payload::Json(json))) => json_text(json),
-        Ok(ApiResponse::BatchOutputs(outs)) => {
-            let items: Vec<String> = outs
-                .into_iter()
-                .map(|p| match p {
-                    Payload::Json(j) => j,
-                    Payload::Postcard(_) => "null".into(),
-                })
-                .collect();
-            json_text(format!("[{}]", items.join(",")))
+/// The id a request is logged under (`X-Request-Id`): the caller's, or one of the node's.
+#[derive(Clone)]
+struct RequestId(String);
+
+/// The caller's `X-Request-Id`, if it sent a usable one.
+fn request_id(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
+    let Some(value) = headers.get("x-request-id") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(id)
+            if (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) =>
+        {
+            Ok(Some(id.to_string()))
         }
-        Ok(ApiResponse::Status(s)) => axum::Json(s).into_response(),
-        Ok(ApiResponse::Fsms(f)) => axum::Json(f).into_response(),
-        Ok(ApiResponse::Modules(m)) => axum::Json(m).into_response(),
-        Ok(other) => {
-            axum::Json(serde_json::json!({ "done": format!("{other:?}") })).into_response()
-        }
-        Err(e) => return Err(api_error(e)),
-    })
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "X-Request-Id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':', '-'",
+        )),
+    }
+}
+
+async fn call(
+    http: &Http,
+    role: Role,
+    RequestId(id): RequestId,
+    request: ApiRequest,
+) -> Result<Response, HttpError> {
+    Ok(
+        match http.api.serve_traced(Some(role), request, Some(id)).await {
+            Ok(ApiResponse::Output(Payload::Json(json))) => json_text(json),
+            Ok(ApiResponse::BatchOutputs(outs)) => {
+                let items: Vec<String> = outs
+                    .into_iter()
+                    .map(|p| match p {
+                        Payload::Json(j) => j,
+                        Payload::Postcard(_) => "null".into(),
+                    })
+                    .collect();
+                json_text(format!("[{}]", items.join(",")))
+            }
+            Ok(ApiResponse::Status(s)) => axum::Json(s).into_response(),
+            Ok(ApiResponse::Fsms(f)) => axum::Json(f).into_response(),
+            Ok(ApiResponse::Modules(m)) => axum::Json(m).into_response(),
+            Ok(other) => {
+                axum::Json(serde_json::json!({ "done": format!("{other:?}") })).into_response()
+            }
+            Err(e) => return Err(api_error(e)),
+        },
+    )
 }
 
 fn json_text(json: String) -> Response {
@@ -360,6 +402,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<Once>, HttpError> {
 async fn apply(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
+    Extension(id): Extension<RequestId>,
     Path(fsm): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -367,7 +410,7 @@ async fn apply(
     let fsm = fsm_name(&fsm)?;
     let once = idempotency_key(&headers)?;
     let command = Payload::Json(body_text(body)?);
-    call(&http, role, ApiRequest::Apply { fsm, command, once }).await
+    call(&http, role, id, ApiRequest::Apply { fsm, command, once }).await
 }
 
 #[derive(Deserialize)]
@@ -378,6 +421,7 @@ struct ReadLevel {
 async fn query(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
+    Extension(id): Extension<RequestId>,
     Path(fsm): Path<String>,
     Query(level): Query<ReadLevel>,
     body: Bytes,
@@ -399,12 +443,13 @@ async fn query(
         query: Payload::Json(body_text(body)?),
         consistency,
     };
-    call(&http, role, request).await
+    call(&http, role, id, request).await
 }
 
 async fn batch(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
+    Extension(id): Extension<RequestId>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -422,28 +467,31 @@ async fn batch(
     for i in items {
         commands.push((fsm_name(&i.fsm)?, Payload::Json(i.command.to_string())));
     }
-    call(&http, role, ApiRequest::Batch { commands, once }).await
+    call(&http, role, id, ApiRequest::Batch { commands, once }).await
 }
 
 async fn status(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
+    Extension(id): Extension<RequestId>,
 ) -> Result<Response, HttpError> {
-    call(&http, role, ApiRequest::Status).await
+    call(&http, role, id, ApiRequest::Status).await
 }
 
 async fn fsms(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
+    Extension(id): Extension<RequestId>,
 ) -> Result<Response, HttpError> {
-    call(&http, role, ApiRequest::ListFsms).await
+    call(&http, role, id, ApiRequest::ListFsms).await
 }
 
 async fn modules(
     State(http): State<Arc<Http>>,
     Extension(role): Extension<Role>,
+    Extension(id): Extension<RequestId>,
 ) -> Result<Response, HttpError> {
-    call(&http, role, ApiRequest::ListModules).await
+    call(&http, role, id, ApiRequest::ListModules).await
 }
 
 async fn readyz(State(http): State<Arc<Http>>) -> Response {

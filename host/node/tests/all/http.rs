@@ -137,6 +137,8 @@ pub(crate) async fn http(
 pub(crate) struct Answer {
     pub content_type: String,
     pub body: String,
+    /// The `X-Request-Id` the node answered with.
+    pub request_id: Option<String>,
 }
 
 async fn exchange<S>(
@@ -180,11 +182,23 @@ where
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX)
         .await
         .map_err(|e| format!("the body: {e}"))?;
     let body = String::from_utf8_lossy(&body).into_owned();
-    Ok((status, Answer { content_type, body }))
+    Ok((
+        status,
+        Answer {
+            content_type,
+            body,
+            request_id,
+        },
+    ))
 }
 
 /// Splits a shell command line as a POSIX shell would (the `shell-words` crate), after
@@ -510,4 +524,104 @@ async fn a_client_that_stops_reading_is_disconnected() {
     let (status, _) = port.request("GET", "/healthz", &[], b"").await;
     assert_eq!(status, 200);
     c.stop_all().await;
+}
+
+/// A request can be followed through a node's logs: its span (request id, kind, FSM, role)
+/// is on the node's JSON log line for it, under the caller's `X-Request-Id`, which the node
+/// echoes; a request without one gets an id of the node's, echoed too; a malformed one is
+/// refused with the rule.
+#[test]
+fn a_request_is_logged_under_its_request_id_with_its_fsm_and_role() {
+    use crate::processes::{create_register, runtime, stop_cleanly, three_nodes};
+    let dir = tempfile::tempdir().expect("tmp");
+    let (certs, real, mut nodes) = three_nodes(dir.path());
+    let http_base = crate::cli::free_udp_ports(3);
+    for n in &mut nodes {
+        n.spec.unsynced_journal = None;
+        n.log_filter = "warn,wraft_host::api=debug".into();
+        n.tuning = vec![
+            "--log-format".into(),
+            "json".into(),
+            "--http-listen".into(),
+            format!("127.0.0.1:{}", http_base + n.spec.id as u16 - 1),
+            "--http-token".into(),
+            format!("writer:{WRITER}"),
+        ];
+        n.start().expect("start");
+    }
+    let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+    let ca = std::fs::read_to_string(certs.join("ca.pem")).expect("CA");
+    runtime().block_on(async {
+        let admin = wraft_client::Client::new(addrs, &crate::processes::identity(&certs, "admin"))
+            .expect("client")
+            .with_patience(std::time::Duration::from_secs(30));
+        create_register(&admin).await.expect("an FSM");
+        let leader = admin
+            .status()
+            .await
+            .expect("status")
+            .leader
+            .expect("a leader");
+        let port = Port::tls(([127, 0, 0, 1], http_base + leader as u16 - 1).into(), &ca);
+        let command = serde_json::to_string(&probe::Command::Put {
+            key: vec![7],
+            value: vec![70],
+        })
+        .expect("JSON");
+        let path = format!("/v1/fsms/{}/apply", crate::processes::register());
+        let traced = [
+            format!("Authorization: Bearer {WRITER}"),
+            "X-Request-Id: trace-me.1".to_string(),
+        ];
+        let (status, answer) = port
+            .exchange_full("POST", &path, &traced, command.as_bytes())
+            .await
+            .expect("an answer");
+        assert_eq!(status, 200, "{}", answer.body);
+        assert_eq!(answer.request_id.as_deref(), Some("trace-me.1"));
+        let auth = [format!("Authorization: Bearer {WRITER}")];
+        let (_, answer) = port
+            .exchange_full("POST", &path, &auth, command.as_bytes())
+            .await
+            .expect("an answer");
+        let generated = answer.request_id.expect("an id of the node's");
+        assert!(generated.starts_with(&format!("n{leader}-")), "{generated}");
+        let bad = [
+            auth[0].clone(),
+            "X-Request-Id: no spaces please".to_string(),
+        ];
+        let (status, answer) = port
+            .exchange_full("POST", &path, &bad, command.as_bytes())
+            .await
+            .expect("an answer");
+        assert_eq!(status, 400, "{}", answer.body);
+        assert!(answer.body.contains("X-Request-Id"), "{}", answer.body);
+        let node = &nodes[leader as usize - 1];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let line = loop {
+            let log = node.log();
+            let found = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["span"]["id"] == "trace-me.1");
+            if let Some(v) = found {
+                break v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line of the request:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert_eq!(line["span"]["name"], "request", "{line}");
+        assert_eq!(line["span"]["kind"], "apply", "{line}");
+        assert_eq!(
+            line["span"]["fsm"],
+            crate::processes::register().as_str(),
+            "{line}"
+        );
+        assert_eq!(line["span"]["role"], "writer", "{line}");
+        assert_eq!(line["fields"]["outcome"], "ok", "{line}");
+    });
+    stop_cleanly(&mut nodes);
 }
