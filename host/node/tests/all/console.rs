@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 
-use crate::processes::{create_register, put, runtime, stop_cleanly, three_nodes};
+use crate::processes::{create_register, put, runtime, stop_cleanly, three_nodes_serving_https};
 
 const READER: &str = "console-reader-token";
 const WRITER: &str = "console-writer-token";
@@ -108,22 +108,9 @@ async fn text_when(b: &Browser, id: &str, ready: impl Fn(&str) -> bool) -> Strin
 #[ignore = "needs chromium and chromium-driver: make console-test"]
 fn the_console_shows_the_cluster_and_its_commits_move_in_a_real_browser() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (certs, real, mut nodes) = three_nodes(dir.path());
-    let http_base = crate::cli::free_udp_ports(3);
-    for n in &mut nodes {
-        n.spec.unsynced_journal = None;
-        let port = http_base + n.spec.id as u16 - 1;
-        n.tuning = vec![
-            "--http-listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--http-token".into(),
-            format!("reader:{READER}"),
-            "--http-token".into(),
-            format!("writer:{WRITER}"),
-        ];
-        n.start().expect("start");
-    }
-    let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+    let tokens = [format!("reader:{READER}"), format!("writer:{WRITER}")];
+    let (certs, addrs, http_base, mut nodes) =
+        three_nodes_serving_https(dir.path(), &tokens, &[], None);
     let client = |role: &str| {
         wraft_client::Client::new(addrs.clone(), &crate::processes::identity(&certs, role))
             .expect("client")

@@ -532,24 +532,14 @@ async fn a_client_that_stops_reading_is_disconnected() {
 /// refused with the rule.
 #[test]
 fn a_request_is_logged_under_its_request_id_with_its_fsm_and_role() {
-    use crate::processes::{create_register, runtime, stop_cleanly, three_nodes};
+    use crate::processes::{create_register, runtime, stop_cleanly, three_nodes_serving_https};
     let dir = tempfile::tempdir().expect("tmp");
-    let (certs, real, mut nodes) = three_nodes(dir.path());
-    let http_base = crate::cli::free_udp_ports(3);
-    for n in &mut nodes {
-        n.spec.unsynced_journal = None;
-        n.log_filter = "warn,wraft_host::api=debug".into();
-        n.tuning = vec![
-            "--log-format".into(),
-            "json".into(),
-            "--http-listen".into(),
-            format!("127.0.0.1:{}", http_base + n.spec.id as u16 - 1),
-            "--http-token".into(),
-            format!("writer:{WRITER}"),
-        ];
-        n.start().expect("start");
-    }
-    let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+    let (certs, addrs, http_base, mut nodes) = three_nodes_serving_https(
+        dir.path(),
+        &[format!("writer:{WRITER}")],
+        &["--log-format", "json"],
+        Some("warn,wraft_host::api=debug"),
+    );
     let ca = std::fs::read_to_string(certs.join("ca.pem")).expect("CA");
     runtime().block_on(async {
         let admin = wraft_client::Client::new(addrs, &crate::processes::identity(&certs, "admin"))

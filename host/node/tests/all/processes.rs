@@ -150,6 +150,40 @@ pub(crate) fn three_nodes(
     (certs, real, nodes)
 }
 
+/// Three `wraft serve` processes with an HTTPS port each (their own certificates) accepting
+/// `tokens` (`ROLE:TOKEN`), started with `extra` flags and log filter `log` (else the
+/// default); returns the
+/// certificates' directory, the QUIC addresses, node 1's HTTP port (node N's is N - 1 above
+/// it) and the nodes.
+pub(crate) fn three_nodes_serving_https(
+    dir: &std::path::Path,
+    tokens: &[String],
+    extra: &[&str],
+    log: Option<&str>,
+) -> (std::path::PathBuf, Vec<String>, u16, Vec<NodeProcess>) {
+    let (certs, real, mut nodes) = three_nodes(dir);
+    let http_base = crate::cli::free_udp_ports(3);
+    for n in &mut nodes {
+        n.spec.unsynced_journal = None;
+        if let Some(log) = log {
+            n.log_filter = log.into();
+        }
+        let port = http_base + n.spec.id as u16 - 1;
+        n.tuning = ["--http-listen".to_string(), format!("127.0.0.1:{port}")]
+            .into_iter()
+            .chain(
+                tokens
+                    .iter()
+                    .flat_map(|t| ["--http-token".to_string(), t.clone()]),
+            )
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
+        n.start().expect("start");
+    }
+    let addrs = real.iter().map(ToString::to_string).collect();
+    (certs, addrs, http_base, nodes)
+}
+
 /// Stops every node; each must stop cleanly (SIGTERM, exit 0).
 pub(crate) fn stop_cleanly(nodes: &mut [NodeProcess]) {
     for n in nodes.iter_mut() {
