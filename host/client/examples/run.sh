@@ -8,9 +8,18 @@ target=${CARGO_TARGET_DIR:-target}
 cargo build -q -p wraft-host --bin wraft
 cargo build -q -p wraft-client --examples
 dir=$(mktemp -d)
-"$target/debug/wraft" dev --data-dir "$dir" >"$dir/dev.log" 2>&1 &
+# The settings the examples read, whatever the caller's environment holds.
+unset WRAFT_DEV_PORT WRAFT_DEV_HTTP_PORT WRAFT_PROFILE
+export WRAFT_NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 WRAFT_FSM=sequencer
+"$target/debug/wraft" dev --data-dir "$dir" --port 7001 --http-port 8001 >"$dir/dev.log" 2>&1 &
 dev=$!
-trap 'kill $dev 2>/dev/null || true; wait $dev 2>/dev/null || true; rm -rf "$dir"' EXIT
+stop() {
+    kill $dev 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 $dev 2>/dev/null || break; sleep 1; done
+    kill -9 $dev 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap stop EXIT
 for _ in $(seq 1 120); do
     grep -q '^wraft dev:' "$dir/dev.log" && break
     kill -0 $dev 2>/dev/null || break

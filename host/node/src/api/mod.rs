@@ -69,6 +69,19 @@ impl std::fmt::Display for NodeRequest {
     }
 }
 
+/// How a request ended, for its log line: `ok`, or the refusal's message quoted and escaped
+/// (it may quote what the caller sent: escaped, it cannot forge a line of the text log).
+struct Outcome<'a>(Option<&'a ApiError>);
+
+impl std::fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("ok"),
+            Some(e) => write!(f, "{:?}", e.to_string()),
+        }
+    }
+}
+
 /// A request that takes longer is logged at `warn` with its span ([`NodeApi::serve_traced`]).
 pub const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -419,16 +432,28 @@ impl NodeApi {
             fsm = request.fsm().map(|f| f.as_str()),
             role = role.map(|r| r.as_str()),
         );
+        let kind = request.name();
+        let fsm = request.fsm().cloned();
         async {
             let started = std::time::Instant::now();
             let answer = self.serve_checked(role, request).await;
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-            let slow = started.elapsed() >= SLOW_REQUEST;
-            match (&answer, slow) {
-                (Ok(_), true) => tracing::warn!(elapsed_ms, outcome = "ok", "slow request"),
-                (Ok(_), false) => tracing::debug!(elapsed_ms, outcome = "ok", "request answered"),
-                (Err(e), true) => tracing::warn!(elapsed_ms, outcome = %e, "slow request"),
-                (Err(e), false) => tracing::debug!(elapsed_ms, outcome = %e, "request answered"),
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+            let outcome = Outcome(answer.as_ref().err());
+            if elapsed >= SLOW_REQUEST {
+                // With its request's fields: at the default level (warn) the info span is
+                // off, and this is the line an operator gets.
+                tracing::warn!(
+                    request_id = %id,
+                    kind,
+                    fsm = fsm.as_ref().map(|f| f.as_str()),
+                    role = role.map(|r| r.as_str()),
+                    elapsed_ms,
+                    outcome = %outcome,
+                    "slow request"
+                );
+            } else {
+                tracing::debug!(elapsed_ms, outcome = %outcome, "request answered");
             }
             answer
         }

@@ -69,6 +69,30 @@ mod tests {
 
     /// Created 0600 whatever the umask, and an existing world-readable file is replaced.
     #[test]
+    fn reserved_names_are_refused_as_hosts_whatever_their_case() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for host in [
+            "node-2.wraft",
+            "NODE-2.WRAFT",
+            "admin.client.wraft.",
+            "wraft.",
+            "*.example",
+        ] {
+            let e = super::generate(dir.path(), &[1], &[host.to_string()], true)
+                .expect_err(host)
+                .to_string();
+            assert!(e.contains("reserved"), "{host}: {e}");
+        }
+        super::generate(
+            dir.path(),
+            &[1],
+            &["10.0.0.1".into(), "db.example".into()],
+            true,
+        )
+        .expect("ordinary hosts");
+    }
+
+    #[test]
     fn private_keys_are_created_readable_by_their_owner_only() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("k.key");
@@ -89,8 +113,9 @@ mod tests {
 pub fn generate(out: &Path, nodes: &[u64], hosts: &[String], force: bool) -> anyhow::Result<()> {
     for host in hosts {
         // A `.wraft` name or a wildcard would make a node certificate pass as another node
-        // or a client role on the QUIC port, which names peers by exactly these names.
-        if host.contains('*') || host.trim_end_matches('.').ends_with(".wraft") || host == "wraft" {
+        // or a client role on the QUIC port, which matches these names ignoring case.
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if name.contains('*') || name.ends_with(".wraft") || name == "wraft" {
             bail!(
                 "--hosts {host:?}: wildcards and .wraft names are reserved for the cluster's own identities"
             );

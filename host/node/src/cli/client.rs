@@ -74,10 +74,17 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 impl Conn {
     /// The settings: each from its flag or variable, else the profile, else the default.
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
-        let profile = match &self.profile {
+        // An empty value (`WRAFT_PROFILE=`, `--nodes ""`) is no value.
+        let profile = match self.profile.as_deref().filter(|p| !p.is_empty()) {
             Some(name) => super::profile::load(&super::profile::file()?, name)?,
             None => super::profile::Profile::default(),
         };
+        let given: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
         let timeout = match (self.timeout, &profile.timeout) {
             (Some(t), _) => t,
             (None, Some(text)) => parse_duration(text)
@@ -87,8 +94,8 @@ impl Conn {
         };
         let dev = |file: &str| PathBuf::from("wraft-data/dev/certs").join(file);
         Ok(Resolved {
-            nodes: match (&self.nodes, profile.nodes) {
-                (given, _) if !given.is_empty() => given.clone(),
+            nodes: match (given, profile.nodes) {
+                (given, _) if !given.is_empty() => given,
                 (_, Some(nodes)) => nodes,
                 _ => ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
                     .map(String::from)

@@ -42,11 +42,12 @@ pub struct HttpArgs {
     #[arg(
         long,
         env = "WRAFT_HTTP_PLAINTEXT",
-        action = clap::ArgAction::SetTrue,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
         value_parser = clap::builder::BoolishValueParser::new()
     )]
-    #[serde(default)]
-    pub http_plaintext: bool,
+    pub http_plaintext: Option<bool>,
 }
 
 impl HttpArgs {
@@ -79,7 +80,7 @@ impl HttpArgs {
                 ),
                 (
                     "--http-plaintext",
-                    self.http_plaintext || file.http_plaintext,
+                    self.http_plaintext.or(file.http_plaintext) == Some(true),
                 ),
             ];
             if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
@@ -112,7 +113,8 @@ impl HttpArgs {
             }
         }
         let mut http = HttpConfig::new(listen, tokens);
-        let plaintext = self.http_plaintext || file.http_plaintext;
+        // The flag or variable (even `false`) over the file.
+        let plaintext = self.http_plaintext.or(file.http_plaintext).unwrap_or(false);
         let pair = match (
             self.http_cert.or(file.http_cert),
             self.http_key.or(file.http_key),

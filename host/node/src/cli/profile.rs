@@ -71,6 +71,9 @@ pub fn load(path: &Path, name: &str) -> anyhow::Result<Profile> {
             path.display()
         );
     };
+    if profile.nodes.as_ref().is_some_and(|n| n.is_empty()) {
+        bail!("profile {name:?} in {}: `nodes` is empty", path.display());
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     for p in [&mut profile.ca, &mut profile.cert, &mut profile.key]
         .into_iter()

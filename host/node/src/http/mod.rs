@@ -189,20 +189,29 @@ where
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(&mut stream), service)
         .await;
-    if let Err(e) = served {
-        tracing::debug!(%remote, "HTTP connection ended: {e}");
+    match served {
+        // hyper closed its side after answering: the client may still be sending a body
+        // that was refused before it was read.
+        Ok(()) => linger(stream).await,
+        // A timeout (an idle keep-alive connection, slow headers), a stalled write, a
+        // malformed request: nothing of the client's is waiting for an answer. Say so
+        // (FIN, or TLS close_notify) rather than leave the client to find out.
+        Err(e) => {
+            tracing::debug!(%remote, "HTTP connection ended: {e}");
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        }
     }
-    linger(stream).await;
 }
 
-/// Reads and drops what the client still sends, for [`LINGER`] and [`LINGER_BYTES`] at most,
-/// before the connection is dropped. A request refused before its body was read (401, 413)
+/// After a clean close, reads and drops what the client still sends, for [`LINGER`] and
+/// [`LINGER_BYTES`] at most, before the connection is dropped. A request refused before its body was read (401, 413)
 /// leaves the body on its way; closing at once would answer it with a TCP reset, which can
 /// destroy the refusal in the client's buffers before it reads it (a lingering close, as
 /// web servers do).
 async fn linger<S: tokio::io::AsyncRead + Unpin>(mut stream: S) {
     use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = vec![0u8; 16 << 10];
     let mut left = LINGER_BYTES;
     let _ = tokio::time::timeout(LINGER, async {
         while left > 0 {

@@ -31,9 +31,10 @@ fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
 
 /// Checks `value` against the subset of JSON Schema the description uses: `$ref`, `type`
 /// (one or a list, with `null`), `required`, `properties`, `items`, `enum`, `pattern`,
-/// `minimum`. Hand-made on purpose: a full validator crate would bring some thirty crates
-/// into the test build for these eight keywords; a keyword outside them fails the test, so
-/// the description cannot silently outgrow the check.
+/// `minimum`, `minLength`, `maxLength` (`description` and `default` say nothing to check).
+/// Hand-made on purpose: a full validator crate would bring some thirty crates into the
+/// test build for these ten keywords; a keyword outside them fails the test, so the
+/// description cannot silently outgrow the check.
 fn check(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     const KNOWN: &[&str] = &[
         "$ref",
@@ -87,6 +88,19 @@ fn check(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), St
     ) && !regex::Regex::new(p).expect("a pattern").is_match(s)
     {
         return Err(format!("{at}: {s:?} does not match {p}"));
+    }
+    if let Some(s) = value.as_str() {
+        let chars = s.chars().count() as u64;
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+            && chars < min
+        {
+            return Err(format!("{at}: {s:?} is shorter than {min}"));
+        }
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+            && chars > max
+        {
+            return Err(format!("{at}: {s:?} is longer than {max}"));
+        }
     }
     if let (Some(min), Some(n)) = (
         schema.get("minimum").and_then(Value::as_i64),

@@ -162,7 +162,7 @@ pub(crate) fn three_nodes_serving_https(
     log: Option<&str>,
 ) -> (std::path::PathBuf, Vec<String>, u16, Vec<NodeProcess>) {
     let (certs, real, mut nodes) = three_nodes(dir);
-    let http_base = crate::cli::free_udp_ports(3);
+    let http_base = crate::cli::free_tcp_run(3);
     for n in &mut nodes {
         n.spec.unsynced_journal = None;
         if let Some(log) = log {
