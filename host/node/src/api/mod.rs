@@ -126,10 +126,15 @@ impl NodeApi {
 
     /// A new request id of this node's: `n<node>-<count>`.
     pub fn request_id(&self) -> String {
+        self.next_request().to_string()
+    }
+
+    /// The next of this node's request ids, not yet formatted.
+    fn next_request(&self) -> NodeRequest {
         let n = self
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        NodeRequest(self.id, n).to_string()
+        NodeRequest(self.id, n)
     }
 
     /// The data files of this node's LMDB envs (`raft`, `state`), for `/metrics`.
@@ -417,11 +422,7 @@ impl NodeApi {
         let id: &(dyn std::fmt::Display + Sync) = match &id {
             Some(id) => id,
             None => {
-                own = NodeRequest(
-                    self.id,
-                    self.requests
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                );
+                own = self.next_request();
                 &own
             }
         };

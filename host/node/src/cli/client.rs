@@ -334,19 +334,8 @@ pub async fn module(conn: &Conn, cmd: ModuleCmd) -> anyhow::Result<()> {
             println!("{}", id?);
         }
         ModuleCmd::List { json: true } => {
-            let modules: Vec<_> = conn
-                .client()?
-                .modules()
-                .await?
-                .into_iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "module_id": m.module_id.to_string(),
-                        "size_bytes": m.size_bytes,
-                        "fsms": m.fsms,
-                    })
-                })
-                .collect();
+            // The API's own shape: a module id is its hex digits in JSON.
+            let modules = conn.client()?.modules().await?;
             println!("{}", serde_json::to_string_pretty(&modules)?);
         }
         ModuleCmd::List { json: false } => {
@@ -381,19 +370,7 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
             println!("created {n}");
         }
         FsmCmd::List { json: true } => {
-            let fsms: Vec<_> = conn
-                .client()?
-                .fsms()
-                .await?
-                .into_iter()
-                .map(|f| {
-                    serde_json::json!({
-                        "name": f.name,
-                        "module_id": f.module_id.to_string(),
-                        "limits": f.limits,
-                    })
-                })
-                .collect();
+            let fsms = conn.client()?.fsms().await?;
             println!("{}", serde_json::to_string_pretty(&fsms)?);
         }
         FsmCmd::List { json: false } => {
