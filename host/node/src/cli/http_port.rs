@@ -51,6 +51,22 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
+    /// Each setting from these flags and variables (a `false` included), else from `file`.
+    fn over(self, file: HttpArgs) -> HttpArgs {
+        HttpArgs {
+            http_listen: self.http_listen.or(file.http_listen),
+            http_tokens: if self.http_tokens.is_empty() {
+                file.http_tokens
+            } else {
+                self.http_tokens
+            },
+            http_token_file: self.http_token_file.or(file.http_token_file),
+            http_cert: self.http_cert.or(file.http_cert),
+            http_key: self.http_key.or(file.http_key),
+            http_plaintext: self.http_plaintext.or(file.http_plaintext),
+        }
+    }
+
     /// The port's settings, from these flags, else the config file's keys; `None` when no
     /// address is given. `node_cert`/`node_key` are the node's own PEM files, presented
     /// when no other certificate is given.
@@ -60,28 +76,21 @@ impl HttpArgs {
         node_cert: &Path,
         node_key: &Path,
     ) -> anyhow::Result<Option<HttpConfig>> {
-        let Some(listen) = self.http_listen.or(file.http_listen) else {
+        let HttpArgs {
+            http_listen,
+            http_tokens,
+            http_token_file,
+            http_cert,
+            http_key,
+            http_plaintext,
+        } = self.over(file);
+        let Some(listen) = http_listen else {
             let stray = [
-                (
-                    "--http-token",
-                    !self.http_tokens.is_empty() || !file.http_tokens.is_empty(),
-                ),
-                (
-                    "--http-token-file",
-                    self.http_token_file.is_some() || file.http_token_file.is_some(),
-                ),
-                (
-                    "--http-cert",
-                    self.http_cert.is_some() || file.http_cert.is_some(),
-                ),
-                (
-                    "--http-key",
-                    self.http_key.is_some() || file.http_key.is_some(),
-                ),
-                (
-                    "--http-plaintext",
-                    self.http_plaintext.or(file.http_plaintext) == Some(true),
-                ),
+                ("--http-token", !http_tokens.is_empty()),
+                ("--http-token-file", http_token_file.is_some()),
+                ("--http-cert", http_cert.is_some()),
+                ("--http-key", http_key.is_some()),
+                ("--http-plaintext", http_plaintext == Some(true)),
             ];
             if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
                 bail!(
@@ -90,17 +99,12 @@ impl HttpArgs {
             }
             return Ok(None);
         };
-        let listed = if self.http_tokens.is_empty() {
-            file.http_tokens
-        } else {
-            self.http_tokens
-        };
-        let mut tokens = listed
+        let mut tokens = http_tokens
             .iter()
             .map(|t| wraft_host::http::parse_token(t).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()
             .context("an HTTP token (--http-token, WRAFT_HTTP_TOKENS or `http_tokens`)")?;
-        if let Some(path) = self.http_token_file.or(file.http_token_file) {
+        if let Some(path) = http_token_file {
             tokens.extend(wraft_host::http::read_token_file(&path).map_err(anyhow::Error::msg)?);
         }
         for (i, (token, role)) in tokens.iter().enumerate() {
@@ -113,12 +117,8 @@ impl HttpArgs {
             }
         }
         let mut http = HttpConfig::new(listen, tokens);
-        // The flag or variable (even `false`) over the file.
-        let plaintext = self.http_plaintext.or(file.http_plaintext).unwrap_or(false);
-        let pair = match (
-            self.http_cert.or(file.http_cert),
-            self.http_key.or(file.http_key),
-        ) {
+        let plaintext = http_plaintext.unwrap_or(false);
+        let pair = match (http_cert, http_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             _ => bail!("--http-cert and --http-key go together (or `http_cert` and `http_key`)"),
