@@ -205,10 +205,10 @@ where
 }
 
 /// After a clean close, reads and drops what the client still sends, for [`LINGER`] and
-/// [`LINGER_BYTES`] at most, before the connection is dropped. A request refused before its body was read (401, 413)
-/// leaves the body on its way; closing at once would answer it with a TCP reset, which can
-/// destroy the refusal in the client's buffers before it reads it (a lingering close, as
-/// web servers do).
+/// [`LINGER_BYTES`] at most, before the connection is dropped. A request refused before its
+/// body was read (401, 413) leaves the body on its way; closing at once would answer it
+/// with a TCP reset, which can destroy the refusal in the client's buffers before it reads
+/// it (a lingering close, as web servers do).
 async fn linger<S: tokio::io::AsyncRead + Unpin>(mut stream: S) {
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 16 << 10];
