@@ -11,7 +11,9 @@
 //! `OutcomeUnknown`) is sent again with the same sequence until an answer comes or
 //! `patience` runs out; the cluster applies it once and answers a retry with the first
 //! response. [`Client::without_sessions`] turns this off: such a write is then not retried,
-//! and the error says it may have applied.
+//! and the error says it may have applied. No request waits for its answer past `patience`:
+//! one that was sent and not answered in time ends as `OutcomeUnknown` (a write) or
+//! `Unreachable` (a read).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -238,19 +240,16 @@ impl Client {
     }
 
     /// One attempt: the open connection (or the next node's), then the request on it,
-    /// waiting at most `limit` for the answer (`None`: as long as it takes).
+    /// waiting at most `limit` for the answer.
     async fn once(
         &self,
         request: &ApiRequest,
-        limit: Option<Duration>,
+        limit: Duration,
     ) -> Result<Result<ApiResponse, ApiError>, Attempt> {
         let conn = self.connection().await.map_err(Attempt::NotSent)?;
-        let called = match limit {
-            Some(limit) => match tokio::time::timeout(limit, api::call(&conn, request)).await {
-                Ok(called) => called.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {limit:?}")),
-            },
-            None => api::call(&conn, request).await.map_err(|e| e.to_string()),
+        let called = match tokio::time::timeout(limit, api::call(&conn, request)).await {
+            Ok(called) => called.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
         };
         called.map_err(|e| {
             // This attempt's connection (no other's): the next attempt sees it closed and
@@ -288,10 +287,16 @@ impl Client {
         let mut unknown = None;
         let attempt_timeout = self.attempt_timeout.unwrap_or(self.patience);
         loop {
-            let limit = repeatable.then(|| {
-                let left = deadline.saturating_duration_since(Instant::now());
-                attempt_timeout.min(left).max(Duration::from_millis(100))
-            });
+            // A write that cannot be sent again waits for its answer as long as the patience
+            // lasts, then says its outcome is unknown: it used to wait with no limit, and a
+            // `wraft module deploy` to a leader that had lost its quorum never returned.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let limit = if repeatable {
+                attempt_timeout.min(left)
+            } else {
+                left
+            };
+            let limit = limit.max(Duration::from_millis(100));
             let attempt = self.once(request, limit).await;
             let retry = match attempt {
                 Ok(Ok(response)) => return (Ok(response), resent),
@@ -423,24 +428,43 @@ impl Client {
     ) -> Result<ModuleId, ClientError> {
         let deadline = Instant::now() + self.patience;
         let mut backoff = Backoff::default();
+        // An upload that was sent and got no answer may have been stored.
+        let mut unanswered = None;
         loop {
             let retry = match self.connection().await {
                 Err(e) => e,
-                Ok(conn) => match api::upload(&conn, bytes, &mut progress).await {
-                    Ok(Ok(ApiResponse::Deployed(id))) => return Ok(id),
-                    Ok(Ok(other)) => return Err(ClientError::Unexpected(Box::new(other))),
-                    Ok(Err(ApiError::NoLeader)) => "no leader".to_string(),
-                    Ok(Err(e)) => return Err(ClientError::Api(e)),
-                    Err(e) => {
-                        conn.close(0u32.into(), b"retrying elsewhere");
-                        e.to_string()
+                Ok(conn) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let upload = api::upload(&conn, bytes, &mut progress);
+                    let limit = left.max(Duration::from_millis(100));
+                    let answer = match tokio::time::timeout(limit, upload).await {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no answer within {limit:?}")),
+                    };
+                    match answer {
+                        Ok(Ok(ApiResponse::Deployed(id))) => return Ok(id),
+                        Ok(Ok(other)) => return Err(ClientError::Unexpected(Box::new(other))),
+                        Ok(Err(ApiError::NoLeader)) => "no leader".to_string(),
+                        Ok(Err(e)) => return Err(ClientError::Api(e)),
+                        Err(e) => {
+                            conn.close(0u32.into(), b"retrying elsewhere");
+                            unanswered = Some(e.clone());
+                            e
+                        }
                     }
-                },
+                }
             };
             if Instant::now() >= deadline {
-                return Err(ClientError::Unreachable {
-                    tried: self.nodes.join(","),
-                    last: retry,
+                return Err(match unanswered {
+                    Some(e) => ClientError::OutcomeUnknown(format!(
+                        "the module was sent and no answer came within the client's patience \
+                         of {:?} ({e}); it may have been stored: deploying it again is safe",
+                        self.patience
+                    )),
+                    None => ClientError::Unreachable {
+                        tried: self.nodes.join(","),
+                        last: retry,
+                    },
                 });
             }
             backoff.wait().await;

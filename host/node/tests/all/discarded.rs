@@ -255,3 +255,155 @@ fn a_write_forwarded_to_a_leader_that_stops_answering_has_an_unknown_outcome() {
         stop_cleanly(&mut nodes);
     });
 }
+
+/// Whether a write shows in the FSM and module listings.
+type Listed = Box<dyn Fn(&[wraft_api::FsmInfo], &[wraft_api::ModuleInfo]) -> bool>;
+
+/// Runs `f` with every node but `leader` stopped (SIGSTOP), then lets them go on.
+fn without_followers<T>(
+    nodes: &mut [wraft_faults::process::NodeProcess],
+    leader: u64,
+    f: impl FnOnce() -> T,
+) -> T {
+    let followers = |i: &usize| *i + 1 != leader as usize;
+    for (_, n) in nodes.iter_mut().enumerate().filter(|(i, _)| followers(i)) {
+        n.pause();
+    }
+    let out = f();
+    for (_, n) in nodes.iter_mut().enumerate().filter(|(i, _)| followers(i)) {
+        n.resume();
+    }
+    out
+}
+
+/// Runs a `wraft` command and waits at most `limit` for it (then kills it and fails: a
+/// command that never returns is the defect this guards against).
+fn wraft_within(args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = std::process::Command::new(crate::cli::WRAFT)
+        .args(args)
+        .env("WRAFT_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wraft");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "wraft {args:?} did not return within {limit:?}: {}",
+                crate::cli::text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A CLI write that reached a leader which cannot commit (both followers stopped) exits 4,
+/// "outcome unknown", once `--timeout` runs out, and it may indeed apply later: the FSM it
+/// created is there once the followers are back. A write that needs a session first exits
+/// 5 instead: nothing of it was sent. `wraft fsm create` and `wraft module deploy` used to
+/// wait for the answer with no limit at all.
+#[test]
+fn a_cli_write_sent_to_a_leader_without_its_quorum_exits_4_outcome_unknown() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (certs, real, mut nodes) = three_nodes(dir.path());
+        for n in &mut nodes {
+            n.start().expect("start");
+        }
+        let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+        let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
+            .expect("client")
+            .with_patience(Duration::from_secs(30));
+        create_register(&admin).await.expect("the register FSM");
+        let probe = admin
+            .fsms()
+            .await
+            .expect("fsms")
+            .into_iter()
+            .find(|f| f.name == register().as_str())
+            .expect("the register FSM")
+            .module_id;
+        let leader = admin
+            .status()
+            .await
+            .expect("status")
+            .leader
+            .expect("leader");
+        let module = dir.path().join("latest-payload.wasm");
+        std::fs::write(&module, wraft_fsm_artifacts::LATEST_PAYLOAD).expect("module file");
+        let file = |f: &str| certs.join(f).display().to_string();
+        let (ca, cert, key) = (file("ca.pem"), file("admin.pem"), file("admin.key"));
+        let leader_addr = addrs[leader as usize - 1].clone();
+        let with_conn = |args: &[&str]| -> Vec<String> {
+            let conn = [
+                "--nodes",
+                &leader_addr,
+                "--client-ca",
+                &ca,
+                "--client-cert",
+                &cert,
+                "--client-key",
+                &key,
+                "--timeout",
+                "2s",
+            ];
+            args.iter().chain(&conn).map(|s| s.to_string()).collect()
+        };
+
+        let probe_hex = probe.to_string();
+        let module_path = module.to_str().expect("utf-8 path");
+        // (the command, whether it then shows in the listings)
+        let writes: [(Vec<String>, Listed); 2] = [
+            (
+                with_conn(&["fsm", "create", "r2", "--module", &probe_hex]),
+                Box::new(|fsms, _| fsms.iter().any(|f| f.name == "r2")),
+            ),
+            (
+                with_conn(&["module", "deploy", module_path]),
+                // The probe module was the only one.
+                Box::new(|_, modules| modules.len() == 2),
+            ),
+        ];
+        for (args, listed) in writes {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = without_followers(&mut nodes, leader, || {
+                wraft_within(&args, Duration::from_secs(30))
+            });
+            let stderr = crate::cli::text(&out.stderr);
+            assert_eq!(out.status.code(), Some(4), "wraft {args:?}: {stderr}");
+            assert!(
+                stderr.contains("outcome") || stderr.contains("may have"),
+                "{stderr}"
+            );
+            // "Unknown" was the truth: the leader had appended it, and it commits now.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let fsms = admin.fsms().await.expect("fsms");
+                let modules = admin.modules().await.expect("modules");
+                if listed(&fsms, &modules) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "wraft {args:?} never applied");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // A write on a session needs the session first: that was never answered, so the
+        // write itself was never sent, and the command says the cluster was unreachable.
+        let args = with_conn(&["apply", "r", "{}"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = without_followers(&mut nodes, leader, || {
+            wraft_within(&args, Duration::from_secs(30))
+        });
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "wraft apply (no session could open): {}",
+            crate::cli::text(&out.stderr)
+        );
+        stop_cleanly(&mut nodes);
+    });
+}
