@@ -8,7 +8,7 @@
 //! ```toml
 //! [prod]
 //! nodes = ["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"]
-//! ca = "prod/ca.pem"          # relative paths: from the file's directory
+//! ca = "prod/ca.pem"          # relative paths: from the file's directory; ~/ from HOME
 //! cert = "prod/ops.pem"
 //! key = "prod/ops.key"
 //! timeout = "5s"
@@ -75,15 +75,31 @@ pub fn load(path: &Path, name: &str) -> anyhow::Result<Profile> {
         bail!("profile {name:?} in {}: `nodes` is empty", path.display());
     }
     let base = path.parent().unwrap_or(Path::new("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from);
     for p in [&mut profile.ca, &mut profile.cert, &mut profile.key]
         .into_iter()
         .flatten()
     {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
+        *p = resolve(p, base, home.as_deref())
+            .with_context(|| format!("profile {name:?} in {}", path.display()))?;
     }
     Ok(profile)
+}
+
+/// A profile's path as a shell would read it: `~/...` from the home directory, a relative
+/// path from the profile file's directory `base`, an absolute one as it is.
+fn resolve(p: &Path, base: &Path, home: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let Ok(under_home) = p.strip_prefix("~") else {
+        return Ok(if p.is_relative() {
+            base.join(p)
+        } else {
+            p.to_path_buf()
+        });
+    };
+    match home {
+        Some(home) => Ok(home.join(under_home)),
+        None => bail!("{} starts with ~ but HOME is not set", p.display()),
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +131,18 @@ mod tests {
         std::fs::write(&path, "[prod]\nnode = [\"x\"]\n").expect("write");
         let e = format!("{:#}", load(&path, "prod").expect_err("a misspelled key"));
         assert!(e.contains("node"), "{e}");
+    }
+
+    #[test]
+    fn a_tilde_is_the_home_directory() {
+        let (base, home) = (Path::new("/etc/wraft"), Some(Path::new("/home/ops")));
+        let at = |p: &str| resolve(Path::new(p), base, home).expect("a path");
+        assert_eq!(at("~/certs/ca.pem"), Path::new("/home/ops/certs/ca.pem"));
+        assert_eq!(at("certs/ca.pem"), Path::new("/etc/wraft/certs/ca.pem"));
+        assert_eq!(at("/abs/ca.pem"), Path::new("/abs/ca.pem"));
+        // `~user` is not expanded (no shell here): it is a relative name.
+        assert_eq!(at("~ops/ca.pem"), Path::new("/etc/wraft/~ops/ca.pem"));
+        let e = resolve(Path::new("~/ca.pem"), base, None).expect_err("no HOME");
+        assert!(e.to_string().contains("HOME"), "{e}");
     }
 }

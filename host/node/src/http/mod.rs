@@ -224,18 +224,31 @@ async fn linger<S: tokio::io::AsyncRead + Unpin>(mut stream: S) {
     .await;
 }
 
-/// Checks the bearer token (401 before any of the body is read), then reads the body within
-/// the size limit (413) and a deadline that grows with its size (408).
+/// Names the request (`X-Request-Id`, echoed on every answer, refusals included), checks
+/// the bearer token (401 before any of the body is read), then reads the body within the
+/// size limit (413) and a deadline that grows with its size (408).
 async fn authenticated(
     State(http): State<Arc<Http>>,
     request: Request,
     next: Next,
 ) -> Result<Response, HttpError> {
-    let role = http.tokens.role(request.headers())?;
     let id = match request_id(request.headers())? {
         Some(id) => id,
         None => http.api.request_id(),
     };
+    let mut response = match admitted(&http, request, &id).await {
+        Ok(request) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    };
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    Ok(response)
+}
+
+/// The request with its role, its id and its whole body, or why it is refused.
+async fn admitted(http: &Http, request: Request, id: &str) -> Result<Request, HttpError> {
+    let role = http.tokens.role(request.headers())?;
     let (parts, body) = request.into_parts();
     let announced = parts
         .headers
@@ -261,12 +274,8 @@ async fn authenticated(
         };
     let mut request = Request::from_parts(parts, Body::from(bytes));
     request.extensions_mut().insert(role);
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
-    if let Ok(value) = header::HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    Ok(response)
+    request.extensions_mut().insert(RequestId(id.to_string()));
+    Ok(request)
 }
 
 fn too_large(max: usize) -> HttpError {
@@ -334,12 +343,29 @@ fn fsm_name(s: &str) -> Result<FsmName, HttpError> {
 #[derive(Clone)]
 struct RequestId(String);
 
+/// Whether `id` has the form of the node's own ids, `n<node>-<count>`.
+fn is_node_request_id(id: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    id.strip_prefix('n')
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(node, count)| digits(node) && digits(count))
+}
+
 /// The caller's `X-Request-Id`, if it sent a usable one.
 fn request_id(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
     let Some(value) = headers.get("x-request-id") else {
         return Ok(None);
     };
     match value.to_str() {
+        // The node's own form, `n<node>-<count>`, is kept for the node: a log line under
+        // such an id is one the node named.
+        Ok(id) if is_node_request_id(id) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "X-Request-Id {id:?} has the form n<node>-<count>, which nodes give the requests that come without one"
+            ),
+        )),
         Ok(id)
             if (1..=64).contains(&id.len())
                 && id
@@ -563,4 +589,28 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
         crate::metrics::handle().render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_node_request_id;
+
+    #[test]
+    fn the_nodes_own_request_ids_are_told_apart() {
+        for own in ["n1-0", "n12-345"] {
+            assert!(is_node_request_id(own), "{own}");
+        }
+        for callers in [
+            "n-1",
+            "n1-",
+            "n1",
+            "nx-1",
+            "m1-2",
+            "n1-2-3",
+            "trace-me.1",
+            "n1-2a",
+        ] {
+            assert!(!is_node_request_id(callers), "{callers}");
+        }
+    }
 }

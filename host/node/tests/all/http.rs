@@ -586,6 +586,21 @@ fn a_request_is_logged_under_its_request_id_with_its_fsm_and_role() {
             .expect("an answer");
         assert_eq!(status, 400, "{}", answer.body);
         assert!(answer.body.contains("X-Request-Id"), "{}", answer.body);
+        // The node's own form is the node's: a caller cannot pass a request off as one.
+        let posing = [auth[0].clone(), format!("X-Request-Id: {generated}")];
+        let (status, answer) = port
+            .exchange_full("POST", &path, &posing, command.as_bytes())
+            .await
+            .expect("an answer");
+        assert_eq!(status, 400, "{}", answer.body);
+        // A refusal before the request is served (401 here) still carries its id.
+        let unauthorized = ["X-Request-Id: trace-me.2".to_string()];
+        let (status, answer) = port
+            .exchange_full("POST", &path, &unauthorized, command.as_bytes())
+            .await
+            .expect("an answer");
+        assert_eq!(status, 401, "{}", answer.body);
+        assert_eq!(answer.request_id.as_deref(), Some("trace-me.2"));
         let node = &nodes[leader as usize - 1];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let line = loop {

@@ -1,7 +1,8 @@
 //! docs/openapi.json against a live cluster: every documented operation is served, answers
 //! 200 with a body of the documented schema and content type, and, where it needs a token,
-//! answers 401 with the documented error body without one; docs/api.md's endpoint table
-//! lists the same operations.
+//! answers 401 with the documented error body without one; the refusals a caller can cause
+//! (400, 403, 404, 413, 422) are documented for their operations with the error body they
+//! carry; docs/api.md's endpoint table lists the same operations.
 
 use serde_json::Value;
 
@@ -239,5 +240,53 @@ async fn the_openapi_description_matches_the_server() {
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} operations documented");
+
+    // The refusals a caller can cause: each status documented for its operation, with the
+    // documented error body and the kind docs/api.md gives it.
+    let example = |path: &str| {
+        spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"]
+            .to_string()
+            .into_bytes()
+    };
+    let (apply, query, batch) = ("/v1/fsms/{fsm}/apply", "/v1/fsms/{fsm}/query", "/v1/batch");
+    let too_large = vec![b' '; (1 << 20) + 1];
+    // A block below the latest one, which the examples above committed: refused.
+    let older = {
+        let mut block: Value = serde_json::from_slice(&example(apply)).expect("the example");
+        let number = &mut block["Commit"]["number"];
+        *number = (number.as_u64().expect("a block number") - 1).into();
+        block.to_string().into_bytes()
+    };
+    // (operation, FSM, token, body, status, kind)
+    type Refusal<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);
+    let refusals: [Refusal; 8] = [
+        (apply, "sequencer", READER, example(apply), 403, "forbidden"),
+        (batch, "", READER, example(batch), 403, "forbidden"),
+        (apply, "nosuch", WRITER, example(apply), 404, "unknown_fsm"),
+        (query, "nosuch", READER, example(query), 404, "unknown_fsm"),
+        (apply, "sequencer", WRITER, b"{".to_vec(), 400, "bad_json"),
+        (apply, "sequencer", WRITER, too_large, 413, "too_large"),
+        (apply, "sequencer", WRITER, older, 422, "failed"),
+        // The batch's example commits block 1, below the apply example's block 2.
+        (batch, "", WRITER, example(batch), 422, "failed"),
+    ];
+    for (path, fsm, token, body, expected, kind) in refusals {
+        let url = path.replace("{fsm}", fsm);
+        let auth = [format!("Authorization: Bearer {token}")];
+        let (status, answer) = port
+            .exchange_full("POST", &url, &auth, &body)
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert_eq!(status, expected, "POST {url}: {}", answer.body);
+        let responses = &spec["paths"][path]["post"]["responses"];
+        let Some(documented) = responses.get(status.to_string()) else {
+            panic!("POST {path} answers {status}, which it does not document");
+        };
+        let documented = resolve(&spec, documented);
+        let schema = &documented["content"]["application/json"]["schema"];
+        let value: Value = serde_json::from_str(&answer.body).expect("a JSON error");
+        check(&spec, schema, &value, &url).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(value["error"], kind, "POST {url}: {}", answer.body);
+    }
     c.stop_all().await;
 }
