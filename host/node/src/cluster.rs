@@ -300,6 +300,7 @@ impl ClusterNode {
             .applying_only_durable(log.durable());
         let (removed, holds) = (sm.removed_nodes(), sm.holds());
         let log = log.held_by(&holds);
+        let log_reclaimable = log.reclaimable();
         log.claim(config.id)?;
         // A node that led when it stopped (or the initial leader of `wraft init generate`)
         // campaigns at once in a new term (after a pre-vote, so a leader elected meanwhile
@@ -344,6 +345,7 @@ impl ClusterNode {
             store.clone(),
             endpoint.clone(),
             removed,
+            log_reclaimable,
         )?;
         crate::metrics::handle();
         let api = Arc::new(api);

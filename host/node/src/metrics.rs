@@ -58,6 +58,9 @@ pub mod names {
     pub const RAFT_LOG_STAGE: &str = "wraft_raft_log_stage_seconds";
     /// Gauge (scrape): the size of an LMDB env's data file, `env` = `raft` | `state` (bytes).
     pub const LMDB_FILE_SIZE: &str = "wraft_lmdb_file_size_bytes";
+    /// Gauge (scrape): bytes of an LMDB env's data file on its free list, which a compaction
+    /// (`wraft compact`) would give back, `env` = `raft` | `state`.
+    pub const LMDB_RECLAIMABLE: &str = "wraft_lmdb_reclaimable_bytes";
     /// Gauge (scrape): proposals holding a slot of the node's queue (`--queue`) now.
     pub const PROPOSAL_QUEUE_DEPTH: &str = "wraft_proposal_queue_depth";
 
@@ -86,6 +89,7 @@ pub mod names {
         RAFT_FOLLOWER_LAG,
         RAFT_LOG_STAGE,
         LMDB_FILE_SIZE,
+        LMDB_RECLAIMABLE,
         PROPOSAL_QUEUE_DEPTH,
     ];
 }

@@ -54,6 +54,8 @@ pub struct NodeApi {
     capacity: usize,
     forward: Forwarder,
     data_dir: std::path::PathBuf,
+    /// What compacting the raft env would give back, as its writer last measured it.
+    log_reclaimable: crate::disk::Reclaimable,
     removed: crate::raft::RemovedNodes,
     limits: crate::limits::NodeLimits,
     /// Requests this node has answered: the id of a request that brings none.
@@ -104,6 +106,7 @@ impl NodeApi {
         store: Arc<StateStore>,
         endpoint: quinn::Endpoint,
         removed: crate::raft::RemovedNodes,
+        log_reclaimable: crate::disk::Reclaimable,
     ) -> Result<Self, wraft_transport_quic::TransportError> {
         let forward = Forwarder::new(endpoint, client_config(&config.identity, ALPN_CLIENT)?);
         let (capacity, limits) = (config.queue, config.limits.clone());
@@ -118,6 +121,7 @@ impl NodeApi {
             capacity,
             forward,
             data_dir: config.data_dir.clone(),
+            log_reclaimable,
             removed,
             limits,
             requests: std::sync::atomic::AtomicU64::new(0),
@@ -137,11 +141,20 @@ impl NodeApi {
         NodeRequest(self.id, n)
     }
 
-    /// The data files of this node's LMDB envs (`raft`, `state`), for `/metrics`.
-    pub fn env_files(&self) -> [(&'static str, std::path::PathBuf); 2] {
+    /// This node's LMDB envs (`raft`, `state`) for `/metrics`: each one's data file, and the
+    /// bytes compacting it would give back (`None`: the state env could not be read).
+    pub fn envs(&self) -> [(&'static str, std::path::PathBuf, Option<u64>); 2] {
         [
-            ("raft", self.data_dir.join("raft").join("data.mdb")),
-            ("state", self.store.path().join("data.mdb")),
+            (
+                "raft",
+                self.data_dir.join("raft").join("data.mdb"),
+                Some(self.log_reclaimable.bytes()),
+            ),
+            (
+                "state",
+                self.store.path().join("data.mdb"),
+                self.store.reclaimable_bytes().ok(),
+            ),
         ]
     }
 

@@ -568,10 +568,14 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
                 .set(lag as f64);
         }
     }
-    for (env, file) in http.api.env_files() {
+    for (env, file, reclaimable) in http.api.envs() {
         if let Ok(meta) = std::fs::metadata(&file) {
             metrics::gauge!(names::LMDB_FILE_SIZE, "node" => node.clone(), "env" => env)
                 .set(meta.len() as f64);
+        }
+        if let Some(bytes) = reclaimable {
+            metrics::gauge!(names::LMDB_RECLAIMABLE, "node" => node.clone(), "env" => env)
+                .set(bytes as f64);
         }
     }
     // Where this node's recent entries spent their time (the raft core answers at once; a

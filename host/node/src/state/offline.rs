@@ -105,7 +105,13 @@ impl StateStore {
 
     /// Bytes a compacting copy would give back: the file size minus the pages in use.
     pub fn reclaimable_bytes(&self) -> Result<u64, StateError> {
-        Ok(crate::disk::reclaimable(&self.env)?)
+        let rtxn = self.env.read_txn()?;
+        let d = &self.dbs;
+        Ok(crate::disk::reclaimable(
+            &self.env,
+            &rtxn,
+            &[&d.meta, &d.fsms, &d.modules, &d.data],
+        )?)
     }
 
     /// Checks every record a node relies on: each module's bytes hash to its id, each FSM

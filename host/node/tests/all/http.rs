@@ -399,6 +399,16 @@ async fn metrics_exist_and_move_and_refusals_leave_the_node_serving() {
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum::<f64>();
         assert!(size > 0.0, "no size for the {env} env:\n{after}");
+        let reclaimable = after
+            .lines()
+            .find(|l| {
+                l.starts_with("wraft_lmdb_reclaimable_bytes{")
+                    && l.contains(&format!("env=\"{env}\""))
+            })
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no reclaimable bytes for the {env} env:\n{after}"));
+        assert!(reclaimable < size, "{env}: {reclaimable} of {size} bytes");
     }
     // Every family the server exposes is a declared (and so documented) one, and has the prefix.
     for line in after.lines().filter(|l| l.starts_with("# TYPE ")) {

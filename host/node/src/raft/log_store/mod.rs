@@ -64,6 +64,8 @@ struct Inner {
     tail: Tail,
     /// How far the log is on disk, for the state machine.
     durable: DurableSender,
+    /// What a compaction would give back, as the writer thread last measured it.
+    reclaimable: crate::disk::Reclaimable,
 }
 
 /// The LMDB raft log store of one node.
@@ -130,6 +132,12 @@ fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
 }
 
 impl Inner {
+    /// Bytes a compacting copy of the env would give back.
+    fn reclaimable_bytes(&self) -> io::Result<u64> {
+        let rtxn = self.env.read_txn().map_err(io_err)?;
+        crate::disk::reclaimable(&self.env, &rtxn, &[&self.logs, &self.meta]).map_err(io_err)
+    }
+
     fn get_meta<T: DeserializeOwned>(&self, txn: &RoTxn<'_>, tag: Meta) -> io::Result<Option<T>> {
         match self
             .meta
@@ -326,6 +334,7 @@ impl LogStore {
                 committed: Mutex::new(None),
                 tail: Mutex::new(Default::default()),
                 durable: DurableSender::new(Default::default()),
+                reclaimable: Default::default(),
             }),
             writer: None,
             hold: None,
@@ -373,6 +382,12 @@ impl LogStore {
     /// Size of the env's data file in bytes.
     pub fn disk_size(&self) -> io::Result<u64> {
         self.inner.env.real_disk_size().map_err(io_err)
+    }
+
+    /// The bytes a compaction would give back, as the writer thread last measured them (it
+    /// measures at most every second while the log is written, and once it goes quiet).
+    pub fn reclaimable(&self) -> crate::disk::Reclaimable {
+        self.inner.reclaimable.clone()
     }
 }
 

@@ -159,7 +159,7 @@ impl LogStore {
         let rtxn = inner.env.read_txn().map_err(io_err)?;
         let mut s = LogSummary {
             file_bytes: inner.env.real_disk_size().map_err(io_err)?,
-            reclaimable_bytes: crate::disk::reclaimable(&inner.env).map_err(io_err)?,
+            reclaimable_bytes: inner.reclaimable_bytes()?,
             ..Default::default()
         };
         let meta = |tag: Meta, what: &str| -> io::Result<Option<Vec<u8>>> {

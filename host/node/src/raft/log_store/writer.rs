@@ -157,10 +157,23 @@ impl Drop for Writer {
     }
 }
 
+/// How often the writer measures what a compaction would give back while the log is
+/// written (and once more when it goes quiet).
+const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn run(inner: &Inner, jobs: &Receiver<Job>) {
     #[cfg(feature = "fault-lazy-fsync")]
     let mut synced = std::time::Instant::now();
-    while let Ok(first) = jobs.recv() {
+    let mut measure = Measure::new(inner);
+    loop {
+        let first = match jobs.recv_timeout(MEASURE_EVERY) {
+            Ok(job) => job,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                measure.if_written(inner);
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         // Broken on purpose (`fault-lazy-fsync`): commits are not durable, the env is
         // synced at most every 200 ms.
         #[cfg(feature = "fault-lazy-fsync")]
@@ -183,6 +196,44 @@ fn run(inner: &Inner, jobs: &Receiver<Job>) {
             next = jobs.try_recv().ok();
         }
         commit_appends(inner, appends);
+        measure.written(inner);
+    }
+}
+
+/// When the writer last measured the env's reclaimable bytes, and whether it wrote since.
+struct Measure {
+    at: std::time::Instant,
+    written: bool,
+}
+
+impl Measure {
+    fn new(inner: &Inner) -> Self {
+        let mut m = Self {
+            at: std::time::Instant::now(),
+            written: true,
+        };
+        m.if_written(inner);
+        m
+    }
+
+    /// After a write: measured again if the last measurement is [`MEASURE_EVERY`] old.
+    fn written(&mut self, inner: &Inner) {
+        self.written = true;
+        if self.at.elapsed() >= MEASURE_EVERY {
+            self.if_written(inner);
+        }
+    }
+
+    /// Measured again if anything was written since the last time.
+    fn if_written(&mut self, inner: &Inner) {
+        if !std::mem::take(&mut self.written) {
+            return;
+        }
+        self.at = std::time::Instant::now();
+        match inner.reclaimable_bytes() {
+            Ok(bytes) => inner.reclaimable.set(bytes),
+            Err(e) => tracing::debug!("measuring the raft env's reclaimable bytes: {e}"),
+        }
     }
 }
 
