@@ -14,10 +14,11 @@ use wraft_api::Role;
 use wraft_api::{
     ApiCall, ApiError, ApiRequest, ApiResponse, ApiResult, BackupManifest, Consistency, Payload,
 };
-use wraft_core::entry::{Apply, Command, FsmLimits, StateDigest};
+use wraft_core::entry::{Apply, Command, FsmLimits, GroupedWrite, StateDigest};
 use wraft_core::link::auth::{ClusterKey, Handshake};
 use wraft_core::name::ModuleId;
 use wraft_core::raft::{Entry, LogId, Node, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use wraft_core::session::{Sequence, SessionWrite};
 use wraft_core::voter::{
     self, AppendOutcome, FlashStore, LeaderId, Persisted, Refusal, Request, Response, Run,
     VoterStore, key_record,
@@ -150,6 +151,25 @@ fn entries() -> Vec<(String, LogEntry)> {
                 fsm: name("a"),
                 limits: FsmLimits::default(),
             },
+        ),
+        (
+            "group",
+            Command::Group(vec![
+                GroupedWrite::Apply(apply("sequencer", &[1])),
+                GroupedWrite::Batch(vec![apply("manifest", &[2]), apply("manifest", &[])]),
+                GroupedWrite::Session {
+                    sequence: Sequence {
+                        session: 9,
+                        seq: 2,
+                        acked: 1,
+                    },
+                    write: SessionWrite::Apply(apply("a", &[3])),
+                },
+                GroupedWrite::Keyed {
+                    key: "key-1".into(),
+                    write: SessionWrite::Batch(vec![apply("a", &[4])]),
+                },
+            ]),
         ),
     ];
     commands

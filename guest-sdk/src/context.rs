@@ -40,8 +40,9 @@ impl<'a> Context<'a> {
         Self { host }
     }
 
-    /// Log index, term, timestamp (ms since the epoch, never decreasing) and batch position
-    /// of the entry being applied.
+    /// Log index, term, timestamp (ms since the epoch, never decreasing) of the entry being
+    /// applied, and the command's position in it (a batch's or a group's commands share the
+    /// index: `(index, position)` is unique per command).
     pub fn entry(&self) -> EntryContext {
         self.host.entry()
     }

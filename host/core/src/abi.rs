@@ -238,7 +238,8 @@ pub struct EntryContext {
     /// Milliseconds since the Unix epoch: `max(leader's timestamp, last applied timestamp)`,
     /// so time never runs backwards for an FSM.
     pub timestamp_ms: u64,
-    /// Position of the command within a `Batch` entry (0 for a plain `Apply`).
+    /// Position of the command within its entry: in a `Batch`, or in a group of client writes
+    /// (0 for a lone command).
     pub position: u32,
     /// True during a read-only query.
     pub is_query: bool,

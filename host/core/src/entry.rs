@@ -68,6 +68,16 @@ impl LogEntry {
             .expect("plain data always encodes")
     }
 
+    /// The length an entry in the current format carrying `command` would encode to, without
+    /// building it (the timestamp's length varies with its value).
+    pub fn encoded_len_of(timestamp_ms: u64, command: &Command) -> usize {
+        postcard::serialize_with_flavor(
+            &V2(timestamp_ms, command),
+            postcard::ser_flavors::Size::default(),
+        )
+        .expect("plain data always encodes")
+    }
+
     /// Decodes postcard bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes)
@@ -76,20 +86,27 @@ impl LogEntry {
 
 impl Serialize for LogEntry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStructVariant;
         match self.format {
             Format::V1 => v1::LogEntry::V1 {
                 timestamp_ms: self.timestamp_ms,
                 command: v1::Command::from(self.command.clone()),
             }
             .serialize(s),
-            Format::V2 => {
-                let mut v = s.serialize_struct_variant("LogEntry", 1, "V2", 2)?;
-                v.serialize_field("timestamp_ms", &self.timestamp_ms)?;
-                v.serialize_field("command", &self.command)?;
-                v.end()
-            }
+            Format::V2 => V2(self.timestamp_ms, &self.command).serialize(s),
         }
+    }
+}
+
+/// An entry in format V2, borrowed: its timestamp and command.
+struct V2<'a>(u64, &'a Command);
+
+impl Serialize for V2<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        let mut v = s.serialize_struct_variant("LogEntry", 1, "V2", 2)?;
+        v.serialize_field("timestamp_ms", &self.0)?;
+        v.serialize_field("command", self.1)?;
+        v.end()
     }
 }
 
@@ -249,10 +266,11 @@ mod v1 {
                 C::SetLimits { .. }
                 | C::OpenSession { .. }
                 | C::SessionWrite { .. }
-                | C::KeyedWrite { .. } => {
+                | C::KeyedWrite { .. }
+                | C::Group(_) => {
                     unreachable!(
                         "first-format entries come from first-format bytes, which have no \
-                         SetLimits and no sessions"
+                         SetLimits, no sessions and no groups"
                     )
                 }
             }
@@ -291,6 +309,7 @@ impl fmt::Display for LogEntry {
             Command::KeyedWrite { key, write } => {
                 write!(f, "keyed write {key:?}: {}", WriteSummary(write))
             }
+            Command::Group(writes) => write!(f, "group of {} writes", writes.len()),
             Command::Checkpoint { leader } => match leader {
                 Some(d) => write!(f, "checkpoint (leader's digest at {})", d.index),
                 None => f.write_str("checkpoint"),
@@ -391,6 +410,71 @@ pub enum Command {
         /// What it does.
         write: SessionWrite,
     },
+    /// Client writes the leader grouped into one entry: each applies as it would in an entry
+    /// of its own (its own nested transaction, fuel and session rules), in order, and gets
+    /// its own response in [`EntryResponse::Group`]; one failing leaves the others applied.
+    /// Its commands take consecutive positions of the entry context, in order.
+    Group(Vec<GroupedWrite>),
+}
+
+/// One client write of a [`Command::Group`], as it would stand in an entry of its own. (A
+/// type apart from [`Command`], so that a group carries client writes only and cannot nest
+/// a group.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupedWrite {
+    /// As [`Command::Apply`].
+    Apply(Apply),
+    /// As [`Command::Batch`].
+    Batch(Vec<Apply>),
+    /// As [`Command::SessionWrite`].
+    Session {
+        /// Its place in the session.
+        sequence: Sequence,
+        /// What it does.
+        write: SessionWrite,
+    },
+    /// As [`Command::KeyedWrite`].
+    Keyed {
+        /// The key.
+        key: alloc::string::String,
+        /// What it does.
+        write: SessionWrite,
+    },
+}
+
+impl GroupedWrite {
+    /// The write `command` is, if a group may carry it; `command` itself otherwise.
+    pub fn of(command: Command) -> Result<Self, Command> {
+        Ok(match command {
+            Command::Apply(a) => Self::Apply(a),
+            Command::Batch(b) => Self::Batch(b),
+            Command::SessionWrite { sequence, write } => Self::Session { sequence, write },
+            Command::KeyedWrite { key, write } => Self::Keyed { key, write },
+            other => return Err(other),
+        })
+    }
+
+    /// The command of this write standing in an entry of its own.
+    pub fn into_command(self) -> Command {
+        match self {
+            Self::Apply(a) => Command::Apply(a),
+            Self::Batch(b) => Command::Batch(b),
+            Self::Session { sequence, write } => Command::SessionWrite { sequence, write },
+            Self::Keyed { key, write } => Command::KeyedWrite { key, write },
+        }
+    }
+
+    /// How many FSM commands it applies: the positions it takes in its group.
+    pub fn commands(&self) -> usize {
+        match self {
+            Self::Apply(_) => 1,
+            Self::Batch(b) => b.len(),
+            Self::Session { write, .. } | Self::Keyed { write, .. } => match write {
+                SessionWrite::Apply(_) => 1,
+                SessionWrite::Batch(b) => b.len(),
+            },
+        }
+    }
 }
 
 /// Hashes of a node's state at one log index, as checkpoints compare them.
@@ -482,6 +566,10 @@ pub enum EntryResponse {
     Internal,
     /// A session was opened; its id.
     SessionOpened(SessionId),
+    /// A [`Command::Group`] applied: each write's own response, in order. Never encoded (a
+    /// session keeps each write's own response), so decoding cannot recurse through it.
+    #[serde(skip)]
+    Group(Vec<EntryResponse>),
 }
 
 /// A session write's command in one line.
@@ -505,6 +593,7 @@ impl fmt::Display for EntryResponse {
             Self::Failed(e) => write!(f, "failed: {e}"),
             Self::Internal => f.write_str("internal"),
             Self::SessionOpened(id) => write!(f, "session {id} opened"),
+            Self::Group(r) => write!(f, "group responses ({})", r.len()),
         }
     }
 }

@@ -29,7 +29,8 @@ pub mod session;
 pub mod voter;
 
 pub use entry::{
-    Apply, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, LogEntry, StateDigest,
+    Apply, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, GroupedWrite, LogEntry,
+    StateDigest,
 };
 pub use error::ApplyError;
 pub use name::{FsmName, ModuleId};

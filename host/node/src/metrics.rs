@@ -26,6 +26,8 @@ pub mod names {
     pub const SNAPSHOT_INSTALL: &str = "wraft_snapshot_install_duration_seconds";
     /// Histogram: a module compile (seconds).
     pub const MODULE_COMPILE: &str = "wraft_module_compile_duration_seconds";
+    /// Histogram: client writes per log entry the leader proposed (its groups' sizes).
+    pub const COMMIT_GROUP_WRITES: &str = "wraft_commit_group_writes";
     /// Histogram: a write's encoded command (bytes).
     pub const COMMIT_PAYLOAD_SIZE: &str = "wraft_commit_payload_size_bytes";
     /// Histogram: a built snapshot (bytes).
@@ -73,6 +75,7 @@ pub mod names {
         SNAPSHOT_BUILD,
         SNAPSHOT_INSTALL,
         MODULE_COMPILE,
+        COMMIT_GROUP_WRITES,
         COMMIT_PAYLOAD_SIZE,
         SNAPSHOT_SIZE,
         FSM_FUEL_USED,
@@ -113,6 +116,8 @@ const BYTES: &[f64] = &[
     64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
     67108864.0,
 ];
+/// Buckets for writes per entry, up to a group's most (`api::propose::MAX_GROUP_WRITES`).
+const WRITES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 /// Buckets for fuel per call.
 const FUEL: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
 
@@ -135,6 +140,7 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
         b = b.set_buckets_for_metric(Matcher::Full((*name).into()), SECONDS)?;
     }
     b = b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES)?;
+    b = b.set_buckets_for_metric(Matcher::Full(names::COMMIT_GROUP_WRITES.into()), WRITES)?;
     b.set_buckets_for_metric(Matcher::Full(names::FSM_FUEL_USED.into()), FUEL)
 }
 
@@ -157,6 +163,11 @@ pub fn handle() -> &'static PrometheusHandle {
 /// Records a duration in seconds.
 pub fn seconds(name: &'static str, d: Duration) {
     metrics::histogram!(name).record(d.as_secs_f64());
+}
+
+/// Records how many client writes one proposed entry carries.
+pub fn group_writes(n: usize) {
+    metrics::histogram!(names::COMMIT_GROUP_WRITES).record(n as f64);
 }
 
 /// Counts a refused proposal.

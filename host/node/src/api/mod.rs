@@ -9,11 +9,13 @@
 //!   `QueueFull` at once instead of the node buffering without bound (Kommander).
 //! * JSON is converted by the FSM's codecs here, at the edge; the log carries postcard; queries
 //!   and codecs run on the guest pool: [`guest`].
-//! * The path of a write, top to bottom: [`write`]. Membership and leadership: [`admin`].
+//! * The path of a write, top to bottom: [`write`]; client writes waiting for the leader at
+//!   the same moment share one log entry: [`propose`]. Membership and leadership: [`admin`].
 
 mod admin;
 mod forward;
 mod guest;
+pub mod propose;
 mod write;
 
 use forward::Forwarder;
@@ -46,6 +48,8 @@ pub struct NodeApi {
     raft: Raft,
     store: Arc<StateStore>,
     queue: Arc<Semaphore>,
+    /// Groups client writes into log entries (the leader's).
+    proposer: propose::Proposer,
     /// Turns on the guest pool (see [`NodeApi::on_guest_thread`]), one lane for reads and
     /// one for writes, so a flood of queries never delays a write's codecs.
     guests: [Arc<Semaphore>; 2],
@@ -112,6 +116,7 @@ impl NodeApi {
         let (capacity, limits) = (config.queue, config.limits.clone());
         Ok(Self {
             id: config.id,
+            proposer: propose::Proposer::start(raft.clone(), limits.max_entry_bytes),
             raft,
             store,
             queue: Arc::new(Semaphore::new(capacity)),

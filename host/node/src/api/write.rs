@@ -3,7 +3,6 @@
 //! validated and compiled); the entry's size checked; proposed; its response made the
 //! caller's answer.
 
-use openraft::error::{ClientWriteError, RaftError};
 use wraft_api::Role;
 use wraft_api::{ApiError, ApiRequest, ApiResponse, ApiResult, Once};
 use wraft_core::session::{self, SessionWrite};
@@ -13,6 +12,7 @@ use crate::clock::now_ms;
 use crate::runtime::EntryPoint;
 use crate::state::module_id;
 
+use super::propose::NotApplied;
 use super::{NodeApi, outcome_unknown, unavailable};
 
 impl NodeApi {
@@ -34,8 +34,7 @@ impl NodeApi {
             }
         })?;
         crate::metrics::seconds(crate::metrics::names::COMMIT_MARSHAL, marshal.elapsed());
-        let entry = LogEntry::new(now_ms(), command);
-        let len = entry.encoded_len();
+        let len = LogEntry::encoded_len_of(now_ms(), &command);
         if len > self.limits.max_entry_bytes {
             crate::metrics::rejected("too_large");
             return Err(ApiError::BadRequest(format!(
@@ -44,25 +43,23 @@ impl NodeApi {
                 self.id, self.limits.max_entry_bytes
             )));
         }
-        if let Some(size) = payload_bytes(entry.command()) {
+        if let Some(size) = payload_bytes(&command) {
             metrics::histogram!(crate::metrics::names::COMMIT_PAYLOAD_SIZE).record(size as f64);
         }
         let replicate = std::time::Instant::now();
-        let written = self.raft.client_write(entry).await;
+        let written = self.proposer.propose(command, len).await;
         crate::metrics::seconds(
             crate::metrics::names::COMMIT_RAFT_APPLY,
             replicate.elapsed(),
         );
         let response = match written {
-            Ok(r) => r.data,
+            Ok(r) => r,
             // Refused before it was appended: the leader (if any) can take it.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return self.forward(role, request).await;
-            }
+            Err(NotApplied::NotLeader) => return self.forward(role, request).await,
             // Appended, then replaced when this node adopted another leader's log: the next
             // leader may have committed it. Forwarding it again could apply it twice (the
             // fault suite caught exactly that, seed 5002): the caller must find out first.
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(to))) => {
+            Err(NotApplied::Discarded(to)) => {
                 tracing::warn!("a proposal's entry was discarded on a leader change: {to}");
                 return Err(outcome_unknown(format!(
                     "node {} lost leadership before its entry committed; it may still have \
@@ -72,13 +69,13 @@ impl NodeApi {
             }
             // Raft stopped (shutdown, a storage fault) with the proposal in flight: it may
             // have been appended and may yet commit elsewhere.
-            Err(RaftError::Fatal(e)) => {
+            Err(NotApplied::Stopped(e)) => {
                 return Err(outcome_unknown(format!(
                     "node {} stopped with the write in flight: {e}",
                     self.id
                 )));
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(NotApplied::Refused(e)) => return Err(unavailable(e)),
         };
         match (response, &request) {
             (EntryResponse::Failed(e), _) => Err(ApiError::Failed(e)),

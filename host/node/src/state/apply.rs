@@ -7,7 +7,7 @@ use wraft_core::abi::EntryContext;
 use wraft_core::session::{self, SessionWrite};
 use wraft_core::{
     Apply, ApplyError, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, FsmName,
-    LogEntry, ModuleId,
+    GroupedWrite, LogEntry, ModuleId,
 };
 
 use super::keys::{self, MetaTag};
@@ -36,6 +36,19 @@ type Outcome = Result<EntryResponse, ApplyError>;
 struct EntryCall {
     ctx: EntryContext,
     format: Format,
+}
+
+impl EntryCall {
+    /// The same call at `position` of its entry.
+    fn at(self, position: u32) -> Self {
+        Self {
+            ctx: EntryContext {
+                position,
+                ..self.ctx
+            },
+            ..self
+        }
+    }
 }
 
 /// What one call did: its result and the fuel it used.
@@ -87,30 +100,7 @@ impl StateStore {
                         format: entry.format(),
                     };
                     self.expire_sessions(&mut wtxn, last_ts)?;
-                    match entry.command() {
-                        Command::SessionWrite { sequence, write } => {
-                            let admission =
-                                self.admit_session_write(&mut wtxn, *sequence, ctx.timestamp_ms)?;
-                            self.write_once(&mut wtxn, admission, write, call)?
-                        }
-                        Command::KeyedWrite { key, write } => {
-                            let admission = self.admit_keyed_write(&wtxn, key, write)?;
-                            self.write_once(&mut wtxn, admission, write, call)?
-                        }
-                        command => {
-                            let mut child = self.env.nested_write_txn(&mut wtxn)?;
-                            match self.apply_command(&mut child, command, call)? {
-                                Ok(r) => {
-                                    child.commit()?;
-                                    r
-                                }
-                                Err(e) => {
-                                    child.abort();
-                                    EntryResponse::Failed(e)
-                                }
-                            }
-                        }
-                    }
+                    self.apply_entry(&mut wtxn, entry.command(), call)?
                 }
             };
             responses.push(response);
@@ -135,6 +125,78 @@ impl StateStore {
         }
         wtxn.commit()?;
         Ok(responses)
+    }
+
+    /// One entry's command in the run's transaction `wtxn`: a session or keyed write as
+    /// [`Self::write_once`] applies it; a group write by write, each as it would apply in an
+    /// entry of its own, at its own positions; anything else in a nested transaction.
+    fn apply_entry(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        command: &Command,
+        call: EntryCall,
+    ) -> Result<EntryResponse, StateError> {
+        match command {
+            Command::SessionWrite { sequence, write } => {
+                let admission = self.admit_session_write(wtxn, *sequence, call.ctx.timestamp_ms)?;
+                self.write_once(wtxn, admission, write, call)
+            }
+            Command::KeyedWrite { key, write } => {
+                let admission = self.admit_keyed_write(wtxn, key, write)?;
+                self.write_once(wtxn, admission, write, call)
+            }
+            Command::Group(writes) => {
+                let mut responses = Vec::with_capacity(writes.len());
+                let mut position = call.ctx.position;
+                for w in writes {
+                    let call = call.at(position);
+                    let taken = u32::try_from(w.commands()).unwrap_or(u32::MAX);
+                    position = position.saturating_add(taken);
+                    responses.push(match w {
+                        GroupedWrite::Apply(a) => self.isolated(wtxn, |txn| {
+                            Ok(self
+                                .apply_one(txn, a, call, None)?
+                                .0
+                                .map(EntryResponse::Output))
+                        })?,
+                        GroupedWrite::Batch(b) => {
+                            self.isolated(wtxn, |txn| self.apply_batch(txn, b, call))?
+                        }
+                        GroupedWrite::Session { sequence, write } => {
+                            let admission =
+                                self.admit_session_write(wtxn, *sequence, call.ctx.timestamp_ms)?;
+                            self.write_once(wtxn, admission, write, call)?
+                        }
+                        GroupedWrite::Keyed { key, write } => {
+                            let admission = self.admit_keyed_write(wtxn, key, write)?;
+                            self.write_once(wtxn, admission, write, call)?
+                        }
+                    });
+                }
+                Ok(EntryResponse::Group(responses))
+            }
+            command => self.isolated(wtxn, |txn| self.apply_command(txn, command, call)),
+        }
+    }
+
+    /// `f` in a nested transaction of `wtxn`, kept if it succeeds; a failure's writes vanish
+    /// and it becomes the response.
+    fn isolated(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        f: impl FnOnce(&mut RwTxn<'_>) -> Result<Outcome, StateError>,
+    ) -> Result<EntryResponse, StateError> {
+        let mut child = self.env.nested_write_txn(wtxn)?;
+        match f(&mut child)? {
+            Ok(r) => {
+                child.commit()?;
+                Ok(r)
+            }
+            Err(e) => {
+                child.abort();
+                Ok(EntryResponse::Failed(e))
+            }
+        }
     }
 
     fn apply_command(
@@ -166,8 +228,8 @@ impl StateStore {
             Command::OpenSession { idle_timeout_ms } => {
                 self.open_session(txn, ctx.index, *idle_timeout_ms, ctx.timestamp_ms)
             }
-            Command::SessionWrite { .. } | Command::KeyedWrite { .. } => {
-                unreachable!("apply_inner applies session and keyed writes itself")
+            Command::SessionWrite { .. } | Command::KeyedWrite { .. } | Command::Group(_) => {
+                unreachable!("apply_entry applies session and keyed writes and groups itself")
             }
         }
     }
@@ -251,13 +313,7 @@ impl StateStore {
         let total = budget;
         let mut outputs = Vec::with_capacity(cmds.len());
         for (i, a) in cmds.iter().enumerate() {
-            let call = EntryCall {
-                ctx: EntryContext {
-                    position: i as u32,
-                    ..call.ctx
-                },
-                ..call
-            };
+            let call = call.at(call.ctx.position.saturating_add(i as u32));
             let (result, used) = self.apply_one(txn, a, call, budget)?;
             budget = budget.map(|b| b.saturating_sub(used));
             let error = match result {

@@ -17,6 +17,7 @@ mod edge;
 mod embedded;
 mod examples;
 mod faults;
+mod groups;
 mod guests;
 mod hostile;
 mod http;

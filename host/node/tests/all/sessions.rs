@@ -10,7 +10,7 @@ use wraft_host::state::{AppliedPosition, Committed, StateStore};
 use crate::common::{Fixture, name, output, probe_counter, reopen};
 
 /// Applies `command` at the next index with the leader's timestamp `ts`.
-fn at(store: &StateStore, ts: u64, command: Command) -> EntryResponse {
+pub(crate) fn at(store: &StateStore, ts: u64, command: Command) -> EntryResponse {
     let index = store.applied().expect("applied").map_or(1, |a| a.index + 1);
     let entry = LogEntry::new(ts, command);
     let committed = Committed {
@@ -23,14 +23,14 @@ fn at(store: &StateStore, ts: u64, command: Command) -> EntryResponse {
         .remove(0)
 }
 
-fn incr() -> Apply {
+pub(crate) fn incr() -> Apply {
     Apply {
         fsm: name("p"),
         payload: postcard::to_allocvec(&C::Incr { key: b"n".to_vec() }).expect("encode"),
     }
 }
 
-fn on(session: u64, seq: u64, acked: u64, apply: Apply) -> Command {
+pub(crate) fn on(session: u64, seq: u64, acked: u64, apply: Apply) -> Command {
     Command::SessionWrite {
         sequence: Sequence {
             session,
@@ -41,7 +41,7 @@ fn on(session: u64, seq: u64, acked: u64, apply: Apply) -> Command {
     }
 }
 
-fn open(store: &StateStore, ts: u64, idle_timeout_ms: u64) -> u64 {
+pub(crate) fn open(store: &StateStore, ts: u64, idle_timeout_ms: u64) -> u64 {
     match at(store, ts, Command::OpenSession { idle_timeout_ms }) {
         EntryResponse::SessionOpened(id) => id,
         other => panic!("expected a session, got {other:?}"),
@@ -57,7 +57,7 @@ fn counted(r: &EntryResponse) -> u64 {
 
 /// Later than any fixture's setup entries (stamped with the clock): FSM time never runs
 /// backwards, so the entries here set it.
-const T0: u64 = 4_000_000_000_000;
+pub(crate) const T0: u64 = 4_000_000_000_000;
 
 #[test]
 fn a_retried_session_write_answers_its_first_response_and_applies_once() {

@@ -1,0 +1,222 @@
+//! Client writes the leader groups into one entry (`Command::Group`): each applies as it
+//! would in an entry of its own, with its own response and failure, and its commands take
+//! their own positions of the entry (so their random numbers differ).
+
+use probe::Command as C;
+use wraft_core::session::SessionWrite;
+use wraft_core::{Apply, ApplyError, Command, EntryResponse, GroupedWrite};
+
+use crate::common::{Fixture, name, output, probe_counter};
+use crate::sessions::{T0, at, incr, on, open};
+
+fn probe(cmd: &C) -> Apply {
+    Apply {
+        fsm: name("p"),
+        payload: postcard::to_allocvec(cmd).expect("encode"),
+    }
+}
+
+fn put(key: &str) -> Apply {
+    probe(&C::Put {
+        key: key.into(),
+        value: b"v".to_vec(),
+    })
+}
+
+fn group(writes: &[Command]) -> Command {
+    Command::Group(
+        writes
+            .iter()
+            .cloned()
+            .map(|c| GroupedWrite::of(c).expect("a client write"))
+            .collect(),
+    )
+}
+
+/// A group's responses and resulting state are those of the same writes in entries of their
+/// own: a failing write (alone or in an atomic batch) leaves the others applied, a session
+/// write retried within the group answers its first response, a keyed write applies once.
+#[test]
+fn a_group_applies_each_write_as_an_entry_of_its_own_would() {
+    let (grouped, alone) = (Fixture::probe(), Fixture::probe());
+    let (g, a) = (grouped.node.store(), alone.node.store());
+    let session = open(g, T0, 60_000);
+    assert_eq!(
+        open(a, T0, 60_000),
+        session,
+        "both stores at the same index"
+    );
+    let keyed = Command::KeyedWrite {
+        key: "k-1".into(),
+        write: SessionWrite::Apply(incr()),
+    };
+    let writes = [
+        Command::Apply(put("a")),
+        Command::Apply(probe(&C::Fail {
+            message: "no".into(),
+        })),
+        Command::Batch(vec![put("b"), put("c")]),
+        Command::Batch(vec![
+            put("d"),
+            probe(&C::Fail {
+                message: "no".into(),
+            }),
+        ]),
+        Command::Apply(probe(&C::PutThenFail {
+            key: b"x".to_vec(),
+            value: b"v".to_vec(),
+        })),
+        on(session, 1, 0, incr()),
+        on(session, 1, 0, incr()),
+        keyed.clone(),
+        keyed,
+        Command::Apply(incr()),
+    ];
+    let EntryResponse::Group(responses) = at(g, T0, group(&writes)) else {
+        panic!("a group answers a response per write")
+    };
+    let separately: Vec<EntryResponse> = writes.iter().map(|w| at(a, T0, w.clone())).collect();
+    assert_eq!(responses, separately);
+    assert_eq!(grouped.hash("p"), alone.hash("p"));
+    assert!(matches!(
+        &responses[1],
+        EntryResponse::Failed(ApplyError::Rejected(_))
+    ));
+    assert!(matches!(
+        &responses[3],
+        EntryResponse::Failed(ApplyError::BatchFailed { position: 1, .. })
+    ));
+    assert_eq!(
+        responses[5], responses[6],
+        "a retry answers the first response"
+    );
+    assert_eq!(
+        responses[7], responses[8],
+        "a key answers its first response"
+    );
+    assert_eq!(probe_counter(g), 3, "session once, key once, plain once");
+    for (key, there) in [
+        ("a", true),
+        ("b", true),
+        ("c", true),
+        ("d", false),
+        ("x", false),
+    ] {
+        let found = grouped
+            .query("p", &probe::Query::Get { key: key.into() })
+            .expect("a read");
+        assert_eq!(
+            found != probe::Output::None,
+            there,
+            "{key}: {found:?} (a failed write's puts must vanish, the others' stay)"
+        );
+    }
+}
+
+/// Every command of a group sees the entry's index and a position of its own, in order
+/// across the group's writes and their batches; so each draws its own random numbers.
+#[test]
+fn each_command_of_a_group_has_its_own_position_and_random_numbers() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let context = || probe(&C::Context);
+    let writes = [
+        Command::Apply(context()),
+        Command::Batch(vec![context(), context()]),
+        Command::Apply(context()),
+    ];
+    let EntryResponse::Group(responses) = at(store, T0, group(&writes)) else {
+        panic!("a group answers a response per write")
+    };
+    let index = f.applied_index();
+    let mut seen = Vec::new();
+    for r in &responses {
+        let outs = match r {
+            EntryResponse::BatchOutputs(outs) => outs
+                .iter()
+                .map(|o| postcard::from_bytes(o).expect("decode"))
+                .collect(),
+            other => vec![output(other)],
+        };
+        for o in outs {
+            let probe::Output::Context {
+                index: at_index,
+                position,
+                random,
+                ..
+            } = o
+            else {
+                panic!("unexpected {o:?}")
+            };
+            assert_eq!(at_index, index);
+            seen.push((position, random));
+        }
+    }
+    let positions: Vec<u32> = seen.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, [0, 1, 2, 3]);
+    let mut randoms: Vec<[u64; 2]> = seen.iter().map(|(_, r)| *r).collect();
+    randoms.dedup();
+    assert_eq!(randoms.len(), 4, "{randoms:?}");
+}
+
+/// 64 writers on sessions, 20 increments each, all at once through the leader of a real
+/// 3-node cluster: the leader puts writes into shared entries (fewer log entries than
+/// writes), every writer gets its own answer (the 1 280 counter values, each once), and the
+/// replicas agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
+    use openraft::type_config::async_runtime::WatchReceiver;
+    use wraft_api::{Payload, Role};
+    const WRITERS: u64 = 64;
+    const EACH: u64 = 20;
+    let mut c =
+        crate::cluster::Cluster::start(3, wraft_host::raft::SnapshotPolicy::default()).await;
+    let leader = c.leader().await.id;
+    crate::cluster::setup_probe(&c.leader().await.raft).await;
+    let last_log = |c: &crate::cluster::Cluster| {
+        c.node(leader)
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0)
+    };
+    let before = last_log(&c);
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..WRITERS {
+        let client = c.client(Role::Writer, &[leader]);
+        writers.spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..EACH {
+                let out = client
+                    .apply(&name("p"), Payload::Postcard(incr().payload))
+                    .await
+                    .expect("an increment");
+                let Payload::Postcard(bytes) = out else {
+                    panic!("a postcard write answers postcard")
+                };
+                match postcard::from_bytes(&bytes).expect("an output") {
+                    probe::Output::Number(n) => seen.push(n),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            seen
+        });
+    }
+    let mut seen: Vec<u64> = writers.join_all().await.into_iter().flatten().collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=WRITERS * EACH).collect::<Vec<_>>());
+    // One entry per session opened and per write without groups.
+    let entries = last_log(&c) - before;
+    assert!(
+        entries < WRITERS * (EACH + 1),
+        "{entries} entries for {} writes and {WRITERS} sessions: no write shared an entry",
+        WRITERS * EACH
+    );
+    eprintln!(
+        "{entries} entries for {} writes and {WRITERS} sessions",
+        WRITERS * EACH
+    );
+    c.converged_hashes().await;
+    c.stop_all().await;
+}
