@@ -18,8 +18,8 @@ use wraft_faults::proxy::{Faults, Network};
 
 use crate::cli::free_udp_ports;
 use crate::processes::{
-    certs_for, create_register, identity, node_processes, put, register, runtime, stop_cleanly,
-    three_nodes,
+    RegisterCluster, certs_for, create_register, identity, node_processes, put, register, runtime,
+    stop_cleanly, three_nodes_with_register,
 };
 
 fn incr() -> ApiRequest {
@@ -205,21 +205,13 @@ fn a_write_forwarded_to_a_leader_that_stops_answering_has_an_unknown_outcome() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tmp");
         let ids = [1, 2, 3];
-        let (certs, real, mut nodes) = three_nodes(dir.path());
-        for n in &mut nodes {
-            n.start().expect("start");
-        }
-        let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
-        let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
-            .expect("client")
-            .with_patience(Duration::from_secs(30));
-        create_register(&admin).await.expect("the register FSM");
-        let leader = admin
-            .status()
-            .await
-            .expect("status")
-            .leader
-            .expect("leader");
+        let RegisterCluster {
+            certs,
+            addrs,
+            mut nodes,
+            admin,
+            leader,
+        } = three_nodes_with_register(dir.path()).await;
         let follower = ids
             .iter()
             .copied()
@@ -310,15 +302,13 @@ fn wraft_within(args: &[&str], limit: Duration) -> std::process::Output {
 fn a_cli_write_sent_to_a_leader_without_its_quorum_exits_4_outcome_unknown() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tmp");
-        let (certs, real, mut nodes) = three_nodes(dir.path());
-        for n in &mut nodes {
-            n.start().expect("start");
-        }
-        let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
-        let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
-            .expect("client")
-            .with_patience(Duration::from_secs(30));
-        create_register(&admin).await.expect("the register FSM");
+        let RegisterCluster {
+            certs,
+            addrs,
+            mut nodes,
+            admin,
+            leader,
+        } = three_nodes_with_register(dir.path()).await;
         let probe = admin
             .fsms()
             .await
@@ -327,12 +317,6 @@ fn a_cli_write_sent_to_a_leader_without_its_quorum_exits_4_outcome_unknown() {
             .find(|f| f.name == register().as_str())
             .expect("the register FSM")
             .module_id;
-        let leader = admin
-            .status()
-            .await
-            .expect("status")
-            .leader
-            .expect("leader");
         let module = dir.path().join("latest-payload.wasm");
         std::fs::write(&module, wraft_fsm_artifacts::LATEST_PAYLOAD).expect("module file");
         let file = |f: &str| certs.join(f).display().to_string();

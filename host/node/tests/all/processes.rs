@@ -246,6 +246,47 @@ pub(crate) fn stop_verify_and_compare(
 }
 
 /// Deploys the probe module and creates FSM `r` from it (the registers under test).
+/// [`three_nodes`] started, with the register FSM: what the tests that stop or pause nodes
+/// begin with.
+pub(crate) struct RegisterCluster {
+    /// The certificates' directory.
+    pub certs: std::path::PathBuf,
+    /// The nodes' QUIC addresses, node 1's first.
+    pub addrs: Vec<String>,
+    /// The node processes.
+    pub nodes: Vec<NodeProcess>,
+    /// An admin client of every node, patient for 30 s.
+    pub admin: Client,
+    /// The leader when the FSM was created.
+    pub leader: u64,
+}
+
+/// Starts [`three_nodes`] under `dir` and creates the register FSM.
+pub(crate) async fn three_nodes_with_register(dir: &std::path::Path) -> RegisterCluster {
+    let (certs, real, mut nodes) = three_nodes(dir);
+    for n in &mut nodes {
+        n.start().expect("start");
+    }
+    let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
+    let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
+        .expect("client")
+        .with_patience(Duration::from_secs(30));
+    create_register(&admin).await.expect("the register FSM");
+    let leader = admin
+        .status()
+        .await
+        .expect("status")
+        .leader
+        .expect("leader");
+    RegisterCluster {
+        certs,
+        addrs,
+        nodes,
+        admin,
+        leader,
+    }
+}
+
 pub(crate) async fn create_register(admin: &Client) -> Result<(), String> {
     let module = admin
         .deploy(wraft_fsm_artifacts::PROBE.to_vec())
