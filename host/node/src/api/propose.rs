@@ -60,8 +60,10 @@ pub(super) struct Proposer {
 
 impl Proposer {
     /// Starts the proposer of `raft`, grouping at most `max_entry_bytes` per entry; it ends
-    /// when this handle is dropped. (Its queue is bounded by the node's proposal queue,
-    /// `--queue`, whose slot every write holds while it waits here.)
+    /// when this handle is dropped. Its queue holds the writes whose callers hold a slot of
+    /// the node's proposal queue (`--queue`), and also, until the proposer takes them, those
+    /// whose callers gave up (their slot is released with them): not yet bounded by
+    /// `--queue` (issue 28's closing note of 2026-12-05, first item).
     pub(super) fn start(raft: Raft, max_entry_bytes: usize) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
         tokio::spawn(run(raft.clone(), pending, max_entry_bytes));

@@ -18,8 +18,8 @@ use wraft_faults::proxy::{Faults, Network};
 
 use crate::cli::free_udp_ports;
 use crate::processes::{
-    RegisterCluster, certs_for, create_register, identity, node_processes, put, register, runtime,
-    stop_cleanly, three_nodes_with_register,
+    RegisterCluster, certs_for, identity, node_processes, put, register, runtime, stop_cleanly,
+    three_nodes_with_register, with_register,
 };
 
 fn incr() -> ApiRequest {
@@ -94,16 +94,7 @@ fn a_write_discarded_on_a_leader_change_is_applied_once_and_its_retry_gets_the_f
                 .expect("client")
                 .with_patience(Duration::from_secs(patience))
         };
-        let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
-            .expect("client")
-            .with_patience(Duration::from_secs(30));
-        create_register(&admin).await.expect("the register FSM");
-        let leader = admin
-            .status()
-            .await
-            .expect("status")
-            .leader
-            .expect("leader");
+        let (admin, leader) = with_register(&certs, &addrs).await;
         let others: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
         let addr = |id: u64| addrs[id as usize - 1].clone();
 

@@ -268,7 +268,20 @@ pub(crate) async fn three_nodes_with_register(dir: &std::path::Path) -> Register
         n.start().expect("start");
     }
     let addrs: Vec<String> = real.iter().map(ToString::to_string).collect();
-    let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
+    let (admin, leader) = with_register(&certs, &addrs).await;
+    RegisterCluster {
+        certs,
+        addrs,
+        nodes,
+        admin,
+        leader,
+    }
+}
+
+/// An admin client of the nodes at `addrs` (30 s patience), once it has created the
+/// register FSM, and the leader then.
+pub(crate) async fn with_register(certs: &std::path::Path, addrs: &[String]) -> (Client, u64) {
+    let admin = Client::new(addrs.to_vec(), &identity(certs, "admin"))
         .expect("client")
         .with_patience(Duration::from_secs(30));
     create_register(&admin).await.expect("the register FSM");
@@ -278,13 +291,7 @@ pub(crate) async fn three_nodes_with_register(dir: &std::path::Path) -> Register
         .expect("status")
         .leader
         .expect("leader");
-    RegisterCluster {
-        certs,
-        addrs,
-        nodes,
-        admin,
-        leader,
-    }
+    (admin, leader)
 }
 
 pub(crate) async fn create_register(admin: &Client) -> Result<(), String> {
