@@ -74,9 +74,10 @@ pub const IDEMPOTENCY_KEY_TTL_MS: u64 = 24 * 3_600_000;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// Idempotency keys a cluster keeps at most.
 pub const MAX_IDEMPOTENCY_KEYS: u64 = 1 << 20;
-/// Sessions and keys one entry expires at most (the rest go at the next entries), so that
-/// the work of one entry stays bounded.
-pub const EXPIRIES_PER_ENTRY: usize = 64;
+/// Sessions and keys expired at most per client write an entry holds (one for an entry that
+/// is not a group; the rest go at the next entries), so that the work of one entry stays
+/// bounded and expiry keeps up with the records writes create (at most one each).
+pub const EXPIRIES_PER_WRITE: usize = 64;
 
 /// Checks an idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes of printable ASCII.
 pub fn check_idempotency_key(key: &str) -> Result<(), String> {

@@ -20,7 +20,7 @@ impl NodeApi {
         if !self.is_leader() {
             return self.forward(role, request).await;
         }
-        let Ok(_slot) = self.queue.try_acquire() else {
+        let Ok(slot) = self.queue.clone().try_acquire_owned() else {
             crate::metrics::rejected("queue_full");
             return Err(ApiError::QueueFull {
                 node: self.id,
@@ -47,7 +47,7 @@ impl NodeApi {
             metrics::histogram!(crate::metrics::names::COMMIT_PAYLOAD_SIZE).record(size as f64);
         }
         let replicate = std::time::Instant::now();
-        let written = self.proposer.propose(command, len).await;
+        let written = self.proposer.propose(command, len, slot).await;
         crate::metrics::seconds(
             crate::metrics::names::COMMIT_RAFT_APPLY,
             replicate.elapsed(),
@@ -75,6 +75,8 @@ impl NodeApi {
                     self.id
                 )));
             }
+            // Applied, with a response this node cannot make its answer (a defect).
+            Err(NotApplied::Unanswerable(e)) => return Err(outcome_unknown(e)),
             Err(NotApplied::Refused(e)) => return Err(unavailable(e)),
         };
         match (response, &request) {
@@ -99,7 +101,11 @@ impl NodeApi {
                 Ok(ApiResponse::Session(id))
             }
             (EntryResponse::Done, _) => Ok(ApiResponse::Done),
-            (other, _) => Err(unavailable(format!("unexpected entry response {other:?}"))),
+            // Applied, with a response of another request's shape (a defect): retrying
+            // could apply it twice.
+            (other, _) => Err(outcome_unknown(format!(
+                "the write applied, but its response was {other:?}"
+            ))),
         }
     }
 

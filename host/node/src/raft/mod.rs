@@ -10,7 +10,9 @@ mod state_machine;
 
 pub use applied::AppliedState;
 pub use holds::StoreHolds;
-pub use log_store::{DEFAULT_MAX_LOG_BYTES, DurableLog, LogReader, LogStore, LogSummary};
+pub use log_store::{
+    DEFAULT_MAX_LOG_BYTES, DurableLog, LogReader, LogStore, LogSummary, MAX_BATCH_BYTES,
+};
 pub use snapshot::{SnapshotPolicy, verify_snapshot_file};
 pub(crate) use snapshot::{sha256_prefix, ticker, unique_path};
 pub use state_machine::{RemovedNodes, StateMachine};

@@ -99,7 +99,11 @@ impl StateStore {
                         ctx,
                         format: entry.format(),
                     };
-                    self.expire_sessions(&mut wtxn, last_ts)?;
+                    let writes = match entry.command() {
+                        Command::Group(writes) => writes.len(),
+                        _ => 1,
+                    };
+                    self.expire_sessions(&mut wtxn, last_ts, writes)?;
                     self.apply_entry(&mut wtxn, entry.command(), call)?
                 }
             };

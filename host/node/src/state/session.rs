@@ -16,7 +16,7 @@ use heed::{RoTxn, RwTxn};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wraft_core::session::{
-    self, EXPIRIES_PER_ENTRY, IDEMPOTENCY_KEY_TTL_MS, MAX_IDEMPOTENCY_KEYS, MAX_PENDING_RESPONSES,
+    self, EXPIRIES_PER_WRITE, IDEMPOTENCY_KEY_TTL_MS, MAX_IDEMPOTENCY_KEYS, MAX_PENDING_RESPONSES,
     MAX_RETAINED_BYTES, MAX_SESSION_BYTES, MAX_SESSIONS, Sequence, SessionId, SessionWrite,
 };
 use wraft_core::{ApplyError, EntryResponse};
@@ -377,10 +377,16 @@ impl StateStore {
         self.put_totals(txn, totals)
     }
 
-    /// Looks at the expiry index entries due by `now`, at most [`EXPIRIES_PER_ENTRY`] of
-    /// them: ends the keys, and the sessions whose last write is older than their idle
-    /// timeout; indexes the other sessions again at their real expiry.
-    pub(super) fn expire_sessions(&self, txn: &mut RwTxn<'_>, now: u64) -> Result<(), StateError> {
+    /// Looks at the expiry index entries due by `now`, at most [`EXPIRIES_PER_WRITE`] for
+    /// each of an entry's `writes`: ends the keys, and the sessions whose last write is older
+    /// than their idle timeout; indexes the other sessions again at their real expiry.
+    pub(super) fn expire_sessions(
+        &self,
+        txn: &mut RwTxn<'_>,
+        now: u64,
+        writes: usize,
+    ) -> Result<(), StateError> {
+        let most = EXPIRIES_PER_WRITE.saturating_mul(writes.max(1));
         let prefix = keys::meta(self.group, MetaTag::Expiry);
         let mut due = Vec::new();
         for item in self.dbs.meta.prefix_iter(txn, &prefix)? {
@@ -390,7 +396,7 @@ impl StateStore {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes);
             match at {
-                Some(at) if at <= now && due.len() < EXPIRIES_PER_ENTRY => due.push(k.to_vec()),
+                Some(at) if at <= now && due.len() < most => due.push(k.to_vec()),
                 _ => break,
             }
         }

@@ -36,6 +36,8 @@ pub struct Cluster {
     pub http_tokens: Option<Vec<(String, wraft_api::Role)>>,
     /// How often leaders propose consistency checkpoints.
     checkpoint_interval: Option<Duration>,
+    /// Changes every node's config after the above (timings, limits).
+    tune: fn(&mut NodeConfig),
 }
 
 impl Cluster {
@@ -73,6 +75,24 @@ impl Cluster {
         .await
     }
 
+    /// Nodes with an HTTP port each, accepting `tokens`, whose configs `tune` changes.
+    pub async fn start_tuned(
+        n: u64,
+        tokens: Vec<(String, wraft_api::Role)>,
+        tune: fn(&mut NodeConfig),
+    ) -> Self {
+        let mut c = Self::unstarted(
+            SnapshotPolicy::default(),
+            wraft_host::api::DEFAULT_QUEUE,
+            None,
+            Some(tokens),
+            DEFAULT_CHECKPOINTS,
+        );
+        c.tune = tune;
+        c.boot_all(n).await;
+        c
+    }
+
     /// Nodes with an HTTP port each, accepting `tokens`.
     pub async fn start_http(n: u64, tokens: Vec<(String, wraft_api::Role)>) -> Self {
         Self::start_all(
@@ -94,9 +114,26 @@ impl Cluster {
         http_tokens: Option<Vec<(String, wraft_api::Role)>>,
         checkpoint_interval: Option<Duration>,
     ) -> Self {
-        let ca = DevCa::generate("wraft test CA").expect("CA");
-        let mut c = Cluster {
-            ca,
+        let mut c = Self::unstarted(
+            policy,
+            queue,
+            auto_promote,
+            http_tokens,
+            checkpoint_interval,
+        );
+        c.boot_all(n).await;
+        c
+    }
+
+    fn unstarted(
+        policy: SnapshotPolicy,
+        queue: usize,
+        auto_promote: Option<wraft_host::cluster::AutoPromote>,
+        http_tokens: Option<Vec<(String, wraft_api::Role)>>,
+        checkpoint_interval: Option<Duration>,
+    ) -> Self {
+        Cluster {
+            ca: DevCa::generate("wraft test CA").expect("CA"),
             dirs: Vec::new(),
             nodes: Vec::new(),
             addrs: Vec::new(),
@@ -105,7 +142,13 @@ impl Cluster {
             auto_promote,
             http_tokens,
             checkpoint_interval,
-        };
+            tune: |_| {},
+        }
+    }
+
+    /// Boots nodes `1..=n` and initializes them as one cluster.
+    async fn boot_all(&mut self, n: u64) {
+        let c = self;
         for id in 1..=n {
             c.dirs.push(tempfile::tempdir().expect("tmp"));
             let node = c.boot(id, "127.0.0.1:0".parse().expect("addr")).await;
@@ -123,7 +166,6 @@ impl Cluster {
             .initialize(members)
             .await
             .expect("initialize");
-        c
     }
 
     async fn boot(&self, id: u64, listen: SocketAddr) -> ClusterNode {
@@ -174,6 +216,7 @@ impl Cluster {
             http.max_body = 1 << 20;
             config.http = Some(http);
         }
+        (self.tune)(&mut config);
         config
     }
 

@@ -159,16 +159,18 @@ fn each_command_of_a_group_has_its_own_position_and_random_numbers() {
     assert_eq!(randoms.len(), 4, "{randoms:?}");
 }
 
-/// 64 writers on sessions, 20 increments each, all at once through the leader of a real
-/// 3-node cluster: the leader puts writes into shared entries (fewer log entries than
-/// writes), every writer gets its own answer (the 1 280 counter values, each once), and the
-/// replicas agree.
+/// 64 writers on sessions, 20 increments each of a counter of their own, all at once
+/// through the leader of a real 3-node cluster: the leader puts writes into shared entries
+/// (fewer log entries than writes), every writer gets its own answers (writer `w`'s counter
+/// starts at `w` million, so an answer meant for another writer is seen), and the replicas
+/// agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
     use openraft::type_config::async_runtime::WatchReceiver;
     use wraft_api::{Payload, Role};
     const WRITERS: u64 = 64;
     const EACH: u64 = 20;
+    const START: u64 = 1_000_000;
     let mut c =
         crate::cluster::Cluster::start(3, wraft_host::raft::SnapshotPolicy::default()).await;
     let leader = c.leader().await.id;
@@ -181,15 +183,25 @@ async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
             .last_log_index
             .unwrap_or(0)
     };
+    let encode = |c: &C| Payload::Postcard(postcard::to_allocvec(c).expect("encode"));
     let before = last_log(&c);
     let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..WRITERS {
+    for w in 0..WRITERS {
         let client = c.client(Role::Writer, &[leader]);
+        let key = format!("w{w}").into_bytes();
+        let (start, incr) = (
+            encode(&C::Put {
+                key: key.clone(),
+                value: postcard::to_allocvec(&(w * START)).expect("encode"),
+            }),
+            encode(&C::Incr { key }),
+        );
         writers.spawn(async move {
+            client.apply(&name("p"), start).await.expect("a put");
             let mut seen = Vec::new();
             for _ in 0..EACH {
                 let out = client
-                    .apply(&name("p"), Payload::Postcard(incr().payload))
+                    .apply(&name("p"), incr.clone())
                     .await
                     .expect("an increment");
                 let Payload::Postcard(bytes) = out else {
@@ -200,23 +212,48 @@ async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            seen
+            (w, seen)
         });
     }
-    let mut seen: Vec<u64> = writers.join_all().await.into_iter().flatten().collect();
-    seen.sort_unstable();
-    assert_eq!(seen, (1..=WRITERS * EACH).collect::<Vec<_>>());
+    for (w, seen) in writers.join_all().await {
+        let mine: Vec<u64> = (1..=EACH).map(|k| w * START + k).collect();
+        assert_eq!(seen, mine, "writer {w}'s answers");
+    }
     // One entry per session opened and per write without groups.
     let entries = last_log(&c) - before;
+    let writes = WRITERS * (EACH + 1);
     assert!(
-        entries < WRITERS * (EACH + 1),
-        "{entries} entries for {} writes and {WRITERS} sessions: no write shared an entry",
-        WRITERS * EACH
+        entries < writes + WRITERS,
+        "{entries} entries for {writes} writes and {WRITERS} sessions: no write shared an entry"
     );
-    eprintln!(
-        "{entries} entries for {} writes and {WRITERS} sessions",
-        WRITERS * EACH
-    );
+    eprintln!("{entries} entries for {writes} writes and {WRITERS} sessions");
     c.converged_hashes().await;
     c.stop_all().await;
+}
+
+/// Expiry keeps up with groups: an entry expires up to 64 keys and sessions per write it
+/// holds (a group of 256 writes, 16 384), as 256 entries of one write each would; not 64
+/// per entry, which let expired keys pile up under grouped keyed writes until the cap on
+/// idempotency keys refused new ones.
+#[test]
+fn a_group_expires_as_many_keys_as_its_writes_would_alone() {
+    let f = Fixture::probe();
+    let store = f.node.store();
+    let keyed = |k: usize| Command::KeyedWrite {
+        key: format!("k-{k}"),
+        write: SessionWrite::Apply(probe(&C::Nop)),
+    };
+    let full = |from: usize| group(&(from..from + 256).map(keyed).collect::<Vec<_>>());
+    at(store, T0, full(0));
+    at(store, T0, full(256));
+    assert_eq!(keys(store), 512);
+    // A day later all 512 are due; the next group of 256 writes expires them all (256 × 64
+    // of room) and keeps its own 256.
+    let later = T0 + wraft_core::session::IDEMPOTENCY_KEY_TTL_MS + 1;
+    at(store, later, full(512));
+    assert_eq!(keys(store), 256);
+}
+
+fn keys(store: &wraft_host::state::StateStore) -> u64 {
+    store.session_counts().expect("counts").1
 }

@@ -32,6 +32,7 @@ mod ops;
 mod persistence;
 mod power_loss;
 mod processes;
+mod proposer;
 mod raft_storage;
 mod reconnect;
 mod sessions;
