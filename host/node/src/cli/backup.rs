@@ -14,9 +14,9 @@ pub struct BackupArgs {
     /// Directory to write `state.mdb` and `manifest.json` into (created; must be empty).
     #[arg(long, env = "WRAFT_BACKUP_OUT")]
     pub out: PathBuf,
-    /// Print the backup's manifest as one JSON object (no progress bar).
-    #[arg(long)]
-    pub json: bool,
+    /// As JSON: the backup's manifest as one object (no progress bar).
+    #[command(flatten)]
+    pub output: super::Output,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -50,7 +50,7 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
         bail!("{} is not empty; give a new directory", out.display());
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let bar = if args.json {
+    let bar = if args.output.json() {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(0)
@@ -73,7 +73,7 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
     let manifest = manifest?;
     backup::write_manifest(out, &manifest)?;
     backup::verify(out).context("the downloaded backup does not check out")?;
-    if args.json {
+    if args.output.json() {
         let mut j = serde_json::to_value(&manifest).context("the manifest as JSON")?;
         j["dir"] = out.display().to_string().into();
         println!("{j}");

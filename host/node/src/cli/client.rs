@@ -162,11 +162,11 @@ pub enum ModuleCmd {
         /// The file.
         file: PathBuf,
     },
-    /// List deployed modules, with their sizes and the FSMs running them.
+    /// List deployed modules, with their sizes and the FSMs running them (as JSON: one
+    /// array of `{module_id, size_bytes, fsms}`).
     List {
-        /// One JSON array of `{module_id, size_bytes, fsms}` instead of lines.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: super::Output,
     },
     /// Delete a module no FSM uses.
     Drop {
@@ -188,11 +188,10 @@ pub enum FsmCmd {
         #[command(flatten)]
         limits: super::LimitsArgs,
     },
-    /// List FSM instances.
+    /// List FSM instances (as JSON: one array of `{name, module_id, limits}`).
     List {
-        /// One JSON array of `{name, module_id, limits}` instead of lines.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: super::Output,
     },
     /// Move an FSM to another deployed module, keeping its data; the new module's
     /// `migrate` runs in the same entry, and if it fails the FSM stays on its old module.
@@ -220,12 +219,12 @@ pub enum FsmCmd {
 /// `wraft cluster ...`
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
-    /// Membership, roles and progress.
+    /// Membership, roles and progress (as JSON: the answering node's view as one object,
+    /// the API's `ClusterStatus`, each node with its `lag` behind the leader's last log
+    /// index where known).
     Status {
-        /// The answering node's view as one JSON object (the API's `ClusterStatus`, each
-        /// node with its `lag` behind the leader's last log index where known).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: super::Output,
     },
     /// Add a non-voting learner.
     AddLearner {
@@ -333,12 +332,12 @@ pub async fn module(conn: &Conn, cmd: ModuleCmd) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("{}", id?);
         }
-        ModuleCmd::List { json: true } => {
+        ModuleCmd::List { output } if output.json() => {
             // The API's own shape: a module id is its hex digits in JSON.
             let modules = conn.client()?.modules().await?;
             println!("{}", serde_json::to_string_pretty(&modules)?);
         }
-        ModuleCmd::List { json: false } => {
+        ModuleCmd::List { .. } => {
             for m in conn.client()?.modules().await? {
                 println!(
                     "{}\t{} bytes\tfsms [{}]",
@@ -369,11 +368,11 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
             conn.client()?.create_fsm(name(&n)?, id, limits).await?;
             println!("created {n}");
         }
-        FsmCmd::List { json: true } => {
+        FsmCmd::List { output } if output.json() => {
             let fsms = conn.client()?.fsms().await?;
             println!("{}", serde_json::to_string_pretty(&fsms)?);
         }
-        FsmCmd::List { json: false } => {
+        FsmCmd::List { .. } => {
             for f in conn.client()?.fsms().await? {
                 println!(
                     "{}\tmodule {}\tfuel {}\tpages {}",
@@ -412,7 +411,7 @@ pub async fn fsm(conn: &Conn, cmd: FsmCmd) -> anyhow::Result<()> {
 pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
     let client = conn.client()?;
     match cmd {
-        ClusterCmd::Status { json: true } => {
+        ClusterCmd::Status { output } if output.json() => {
             let s = client.status().await?;
             let mut value = serde_json::to_value(&s)?;
             if let Some(nodes) = value["nodes"].as_array_mut() {
@@ -422,7 +421,7 @@ pub async fn cluster(conn: &Conn, cmd: ClusterCmd) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
-        ClusterCmd::Status { json: false } => {
+        ClusterCmd::Status { .. } => {
             let s = client.status().await?;
             let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
             println!(

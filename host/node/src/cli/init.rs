@@ -32,26 +32,26 @@ pub enum InitCmd {
         force: bool,
     },
     /// What a data directory holds: vote, log range, membership, applied index, FSMs,
-    /// modules, checkpoints, sizes and reclaimable space. Safe while the node runs.
+    /// modules, checkpoints, sizes and reclaimable space. Safe while the node runs. (As
+    /// JSON: one object, sizes in bytes, positions as `{"index", "term"}`, `problems`.)
     Info {
         /// The node's data directory.
         #[arg(long, env = "WRAFT_INIT_STATE_DIR")]
         state_dir: PathBuf,
-        /// One JSON object (sizes in bytes, positions as `{"index", "term"}`, `problems`).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: super::Output,
     },
     /// Check that a data directory's stores are intact and agree (entry checksums, log
     /// continuity, vote, module hashes, FSM records, snapshot checksums, applied position
     /// against the log, state against the last checkpoint). Exits non-zero on a problem.
+    /// (As JSON: one object, as `init info --json` with each FSM's state hash and `"ok"`;
+    /// the exit code still says whether there were problems.)
     Verify {
         /// The node's data directory.
         #[arg(long, env = "WRAFT_INIT_STATE_DIR")]
         state_dir: PathBuf,
-        /// One JSON object, as `init info --json` with each FSM's state hash and `"ok"`
-        /// (the exit code still says whether there were problems).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: super::Output,
     },
 }
 
@@ -83,7 +83,8 @@ pub fn run(cmd: InitCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        InitCmd::Info { state_dir, json } => {
+        InitCmd::Info { state_dir, output } => {
+            let json = output.json();
             let report = inspect(&state_dir, false)
                 .with_context(|| format!("reading {}", state_dir.display()))?;
             if json {
@@ -96,7 +97,8 @@ pub fn run(cmd: InitCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        InitCmd::Verify { state_dir, json } => {
+        InitCmd::Verify { state_dir, output } => {
+            let json = output.json();
             let report = inspect(&state_dir, true)
                 .with_context(|| format!("verifying {}", state_dir.display()))?;
             if json {

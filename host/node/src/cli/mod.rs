@@ -55,6 +55,34 @@ pub fn raise_open_files_limit() {
     }
 }
 
+/// How a command that prints state prints it: lines for people, or one JSON document for
+/// programs, asked for as `--json` or, as kubectl and etcdctl spell it, `-o json`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    /// Print one JSON document instead of lines (the same as `-o json`).
+    #[arg(long, conflicts_with = "output")]
+    json: bool,
+    /// Output format: `text` (lines; the default) or `json` (as `--json`).
+    #[arg(short = 'o', long = "output", env = "WRAFT_OUTPUT", value_enum)]
+    output: Option<Format>,
+}
+
+/// An output format of [`Output`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+impl Output {
+    /// Whether JSON was asked for.
+    pub fn json(&self) -> bool {
+        self.json || self.output == Some(Format::Json)
+    }
+}
+
 /// Per-FSM limits on the command line (`fsm create`, `local create`).
 #[derive(Debug, clap::Args)]
 pub struct LimitsArgs {

@@ -31,10 +31,10 @@ pub enum VoterCmd {
         /// Seconds to wait for the answer.
         #[arg(long, env = "WRAFT_VOTER_TIMEOUT", default_value_t = 5)]
         timeout: u64,
-        /// The voter's status as one JSON object (`vote`, `last`, `committed`, `tail_runs`,
-        /// `boots`, `writes`, `rejected`).
-        #[arg(long)]
-        json: bool,
+        /// As JSON: the voter's status as one object (`vote`, `last`, `committed`,
+        /// `tail_runs`, `boots`, `writes`, `rejected`).
+        #[command(flatten)]
+        output: super::Output,
     },
     /// Write a new cluster key for passive voters: 32 random bytes as 64 hex digits, in a new
     /// file only its owner can read.
@@ -69,8 +69,8 @@ pub async fn run(cmd: VoterCmd) -> anyhow::Result<()> {
             link,
             key,
             timeout,
-            json,
-        } => status(&link, &key, timeout, json).await,
+            output,
+        } => status(&link, &key, timeout, output.json()).await,
         VoterCmd::Keygen { out, force } => keygen(&out, force),
         VoterCmd::Provision {
             key,

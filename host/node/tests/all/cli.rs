@@ -327,7 +327,7 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         "{listed}"
     );
     let modules: serde_json::Value =
-        serde_json::from_str(&run(&["module", "list", "--json"])).expect("modules JSON");
+        serde_json::from_str(&run(&["module", "list", "-o", "json"])).expect("modules JSON");
     assert!(
         modules
             .as_array()
@@ -337,7 +337,7 @@ fn wraft_dev_serves_apply_and_query_to_a_second_process() {
         "{modules}"
     );
     let fsms: serde_json::Value =
-        serde_json::from_str(&run(&["fsm", "list", "--json"])).expect("fsms JSON");
+        serde_json::from_str(&run(&["fsm", "list", "--output=json"])).expect("fsms JSON");
     assert!(
         fsms.as_array()
             .expect("an array")

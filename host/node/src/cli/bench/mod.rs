@@ -63,9 +63,9 @@ pub struct BenchArgs {
     /// The latest-payload FSM to commit to (created if missing).
     #[arg(long, env = "WRAFT_BENCH_FSM", default_value = "bench")]
     pub fsm: String,
-    /// Print one JSON document instead of the table.
-    #[arg(long)]
-    pub json: bool,
+    /// As JSON: one document instead of the table.
+    #[command(flatten)]
+    pub output: crate::cli::Output,
     /// Write on client sessions (exactly-once: each write carries a session sequence and
     /// its response is kept for retries), as `wraft-client`'s `apply` does, instead of plain
     /// writes.
@@ -195,7 +195,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows: Vec::new(),
         memory: Vec::new(),
     };
-    if !args.json {
+    if !args.output.json() {
         print_header(&report, &at_rest);
     }
     let next_block = Arc::new(AtomicU64::new(first_block(&leader[0], &fsm).await?));
@@ -217,7 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             if args.stages {
                 row.stages = Some(leader[0].stages().await.context("the leader's stages")?);
             }
-            if !args.json {
+            if !args.output.json() {
                 print_row(&row);
             }
             report.rows.push(row);
@@ -235,7 +235,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect();
     }
-    if args.json {
+    if args.output.json() {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for m in &report.memory {
