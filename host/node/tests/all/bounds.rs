@@ -16,6 +16,7 @@ use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
 use wraft_transport_quic::pki::CLUSTER_NAME;
 
+use crate::common::deploy_and_create;
 use crate::processes::{caught_up, identity, runtime, three_nodes};
 
 /// Three `wraft serve` processes (without the power-loss preload: these tests move hundreds
@@ -140,14 +141,13 @@ fn put(key: &[u8], value: Vec<u8>) -> ApiRequest {
 }
 
 async fn create_probe(admin: &Client, fsm: &str) {
-    let module = admin
-        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-        .await
-        .expect("deploy");
-    admin
-        .create_fsm(name(fsm), module, FsmLimits::default())
-        .await
-        .expect("create");
+    deploy_and_create(
+        admin,
+        name(fsm),
+        wraft_fsm_artifacts::PROBE,
+        FsmLimits::default(),
+    )
+    .await;
 }
 
 /// Sends `request`, an idempotent write (a put of a fixed value), until it is answered:
@@ -334,26 +334,13 @@ fn a_follower_down_while_large_entries_land_catches_up_quickly() {
         let mut trio = Trio::start(&[]);
         let admin = trio.client("admin", &[1, 2, 3]);
         // The probe decodes a 10 MiB value byte by byte: it needs more than default fuel.
-        let probe = admin
-            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-            .await
-            .expect("deploy");
         let generous = FsmLimits {
             fuel: 1_000_000_000,
             ..FsmLimits::default()
         };
-        admin
-            .create_fsm(name("r"), probe, generous)
-            .await
-            .expect("create");
-        let module = admin
-            .deploy(wraft_fsm_artifacts::LATEST_PAYLOAD.to_vec())
-            .await
-            .expect("deploy");
-        admin
-            .create_fsm(name("sequencer"), module, FsmLimits::default())
-            .await
-            .expect("create");
+        deploy_and_create(&admin, name("r"), wraft_fsm_artifacts::PROBE, generous).await;
+        let latest = wraft_fsm_artifacts::LATEST_PAYLOAD;
+        deploy_and_create(&admin, name("sequencer"), latest, FsmLimits::default()).await;
         let leader = trio.leader().await;
         let down = (1..=3).find(|i| *i != leader).expect("a follower");
         trio.nodes[down as usize - 1].kill();
@@ -449,18 +436,11 @@ fn a_hundred_concurrent_megabyte_writes_all_commit() {
         let admin = trio.client("admin", &[1, 2, 3]);
         // The probe encodes a value it reads byte by byte: reading 1 MiB back takes more
         // than the default query fuel.
-        let probe = admin
-            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-            .await
-            .expect("deploy");
         let limits = FsmLimits {
             query_fuel: 500_000_000,
             ..FsmLimits::default()
         };
-        admin
-            .create_fsm(name("r"), probe, limits)
-            .await
-            .expect("create");
+        deploy_and_create(&admin, name("r"), wraft_fsm_artifacts::PROBE, limits).await;
         let writer = Arc::new(trio.client("writer", &[1, 2, 3]));
         let started = Instant::now();
         let writes: Vec<_> = (0..100u32)

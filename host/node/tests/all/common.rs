@@ -157,6 +157,19 @@ pub async fn setup_probe(raft: &wraft_host::raft::Raft) {
     assert_eq!(raft_write(raft, create).await, EntryResponse::Done);
 }
 
+/// Deploys `module` through `admin` and creates FSM `fsm` from it with `limits`, as an
+/// operator's `wraft module deploy` and `wraft fsm create` do.
+pub async fn deploy_and_create(
+    admin: &wraft_client::Client,
+    fsm: FsmName,
+    module: &[u8],
+    limits: FsmLimits,
+) -> ModuleId {
+    let id = admin.deploy(module.to_vec()).await.expect("deploy");
+    admin.create_fsm(fsm, id, limits).await.expect("create");
+    id
+}
+
 /// Held for the length of a test that moves hundreds of megabytes through a cluster of
 /// processes (bounds.rs, metering.rs): one at a time, so two of them never starve the
 /// machine's two cores together (a starved node misses heartbeats and an election changes

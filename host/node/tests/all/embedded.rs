@@ -377,14 +377,8 @@ fn two_linux_nodes_and_a_cortex_m_voter_keep_committing_without_either_linux_nod
     };
     rt.block_on(async {
         let admin = client(addrs.clone(), "admin");
-        let id = admin
-            .deploy(wraft_fsm_artifacts::LATEST_PAYLOAD.to_vec())
-            .await
-            .expect("deploy");
-        admin
-            .create_fsm(sequencer(), id, FsmLimits::default())
-            .await
-            .expect("create");
+        let module = wraft_fsm_artifacts::LATEST_PAYLOAD;
+        crate::common::deploy_and_create(&admin, sequencer(), module, FsmLimits::default()).await;
         let writer = client(addrs.clone(), "writer");
         commit_blocks(&writer, 1, 20, "two Linux nodes and the voter").await;
         let each: Vec<Client> = addrs

@@ -7,7 +7,7 @@ use wraft_api::Role;
 use wraft_core::FsmLimits;
 
 use crate::cluster::Cluster;
-use crate::common::name;
+use crate::common::{deploy_and_create, name};
 
 const ADMIN: &str = "admin-token-0123456789";
 pub(crate) const WRITER: &str = "writer-token-0123456789";
@@ -245,14 +245,8 @@ pub(crate) async fn cluster_with_sequencer() -> Cluster {
     let c = Cluster::start_http(3, tokens()).await;
     let leader = c.leader().await.id;
     let admin = c.client(Role::Admin, &[leader]);
-    let id = admin
-        .deploy(wraft_fsm_artifacts::LATEST_PAYLOAD.to_vec())
-        .await
-        .expect("deploy");
-    admin
-        .create_fsm(name("sequencer"), id, FsmLimits::default())
-        .await
-        .expect("create");
+    let latest = wraft_fsm_artifacts::LATEST_PAYLOAD;
+    deploy_and_create(&admin, name("sequencer"), latest, FsmLimits::default()).await;
     c
 }
 

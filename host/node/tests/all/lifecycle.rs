@@ -129,14 +129,8 @@ async fn hostile_modules_are_refused_or_contained_while_the_cluster_serves() {
     let follower = (1..=3).find(|id| *id != leader).expect("follower");
     let admin = c.client(Role::Admin, &[follower]);
     let seq = name("seq");
-    let lp = admin
-        .deploy(wraft_fsm_artifacts::LATEST_PAYLOAD.to_vec())
-        .await
-        .expect("deploy");
-    admin
-        .create_fsm(seq.clone(), lp, FsmLimits::default())
-        .await
-        .expect("create");
+    let latest = wraft_fsm_artifacts::LATEST_PAYLOAD;
+    crate::common::deploy_and_create(&admin, seq.clone(), latest, FsmLimits::default()).await;
     let mut block = 0u64;
     let mut commit = async || {
         block += 1;

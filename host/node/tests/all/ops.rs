@@ -625,14 +625,8 @@ async fn a_node_whose_disk_fills_stops_with_a_clear_error_and_loses_nothing() {
     let client = wraft_client::Client::new(addrs[..2].to_vec(), &identity)
         .expect("client")
         .with_patience(Duration::from_secs(30));
-    let module = client
-        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-        .await
-        .expect("deploy");
-    client
-        .create_fsm(p(), module, wraft_core::FsmLimits::default())
-        .await
-        .expect("create");
+    let probe = wraft_fsm_artifacts::PROBE;
+    crate::common::deploy_and_create(&client, p(), probe, wraft_core::FsmLimits::default()).await;
     // 64 KiB values until node 3's 4 MiB file limit stops it; the others keep acknowledging.
     let value: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     let mut written = 0u32;

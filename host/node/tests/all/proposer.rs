@@ -12,7 +12,7 @@ use wraft_core::{Command, EntryResponse, FsmLimits};
 use wraft_host::raft::{LogStore, MAX_BATCH_BYTES};
 
 use crate::cluster::Cluster;
-use crate::common::name;
+use crate::common::{deploy_and_create, name};
 use crate::http::WRITER;
 
 /// Proposal slots of the leader in the cut-off test: the 16 groups in flight, 4 writes
@@ -50,14 +50,8 @@ async fn a_leader_cut_off_from_its_quorum_bounds_its_queue_and_refuses_what_wait
     let leader = c.leader().await.id;
     crate::cluster::setup_probe(&c.leader().await.raft).await;
     let admin = c.client(Role::Admin, &[leader]);
-    let module = admin
-        .deploy(wraft_fsm_artifacts::LATEST_PAYLOAD.to_vec())
-        .await
-        .expect("deploy");
-    admin
-        .create_fsm(name("sequencer"), module, FsmLimits::default())
-        .await
-        .expect("create");
+    let latest = wraft_fsm_artifacts::LATEST_PAYLOAD;
+    deploy_and_create(&admin, name("sequencer"), latest, FsmLimits::default()).await;
     // One client per write, connected before the cut, writing without sessions (a session
     // would need an entry of its own to open).
     let patience = Duration::from_secs(8);

@@ -19,6 +19,7 @@ use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
 use wraft_faults::unsynced::Survival;
 
+use crate::common::deploy_and_create;
 use crate::processes::{
     caught_up, identity, newest_built, runtime, stop_verify_and_compare, three_nodes,
 };
@@ -194,14 +195,13 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
         let admin = Client::new(addrs.clone(), &identity(&certs, "admin"))
             .expect("client")
             .with_patience(Duration::from_secs(60));
-        let module = admin
-            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-            .await
-            .expect("deploy");
-        admin
-            .create_fsm(fsm(), module, FsmLimits::default())
-            .await
-            .expect("create");
+        deploy_and_create(
+            &admin,
+            fsm(),
+            wraft_fsm_artifacts::PROBE,
+            FsmLimits::default(),
+        )
+        .await;
         let mut written = Written { next: 0 };
         written.write(&admin, BATCHES).await;
         let leader = || async {
