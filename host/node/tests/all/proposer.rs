@@ -145,45 +145,11 @@ async fn groups_of_large_writes_stay_within_one_replication_batch() {
     let mut c =
         crate::cluster::Cluster::start(3, wraft_host::raft::SnapshotPolicy::default()).await;
     let leader = c.leader().await.id;
-    let raft = &c.leader().await.raft;
-    crate::cluster::setup_probe(raft).await;
-    // The probe with fuel for long loops (tens of milliseconds each).
-    let module_id = wraft_host::state::module_id(wraft_fsm_artifacts::PROBE);
-    let limits = FsmLimits {
-        fuel: 1_000_000_000,
-        ..FsmLimits::default()
-    };
-    let slow = Command::CreateFsm {
-        fsm: name("slow"),
-        module_id,
-        limits,
-    };
-    assert_eq!(
-        crate::common::raft_write(raft, slow).await,
-        EntryResponse::Done
-    );
+    setup_probe_and_slow(&c).await;
     let encode = |c: &probe::Command| Payload::Postcard(postcard::to_allocvec(c).expect("encode"));
     let mut writers = tokio::task::JoinSet::new();
-    let mut clients = Vec::new();
-    for _ in 0..LOOPS + PUTS {
-        let client = c.client(Role::Writer, &[leader]).without_sessions();
-        // Connected before the test starts.
-        let stale = wraft_api::Consistency::Stale;
-        client
-            .query(&name("p"), encode_query(), stale)
-            .await
-            .expect("a read");
-        clients.push(client);
-    }
-    let mut clients = clients.into_iter();
-    for client in clients.by_ref().take(LOOPS) {
-        let spin = encode(&probe::Command::Loop);
-        writers.spawn(async move {
-            // Refused when its fuel runs out: an entry all the same.
-            let _ = client.apply(&name("slow"), spin).await;
-        });
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let mut clients = connected(&c, &[leader], LOOPS + PUTS).await.into_iter();
+    spin_on_slow(&mut writers, clients.by_ref().take(LOOPS)).await;
     for (w, client) in clients.enumerate() {
         let put = encode(&probe::Command::Put {
             key: format!("w{w}").into_bytes(),
@@ -236,4 +202,132 @@ fn encode_query() -> Payload {
         })
         .expect("encode"),
     )
+}
+
+/// The probe as FSM "p", and the probe with fuel for long loops (tens of milliseconds of
+/// apply each) as FSM "slow".
+async fn setup_probe_and_slow(c: &Cluster) {
+    let raft = &c.leader().await.raft;
+    crate::cluster::setup_probe(raft).await;
+    let module_id = wraft_host::state::module_id(wraft_fsm_artifacts::PROBE);
+    let limits = FsmLimits {
+        fuel: 1_000_000_000,
+        ..FsmLimits::default()
+    };
+    let slow = Command::CreateFsm {
+        fsm: name("slow"),
+        module_id,
+        limits,
+    };
+    assert_eq!(
+        crate::common::raft_write(raft, slow).await,
+        EntryResponse::Done
+    );
+}
+
+/// `n` writers without sessions, each connected (one read answered) before the test starts.
+async fn connected(c: &Cluster, ids: &[u64], n: usize) -> Vec<wraft_client::Client> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let client = c.client(Role::Writer, ids).without_sessions();
+        let stale = wraft_api::Consistency::Stale;
+        client
+            .query(&name("p"), encode_query(), stale)
+            .await
+            .expect("a read");
+        clients.push(client);
+    }
+    clients
+}
+
+/// Loops on FSM "slow", one per client, 2 ms apart, each tens of milliseconds of apply:
+/// 16 of them fill the leader's groups in flight, so that the writes arriving behind them
+/// wait in the proposer and share entries.
+async fn spin_on_slow(
+    writers: &mut tokio::task::JoinSet<()>,
+    clients: impl Iterator<Item = wraft_client::Client>,
+) {
+    for client in clients {
+        let spin = Payload::Postcard(postcard::to_allocvec(&probe::Command::Loop).expect("encode"));
+        writers.spawn(async move {
+            // Refused when its fuel runs out: an entry all the same.
+            let _ = client.apply(&name("slow"), spin).await;
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Leadership moves to another node while the old leader's 16 groups are in flight (12
+/// loops, then the first increments) and the other increments wait behind them in its
+/// proposer: every write is answered with the truth. The increments the old leader appended
+/// apply, behind the loops, after it has stepped down, and are answered by it then; those
+/// waiting in its proposer are refused there before being appended and sent on to the new
+/// leader. So a write answered
+/// `Ok` applied exactly once, a write refused as retry-safe (no leader, unreachable) applied
+/// never, one of unknown outcome at most once; and the replicas agree. Each writer
+/// increments a counter of its own, without a session (a session would hide a second apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leadership_transfer_with_groups_in_flight_answers_each_write_truthfully() {
+    const LOOPS: usize = 12;
+    const INCRS: usize = 32;
+    let mut c = Cluster::start(3, wraft_host::raft::SnapshotPolicy::default()).await;
+    let old = c.leader().await.id;
+    let target = (1..=3).find(|id| *id != old).expect("another voter");
+    setup_probe_and_slow(&c).await;
+    let admin = c.client(Role::Admin, &[1, 2, 3]);
+    let mut loops = tokio::task::JoinSet::new();
+    let mut clients = connected(&c, &[old], LOOPS + INCRS).await.into_iter();
+    spin_on_slow(&mut loops, clients.by_ref().take(LOOPS)).await;
+    let mut incrs = tokio::task::JoinSet::new();
+    for (w, client) in clients.enumerate() {
+        incrs.spawn(async move { (w, client.apply(&name("p"), incr(&format!("w{w}"))).await) });
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        admin.transfer_leader(Some(target)).await.expect("transfer"),
+        target
+    );
+    let answers = incrs.join_all().await;
+    loops.join_all().await;
+    c.converged_hashes().await;
+    // One more increment per counter, through the new leader: it answers the count before
+    // it plus one.
+    let after = c.client(Role::Writer, &[target]).without_sessions();
+    let (mut ok, mut refused, mut unknown) = (0, 0, 0);
+    for (w, answer) in answers {
+        let out = after
+            .apply(&name("p"), incr(&format!("w{w}")))
+            .await
+            .expect("an increment after the transfer");
+        let Payload::Postcard(bytes) = out else {
+            panic!("a postcard write answers postcard")
+        };
+        let probe::Output::Number(n) = postcard::from_bytes(&bytes).expect("an output") else {
+            panic!("an increment answers a number")
+        };
+        let applied = n - 1;
+        match answer {
+            Ok(_) => {
+                ok += 1;
+                assert_eq!(applied, 1, "writer {w}'s write was answered Ok");
+            }
+            Err(ClientError::OutcomeUnknown(_)) => {
+                unknown += 1;
+                assert!(applied <= 1, "writer {w}'s write applied {applied} times");
+            }
+            Err(e) => {
+                refused += 1;
+                assert_eq!(
+                    applied, 0,
+                    "writer {w}'s write was refused ({e}), yet applied"
+                );
+            }
+        }
+    }
+    eprintln!("{ok} answered, {refused} refused, {unknown} of unknown outcome");
+    assert!(
+        ok > 0,
+        "no write got through the transfer: the test shows nothing"
+    );
+    c.stop_all().await;
 }
