@@ -35,7 +35,7 @@ pub const MAX_GROUP_WRITES: usize = 256;
 /// Groups proposed and not yet applied, at most: enough to keep the log flush, replication
 /// and apply of successive groups overlapping; the writes that arrive meanwhile wait and
 /// form the next group.
-const GROUPS_IN_FLIGHT: usize = 16;
+pub const GROUPS_IN_FLIGHT: usize = 16;
 
 /// Why a proposal has no response.
 #[derive(Debug, Clone)]

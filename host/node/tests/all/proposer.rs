@@ -9,6 +9,7 @@ use openraft::storage::{RaftLogReader, RaftLogStorage};
 use wraft_api::{Payload, Role};
 use wraft_client::ClientError;
 use wraft_core::{Command, EntryResponse, FsmLimits};
+use wraft_host::api::propose::GROUPS_IN_FLIGHT;
 use wraft_host::raft::{LogStore, MAX_BATCH_BYTES};
 
 use crate::cluster::Cluster;
@@ -328,6 +329,48 @@ async fn a_leadership_transfer_with_groups_in_flight_answers_each_write_truthful
     assert!(
         ok > 0,
         "no write got through the transfer: the test shows nothing"
+    );
+    c.stop_all().await;
+}
+
+/// The leader keeps at most [`GROUPS_IN_FLIGHT`] entries proposed and not yet applied,
+/// however many writes wait: 40 loops of tens of milliseconds each, from 40 clients at once,
+/// are appended at most 16 ahead of the leader's apply (sampled every 2 ms from its metrics),
+/// and the bound is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_keeps_at_most_sixteen_groups_in_flight() {
+    use openraft::type_config::async_runtime::WatchReceiver;
+    const LOOPS: usize = 40;
+    let mut c = Cluster::start(3, wraft_host::raft::SnapshotPolicy::default()).await;
+    let leader = c.leader().await.id;
+    setup_probe_and_slow(&c).await;
+    let mut loops = tokio::task::JoinSet::new();
+    let clients = connected(&c, &[leader], LOOPS).await;
+    let raft = c.node(leader).raft.clone();
+    let ahead = move || {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+        m.last_log_index.unwrap_or(0) - applied
+    };
+    let before = ahead();
+    spin_on_slow(&mut loops, clients.into_iter()).await;
+    let mut most = 0;
+    while !loops.is_empty() {
+        most = most.max(ahead());
+        tokio::select! {
+            _ = loops.join_next() => {}
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+    }
+    assert_eq!(before, 0, "the leader had applied its log before the loops");
+    assert!(
+        most <= GROUPS_IN_FLIGHT as u64,
+        "{most} entries appended ahead of the leader's apply, past {GROUPS_IN_FLIGHT}"
+    );
+    assert_eq!(
+        most, GROUPS_IN_FLIGHT as u64,
+        "the loops never filled the groups in flight: the test shows nothing"
     );
     c.stop_all().await;
 }
