@@ -16,7 +16,7 @@ use wraft_core::{FsmLimits, FsmName};
 use wraft_faults::process::NodeProcess;
 use wraft_transport_quic::pki::CLUSTER_NAME;
 
-use crate::common::deploy_and_create;
+use crate::common::{deploy_and_create, name};
 use crate::processes::{caught_up, identity, runtime, three_nodes};
 
 /// Three `wraft serve` processes (without the power-loss preload: these tests move hundreds
@@ -122,10 +122,6 @@ impl Trio {
             );
         }
     }
-}
-
-fn name(s: &str) -> FsmName {
-    FsmName::new(s).expect("name")
 }
 
 fn put(key: &[u8], value: Vec<u8>) -> ApiRequest {

@@ -25,6 +25,7 @@ use wraft_core::{ApplyError, FsmLimits, FsmName};
 use wraft_faults::process::{NodeProcess, NodeSpec, command_under};
 
 use crate::cli::{WRAFT, free_udp_ports, text};
+use crate::common::name;
 use crate::guests::airspace_volume;
 use crate::nan_model;
 use crate::processes::{certs_for, converge, identity, newest_built};
@@ -59,10 +60,6 @@ fn architectures() -> [(PathBuf, Vec<String>); 3] {
             runner(&["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]),
         ),
     ]
-}
-
-fn name(s: &str) -> FsmName {
-    FsmName::new(s).expect("name")
 }
 
 fn probe(cmd: &P) -> (FsmName, Payload) {

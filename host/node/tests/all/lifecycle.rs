@@ -27,14 +27,8 @@ async fn upgrade_with_migrate_reaches_every_node_including_one_that_was_down() {
     let leader = c.leader().await.id;
     let down = (1..=3).find(|id| *id != leader).expect("follower");
     let admin = c.client(Role::Admin, &[leader]);
-    let v3 = admin
-        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-        .await
-        .expect("deploy");
-    admin
-        .create_fsm(p(), v3, FsmLimits::default())
-        .await
-        .expect("create");
+    let probe = wraft_fsm_artifacts::PROBE;
+    let v3 = crate::common::deploy_and_create(&admin, p(), probe, FsmLimits::default()).await;
     for key in ["a", "b", "refuse-upgrade"] {
         put(&admin, key).await;
     }

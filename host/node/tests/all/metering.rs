@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use wraft_api::{ApiError, ApiRequest, Payload};
 use wraft_client::{Client, ClientError};
-use wraft_core::{ApplyError, FsmLimits, FsmName};
+use wraft_core::{ApplyError, FsmLimits};
 use wraft_faults::process::NodeProcess;
 
+use crate::common::name;
 use crate::processes::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 
 /// A module whose `apply` does what its input's first byte says, until it is stopped.
@@ -78,10 +79,6 @@ fn hostile() -> Vec<u8> {
                 i32.const 0))"#,
     )
     .expect("wat")
-}
-
-fn name(s: &str) -> FsmName {
-    FsmName::new(s).expect("name")
 }
 
 fn op(fsm: &str, byte: u8) -> ApiRequest {
@@ -170,14 +167,8 @@ fn hostile_host_calls_run_out_of_fuel_quickly_everywhere_and_quotas_hold() {
         };
         let admin = client("admin");
         let hostile_id = admin.deploy(hostile()).await.expect("deploy");
-        let probe = admin
-            .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-            .await
-            .expect("deploy probe");
-        admin
-            .create_fsm(name("r"), probe, FsmLimits::default())
-            .await
-            .expect("create r");
+        let probe = wraft_fsm_artifacts::PROBE;
+        crate::common::deploy_and_create(&admin, name("r"), probe, FsmLimits::default()).await;
         // Set up with room to write 16 MiB, then back to the defaults.
         let setup = FsmLimits {
             fuel: 2_000_000_000,

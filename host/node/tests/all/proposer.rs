@@ -263,10 +263,10 @@ async fn spin_on_slow(
 /// proposer: every write is answered with the truth. The increments the old leader appended
 /// apply, behind the loops, after it has stepped down, and are answered by it then; those
 /// waiting in its proposer are refused there before being appended and sent on to the new
-/// leader. So a write answered
-/// `Ok` applied exactly once, a write refused as retry-safe (no leader, unreachable) applied
-/// never, one of unknown outcome at most once; and the replicas agree. Each writer
-/// increments a counter of its own, without a session (a session would hide a second apply).
+/// leader. So a write answered `Ok` applied exactly once, a write refused as retry-safe (no
+/// leader, unreachable) applied never, one of unknown outcome at most once; and the replicas
+/// agree. Each writer increments a counter of its own, without a session (a session would
+/// hide a second apply).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leadership_transfer_with_groups_in_flight_answers_each_write_truthfully() {
     const LOOPS: usize = 12;

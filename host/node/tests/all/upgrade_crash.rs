@@ -14,20 +14,17 @@ use std::time::{Duration, Instant};
 
 use wraft_api::{ApiRequest, ApiResponse, Payload};
 use wraft_client::Client;
-use wraft_core::{FsmLimits, FsmName, ModuleId};
+use wraft_core::{FsmLimits, ModuleId};
 use wraft_faults::process::NodeProcess;
 use wraft_faults::unsynced::Survival;
 
+use crate::common::name;
 use crate::processes::{caught_up, identity, runtime, stop_verify_and_compare, three_nodes};
 
 /// Pairs in each upgraded FSM: enough that a debug-built node migrates for a while.
 const KEYS: u32 = 20_000;
 /// Pairs per batch entry while filling an FSM.
 const PER_BATCH: u32 = 1_000;
-
-fn name(fsm: &str) -> FsmName {
-    FsmName::new(fsm).expect("name")
-}
 
 fn postcard_payload<T: serde::Serialize>(v: &T) -> Payload {
     Payload::Postcard(postcard::to_allocvec(v).expect("encode"))
