@@ -293,6 +293,7 @@ impl ClusterNode {
         let options = crate::state::StateOptions {
             max_bytes: config.max_state_bytes,
             behind_log: true,
+            ..Default::default()
         };
         let store = Arc::new(StateStore::open_with(&config.data_dir, runtime, options)?);
         let log = LogStore::open_sized(&config.data_dir, config.max_log_bytes)?;

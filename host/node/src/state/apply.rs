@@ -66,8 +66,7 @@ impl StateStore {
         entries: &[Committed<'_>],
         raft_state: Option<&[u8]>,
     ) -> Result<Vec<EntryResponse>, StateError> {
-        self.apply_inner(entries, raft_state)
-            .map_err(|e| e.classify(self.max_bytes))
+        self.growing(|| self.apply_inner(entries, raft_state))
     }
 
     fn apply_inner(

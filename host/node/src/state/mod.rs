@@ -10,14 +10,16 @@ pub(crate) use offline::live_map_size;
 mod snapshot;
 pub use apply::Committed;
 mod keys;
+mod map;
 pub mod unflushed;
+pub use map::DEFAULT_MAP_START;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
+use heed::{Database, EnvOpenOptions, RoTxn};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wraft_core::abi::EntryContext;
@@ -115,29 +117,28 @@ pub enum StateError {
 }
 
 impl StateError {
-    /// Turns LMDB's MDB_MAP_FULL, wherever it surfaced, into [`StateError::Full`].
-    fn classify(self, ceiling: usize) -> Self {
-        let full = matches!(
-            &self,
+    /// LMDB's MDB_MAP_FULL, wherever it surfaced.
+    fn is_map_full(&self) -> bool {
+        matches!(
+            self,
             StateError::Storage(heed::Error::Mdb(heed::MdbError::MapFull))
                 | StateError::Runtime(RuntimeError::Storage(heed::Error::Mdb(
                     heed::MdbError::MapFull
                 )))
-        );
-        if full {
-            StateError::Full { ceiling }
-        } else {
-            self
-        }
+        )
     }
 }
 
 /// Options of the state env.
 #[derive(Debug, Clone, Copy)]
 pub struct StateOptions {
-    /// Largest size the env may reach, in bytes: LMDB's map size. The file itself only grows
-    /// as data is written; this bounds it.
+    /// Largest size the env may reach, in bytes: LMDB's map size at most. The file itself
+    /// only grows as data is written; this bounds it.
     pub max_bytes: usize,
+    /// The map's size when the env opens (at least the data file's), in bytes: it doubles,
+    /// up to `max_bytes`, when a write finds it full (`state/map.rs`). [`DEFAULT_MAP_START`]: the
+    /// whole ceiling on 64-bit hosts, 64 MiB on 32-bit ones.
+    pub map_start: usize,
     /// Commits are not flushed: the env sits behind a raft log that holds every entry after
     /// the newest snapshot, and is discarded after a power loss ([`unflushed`]). Without
     /// this (a store of its own, like `wraft local`'s), each apply flushes its pages.
@@ -148,6 +149,7 @@ impl Default for StateOptions {
     fn default() -> Self {
         Self {
             max_bytes: DEFAULT_MAX_STATE_BYTES,
+            map_start: DEFAULT_MAP_START,
             behind_log: false,
         }
     }
@@ -231,11 +233,10 @@ struct Dbs {
 /// The state env of one node.
 #[derive(Debug)]
 pub struct StateStore {
-    env: Env<WithoutTls>,
+    env: map::GrowingEnv,
     dbs: Dbs,
     runtime: Arc<FsmRuntime>,
     group: GroupId,
-    max_bytes: usize,
     /// Set while an env behind the log is open; cleared when it closes flushed.
     unflushed: Option<unflushed::Mark>,
 }
@@ -249,7 +250,7 @@ impl Drop for StateStore {
         // either step fails, the mark stays and a restart in another boot rebuilds it.
         let closed = self
             .env
-            .force_sync()
+            .with_env(|env| env.force_sync())
             .map_err(io::Error::other)
             .and_then(|()| mark.clear());
         if let Err(e) = closed {
@@ -291,7 +292,10 @@ impl StateStore {
         };
         std::fs::create_dir_all(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(options.max_bytes).max_dbs(8);
+        // LMDB counts sizes in pages: the start is rounded down to a multiple of 64 KiB (a
+        // multiple of any page size), at least one.
+        let start = (options.map_start.min(options.max_bytes) >> 16).max(1) << 16;
+        opts.map_size(start).max_dbs(8);
         let unflushed = if options.behind_log {
             let (mark, found) =
                 unflushed::Mark::set(&path).map_err(|e| open_err(heed::Error::Io(e)))?;
@@ -318,13 +322,16 @@ impl StateStore {
         };
         // SAFETY: the directory is wraft's own, and LMDB's rule that one process must not
         // open an env twice is enforced by heed.
-        let env = unsafe { opts.open(&path) }.map_err(open_err)?;
+        let env = map::GrowingEnv::new(
+            unsafe { opts.open(&path) }.map_err(open_err)?,
+            options.max_bytes,
+        );
         let mut wtxn = env.write_txn()?;
         let dbs = Dbs {
-            meta: env.create_database(&mut wtxn, Some("meta"))?,
-            fsms: env.create_database(&mut wtxn, Some("fsms"))?,
-            modules: env.create_database(&mut wtxn, Some("modules"))?,
-            data: env.create_database(&mut wtxn, Some("data"))?,
+            meta: env.create_database(&mut wtxn, "meta")?,
+            fsms: env.create_database(&mut wtxn, "fsms")?,
+            modules: env.create_database(&mut wtxn, "modules")?,
+            data: env.create_database(&mut wtxn, "data")?,
         };
         let group = 0;
         let format_key = keys::meta(group, keys::MetaTag::Format);
@@ -348,9 +355,26 @@ impl StateStore {
             dbs,
             runtime,
             group,
-            max_bytes: options.max_bytes,
             unflushed,
         })
+    }
+
+    /// Runs `write` (one write transaction, which leaves nothing behind when it fails) and,
+    /// each time it finds the map full, grows the map and runs it again; at the ceiling, the
+    /// error is [`StateError::Full`]. At most log2(ceiling / start) runs.
+    fn growing<T>(&self, write: impl Fn() -> Result<T, StateError>) -> Result<T, StateError> {
+        loop {
+            match write() {
+                Err(e) if e.is_map_full() => {
+                    if self.env.grow()?.is_none() {
+                        return Err(StateError::Full {
+                            ceiling: self.env.ceiling(),
+                        });
+                    }
+                }
+                done => return done,
+            }
+        }
     }
 
     /// The raft layer's applied state, as last stored by [`StateStore::apply`].
@@ -364,12 +388,17 @@ impl StateStore {
     /// leave their meta page to the next commit). Called after a snapshot import, before the
     /// raft log may be purged.
     pub fn sync(&self) -> Result<(), StateError> {
-        Ok(self.env.force_sync()?)
+        Ok(self.env.with_env(|env| env.force_sync())?)
     }
 
     /// The env's directory (`<data>/state`).
     pub fn path(&self) -> &std::path::Path {
         self.env.path()
+    }
+
+    /// The state env's map size now, in bytes ([`StateOptions::map_start`], grown since).
+    pub fn map_bytes(&self) -> usize {
+        self.env.map_size()
     }
 
     /// The runtime this store runs modules in.

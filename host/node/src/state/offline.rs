@@ -89,18 +89,18 @@ impl StateStore {
         // The handles become shared with the env only when the opening txn commits.
         rtxn.commit()?;
         Ok(Self {
-            env,
+            // Read-only: nothing here writes, so its map never grows.
+            env: super::map::GrowingEnv::new(env, len),
             dbs,
             runtime: Arc::new(FsmRuntime::new()?),
             group: 0,
-            max_bytes: len,
             unflushed: None,
         })
     }
 
     /// Size of the env's data file in bytes.
     pub fn file_bytes(&self) -> Result<u64, StateError> {
-        Ok(self.env.real_disk_size()?)
+        Ok(self.env.with_env(|env| env.real_disk_size())?)
     }
 
     /// Bytes a compacting copy would give back: the file size minus the pages in use.
@@ -108,7 +108,7 @@ impl StateStore {
         let rtxn = self.env.read_txn()?;
         let d = &self.dbs;
         Ok(crate::disk::reclaimable(
-            &self.env,
+            rtxn.env(),
             &rtxn,
             &[&d.meta, &d.fsms, &d.modules, &d.data],
         )?)

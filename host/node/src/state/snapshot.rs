@@ -75,7 +75,7 @@ impl StateStore {
     pub fn copy_to(&self, path: &Path) -> Result<(), StateError> {
         let mut file = File::create(path).map_err(heed::Error::Io)?;
         self.env
-            .copy_to_file(&mut file, CompactionOption::Enabled)?;
+            .with_env(|env| env.copy_to_file(&mut file, CompactionOption::Enabled))?;
         file.sync_all().map_err(heed::Error::Io)?;
         Ok(())
     }
@@ -84,10 +84,10 @@ impl StateStore {
     /// raft state) by the one in the LMDB copy at `path`, in one write transaction.
     pub fn import_from(&self, path: &Path) -> Result<(), StateError> {
         let result = if is_key_value(path)? {
-            self.import_pairs(path)
+            self.growing(|| self.import_pairs(path))
         } else {
             let src = open_copy(path)?;
-            let result = self.import_env(&src);
+            let result = self.growing(|| self.import_env(&src));
             src.prepare_for_closing().wait();
             result
         };

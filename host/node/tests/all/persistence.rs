@@ -266,6 +266,107 @@ fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
     assert_eq!(node.store().applied().expect("applied"), Some(applied));
 }
 
+/// A state env whose map starts small (a 32-bit board's policy, here forced with
+/// `map_start`) doubles it when a write finds it full, while readers keep reading on
+/// another thread, and still stops at its ceiling with the clear error.
+#[test]
+fn the_state_map_grows_to_its_ceiling_while_readers_read() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use wraft_host::local::LocalNode;
+    use wraft_host::state::{StateError, StateOptions};
+    let dir = tempfile::tempdir().expect("tmp");
+    let (start, ceiling) = (128 << 10, 16 << 20);
+    let node = LocalNode::open_with(
+        dir.path(),
+        StateOptions {
+            max_bytes: ceiling,
+            map_start: start,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    assert_eq!(node.store().map_bytes(), start);
+    let module = node
+        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
+        .expect("no fault")
+        .expect("deploy");
+    node.create(name("p"), module, wraft_core::FsmLimits::default())
+        .expect("no fault")
+        .expect("create");
+    let value = |i: u32| vec![(i % 251) as u8; 64 << 10];
+    let put = |i: u32| {
+        node.propose(probe_apply(
+            "p",
+            &C::Put {
+                key: format!("k{i}").into_bytes(),
+                value: value(i),
+            },
+        ))
+    };
+    put(0).expect("the first put grows the map as it needs");
+    let (done, reads) = (AtomicBool::new(false), AtomicU64::new(0));
+    let (stored, full) = std::thread::scope(|s| {
+        // Read k0 in a loop while the writer below grows the map (from 128 KiB: seven
+        // doublings). A reader left in the old mapping would read unmapped memory or the
+        // wrong bytes; without the gate a run can fault (1 of 5 runs did, with one reader
+        // and four doublings), but rarely: what rules it out is that a transaction cannot
+        // be had without a hold on the gate (state/map.rs).
+        for _ in 0..3 {
+            s.spawn(|| {
+                let q = postcard::to_allocvec(&Q::Get {
+                    key: b"k0".to_vec(),
+                })
+                .expect("encode");
+                while !done.load(Ordering::Relaxed) {
+                    let out = node
+                        .store()
+                        .query(&name("p"), &q)
+                        .expect("no fault")
+                        .expect("ok");
+                    let out: O = postcard::from_bytes(&out).expect("decode");
+                    assert_eq!(out, O::Bytes(value(0)));
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let mut stored = 1;
+        let full = loop {
+            match put(stored) {
+                Ok(r) => assert!(matches!(r, EntryResponse::Output(_)), "{r:?}"),
+                Err(e) => break e,
+            }
+            stored += 1;
+            assert!(stored < 1000, "a 16 MiB env cannot hold 1000 x 64 KiB");
+        };
+        done.store(true, Ordering::Relaxed);
+        (stored, full)
+    });
+    assert!(
+        matches!(full, StateError::Full { ceiling: c } if c == ceiling),
+        "{full:?}"
+    );
+    // Far more than the 1 MiB start holds: the map grew, by doublings, to the ceiling.
+    assert!(stored > 100, "only {stored} puts of 64 KiB fitted");
+    assert_eq!(node.store().map_bytes(), ceiling);
+    assert!(reads.load(Ordering::Relaxed) > 0, "the reader never read");
+    // Every value written while the map moved reads back.
+    for i in [0, stored / 2, stored - 1] {
+        let q = postcard::to_allocvec(&Q::Get {
+            key: format!("k{i}").into_bytes(),
+        })
+        .expect("encode");
+        let out: O = postcard::from_bytes(
+            &node
+                .store()
+                .query(&name("p"), &q)
+                .expect("no fault")
+                .expect("ok"),
+        )
+        .expect("decode");
+        assert_eq!(out, O::Bytes(value(i)), "k{i}");
+    }
+}
+
 #[test]
 fn a_restarted_node_loads_compiled_modules_from_the_cache() {
     use wraft_core::FsmLimits;

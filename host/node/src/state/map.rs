@@ -1,0 +1,326 @@
+//! The state env's memory map, which grows while the node runs.
+//!
+//! An LMDB env maps its whole ceiling of address space up front. On a 64-bit host that is
+//! free (64 GiB of a 128 TiB address space), so the map starts at the ceiling and never
+//! grows. A 32-bit board has 3-4 GiB of address space for everything (wasm instances,
+//! threads' stacks, the raft env), so there the map starts small and doubles, up to the
+//! ceiling, when a write finds it full.
+//!
+//! LMDB resizes a map (`mdb_env_set_mapsize`) only while no transaction of the process is
+//! live: the resize unmaps the file, and a live reader would read unmapped memory. So every
+//! transaction holds the gate shared, and a resize holds it alone. The raw env is reachable
+//! only through a live transaction ([`ReadTxn::env`]) or [`GrowingEnv::with_env`], which
+//! hold the gate too.
+//!
+//! A thread must never take the gate twice: with a resize waiting between the two, the
+//! second would wait for the resize and the resize for the first (std's lock lets a waiting
+//! writer in before new readers). Debug builds check it.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use heed::{Env, RoTxn, RwTxn, WithoutTls};
+
+/// Where the state env's map starts, in bytes, when the options do not say: the whole
+/// ceiling at once on 64-bit hosts.
+#[cfg(target_pointer_width = "64")]
+pub const DEFAULT_MAP_START: usize = usize::MAX;
+/// Where the state env's map starts on 32-bit hosts: 64 MiB, doubled as the data needs.
+#[cfg(not(target_pointer_width = "64"))]
+pub const DEFAULT_MAP_START: usize = 64 << 20;
+
+/// An LMDB env whose map may grow to a ceiling, and the gate that makes that safe.
+#[derive(Debug)]
+pub(super) struct GrowingEnv {
+    env: Env<WithoutTls>,
+    /// Held shared by every transaction, alone by a resize.
+    gate: RwLock<()>,
+    /// The largest map, in bytes.
+    ceiling: usize,
+}
+
+/// A read transaction and its hold on the gate (dropped after the transaction).
+pub(super) struct ReadTxn<'e> {
+    txn: RoTxn<'e, WithoutTls>,
+    env: &'e Env<WithoutTls>,
+    _gate: Held<RwLockReadGuard<'e, ()>>,
+}
+
+/// A write transaction and its hold on the gate (dropped after the transaction).
+pub(super) struct WriteTxn<'e> {
+    txn: RwTxn<'e>,
+    _gate: Held<RwLockReadGuard<'e, ()>>,
+}
+
+impl GrowingEnv {
+    /// Wraps `env`, whose map may grow to `ceiling` bytes.
+    pub(super) fn new(env: Env<WithoutTls>, ceiling: usize) -> Self {
+        Self {
+            env,
+            gate: RwLock::new(()),
+            ceiling,
+        }
+    }
+
+    /// A read transaction.
+    pub(super) fn read_txn(&self) -> heed::Result<ReadTxn<'_>> {
+        let gate = Held::shared(self);
+        Ok(ReadTxn {
+            txn: self.env.read_txn()?,
+            env: &self.env,
+            _gate: gate,
+        })
+    }
+
+    /// The write transaction (LMDB has one at a time per env).
+    pub(super) fn write_txn(&self) -> heed::Result<WriteTxn<'_>> {
+        let gate = Held::shared(self);
+        Ok(WriteTxn {
+            txn: self.env.write_txn()?,
+            _gate: gate,
+        })
+    }
+
+    /// A transaction nested in `parent`. It needs no hold of its own: `parent` is a
+    /// [`WriteTxn`]'s (the raw env, the only other source of one, is never handed out
+    /// outside a hold), and it outlives this one.
+    pub(super) fn nested_write_txn<'p>(
+        &'p self,
+        parent: &'p mut RwTxn<'_>,
+    ) -> heed::Result<RwTxn<'p>> {
+        self.env.nested_write_txn(parent)
+    }
+
+    /// Opens (creating if needed) the database `name` in `wtxn` (a [`WriteTxn`]'s, which
+    /// holds the gate).
+    pub(super) fn create_database(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        name: &str,
+    ) -> heed::Result<heed::Database<heed::types::Bytes, heed::types::Bytes>> {
+        self.env.create_database(wtxn, Some(name))
+    }
+
+    /// The env's directory (kept by heed: reading it touches no map).
+    pub(super) fn path(&self) -> &std::path::Path {
+        self.env.path()
+    }
+
+    /// Runs `f` on the raw env while holding the gate: for the calls that read the map
+    /// outside a transaction of ours (a copy, a sync, the env's statistics).
+    pub(super) fn with_env<R>(&self, f: impl FnOnce(&Env<WithoutTls>) -> R) -> R {
+        let _gate = Held::shared(self);
+        f(&self.env)
+    }
+
+    /// The env's current map size in bytes.
+    pub(super) fn map_size(&self) -> usize {
+        self.with_env(|env| env.info().map_size)
+    }
+
+    /// The ceiling the map may grow to.
+    pub(super) fn ceiling(&self) -> usize {
+        self.ceiling
+    }
+
+    /// Doubles the map, at most to the ceiling; returns the new size, or `None` when it is
+    /// already at the ceiling. Waits for every live transaction of the process to end, so the
+    /// caller must hold none (a write that found the map full aborts its transaction first).
+    pub(super) fn grow(&self) -> heed::Result<Option<usize>> {
+        let _alone = Held::alone(self);
+        let now = self.env.info().map_size;
+        let page = page_size();
+        // The largest multiple of a page within the ceiling: LMDB's sizes are in pages.
+        let ceiling = (self.ceiling / page) * page;
+        let next = (now.saturating_mul(2).min(ceiling) / page) * page;
+        if next <= now {
+            return Ok(None);
+        }
+        // SAFETY: `_alone` holds the gate exclusively, and every transaction of this
+        // process holds it shared while it lives, so none is live: LMDB's condition for
+        // resizing an open env.
+        unsafe { self.env.resize(next)? };
+        tracing::info!(
+            "the state env's map grew from {} to {} MiB (ceiling {} MiB, --max-state-bytes)",
+            now >> 20,
+            next >> 20,
+            self.ceiling >> 20
+        );
+        Ok(Some(next))
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page)
+        .ok()
+        .filter(|p| *p > 0)
+        .expect("every unix host reports its page size")
+}
+
+impl<'e> ReadTxn<'e> {
+    /// The raw env, for statistics that pair with this transaction: valid while it lives.
+    pub(super) fn env(&self) -> &'e Env<WithoutTls> {
+        self.env
+    }
+}
+
+impl<'e> Deref for ReadTxn<'e> {
+    type Target = RoTxn<'e, WithoutTls>;
+    fn deref(&self) -> &Self::Target {
+        &self.txn
+    }
+}
+
+impl WriteTxn<'_> {
+    /// Commits the transaction, then lets go of the gate.
+    pub(super) fn commit(self) -> heed::Result<()> {
+        self.txn.commit()
+    }
+}
+
+impl<'e> Deref for WriteTxn<'e> {
+    type Target = RwTxn<'e>;
+    fn deref(&self) -> &Self::Target {
+        &self.txn
+    }
+}
+
+impl DerefMut for WriteTxn<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.txn
+    }
+}
+
+/// A hold on a [`GrowingEnv`]'s gate: its guard (shared or alone) and the debug builds'
+/// record of it. Declared after the transaction in [`ReadTxn`] and [`WriteTxn`], so it is
+/// dropped after it.
+#[derive(Debug)]
+struct Held<G> {
+    _guard: G,
+    _nesting: Nesting,
+}
+
+impl<'e> Held<RwLockReadGuard<'e, ()>> {
+    fn shared(env: &'e GrowingEnv) -> Self {
+        let _nesting = Nesting::enter(env);
+        // Poisoning needs a panic while holding the unit guard, and a panic is no reason to
+        // stop the rest of the node from reading: the lock guards no data.
+        let _guard = env.gate.read().unwrap_or_else(|e| e.into_inner());
+        Self { _guard, _nesting }
+    }
+}
+
+impl<'e> Held<RwLockWriteGuard<'e, ()>> {
+    fn alone(env: &'e GrowingEnv) -> Self {
+        let _nesting = Nesting::enter(env);
+        let _guard = env.gate.write().unwrap_or_else(|e| e.into_inner());
+        Self { _guard, _nesting }
+    }
+}
+
+/// Debug builds: which gates this thread holds, to catch a second hold of the same one.
+#[derive(Debug)]
+struct Nesting {
+    #[cfg(debug_assertions)]
+    gate: usize,
+}
+
+#[cfg(debug_assertions)]
+thread_local! {
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Nesting {
+    #[cfg(debug_assertions)]
+    fn enter(env: &GrowingEnv) -> Self {
+        let gate = std::ptr::from_ref(&env.gate) as usize;
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            assert!(
+                !held.contains(&gate),
+                "a thread took the state env's gate twice (a transaction opened while it held \
+                 another): a map growth waiting between the two would deadlock"
+            );
+            held.push(gate);
+        });
+        Self { gate }
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn enter(_env: &GrowingEnv) -> Self {
+        Self {}
+    }
+}
+
+#[cfg(debug_assertions)]
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        HELD.with(|held| held.borrow_mut().retain(|g| *g != self.gate));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path, start: usize, ceiling: usize) -> GrowingEnv {
+        let mut opts = heed::EnvOpenOptions::new().read_txn_without_tls();
+        opts.map_size(start);
+        // SAFETY: a fresh directory of this test's own.
+        let env = unsafe { opts.open(dir) }.expect("open");
+        GrowingEnv::new(env, ceiling)
+    }
+
+    #[test]
+    fn the_map_doubles_up_to_the_ceiling_and_no_further() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let env = open(dir.path(), 1 << 20, 3 << 20);
+        assert_eq!(env.map_size(), 1 << 20);
+        assert_eq!(env.grow().expect("grow"), Some(2 << 20));
+        assert_eq!(
+            env.grow().expect("grow"),
+            Some(3 << 20),
+            "capped at the ceiling"
+        );
+        assert_eq!(env.grow().expect("grow"), None);
+        assert_eq!(env.map_size(), 3 << 20);
+    }
+
+    #[test]
+    fn a_ceiling_off_the_page_grid_stops_at_the_page_below_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let page = page_size();
+        let env = open(dir.path(), 16 * page, 32 * page + page / 2);
+        assert_eq!(env.grow().expect("grow"), Some(32 * page));
+        assert_eq!(env.grow().expect("grow"), None);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "took the state env's gate twice")]
+    fn a_second_transaction_on_one_thread_is_caught_in_debug_builds() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let env = open(dir.path(), 1 << 20, 1 << 20);
+        let _first = env.read_txn().expect("read");
+        let _second = env.read_txn();
+    }
+
+    #[test]
+    fn transactions_one_after_another_and_on_two_envs_are_not_nesting() {
+        let (a, b) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let (a, b) = (
+            open(a.path(), 1 << 20, 1 << 20),
+            open(b.path(), 1 << 20, 1 << 20),
+        );
+        drop(a.read_txn().expect("read"));
+        let wtxn = a.write_txn().expect("write");
+        let _other = b.read_txn().expect("another env's");
+        wtxn.commit().expect("commit");
+        let _again = a.read_txn().expect("read after the commit");
+    }
+}
