@@ -250,19 +250,7 @@ fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
     assert!(stored > 0);
     let applied = node.store().applied().expect("applied").expect("some");
     // Reads keep working, and nothing of the failed entry is visible.
-    let q = postcard::to_allocvec(&Q::Get {
-        key: b"k0".to_vec(),
-    })
-    .expect("encode");
-    let out: O = postcard::from_bytes(
-        &node
-            .store()
-            .query(&name("p"), &q)
-            .expect("no fault")
-            .expect("ok"),
-    )
-    .expect("decode");
-    assert_eq!(out, O::Bytes(vec![7; 64 << 10]));
+    assert_eq!(get(&node, "k0"), O::Bytes(vec![7; 64 << 10]));
     assert_eq!(node.store().applied().expect("applied"), Some(applied));
 }
 
@@ -313,18 +301,8 @@ fn the_state_map_grows_to_its_ceiling_while_readers_read() {
         // be had without a hold on the gate (state/map.rs).
         for _ in 0..3 {
             s.spawn(|| {
-                let q = postcard::to_allocvec(&Q::Get {
-                    key: b"k0".to_vec(),
-                })
-                .expect("encode");
                 while !done.load(Ordering::Relaxed) {
-                    let out = node
-                        .store()
-                        .query(&name("p"), &q)
-                        .expect("no fault")
-                        .expect("ok");
-                    let out: O = postcard::from_bytes(&out).expect("decode");
-                    assert_eq!(out, O::Bytes(value(0)));
+                    assert_eq!(get(&node, "k0"), O::Bytes(value(0)));
                     reads.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -345,26 +323,28 @@ fn the_state_map_grows_to_its_ceiling_while_readers_read() {
         matches!(full, StateError::Full { ceiling: c } if c == ceiling),
         "{full:?}"
     );
-    // Far more than the 1 MiB start holds: the map grew, by doublings, to the ceiling.
+    // Far more than the 128 KiB start holds: the map grew, by doublings, to the ceiling.
     assert!(stored > 100, "only {stored} puts of 64 KiB fitted");
     assert_eq!(node.store().map_bytes(), ceiling);
     assert!(reads.load(Ordering::Relaxed) > 0, "the reader never read");
     // Every value written while the map moved reads back.
     for i in [0, stored / 2, stored - 1] {
-        let q = postcard::to_allocvec(&Q::Get {
-            key: format!("k{i}").into_bytes(),
-        })
-        .expect("encode");
-        let out: O = postcard::from_bytes(
-            &node
-                .store()
-                .query(&name("p"), &q)
-                .expect("no fault")
-                .expect("ok"),
-        )
-        .expect("decode");
-        assert_eq!(out, O::Bytes(value(i)), "k{i}");
+        assert_eq!(get(&node, &format!("k{i}")), O::Bytes(value(i)), "k{i}");
     }
+}
+
+/// The probe FSM `p`'s value at `key`, read from the node's state.
+fn get(node: &wraft_host::local::LocalNode, key: &str) -> O {
+    let q = postcard::to_allocvec(&Q::Get {
+        key: key.as_bytes().to_vec(),
+    })
+    .expect("encode");
+    let out = node
+        .store()
+        .query(&name("p"), &q)
+        .expect("no fault")
+        .expect("ok");
+    postcard::from_bytes(&out).expect("decode")
 }
 
 #[test]
