@@ -139,7 +139,22 @@ impl GrowingEnv {
         // SAFETY: `_alone` holds the gate exclusively, and every transaction of this
         // process holds it shared while it lives, so none is live: LMDB's condition for
         // resizing an open env.
-        unsafe { self.env.resize(next)? };
+        if let Err(e) = unsafe { self.env.resize(next) } {
+            // LMDB unmaps the old map before it maps the new one: when that mmap fails (no
+            // address space left, on a 32-bit board) the env is left with no map and
+            // pointers into the old one, and the API cannot recover it. Any later read
+            // would touch unmapped memory, so the process stops here, gate held. A restart
+            // maps what the file needs; raise --max-state-bytes only if the board has room.
+            tracing::error!(
+                "the state env's map could not grow from {} to {} MiB ({e}): the process \
+                 has no address space left for it and stops; lower other reservations \
+                 (--max-log-bytes) or --max-state-bytes",
+                now >> 20,
+                next >> 20
+            );
+            eprintln!("wraft: the state env's map could not grow ({e}); stopping");
+            std::process::abort();
+        }
         tracing::info!(
             "the state env's map grew from {} to {} MiB (ceiling {} MiB, --max-state-bytes)",
             now >> 20,
@@ -159,9 +174,9 @@ fn page_size() -> usize {
         .expect("every unix host reports its page size")
 }
 
-impl<'e> ReadTxn<'e> {
+impl ReadTxn<'_> {
     /// The raw env, for statistics that pair with this transaction: valid while it lives.
-    pub(super) fn env(&self) -> &'e Env<WithoutTls> {
+    pub(super) fn env(&self) -> &Env<WithoutTls> {
         self.env
     }
 }
