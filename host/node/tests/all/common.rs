@@ -4,7 +4,7 @@ use tempfile::TempDir;
 use wraft_core::{Apply, Command, EntryResponse, FsmLimits, FsmName, ModuleId};
 use wraft_host::local::LocalNode;
 use wraft_host::runtime::FsmRuntime;
-use wraft_host::state::StateStore;
+use wraft_host::state::{StateOptions, StateStore};
 
 pub fn name(s: &str) -> FsmName {
     FsmName::new(s).expect("valid name")
@@ -19,8 +19,18 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(module: &[u8], fsm: &str, limits: FsmLimits) -> Self {
+        Self::with_options(module, fsm, limits, StateOptions::default())
+    }
+
+    /// As [`Fixture::new`], with the state env opened under `options`.
+    pub fn with_options(
+        module: &[u8],
+        fsm: &str,
+        limits: FsmLimits,
+        options: StateOptions,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let node = LocalNode::open(dir.path()).expect("open");
+        let node = LocalNode::open_with(dir.path(), options).expect("open");
         let module = node
             .deploy(module.to_vec())
             .expect("deploy")

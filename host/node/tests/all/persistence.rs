@@ -210,25 +210,18 @@ fn fsm_time_never_runs_backwards() {
 
 #[test]
 fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
-    use wraft_host::local::LocalNode;
     use wraft_host::state::{StateError, StateOptions};
-    let dir = tempfile::tempdir().expect("tmp");
     let ceiling = 2 << 20;
-    let node = LocalNode::open_with(
-        dir.path(),
+    let fixture = Fixture::with_options(
+        wraft_fsm_artifacts::PROBE,
+        "p",
+        wraft_core::FsmLimits::default(),
         StateOptions {
             max_bytes: ceiling,
             ..Default::default()
         },
-    )
-    .expect("open");
-    let module = node
-        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-        .expect("no fault")
-        .expect("deploy");
-    node.create(name("p"), module, wraft_core::FsmLimits::default())
-        .expect("no fault")
-        .expect("create");
+    );
+    let node = &fixture.node;
     let mut stored = 0;
     let err = loop {
         let cmd = C::Put {
@@ -250,7 +243,10 @@ fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
     assert!(stored > 0);
     let applied = node.store().applied().expect("applied").expect("some");
     // Reads keep working, and nothing of the failed entry is visible.
-    assert_eq!(get(&node, "k0"), O::Bytes(vec![7; 64 << 10]));
+    assert_eq!(
+        fixture.query("p", &get("k0")),
+        Ok(O::Bytes(vec![7; 64 << 10]))
+    );
     assert_eq!(node.store().applied().expect("applied"), Some(applied));
 }
 
@@ -260,27 +256,26 @@ fn a_full_state_env_is_a_clear_error_and_reads_keep_working() {
 #[test]
 fn the_state_map_grows_to_its_ceiling_while_readers_read() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use wraft_host::local::LocalNode;
     use wraft_host::state::{StateError, StateOptions};
-    let dir = tempfile::tempdir().expect("tmp");
     let (start, ceiling) = (128 << 10, 16 << 20);
-    let node = LocalNode::open_with(
-        dir.path(),
+    let fixture = Fixture::with_options(
+        wraft_fsm_artifacts::PROBE,
+        "p",
+        wraft_core::FsmLimits::default(),
         StateOptions {
             max_bytes: ceiling,
             map_start: start,
             ..Default::default()
         },
-    )
-    .expect("open");
-    assert_eq!(node.store().map_bytes(), start);
-    let module = node
-        .deploy(wraft_fsm_artifacts::PROBE.to_vec())
-        .expect("no fault")
-        .expect("deploy");
-    node.create(name("p"), module, wraft_core::FsmLimits::default())
-        .expect("no fault")
-        .expect("create");
+    );
+    let node = &fixture.node;
+    // The map started at `start`, not at the ceiling, and the probe module (deployed
+    // above) already made it grow.
+    let map = node.store().map_bytes();
+    assert!(
+        start < map && map < ceiling,
+        "map of {map} bytes after the deploy"
+    );
     let value = |i: u32| vec![(i % 251) as u8; 64 << 10];
     let put = |i: u32| {
         node.propose(probe_apply(
@@ -302,7 +297,7 @@ fn the_state_map_grows_to_its_ceiling_while_readers_read() {
         for _ in 0..3 {
             s.spawn(|| {
                 while !done.load(Ordering::Relaxed) {
-                    assert_eq!(get(&node, "k0"), O::Bytes(value(0)));
+                    assert_eq!(fixture.query("p", &get("k0")), Ok(O::Bytes(value(0))));
                     reads.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -329,22 +324,16 @@ fn the_state_map_grows_to_its_ceiling_while_readers_read() {
     assert!(reads.load(Ordering::Relaxed) > 0, "the reader never read");
     // Every value written while the map moved reads back.
     for i in [0, stored / 2, stored - 1] {
-        assert_eq!(get(&node, &format!("k{i}")), O::Bytes(value(i)), "k{i}");
+        let got = fixture.query("p", &get(&format!("k{i}")));
+        assert_eq!(got, Ok(O::Bytes(value(i))), "k{i}");
     }
 }
 
-/// The probe FSM `p`'s value at `key`, read from the node's state.
-fn get(node: &wraft_host::local::LocalNode, key: &str) -> O {
-    let q = postcard::to_allocvec(&Q::Get {
+/// The probe query for the value at `key`.
+fn get(key: &str) -> Q {
+    Q::Get {
         key: key.as_bytes().to_vec(),
-    })
-    .expect("encode");
-    let out = node
-        .store()
-        .query(&name("p"), &q)
-        .expect("no fault")
-        .expect("ok");
-    postcard::from_bytes(&out).expect("decode")
+    }
 }
 
 #[test]
