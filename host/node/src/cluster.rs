@@ -77,10 +77,16 @@ fn spawn_checkpoints(
             if m.current_leader != Some(id) {
                 continue;
             }
-            let last = match store.last_checkpoint() {
-                Ok(d) => d,
-                Err(e) => {
+            // Off the async workers: a state read can wait behind a growth of the map.
+            let read = store.clone();
+            let last = match tokio::task::spawn_blocking(move || read.last_checkpoint()).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
                     tracing::warn!("checkpoint skipped: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("checkpoint skipped: reading the last one: {e}");
                     continue;
                 }
             };

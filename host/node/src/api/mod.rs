@@ -148,19 +148,34 @@ impl NodeApi {
 
     /// This node's LMDB envs (`raft`, `state`) for `/metrics`: each one's data file, and the
     /// bytes compacting it would give back (`None`: the state env could not be read).
-    pub fn envs(&self) -> [(&'static str, std::path::PathBuf, Option<u64>); 2] {
+    pub async fn envs(&self) -> [(&'static str, std::path::PathBuf, Option<u64>); 2] {
+        let state = self
+            .off_worker(|store| store.reclaimable_bytes())
+            .await
+            .ok();
         [
             (
                 "raft",
                 self.data_dir.join("raft").join("data.mdb"),
                 Some(self.log_reclaimable.bytes()),
             ),
-            (
-                "state",
-                self.store.path().join("data.mdb"),
-                self.store.reclaimable_bytes().ok(),
-            ),
+            ("state", self.store.path().join("data.mdb"), state),
         ]
+    }
+
+    /// Runs `read`, a short read of the state env, on a blocking thread. Any state
+    /// transaction can wait behind a growth of the env's map (`state/map.rs`), and that wait
+    /// must not hold an async worker that carries raft's heartbeats. For callers already
+    /// bounded in number (an HTTP connection, a listing behind a read barrier).
+    pub(super) async fn off_worker<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(|e| unavailable(format!("state read: {e}")))?
+            .map_err(unavailable)
     }
 
     /// Proposals holding a slot of this node's queue now (proposed, not yet answered).
@@ -241,7 +256,7 @@ impl NodeApi {
                 {
                     return answer;
                 }
-                let fsms = self.store.fsms().map_err(unavailable)?;
+                let fsms = self.off_worker(|store| store.fsms()).await?;
                 Ok(ApiResponse::Fsms(
                     fsms.into_iter()
                         .map(|(name, r)| FsmInfo {
@@ -259,8 +274,9 @@ impl NodeApi {
                 {
                     return answer;
                 }
-                let fsms = self.store.fsms().map_err(unavailable)?;
-                let modules = self.store.modules().map_err(unavailable)?;
+                let (fsms, modules) = self
+                    .off_worker(|store| Ok((store.fsms()?, store.modules()?)))
+                    .await?;
                 Ok(ApiResponse::Modules(
                     modules
                         .into_iter()
@@ -304,8 +320,8 @@ impl NodeApi {
 
     /// Why this node must not serve reads, if a checkpoint found its state diverged (or the
     /// record cannot be read).
-    pub fn divergence(&self) -> Option<String> {
-        match self.store.divergence() {
+    pub async fn divergence(&self) -> Option<String> {
+        match self.off_worker(|store| store.divergence()).await {
             Ok(d) => d.map(|d| d.to_string()),
             Err(e) => Some(e.to_string()),
         }

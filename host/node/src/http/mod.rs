@@ -538,7 +538,7 @@ async fn readyz(State(http): State<Arc<Http>>) -> Response {
     let problem = match s.leader {
         None => Some("no leader".to_string()),
         Some(_) if lag > READY_LAG => Some(format!("applied trails committed by {lag}")),
-        Some(_) => http.api.divergence(),
+        Some(_) => http.api.divergence().await,
     };
     match problem {
         None => (StatusCode::OK, "ready\n").into_response(),
@@ -568,7 +568,7 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
                 .set(lag as f64);
         }
     }
-    for (env, file, reclaimable) in http.api.envs() {
+    for (env, file, reclaimable) in http.api.envs().await {
         if let Ok(meta) = std::fs::metadata(&file) {
             metrics::gauge!(names::LMDB_FILE_SIZE, "node" => node.clone(), "env" => env)
                 .set(meta.len() as f64);

@@ -227,19 +227,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let upto = display_log_id(&meta.last_log_id);
         tracing::info!("installing a snapshot up to {upto}");
         let hold = self.holds.hold();
-        tokio::task::spawn_blocking(move || {
+        // The installed raft state is read there too, off the async workers.
+        let raft_state = tokio::task::spawn_blocking(move || {
             let _hold = hold;
             dir.install(&store, &meta_owned, snapshot)
+                .map(|()| store.raft_state())
         })
         .await
         .map_err(io_err)?
-        .map_err(|e| storage_fault("installing a snapshot", &where_, e))?;
+        .map_err(|e| storage_fault("installing a snapshot", &where_, e))?
+        .map_err(io_err)?;
         crate::metrics::seconds(crate::metrics::names::SNAPSHOT_INSTALL, started.elapsed());
         tracing::info!(
             "installed a snapshot up to {upto} in {} ms",
             started.elapsed().as_millis()
         );
-        self.applied = AppliedState::load(self.store.raft_state().map_err(io_err)?)?;
+        self.applied = AppliedState::load(raft_state)?;
         self.removed.set(&self.applied);
         Ok(())
     }

@@ -66,7 +66,7 @@ impl StateStore {
         entries: &[Committed<'_>],
         raft_state: Option<&[u8]>,
     ) -> Result<Vec<EntryResponse>, StateError> {
-        self.growing(|| self.apply_inner(entries, raft_state))
+        self.growing(0, || self.apply_inner(entries, raft_state))
     }
 
     fn apply_inner(

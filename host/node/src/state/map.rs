@@ -123,16 +123,26 @@ impl GrowingEnv {
         self.ceiling
     }
 
-    /// Doubles the map, at most to the ceiling; returns the new size, or `None` when it is
-    /// already at the ceiling. Waits for every live transaction of the process to end, so the
-    /// caller must hold none (a write that found the map full aborts its transaction first).
-    pub(super) fn grow(&self) -> heed::Result<Option<usize>> {
+    /// Grows the map from `seen` (its size when the caller's write found it full): doubles
+    /// it, and keeps doubling until it holds `at_least` bytes, at most to the ceiling.
+    /// Returns the map's size when it is now larger than `seen` (grown here, or already by
+    /// another writer that found it full too), or `None` when it is at the ceiling. Waits for
+    /// every live transaction of the process to end, so the caller must hold none (a write
+    /// that found the map full aborts its transaction first).
+    pub(super) fn grow(&self, seen: usize, at_least: usize) -> heed::Result<Option<usize>> {
         let _alone = Held::alone(self);
         let now = self.env.info().map_size;
+        if now > seen {
+            return Ok(Some(now));
+        }
         let page = page_size();
         // The largest multiple of a page within the ceiling: LMDB's sizes are in pages.
         let ceiling = (self.ceiling / page) * page;
-        let next = (now.saturating_mul(2).min(ceiling) / page) * page;
+        let mut want = now.saturating_mul(2);
+        while want < at_least && want < ceiling {
+            want = want.saturating_mul(2);
+        }
+        let next = (want.min(ceiling) / page) * page;
         if next <= now {
             return Ok(None);
         }
@@ -293,14 +303,39 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let env = open(dir.path(), 1 << 20, 3 << 20);
         assert_eq!(env.map_size(), 1 << 20);
-        assert_eq!(env.grow().expect("grow"), Some(2 << 20));
+        assert_eq!(env.grow(1 << 20, 0).expect("grow"), Some(2 << 20));
         assert_eq!(
-            env.grow().expect("grow"),
+            env.grow(2 << 20, 0).expect("grow"),
             Some(3 << 20),
             "capped at the ceiling"
         );
-        assert_eq!(env.grow().expect("grow"), None);
+        assert_eq!(env.grow(3 << 20, 0).expect("grow"), None);
         assert_eq!(env.map_size(), 3 << 20);
+    }
+
+    #[test]
+    fn a_second_writer_that_found_the_same_map_full_does_not_grow_it_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let env = open(dir.path(), 1 << 20, 64 << 20);
+        assert_eq!(env.grow(1 << 20, 0).expect("first"), Some(2 << 20));
+        assert_eq!(
+            env.grow(1 << 20, 0).expect("second, same fill"),
+            Some(2 << 20),
+            "already grown past what the second writer saw"
+        );
+        assert_eq!(env.map_size(), 2 << 20);
+    }
+
+    #[test]
+    fn a_growth_for_a_known_size_doubles_until_it_fits_in_one_step() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let env = open(dir.path(), 1 << 20, 64 << 20);
+        assert_eq!(env.grow(1 << 20, 5 << 20).expect("grow"), Some(8 << 20));
+        assert_eq!(
+            env.grow(8 << 20, 1 << 30).expect("grow"),
+            Some(64 << 20),
+            "capped at the ceiling"
+        );
     }
 
     #[test]
@@ -308,8 +343,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let page = page_size();
         let env = open(dir.path(), 16 * page, 32 * page + page / 2);
-        assert_eq!(env.grow().expect("grow"), Some(32 * page));
-        assert_eq!(env.grow().expect("grow"), None);
+        assert_eq!(env.grow(16 * page, 0).expect("grow"), Some(32 * page));
+        assert_eq!(env.grow(32 * page, 0).expect("grow"), None);
     }
 
     #[cfg(debug_assertions)]

@@ -361,12 +361,19 @@ impl StateStore {
 
     /// Runs `write` (one write transaction, which leaves nothing behind when it fails) and,
     /// each time it finds the map full, grows the map and runs it again; at the ceiling, the
-    /// error is [`StateError::Full`]. At most log2(ceiling / start) runs.
-    fn growing<T>(&self, write: impl Fn() -> Result<T, StateError>) -> Result<T, StateError> {
+    /// error is [`StateError::Full`]. At most log2(ceiling / start) runs. `at_least` is a
+    /// size the write is known to need (a snapshot's length), so its first growth reaches
+    /// it at once instead of one doubling per run.
+    fn growing<T>(
+        &self,
+        at_least: usize,
+        write: impl Fn() -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         loop {
+            let seen = self.env.map_size();
             match write() {
                 Err(e) if e.is_map_full() => {
-                    if self.env.grow()?.is_none() {
+                    if self.env.grow(seen, at_least)?.is_none() {
                         return Err(StateError::Full {
                             ceiling: self.env.ceiling(),
                         });

@@ -60,13 +60,16 @@ impl StateStore {
             }
         }
         out.write_all(&[END]).map_err(io)?;
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
         let raft_state = self
             .dbs
             .meta
             .get(&rtxn, &keys::meta(self.group, MetaTag::RaftState))?
             .map(<[u8]>::to_vec);
+        // The transaction ends before the flush: a growth of the map waits for open
+        // transactions, and the flush needs none.
+        drop(rtxn);
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
         Ok(raft_state)
     }
 
@@ -83,11 +86,14 @@ impl StateStore {
     /// Replaces this group's entire state (FSM data, registry, modules, applied position,
     /// raft state) by the one in the LMDB copy at `path`, in one write transaction.
     pub fn import_from(&self, path: &Path) -> Result<(), StateError> {
+        // The state takes at least the snapshot's bytes: a full map grows to that at once.
+        let len = std::fs::metadata(path).map_err(heed::Error::Io)?.len();
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         let result = if is_key_value(path)? {
-            self.growing(|| self.import_pairs(path))
+            self.growing(len, || self.import_pairs(path))
         } else {
             let src = open_copy(path)?;
-            let result = self.growing(|| self.import_env(&src));
+            let result = self.growing(len, || self.import_env(&src));
             src.prepare_for_closing().wait();
             result
         };
