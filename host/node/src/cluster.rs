@@ -302,6 +302,13 @@ impl ClusterNode {
             ..Default::default()
         };
         let store = Arc::new(StateStore::open_with(&config.data_dir, runtime, options)?);
+        // Read before raft starts, while nothing else can hold or grow the state env.
+        let diverged = store.divergence()?.is_some();
+        metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(if diverged {
+            1.0
+        } else {
+            0.0
+        });
         let log = LogStore::open_sized(&config.data_dir, config.max_log_bytes)?;
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?
             .applying_only_durable(log.durable());
@@ -382,12 +389,6 @@ impl ClusterNode {
                 interval,
             ));
         }
-        let diverged = store.divergence()?.is_some();
-        metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(if diverged {
-            1.0
-        } else {
-            0.0
-        });
         if let Some(auto) = config.auto_promote {
             tasks.push(auto.spawn(raft.clone()));
         }

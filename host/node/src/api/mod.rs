@@ -166,7 +166,8 @@ impl NodeApi {
     /// Runs `read`, a short read of the state env, on a blocking thread. Any state
     /// transaction can wait behind a growth of the env's map (`state/map.rs`), and that wait
     /// must not hold an async worker that carries raft's heartbeats. For callers already
-    /// bounded in number (an HTTP connection, a listing behind a read barrier).
+    /// bounded in number: an HTTP request (at most `--http-max-connections` at once) or a
+    /// listing (at most `--max-requests-per-role`); tokio's blocking pool caps the threads.
     pub(super) async fn off_worker<T: Send + 'static>(
         &self,
         read: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,

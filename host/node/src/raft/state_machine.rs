@@ -236,7 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(io_err)?
         .map_err(|e| storage_fault("installing a snapshot", &where_, e))?
-        .map_err(io_err)?;
+        .map_err(|e| storage_fault("reading the installed snapshot", &where_, io_err(e)))?;
         crate::metrics::seconds(crate::metrics::names::SNAPSHOT_INSTALL, started.elapsed());
         tracing::info!(
             "installed a snapshot up to {upto} in {} ms",
