@@ -20,6 +20,6 @@ pub use request::{
 };
 pub use response::{
     ApiResponse, BackupFile, BackupManifest, ClusterStatus, FsmInfo, MAX_REPLY, ModuleInfo,
-    NodeStatus, StageLatency,
+    NodeFeatures, NodeStatus, StageLatency,
 };
 pub use role::Role;

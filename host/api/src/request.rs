@@ -145,6 +145,10 @@ pub enum ApiRequest {
     /// Where this node's recent log entries spent their time, stage by stage (reader; served
     /// by the node asked, not forwarded): [`crate::ApiResponse::Stages`].
     Stages,
+    /// What this node's build reads and writes (reader; served by the node asked, not
+    /// forwarded): [`crate::ApiResponse::Features`]. A leader asks every member, and proposes
+    /// an entry of a newer level only once all of them read it.
+    Features,
 }
 
 /// How a write is applied at most once ([`wraft_core::session`]): retried with the same
@@ -229,6 +233,7 @@ impl ApiRequest {
             Self::SetLimits { .. } => "set_limits",
             Self::OpenSession { .. } => "open_session",
             Self::Stages => "stages",
+            Self::Features => "features",
         }
     }
 
@@ -252,7 +257,8 @@ impl ApiRequest {
             | Self::ListFsms
             | Self::ListModules
             | Self::Status
-            | Self::Stages => Role::Reader,
+            | Self::Stages
+            | Self::Features => Role::Reader,
             Self::Apply { .. } | Self::Batch { .. } | Self::OpenSession { .. } => Role::Writer,
             Self::Deploy { .. }
             | Self::CreateFsm { .. }

@@ -96,6 +96,20 @@ pub enum ApiResponse {
     Session(u64),
     /// Per-stage latencies of the node's recent log entries, in stage order.
     Stages(Vec<StageLatency>),
+    /// What the node asked reads and writes.
+    Features(NodeFeatures),
+}
+
+/// What a node's build reads and writes, for a leader deciding which entries it may propose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFeatures {
+    /// The node.
+    pub node: NodeId,
+    /// Its wraft version.
+    pub version: String,
+    /// The newest entry level it reads ([`wraft_core::ENTRY_LEVEL`] of its build, or lower
+    /// where its operator pinned it with `--entry-level`).
+    pub entry_level: u32,
 }
 
 /// How long a node's recent log entries took from one stage of their life to the next

@@ -577,6 +577,15 @@ impl Client {
         }
     }
 
+    /// What the answering node's build reads: its version and log entry level (what a
+    /// leader asks its members before it proposes entries of a newer level).
+    pub async fn features(&self) -> Result<wraft_api::NodeFeatures, ClientError> {
+        match self.request(ApiRequest::Features).await? {
+            ApiResponse::Features(f) => Ok(f),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// Hands leadership over; returns who leads afterwards.
     pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, ClientError> {
         match self.request(ApiRequest::TransferLeader { to }).await? {

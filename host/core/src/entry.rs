@@ -328,6 +328,18 @@ pub struct Apply {
     pub payload: Vec<u8>,
 }
 
+/// The newest entry level this build reads and writes. Levels number the additions to
+/// [`Command`] that an older build cannot decode:
+///
+/// 1. format V2 as first released: every command but [`Command::Group`];
+/// 2. [`Command::Group`] (leader-side grouping of client writes).
+///
+/// A node says which level it reads (`ApiRequest::Features`), and a leader proposes an
+/// entry of a level only while every member has said it reads that level, so a rolling
+/// upgrade never sends a node an entry it cannot decode (docs/operations.md, "Upgrading
+/// wraft").
+pub const ENTRY_LEVEL: u32 = 2;
+
 /// What a log entry does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {

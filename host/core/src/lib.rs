@@ -29,8 +29,8 @@ pub mod session;
 pub mod voter;
 
 pub use entry::{
-    Apply, BATCH_FUEL_FACTOR, Command, EntryResponse, Format, FsmLimits, GroupedWrite, LogEntry,
-    StateDigest,
+    Apply, BATCH_FUEL_FACTOR, Command, ENTRY_LEVEL, EntryResponse, Format, FsmLimits, GroupedWrite,
+    LogEntry, StateDigest,
 };
 pub use error::ApplyError;
 pub use name::{FsmName, ModuleId};

@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub voter_key: Option<wraft_core::link::auth::ClusterKey>,
     /// What the node admits from callers and peers.
     pub limits: crate::limits::NodeLimits,
+    /// The newest entry level this node says it reads, 1 to [`wraft_core::ENTRY_LEVEL`]:
+    /// lower than its build's keeps a rolling upgrade reversible (`api::level`).
+    pub entry_level: u32,
 }
 
 /// Default interval between consistency checkpoints.
@@ -201,6 +204,7 @@ impl NodeConfig {
             voter_links: Default::default(),
             voter_key: None,
             limits: Default::default(),
+            entry_level: wraft_core::ENTRY_LEVEL,
         }
     }
 }
@@ -223,6 +227,12 @@ pub enum NodeError {
     /// Links to passive voters were given without the key that seals their frames.
     #[error("passive voter links need the cluster's voter key (--voter-key)")]
     NoVoterKey,
+    /// An entry level this build does not have.
+    #[error(
+        "--entry-level {0} is not a level this build reads: 1 to {max}",
+        max = wraft_core::ENTRY_LEVEL
+    )]
+    EntryLevel(u32),
 }
 
 /// Whether `error` comes from a write that found no room (a full disk, a quota, a file-size
@@ -290,6 +300,9 @@ impl ClusterNode {
     async fn open(config: NodeConfig) -> Result<Self, NodeError> {
         if !config.voter_links.is_empty() && config.voter_key.is_none() {
             return Err(NodeError::NoVoterKey);
+        }
+        if !(1..=wraft_core::ENTRY_LEVEL).contains(&config.entry_level) {
+            return Err(NodeError::EntryLevel(config.entry_level));
         }
         let lock = crate::ops::DataDirLock::acquire(&config.data_dir)?;
         let runtime = Arc::new(
@@ -364,6 +377,7 @@ impl ClusterNode {
         crate::metrics::handle();
         let api = Arc::new(api);
         let mut tasks = vec![
+            api.spawn_level_watch(),
             tokio::spawn(serve(
                 endpoint.clone(),
                 raft.clone(),

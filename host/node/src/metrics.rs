@@ -65,6 +65,9 @@ pub mod names {
     pub const LMDB_RECLAIMABLE: &str = "wraft_lmdb_reclaimable_bytes";
     /// Gauge (scrape): proposals holding a slot of the node's queue (`--queue`) now.
     pub const PROPOSAL_QUEUE_DEPTH: &str = "wraft_proposal_queue_depth";
+    /// Gauge: the entry level this node may propose now: while it leads, the lowest its
+    /// members read (`wraft_core::ENTRY_LEVEL`, `--entry-level`); 1 otherwise.
+    pub const CLUSTER_ENTRY_LEVEL: &str = "wraft_cluster_entry_level";
 
     /// All of them.
     pub const ALL: &[&str] = &[
@@ -94,6 +97,7 @@ pub mod names {
         LMDB_FILE_SIZE,
         LMDB_RECLAIMABLE,
         PROPOSAL_QUEUE_DEPTH,
+        CLUSTER_ENTRY_LEVEL,
     ];
 }
 

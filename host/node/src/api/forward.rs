@@ -139,17 +139,23 @@ impl Forwarder {
         }
     }
 
-    async fn connection(&self, leader: NodeId, addr: &str) -> Result<quinn::Connection, String> {
+    /// The cached connection to `node` (the leader, or a member a leader asks), dialed if
+    /// there is none or it broke.
+    pub(super) async fn connection(
+        &self,
+        node: NodeId,
+        addr: &str,
+    ) -> Result<quinn::Connection, String> {
         let cached = self
             .conns
             .lock()
             .map_err(|e| e.to_string())?
-            .get(&leader)
+            .get(&node)
             .cloned();
         if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
             return Ok(c);
         }
-        let name = wraft_transport_quic::pki::node_name(leader);
+        let name = wraft_transport_quic::pki::node_name(node);
         let conn = wraft_transport_quic::dial(
             &self.endpoint,
             &self.config,
@@ -162,7 +168,7 @@ impl Forwarder {
         self.conns
             .lock()
             .map_err(|e| e.to_string())?
-            .insert(leader, conn.clone());
+            .insert(node, conn.clone());
         Ok(conn)
     }
 }

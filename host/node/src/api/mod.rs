@@ -15,6 +15,7 @@
 mod admin;
 mod forward;
 mod guest;
+pub(crate) mod level;
 pub mod propose;
 mod write;
 
@@ -50,6 +51,8 @@ pub struct NodeApi {
     queue: Arc<Semaphore>,
     /// Groups client writes into log entries (the leader's).
     proposer: propose::Proposer,
+    /// The entry level this node reads, and the one its members all read while it leads.
+    levels: Arc<level::EntryLevels>,
     /// Turns on the guest pool (see [`NodeApi::on_guest_thread`]), one lane for reads and
     /// one for writes, so a flood of queries never delays a write's codecs.
     guests: [Arc<Semaphore>; 2],
@@ -114,9 +117,15 @@ impl NodeApi {
     ) -> Result<Self, wraft_transport_quic::TransportError> {
         let forward = Forwarder::new(endpoint, client_config(&config.identity, ALPN_CLIENT)?);
         let (capacity, limits) = (config.queue, config.limits.clone());
+        let levels = Arc::new(level::EntryLevels::new(config.entry_level));
         Ok(Self {
             id: config.id,
-            proposer: propose::Proposer::start(raft.clone(), limits.max_entry_bytes),
+            proposer: propose::Proposer::start(
+                raft.clone(),
+                limits.max_entry_bytes,
+                levels.clone(),
+            ),
+            levels,
             raft,
             store,
             queue: Arc::new(Semaphore::new(capacity)),
@@ -295,6 +304,7 @@ impl NodeApi {
             }
             ApiRequest::Status => Ok(ApiResponse::Status(self.status())),
             ApiRequest::Stages => Ok(ApiResponse::Stages(self.stages().await?)),
+            ApiRequest::Features => Ok(ApiResponse::Features(self.features())),
             ApiRequest::AddLearner { .. }
             | ApiRequest::Promote { .. }
             | ApiRequest::Remove { .. }

@@ -23,6 +23,8 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use wraft_core::{Command, EntryResponse, GroupedWrite, LogEntry};
 
+use super::level::EntryLevels;
+
 use wraft_core::raft::TypeConfig;
 
 use crate::clock::now_ms;
@@ -87,13 +89,15 @@ struct Pending {
 }
 
 /// How the proposer groups, and when it stops waiting for a leader that has lost its quorum.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Grouping {
     /// Encoded bytes of writes one group holds at most.
     max_bytes: usize,
     /// Raft's leader lease: a leader whose quorum has not acknowledged it for this long
     /// takes no writes (openraft refuses them), so neither does its proposer's queue.
     lease: Duration,
+    /// Whether every member reads groups: until then each write has an entry of its own.
+    levels: Arc<EntryLevels>,
 }
 
 /// The handle of the node's proposer task.
@@ -109,12 +113,13 @@ pub(super) struct Proposer {
 impl Proposer {
     /// Starts the proposer of `raft`, grouping at most `max_entry_bytes` (and a replication
     /// batch) per entry; it ends when this handle is dropped.
-    pub(super) fn start(raft: Raft, max_entry_bytes: usize) -> Self {
+    pub(super) fn start(raft: Raft, max_entry_bytes: usize, levels: Arc<EntryLevels>) -> Self {
         let grouping = Grouping {
             max_bytes: max_entry_bytes.min(MAX_BATCH_BYTES),
             lease: Duration::from_millis(raft.config().election_timeout_max),
+            levels,
         };
-        let queue = Mutex::new(spawn(raft.clone(), grouping));
+        let queue = Mutex::new(spawn(raft.clone(), grouping.clone()));
         Self {
             raft,
             grouping,
@@ -159,7 +164,7 @@ impl Proposer {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(mpsc::error::SendError(pending)) = queue.send(pending) {
             tracing::error!("this node's proposer task had ended; starting a new one");
-            *queue = spawn(self.raft.clone(), self.grouping);
+            *queue = spawn(self.raft.clone(), self.grouping.clone());
             if let Err(mpsc::error::SendError(pending)) = queue.send(pending) {
                 // Dropped unanswered: the caller hears that the proposer stopped.
                 drop(pending);
@@ -219,7 +224,13 @@ async fn run(raft: Raft, mut pending: mpsc::UnboundedReceiver<Pending>, grouping
         };
         let mut bytes = first.bytes;
         let (mut writes, mut waiters) = (vec![write], vec![first.waiter]);
-        while writes.len() < MAX_GROUP_WRITES {
+        // A member whose build predates groups (a rolling upgrade) cannot decode one.
+        let most = if grouping.levels.groups() {
+            MAX_GROUP_WRITES
+        } else {
+            1
+        };
+        while writes.len() < most {
             match pending.try_recv() {
                 Ok(Pending {
                     proposal: Proposal::Write(w),

@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// 32-bit ones); the log only holds entries since the last snapshot.
     #[arg(long, env = "WRAFT_MAX_LOG_BYTES")]
     pub max_log_bytes: Option<usize>,
+    /// The newest log entry level this node says it reads (default: its build's). Set it
+    /// to the old build's level on every upgraded node while the upgrade may still be rolled
+    /// back: a leader then writes nothing the old build cannot read (docs/operations.md,
+    /// "Upgrading wraft").
+    #[arg(long, env = "WRAFT_ENTRY_LEVEL")]
+    pub entry_level: Option<u32>,
     /// The byte stream to a passive voter (a microcontroller, docs/embedded.md) wired to this
     /// host, as ID=tcp:HOST:PORT or ID=/dev/ttyX; repeat the flag, or separate with commas in
     /// the variable.
@@ -189,6 +195,7 @@ struct FileConfig {
     snapshot_trailing_entries: Option<u64>,
     max_state_bytes: Option<usize>,
     max_log_bytes: Option<usize>,
+    entry_level: Option<u32>,
     #[serde(default)]
     voter_links: Vec<String>,
     voter_key: Option<PathBuf>,
@@ -300,6 +307,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.max_log_bytes.or(file.max_log_bytes) {
         config.max_log_bytes = n;
+    }
+    if let Some(level) = args.entry_level.or(file.entry_level) {
+        config.entry_level = level;
     }
     let links = if args.voter_links.is_empty() {
         file.voter_links

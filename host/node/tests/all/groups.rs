@@ -166,16 +166,81 @@ fn each_command_of_a_group_has_its_own_position_and_random_numbers() {
 /// agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
-    use openraft::type_config::async_runtime::WatchReceiver;
-    use wraft_api::{Payload, Role};
-    const WRITERS: u64 = 64;
-    const EACH: u64 = 20;
-    const START: u64 = 1_000_000;
     let mut c =
         crate::cluster::Cluster::start(3, wraft_host::raft::SnapshotPolicy::default()).await;
-    let leader = c.leader().await.id;
     crate::cluster::setup_probe(&c.leader().await.raft).await;
-    let last_log = |c: &crate::cluster::Cluster| {
+    let (entries, alone) = concurrent_writes(&c, 64, 20, 0).await;
+    assert!(
+        entries < alone,
+        "{entries} entries for writes that alone take {alone}: no write shared an entry"
+    );
+    eprintln!("{entries} entries for writes that alone take {alone}");
+    c.converged_hashes().await;
+    c.stop_all().await;
+}
+
+/// Node 3's entry level in [`a_member_that_reads_no_groups_is_sent_none`].
+static NODE_3_LEVEL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// A rolling upgrade: node 3 says it reads only level 1 (an older build, or one pinned with
+/// `--entry-level 1`), so the leader puts every write in an entry of its own, however many
+/// wait at once; once node 3 restarts at its build's level, the leader groups again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_reads_no_groups_is_sent_none() {
+    use std::sync::atomic::Ordering;
+    NODE_3_LEVEL.store(1, Ordering::SeqCst);
+    let mut c = crate::cluster::Cluster::start_tuned(3, Vec::new(), |config| {
+        if config.id == 3 {
+            config.entry_level = NODE_3_LEVEL.load(Ordering::SeqCst);
+        }
+    })
+    .await;
+    crate::cluster::setup_probe(&c.leader().await.raft).await;
+    let says = |c: &crate::cluster::Cluster| c.client(wraft_api::Role::Reader, &[3]);
+    let features = says(&c).features().await.expect("node 3's features");
+    assert_eq!((features.node, features.entry_level), (3, 1));
+    for round in 0..3 {
+        let (entries, alone) = concurrent_writes(&c, 64, 5, round * 64).await;
+        assert!(
+            entries >= alone,
+            "round {round}: {entries} entries for writes that alone take {alone}: writes \
+             shared entries while node 3 reads no groups"
+        );
+    }
+    c.stop(3).await;
+    NODE_3_LEVEL.store(wraft_core::ENTRY_LEVEL, Ordering::SeqCst);
+    c.restart(3).await;
+    let features = says(&c).features().await.expect("node 3's features");
+    assert_eq!(features.entry_level, wraft_core::ENTRY_LEVEL);
+    // The leader asks its members every 500 ms: within a few rounds it groups again.
+    let mut grouped = false;
+    for round in 3..40 {
+        let (entries, alone) = concurrent_writes(&c, 64, 5, round * 64).await;
+        if entries < alone {
+            grouped = true;
+            break;
+        }
+    }
+    assert!(grouped, "no write shared an entry after node 3 read groups");
+    c.converged_hashes().await;
+    c.stop_all().await;
+}
+
+/// `writers` clients on sessions (ids from `first`), each setting a counter of its own to
+/// `w` million and then incrementing it `each` times, all at once through the leader; checks
+/// each got its own answers. Returns the log entries this took, and how many it takes with
+/// every write in an entry of its own (one per write and per session opened).
+async fn concurrent_writes(
+    c: &crate::cluster::Cluster,
+    writers: u64,
+    each: u64,
+    first: u64,
+) -> (u64, u64) {
+    use openraft::type_config::async_runtime::WatchReceiver;
+    use wraft_api::{Payload, Role};
+    const START: u64 = 1_000_000;
+    let leader = c.leader().await.id;
+    let last_log = || {
         c.node(leader)
             .raft
             .metrics()
@@ -184,9 +249,9 @@ async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
             .unwrap_or(0)
     };
     let encode = |c: &C| Payload::Postcard(postcard::to_allocvec(c).expect("encode"));
-    let before = last_log(&c);
-    let mut writers = tokio::task::JoinSet::new();
-    for w in 0..WRITERS {
+    let before = last_log();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in first..first + writers {
         let client = c.client(Role::Writer, &[leader]);
         let key = format!("w{w}").into_bytes();
         let (start, incr) = (
@@ -196,10 +261,10 @@ async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
             }),
             encode(&C::Incr { key }),
         );
-        writers.spawn(async move {
+        tasks.spawn(async move {
             client.apply(&name("p"), start).await.expect("a put");
             let mut seen = Vec::new();
-            for _ in 0..EACH {
+            for _ in 0..each {
                 let out = client
                     .apply(&name("p"), incr.clone())
                     .await
@@ -215,20 +280,11 @@ async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
             (w, seen)
         });
     }
-    for (w, seen) in writers.join_all().await {
-        let mine: Vec<u64> = (1..=EACH).map(|k| w * START + k).collect();
+    for (w, seen) in tasks.join_all().await {
+        let mine: Vec<u64> = (1..=each).map(|k| w * START + k).collect();
         assert_eq!(seen, mine, "writer {w}'s answers");
     }
-    // One entry per session opened and per write without groups.
-    let entries = last_log(&c) - before;
-    let writes = WRITERS * (EACH + 1);
-    assert!(
-        entries < writes + WRITERS,
-        "{entries} entries for {writes} writes and {WRITERS} sessions: no write shared an entry"
-    );
-    eprintln!("{entries} entries for {writes} writes and {WRITERS} sessions");
-    c.converged_hashes().await;
-    c.stop_all().await;
+    (last_log() - before, writers * (each + 1) + writers)
 }
 
 /// Expiry keeps up with groups: an entry expires up to 64 keys and sessions per write it
