@@ -65,7 +65,7 @@ pub mod names {
     pub const LMDB_RECLAIMABLE: &str = "wraft_lmdb_reclaimable_bytes";
     /// Gauge (scrape): proposals holding a slot of the node's queue (`--queue`) now.
     pub const PROPOSAL_QUEUE_DEPTH: &str = "wraft_proposal_queue_depth";
-    /// Gauge: the entry level this node may propose now: while it leads, the lowest its
+    /// Gauge (scrape): the entry level this node may propose now: while it leads, the lowest its
     /// members read (`wraft_core::ENTRY_LEVEL`, `--entry-level`); 1 otherwise.
     pub const CLUSTER_ENTRY_LEVEL: &str = "wraft_cluster_entry_level";
 

@@ -5,23 +5,25 @@
 //! a node lower (`--entry-level`) to keep a way back to an older build. A leader asks every
 //! member which level it reads (`ApiRequest::Features`) and proposes entries of a newer
 //! level only once all of them have said they read it, so no node is sent an entry it cannot
-//! decode. The model is etcd's cluster version: a member's level is remembered once heard,
-//! and a member that has not answered this leader yet counts as level 1. So a new leader
-//! proposes level-1 entries only until each member has answered once (one round trip), or,
-//! if a member is down, until it is back. Downgrading a node below a level the log already
-//! holds is not supported: pin the level before the upgrade instead (docs/operations.md).
+//! decode. The level a leader finds holds only for the term and the membership it asked
+//! under: a new term or a membership change falls back to level 1 until every member of it
+//! has answered (one round trip; while a member is down, until it is back). Passive voters
+//! (microcontrollers) are not asked: they are sent log ids, never entries. Downgrading a
+//! node to a build below a level the log already holds is not supported: pin the level
+//! before the upgrade instead (docs/operations.md, "Upgrading wraft").
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::task::JoinHandle;
 use wraft_api::{ApiCallRef, ApiRequest, ApiResponse, NodeFeatures, Role};
-use wraft_core::raft::NodeId;
+use wraft_core::raft::{LogId, NodeId};
 use wraft_transport_quic::api;
 
 use super::NodeApi;
+use crate::raft::Raft;
 
 /// The level every build reads: format V2 as first released.
 pub const BASE_LEVEL: u32 = 1;
@@ -30,24 +32,43 @@ pub const GROUP_LEVEL: u32 = 2;
 
 /// How often a leader asks its members which level they read.
 const ASK_EVERY: Duration = Duration::from_millis(500);
-/// How long a leader waits for one member's answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a leader waits for one member's answer (a dial included).
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where a level was found: the leader's term and the membership its members were asked
+/// under. The level holds only while both are current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Asked {
+    term: u64,
+    membership: Option<LogId>,
+}
+
+impl Asked {
+    fn now(raft: &Raft) -> Self {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        Self {
+            term: m.current_term,
+            membership: *m.membership_config.log_id(),
+        }
+    }
+}
 
 /// This node's own entry level and, while it leads, the level its members all read.
 #[derive(Debug)]
 pub(crate) struct EntryLevels {
     /// The level this node reads and says it reads.
     own: u32,
-    /// The level this node may propose now: the lowest its members read, as last asked;
-    /// [`BASE_LEVEL`] while it does not lead or has not heard from every member.
-    cluster: AtomicU32,
+    /// The lowest level the members read, and the term and membership they were asked
+    /// under; `None` until a leader's first round of asks.
+    found: Mutex<Option<(Asked, u32)>>,
 }
 
 impl EntryLevels {
     pub(crate) fn new(own: u32) -> Self {
         Self {
             own,
-            cluster: AtomicU32::new(BASE_LEVEL),
+            found: Mutex::new(None),
         }
     }
 
@@ -56,17 +77,38 @@ impl EntryLevels {
         self.own
     }
 
-    /// Whether every member reads grouped writes (`Command::Group`).
-    pub(crate) fn groups(&self) -> bool {
-        self.cluster.load(Ordering::Acquire) >= GROUP_LEVEL
+    /// The level this node may propose now: what its members said under the current term
+    /// and membership, [`BASE_LEVEL`] if they have not all said it yet.
+    pub(crate) fn now(&self, raft: &Raft) -> u32 {
+        let found = self.found.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*found {
+            Some((asked, level)) if *asked == Asked::now(raft) => *level,
+            _ => BASE_LEVEL,
+        }
     }
 
-    fn set(&self, level: u32) {
-        let was = self.cluster.swap(level, Ordering::AcqRel);
+    /// Whether every member reads grouped writes (`Command::Group`) now.
+    pub(crate) fn groups(&self, raft: &Raft) -> bool {
+        self.now(raft) >= GROUP_LEVEL
+    }
+
+    fn set(&self, found: Option<(Asked, u32)>) {
+        let level = found.as_ref().map_or(BASE_LEVEL, |(_, l)| *l);
+        let mut slot = self.found.lock().unwrap_or_else(PoisonError::into_inner);
+        let was = slot.as_ref().map_or(BASE_LEVEL, |(_, l)| *l);
         if was != level {
             tracing::info!("entries of level {level} may be proposed (was {was})");
         }
-        metrics::gauge!(crate::metrics::names::CLUSTER_ENTRY_LEVEL).set(f64::from(level));
+        *slot = found;
+    }
+}
+
+/// Forgets the level when the watch task ends, however it ends.
+struct ForgetOnExit(Arc<NodeApi>);
+
+impl Drop for ForgetOnExit {
+    fn drop(&mut self) {
+        self.0.levels.set(None);
     }
 }
 
@@ -80,40 +122,57 @@ impl NodeApi {
         }
     }
 
+    /// The log entry level this node may propose now (1 unless it leads and every member
+    /// has said it reads more), for `/metrics`.
+    pub fn entry_level(&self) -> u32 {
+        self.levels.now(&self.raft)
+    }
+
     /// While this node leads, asks its members which level they read, every [`ASK_EVERY`],
-    /// and sets the level it may propose. Ends when raft shuts down.
+    /// and records the lowest with the term and membership it holds for. Ends when raft
+    /// shuts down.
     pub fn spawn_level_watch(self: &Arc<Self>) -> JoinHandle<()> {
         let api = self.clone();
         tokio::spawn(async move {
-            use openraft::type_config::async_runtime::WatchReceiver;
-            // Each member's last answer to this node, kept across its terms as leader: a
-            // member's level only rises (a downgrade below the log's level is unsupported).
+            let _forget = ForgetOnExit(api.clone());
+            // Each member's last answer in this term: a new term starts from nothing.
             let mut heard: HashMap<NodeId, u32> = HashMap::new();
+            let mut term = 0;
             let mut tick = crate::raft::ticker(ASK_EVERY);
             loop {
                 let m = api.raft.metrics().borrow_watched().clone();
                 if m.running_state.is_err() {
                     break;
                 }
+                if m.current_term != term {
+                    (heard, term) = (HashMap::new(), m.current_term);
+                }
                 if m.current_leader != Some(api.id) {
-                    api.levels.set(BASE_LEVEL);
+                    api.levels.set(None);
                     tick.tick().await;
                     continue;
                 }
+                let asked = Asked {
+                    term: m.current_term,
+                    membership: *m.membership_config.log_id(),
+                };
+                // Passive voters are sent log ids only, never an entry's bytes.
                 let members: Vec<(NodeId, String)> = m
                     .membership_config
                     .membership()
                     .nodes()
-                    .filter(|(id, _)| **id != api.id)
+                    .filter(|(id, n)| **id != api.id && !crate::voter::is_passive(&n.addr))
                     .map(|(id, n)| (*id, n.addr.clone()))
                     .collect();
                 let mut asks = tokio::task::JoinSet::new();
+                // Everyone, every round: a member restarted on a newer build (or unpinned)
+                // raises the level. One down keeps its last answer of this term.
                 for (node, addr) in &members {
                     let (api, node, addr) = (api.clone(), *node, addr.clone());
                     asks.spawn(async move { (node, api.entry_level_of(node, &addr).await) });
                 }
-                for (node, level) in asks.join_all().await {
-                    if let Some(level) = level {
+                while let Some(answer) = asks.join_next().await {
+                    if let Ok((node, Some(level))) = answer {
                         heard.insert(node, level);
                     }
                 }
@@ -121,13 +180,7 @@ impl NodeApi {
                     .iter()
                     .map(|(node, _)| heard.get(node).copied().unwrap_or(BASE_LEVEL))
                     .fold(api.levels.own(), u32::min);
-                // Only for the membership and term the members were asked under: a member
-                // added meanwhile has not been asked.
-                let now = api.raft.metrics().borrow_watched().clone();
-                let same = now.current_leader == Some(api.id)
-                    && now.current_term == m.current_term
-                    && now.membership_config.log_id() == m.membership_config.log_id();
-                api.levels.set(if same { level } else { BASE_LEVEL });
+                api.levels.set(Some((asked, level)));
                 tick.tick().await;
             }
         })

@@ -402,7 +402,9 @@ impl ApiHandler for NodeApi {
     async fn handle(&self, caller: Caller, call: ApiCall) -> ApiResult {
         let (role, request) = match call {
             ApiCall::Forwarded { role, request } => {
-                if !self.is_voter(&caller) {
+                // What a build reads is no secret (any reader may ask): a leader asks every
+                // member, also a learner that does not know it as a voter yet.
+                if !matches!(request, ApiRequest::Features) && !self.is_voter(&caller) {
                     return Err(ApiError::NotAllowed {
                         needed: Role::Admin,
                         have: caller.role,

@@ -225,7 +225,7 @@ async fn run(raft: Raft, mut pending: mpsc::UnboundedReceiver<Pending>, grouping
         let mut bytes = first.bytes;
         let (mut writes, mut waiters) = (vec![write], vec![first.waiter]);
         // A member whose build predates groups (a rolling upgrade) cannot decode one.
-        let most = if grouping.levels.groups() {
+        let most = if grouping.levels.groups(&raft) {
             MAX_GROUP_WRITES
         } else {
             1

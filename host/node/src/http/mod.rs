@@ -559,6 +559,10 @@ async fn metrics(State(http): State<Arc<Http>>) -> Response {
     gauge(names::RAFT_COMMITTED_INDEX, s.committed.unwrap_or(0) as f64);
     gauge(names::RAFT_APPLIED_INDEX, s.applied.unwrap_or(0) as f64);
     gauge(names::PROPOSAL_QUEUE_DEPTH, http.api.queue_depth() as f64);
+    gauge(
+        names::CLUSTER_ENTRY_LEVEL,
+        f64::from(http.api.entry_level()),
+    );
     // The leader knows what each follower holds; a follower reports none.
     if s.leader == Some(s.node) {
         for n in s.nodes.iter().filter(|n| n.id != s.node) {

@@ -245,3 +245,52 @@ async fn a_partitioned_node_that_rejoins_does_not_bump_the_term_or_depose_the_le
     );
     c.stop_all().await;
 }
+
+/// What a build answers a request of a newer one it cannot decode (a variant it does not
+/// know, as an old build sees `Features`): `BadRequest`, on a connection that keeps serving.
+/// A leader asking an old build for its entry level reads that answer as level 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_a_newer_build_is_refused_as_bad_and_the_node_keeps_serving() {
+    let mut c = Cluster::start(1, SnapshotPolicy::default()).await;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    ep.set_default_client_config(
+        wraft_transport_quic::client_config(
+            &c.client_identity(Role::Reader),
+            wraft_transport_quic::ALPN_CLIENT,
+        )
+        .expect("config"),
+    );
+    let conn = ep
+        .connect(c.addrs[0], wraft_transport_quic::pki::CLUSTER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    // postcard of `ApiCall::Direct` (variant 0) of an `ApiRequest` variant 127, which no
+    // build has: two bytes, framed with their checksum as any call is.
+    let mut frame = Vec::new();
+    wraft_core::frame::encode_frame(&(0u8, 127u8), &mut frame);
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&frame).await.expect("sent");
+    send.finish().expect("finished");
+    let answer: wraft_api::ApiResult = wraft_transport_quic::wire::recv(&mut recv, 1 << 20)
+        .await
+        .expect("answered");
+    assert!(
+        matches!(&answer, Err(ApiError::BadRequest(why)) if why.contains("does not decode")),
+        "{answer:?}"
+    );
+    // The same connection still serves a request this build knows.
+    let (send, recv) = conn.open_bi().await.expect("stream");
+    let features = api::exchange(
+        send,
+        recv,
+        wraft_api::ApiCallRef::Direct(&ApiRequest::Features),
+    )
+    .await
+    .expect("answered");
+    assert!(
+        matches!(&features, Ok(wraft_api::ApiResponse::Features(f)) if f.entry_level == wraft_core::ENTRY_LEVEL),
+        "{features:?}"
+    );
+    c.stop_all().await;
+}

@@ -179,14 +179,14 @@ async fn concurrent_writers_share_entries_and_each_gets_its_own_answer() {
     c.stop_all().await;
 }
 
-/// Node 3's entry level in [`a_member_that_reads_no_groups_is_sent_none`].
+/// Node 3's entry level in [`writes_share_no_entry_while_a_member_reads_no_groups`].
 static NODE_3_LEVEL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// A rolling upgrade: node 3 says it reads only level 1 (an older build, or one pinned with
 /// `--entry-level 1`), so the leader puts every write in an entry of its own, however many
 /// wait at once; once node 3 restarts at its build's level, the leader groups again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_reads_no_groups_is_sent_none() {
+async fn writes_share_no_entry_while_a_member_reads_no_groups() {
     use std::sync::atomic::Ordering;
     NODE_3_LEVEL.store(1, Ordering::SeqCst);
     let mut c = crate::cluster::Cluster::start_tuned(3, Vec::new(), |config| {
