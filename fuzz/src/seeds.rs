@@ -371,6 +371,7 @@ fn api_calls() -> Vec<(String, ApiCall)> {
         ("status", ApiRequest::Status),
         ("backup", ApiRequest::Backup),
         ("stages", ApiRequest::Stages),
+        ("features", ApiRequest::Features),
     ];
     let mut calls: Vec<(String, ApiCall)> = requests
         .iter()
