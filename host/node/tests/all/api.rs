@@ -118,22 +118,7 @@ async fn roles_are_enforced_directly_and_through_forwarding() {
         );
     }
     // A client cannot dress a request up as forwarded by a node to gain a role.
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    ep.set_default_client_config(
-        wraft_transport_quic::client_config(
-            &c.client_identity(Role::Reader),
-            wraft_transport_quic::ALPN_CLIENT,
-        )
-        .expect("config"),
-    );
-    let conn = ep
-        .connect(
-            c.addrs[leader as usize - 1],
-            wraft_transport_quic::pki::CLUSTER_NAME,
-        )
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let conn = reader_connection(&c, leader).await;
     let apply = ApiRequest::Apply {
         fsm: p(),
         command: Payload::Json(INCR.into()),
@@ -252,19 +237,7 @@ async fn a_partitioned_node_that_rejoins_does_not_bump_the_term_or_depose_the_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_of_a_newer_build_is_refused_as_bad_and_the_node_keeps_serving() {
     let mut c = Cluster::start(1, SnapshotPolicy::default()).await;
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    ep.set_default_client_config(
-        wraft_transport_quic::client_config(
-            &c.client_identity(Role::Reader),
-            wraft_transport_quic::ALPN_CLIENT,
-        )
-        .expect("config"),
-    );
-    let conn = ep
-        .connect(c.addrs[0], wraft_transport_quic::pki::CLUSTER_NAME)
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let conn = reader_connection(&c, 1).await;
     // postcard of `ApiCall::Direct` (variant 0) of an `ApiRequest` variant 127, which no
     // build has: two bytes, framed with their checksum as any call is.
     let mut frame = Vec::new();
@@ -293,4 +266,24 @@ async fn a_request_of_a_newer_build_is_refused_as_bad_and_the_node_keeps_serving
         "{features:?}"
     );
     c.stop_all().await;
+}
+
+/// A raw QUIC connection to node `id`'s API with a reader's certificate, for requests no
+/// client would send.
+async fn reader_connection(c: &Cluster, id: u64) -> quinn::Connection {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    ep.set_default_client_config(
+        wraft_transport_quic::client_config(
+            &c.client_identity(Role::Reader),
+            wraft_transport_quic::ALPN_CLIENT,
+        )
+        .expect("config"),
+    );
+    ep.connect(
+        c.addrs[id as usize - 1],
+        wraft_transport_quic::pki::CLUSTER_NAME,
+    )
+    .expect("connect")
+    .await
+    .expect("handshake")
 }
