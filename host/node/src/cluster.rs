@@ -301,7 +301,8 @@ impl ClusterNode {
         if !config.voter_links.is_empty() && config.voter_key.is_none() {
             return Err(NodeError::NoVoterKey);
         }
-        if !(1..=wraft_core::ENTRY_LEVEL).contains(&config.entry_level) {
+        if !(crate::api::level::BASE_LEVEL..=wraft_core::ENTRY_LEVEL).contains(&config.entry_level)
+        {
             return Err(NodeError::EntryLevel(config.entry_level));
         }
         let lock = crate::ops::DataDirLock::acquire(&config.data_dir)?;

@@ -32,11 +32,7 @@ impl NodeApi {
             .acquire_owned()
             .await
             .map_err(|_| unavailable("the node is shutting down"))?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || call(&store))
-            .await
-            .map_err(|e| unavailable(format!("guest call: {e}")))?
-            .map_err(unavailable)
+        self.off_worker(call).await
     }
 
     /// Runs one of `fsm`'s JSON codecs on `input` on the guest pool.

@@ -45,8 +45,10 @@ struct Asked {
 
 impl Asked {
     fn now(raft: &Raft) -> Self {
-        let m = raft.metrics();
-        let m = m.borrow_watched();
+        Self::of(&raft.metrics().borrow_watched())
+    }
+
+    fn of(m: &openraft::RaftMetrics<wraft_core::raft::TypeConfig>) -> Self {
         Self {
             term: m.current_term,
             membership: *m.membership_config.log_id(),
@@ -152,10 +154,7 @@ impl NodeApi {
                     tick.tick().await;
                     continue;
                 }
-                let asked = Asked {
-                    term: m.current_term,
-                    membership: *m.membership_config.log_id(),
-                };
+                let asked = Asked::of(&m);
                 // Passive voters are sent log ids only, never an entry's bytes.
                 let members: Vec<(NodeId, String)> = m
                     .membership_config

@@ -172,11 +172,12 @@ impl NodeApi {
         ]
     }
 
-    /// Runs `read`, a short read of the state env, on a blocking thread. Any state
-    /// transaction can wait behind a growth of the env's map (`state/map.rs`), and that wait
-    /// must not hold an async worker that carries raft's heartbeats. For callers already
-    /// bounded in number: an HTTP request (at most `--http-max-connections` at once) or a
-    /// listing (at most `--max-requests-per-role`); tokio's blocking pool caps the threads.
+    /// Runs `read`, a call on the state store, on a blocking thread. Any state transaction
+    /// can wait behind a growth of the env's map (`state/map.rs`), and that wait must not
+    /// hold an async worker that carries raft's heartbeats. For callers already bounded in
+    /// number: an HTTP request (at most `--http-max-connections` at once), a listing (at
+    /// most `--max-requests-per-role`), a guest call (a turn of the guest pool); tokio's
+    /// blocking pool caps the threads.
     pub(super) async fn off_worker<T: Send + 'static>(
         &self,
         read: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
@@ -184,7 +185,7 @@ impl NodeApi {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || read(&store))
             .await
-            .map_err(|e| unavailable(format!("state read: {e}")))?
+            .map_err(|e| unavailable(format!("state call: {e}")))?
             .map_err(unavailable)
     }
 
