@@ -7,7 +7,7 @@ CARGO ?= cargo
 # absolute: the firmware builds in its own directory), else ./target.
 TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(abspath $(CARGO_TARGET_DIR)),$(CURDIR)/target)
 
-.PHONY: setup dev test man bench fuzz fuzz-seeds ci edge-setup edge edge-test embedded-setup embedded embedded-test console-test
+.PHONY: setup dev test man bench fuzz fuzz-seeds ci edge-setup edge edge-cross edge-test embedded-setup embedded embedded-test console-test
 
 ## Rust targets and components the build needs (idempotent, offline once installed).
 setup:
@@ -60,15 +60,21 @@ edge: edge-setup
 	ls -l $(TARGET_DIR)/aarch64-unknown-linux-gnu/edge/wraft \
 		$(TARGET_DIR)/armv7-unknown-linux-gnueabihf/edge/wraft
 
-## One x86_64, one aarch64 (qemu-aarch64) and one armv7 (qemu-arm) node in one cluster:
-## identical state for every FSM (host/node/tests/all/edge.rs). Dev builds: quicker to build.
+## Dev builds of wraft for aarch64 and armv7, the edge test's emulated nodes (edge-setup must
+## have run). EDGE_TARGET_DIR puts them in a target directory of their own: CI builds them
+## there in the background while the tests run (.ci/run), so they take no lock of ./target.
 ## One cargo run per target: both in one run took 9m26s on a fresh 2-core CI machine against
 ## 4m19s + 3m36s one after the other (2026-12-05).
-EDGE_BINS = WRAFT_EDGE_AARCH64=$(TARGET_DIR)/aarch64-unknown-linux-gnu/debug/wraft \
-	WRAFT_EDGE_ARMV7=$(TARGET_DIR)/armv7-unknown-linux-gnueabihf/debug/wraft
-edge-test: edge-setup
-	$(CARGO) build --bin wraft --target aarch64-unknown-linux-gnu
-	$(CARGO) build --bin wraft --target armv7-unknown-linux-gnueabihf
+EDGE_TARGET_DIR ?= $(TARGET_DIR)
+edge-cross:
+	CARGO_TARGET_DIR=$(EDGE_TARGET_DIR) $(CARGO) build --bin wraft --target aarch64-unknown-linux-gnu
+	CARGO_TARGET_DIR=$(EDGE_TARGET_DIR) $(CARGO) build --bin wraft --target armv7-unknown-linux-gnueabihf
+
+## One x86_64, one aarch64 (qemu-aarch64) and one armv7 (qemu-arm) node in one cluster:
+## identical state for every FSM (host/node/tests/all/edge.rs). Dev builds: quicker to build.
+EDGE_BINS = WRAFT_EDGE_AARCH64=$(EDGE_TARGET_DIR)/aarch64-unknown-linux-gnu/debug/wraft \
+	WRAFT_EDGE_ARMV7=$(EDGE_TARGET_DIR)/armv7-unknown-linux-gnueabihf/debug/wraft
+edge-test: edge-setup edge-cross
 	$(EDGE_BINS) $(CARGO) test -p wraft-host --test all edge -- --ignored --nocapture
 
 ## qemu-system-arm and the thumbv7em target for the Cortex-M passive voter (targets/cortex-m).
