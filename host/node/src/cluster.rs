@@ -229,10 +229,21 @@ pub enum NodeError {
     NoVoterKey,
     /// An entry level this build does not have.
     #[error(
-        "--entry-level {0} is not a level this build reads: 1 to {max}",
+        "--entry-level {0} is not a level this build reads: give {base} to {max} (or \
+         `entry_level` in the config file)",
+        base = crate::api::level::BASE_LEVEL,
         max = wraft_core::ENTRY_LEVEL
     )]
     EntryLevel(u32),
+}
+
+/// Refuses an entry level this build does not read ([`NodeError::EntryLevel`]).
+pub fn check_entry_level(level: u32) -> Result<(), NodeError> {
+    if (crate::api::level::BASE_LEVEL..=wraft_core::ENTRY_LEVEL).contains(&level) {
+        Ok(())
+    } else {
+        Err(NodeError::EntryLevel(level))
+    }
 }
 
 /// Whether `error` comes from a write that found no room (a full disk, a quota, a file-size
@@ -301,10 +312,7 @@ impl ClusterNode {
         if !config.voter_links.is_empty() && config.voter_key.is_none() {
             return Err(NodeError::NoVoterKey);
         }
-        if !(crate::api::level::BASE_LEVEL..=wraft_core::ENTRY_LEVEL).contains(&config.entry_level)
-        {
-            return Err(NodeError::EntryLevel(config.entry_level));
-        }
+        check_entry_level(config.entry_level)?;
         let lock = crate::ops::DataDirLock::acquire(&config.data_dir)?;
         let runtime = Arc::new(
             FsmRuntime::with_cache(&config.data_dir.join("cache"))
@@ -317,12 +325,7 @@ impl ClusterNode {
         };
         let store = Arc::new(StateStore::open_with(&config.data_dir, runtime, options)?);
         // Read before raft starts, while nothing else can hold or grow the state env.
-        let diverged = store.divergence()?.is_some();
-        metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(if diverged {
-            1.0
-        } else {
-            0.0
-        });
+        store.publish_divergence()?;
         let log = LogStore::open_sized(&config.data_dir, config.max_log_bytes)?;
         let sm = StateMachine::with_store(&config.data_dir, store.clone())?
             .applying_only_durable(log.durable());

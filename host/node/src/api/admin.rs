@@ -13,6 +13,7 @@ impl NodeApi {
     pub(super) async fn manage(&self, request: ApiRequest) -> ApiResult {
         let written = match request {
             ApiRequest::AddLearner { id, addr } => {
+                self.check_joiner(id, &addr).await?;
                 self.raft.add_learner(id, Node::new(addr), true).await
             }
             ApiRequest::Promote { id } => {

@@ -10,7 +10,8 @@
 //! has answered (one round trip; while a member is down, until it is back). Passive voters
 //! (microcontrollers) are not asked: they are sent log ids, never entries. Downgrading a
 //! node to a build below a level the log already holds is not supported: pin the level
-//! before the upgrade instead (docs/operations.md, "Upgrading wraft").
+//! before the upgrade instead (docs/operations.md, "Upgrading wraft"). For the same reason
+//! a leader refuses to add a learner that says it reads less than the leader writes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
 use tokio::task::JoinHandle;
-use wraft_api::{ApiCallRef, ApiRequest, ApiResponse, NodeFeatures, Role};
+use wraft_api::{ApiCallRef, ApiError, ApiRequest, ApiResponse, NodeFeatures, Role};
 use wraft_core::raft::{LogId, NodeId};
 use wraft_transport_quic::api;
 
@@ -183,6 +184,32 @@ impl NodeApi {
                 tick.tick().await;
             }
         })
+    }
+
+    /// Refuses to add `node` (at `addr`) as a learner when it says it reads a lower entry
+    /// level than this leader writes: it would replay the log up to the first entry it
+    /// cannot decode and stop there, and stall the cluster if promoted. One that cannot be
+    /// asked (not started yet) is added as before; passive voters receive no entries.
+    pub(super) async fn check_joiner(&self, node: NodeId, addr: &str) -> Result<(), ApiError> {
+        if crate::voter::is_passive(addr) {
+            return Ok(());
+        }
+        let own = self.levels.own();
+        match self.entry_level_of(node, addr).await {
+            Some(level) if level < own => Err(ApiError::BadRequest(format!(
+                "node {node} at {addr} reads entries up to level {level}, and this cluster \
+                 writes level {own}: run it on a build at least as new as the members' \
+                 (docs/operations.md, \"Upgrading wraft\")"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                tracing::warn!(
+                    "node {node} at {addr} did not say which entry level it reads: added \
+                     without the check"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// The level `node` (at `addr`) says it reads: `Some(BASE_LEVEL)` if it answers without

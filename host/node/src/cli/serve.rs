@@ -256,6 +256,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         snapshot_interval != Some(0),
         "--snapshot-interval must be at least 1 second"
     );
+    let entry_level = args.entry_level.or(file.entry_level);
+    if let Some(level) = entry_level {
+        wraft_host::cluster::check_entry_level(level)?;
+    }
     let limits = args.limits.node_limits(&file.limits)?;
     let id = need!(id, "id");
     let listen = need!(listen, "listen");
@@ -308,7 +312,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_log_bytes.or(file.max_log_bytes) {
         config.max_log_bytes = n;
     }
-    if let Some(level) = args.entry_level.or(file.entry_level) {
+    if let Some(level) = entry_level {
         config.entry_level = level;
     }
     let links = if args.voter_links.is_empty() {

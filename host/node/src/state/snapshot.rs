@@ -98,13 +98,7 @@ impl StateStore {
             result
         };
         if result.is_ok() {
-            // The imported state carries its own divergence record (normally none).
-            let diverged = self.divergence()?.is_some();
-            metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(if diverged {
-                1.0
-            } else {
-                0.0
-            });
+            self.publish_divergence()?;
         }
         result
     }

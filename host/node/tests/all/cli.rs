@@ -523,6 +523,19 @@ fn serve_explains_a_bad_configuration() {
         "{}",
         text(&out.stderr)
     );
+    // An entry level this build does not read: refused before the node opens anything.
+    let newest = wraft_core::ENTRY_LEVEL;
+    for level in [0, newest + 1] {
+        let out = wraft(dir.path(), &["serve", "--entry-level", &level.to_string()]);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "--entry-level {level} is not a level this build reads: give 1 to {newest}"
+            )),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -226,6 +226,74 @@ async fn writes_share_no_entry_while_a_member_reads_no_groups() {
     c.stop_all().await;
 }
 
+static NODE_4_LEVEL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// A joiner whose build reads fewer entry levels than the leader writes is refused at
+/// add-learner (it would stop at the first grouped entry it replays), and nothing changes;
+/// once it runs at the leader's level it is added and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_reads_a_lower_entry_level_is_refused() {
+    use std::sync::atomic::Ordering;
+    use wraft_api::{ApiError, ApiRequest, ApiResponse, Role};
+    NODE_4_LEVEL.store(1, Ordering::SeqCst);
+    let mut c = crate::cluster::Cluster::start_tuned(3, Vec::new(), |config| {
+        if config.id == 4 {
+            config.entry_level = NODE_4_LEVEL.load(Ordering::SeqCst);
+        }
+    })
+    .await;
+    crate::cluster::setup_probe(&c.leader().await.raft).await;
+    concurrent_writes(&c, 16, 2, 0).await;
+    let new = c.add_node().await;
+    let addr = c.addrs[new as usize - 1].to_string();
+    let admin = c.client(Role::Admin, &[1, 2, 3]);
+    let add = ApiRequest::AddLearner {
+        id: new,
+        addr: addr.clone(),
+    };
+    match admin.request(add.clone()).await {
+        Err(wraft_client::ClientError::Api(ApiError::BadRequest(why))) => assert!(
+            why.contains(&format!(
+                "node {new} at {addr} reads entries up to level 1, and this cluster writes \
+                 level {}",
+                wraft_core::ENTRY_LEVEL
+            )),
+            "{why}"
+        ),
+        other => panic!("a level-1 joiner was not refused: {other:?}"),
+    }
+    assert_eq!(
+        members(&c, 3).await,
+        3,
+        "the refused joiner is not a member"
+    );
+    c.stop(new).await;
+    NODE_4_LEVEL.store(wraft_core::ENTRY_LEVEL, Ordering::SeqCst);
+    c.restart(new).await;
+    assert_eq!(admin.request(add).await.expect("add"), ApiResponse::Done);
+    assert_eq!(members(&c, 4).await, 4);
+    concurrent_writes(&c, 16, 2, 16).await;
+    c.converged_hashes().await;
+    c.stop_all().await;
+}
+
+/// How many nodes (voters and learners) node 1's membership holds, once it holds `n` (or
+/// after 5 s). Not the leader's: a refused joiner follows no leader, so the cluster's
+/// agreed leader cannot be asked.
+async fn members(c: &crate::cluster::Cluster, n: usize) -> usize {
+    use openraft::type_config::async_runtime::WatchReceiver;
+    let mut count = 0;
+    for _ in 0..100 {
+        let m = c.node(1).raft.metrics().borrow_watched().clone();
+        count = m.membership_config.membership().nodes().count();
+        if count == n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    count
+}
+
 /// `writers` clients on sessions (ids from `first`), each setting a counter of its own to
 /// `w` million and then incrementing it `each` times, all at once through the leader; checks
 /// each got its own answers. Returns the log entries this took, and how many it takes with
