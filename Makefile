@@ -66,15 +66,17 @@ edge: edge-setup
 ## One cargo run per target: both in one run took 9m26s on a fresh 2-core CI machine against
 ## 4m19s + 3m36s one after the other (2026-12-05).
 EDGE_TARGET_DIR ?= $(TARGET_DIR)
+EDGE_DIR = $(abspath $(EDGE_TARGET_DIR))
 edge-cross:
-	CARGO_TARGET_DIR=$(EDGE_TARGET_DIR) $(CARGO) build --bin wraft --target aarch64-unknown-linux-gnu
-	CARGO_TARGET_DIR=$(EDGE_TARGET_DIR) $(CARGO) build --bin wraft --target armv7-unknown-linux-gnueabihf
+	CARGO_TARGET_DIR=$(EDGE_DIR) $(CARGO) build --bin wraft --target aarch64-unknown-linux-gnu
+	CARGO_TARGET_DIR=$(EDGE_DIR) $(CARGO) build --bin wraft --target armv7-unknown-linux-gnueabihf
 
 ## One x86_64, one aarch64 (qemu-aarch64) and one armv7 (qemu-arm) node in one cluster:
 ## identical state for every FSM (host/node/tests/all/edge.rs). Dev builds: quicker to build.
-EDGE_BINS = WRAFT_EDGE_AARCH64=$(EDGE_TARGET_DIR)/aarch64-unknown-linux-gnu/debug/wraft \
-	WRAFT_EDGE_ARMV7=$(EDGE_TARGET_DIR)/armv7-unknown-linux-gnueabihf/debug/wraft
-edge-test: edge-setup edge-cross
+EDGE_BINS = WRAFT_EDGE_AARCH64=$(EDGE_DIR)/aarch64-unknown-linux-gnu/debug/wraft \
+	WRAFT_EDGE_ARMV7=$(EDGE_DIR)/armv7-unknown-linux-gnueabihf/debug/wraft
+edge-test: edge-setup
+	$(MAKE) edge-cross
 	$(EDGE_BINS) $(CARGO) test -p wraft-host --test all edge -- --ignored --nocapture
 
 ## qemu-system-arm and the thumbv7em target for the Cortex-M passive voter (targets/cortex-m).

@@ -187,9 +187,11 @@ impl NodeApi {
     }
 
     /// Refuses to add `node` (at `addr`) as a learner when it says it reads a lower entry
-    /// level than this leader writes: it would replay the log up to the first entry it
-    /// cannot decode and stop there, and stall the cluster if promoted. One that cannot be
-    /// asked (not started yet) is added as before; passive voters receive no entries.
+    /// level than this leader's own: the log may hold entries of that level from any term,
+    /// which an older build would replay up to the first it cannot decode and stop there
+    /// (stalling the cluster once promoted). Conservative for a newer build pinned lower,
+    /// which is refused too. One that cannot be asked (not started yet, or no answer within
+    /// a second) is added as before, with a warning; passive voters receive no entries.
     pub(super) async fn check_joiner(&self, node: NodeId, addr: &str) -> Result<(), ApiError> {
         if crate::voter::is_passive(addr) {
             return Ok(());
@@ -197,9 +199,10 @@ impl NodeApi {
         let own = self.levels.own();
         match self.entry_level_of(node, addr).await {
             Some(level) if level < own => Err(ApiError::BadRequest(format!(
-                "node {node} at {addr} reads entries up to level {level}, and this cluster \
-                 writes level {own}: run it on a build at least as new as the members' \
-                 (docs/operations.md, \"Upgrading wraft\")"
+                "node {node} at {addr} says it reads entries up to level {level} (an older \
+                 build, or --entry-level {level}), and this leader's build may write level \
+                 {own}: start it on a build at least as new as the members', without a lower \
+                 --entry-level (docs/operations.md, \"Upgrading wraft\")"
             ))),
             Some(_) => Ok(()),
             None => {
