@@ -120,14 +120,14 @@ impl StateStore {
     /// Reads the divergence record and sets the `wraft_state_diverged` gauge from it: when
     /// the state is opened, and after a snapshot replaced it (the imported state carries its
     /// own record, normally none).
-    pub fn publish_divergence(&self) -> Result<bool, StateError> {
+    pub fn publish_divergence(&self) -> Result<(), StateError> {
         let diverged = self.divergence()?.is_some();
         metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(if diverged {
             1.0
         } else {
             0.0
         });
-        Ok(diverged)
+        Ok(())
     }
 
     pub(super) fn divergence_in(&self, txn: &RoTxn<'_>) -> Result<Option<Divergence>, StateError> {
