@@ -21,6 +21,7 @@ dev: setup
 ## Every test of the workspace: unit, integration (real LMDB, real wasm guests), doc tests.
 test: setup
 	$(CARGO) test --workspace
+	CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) test --manifest-path vendor/base2histogram/Cargo.toml
 
 ## Man pages from the clap definitions: wraft.1 and one per subcommand, in target/man.
 man:
@@ -77,6 +78,7 @@ EDGE_BINS = WRAFT_EDGE_AARCH64=$(EDGE_DIR)/aarch64-unknown-linux-gnu/debug/wraft
 	WRAFT_EDGE_ARMV7=$(EDGE_DIR)/armv7-unknown-linux-gnueabihf/debug/wraft
 edge-test: edge-setup
 	$(MAKE) edge-cross
+	CARGO_TARGET_DIR=$(EDGE_DIR) $(CARGO) test --manifest-path vendor/base2histogram/Cargo.toml --target armv7-unknown-linux-gnueabihf
 	$(EDGE_BINS) $(CARGO) test -p wraft-host --test all edge -- --ignored --nocapture
 
 ## qemu-system-arm and the thumbv7em target for the Cortex-M passive voter (targets/cortex-m).
