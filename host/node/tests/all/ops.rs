@@ -107,6 +107,12 @@ fn strs(v: &[String]) -> Vec<&str> {
 }
 
 /// `wraft init generate` arguments for a 3-node cluster at `addrs` into `data/`.
+/// The leader a `cluster status` answer names (`..., leader 2, ...`).
+fn leader_in(status: &str) -> Option<u64> {
+    let rest = &status[status.find(", leader ")? + ", leader ".len()..];
+    rest[..rest.find(',')?].parse().ok()
+}
+
 fn generate_args(addrs: &[String], leader: u64, term: u64) -> Vec<String> {
     let args = format!(
         "init generate --ids 1,2,3 --initial-leader {leader} --initial-term {term} \
@@ -211,10 +217,17 @@ fn generated_nodes_start_as_equals_and_elect_a_leader() {
         assert!(ok, "{err}");
         assert_eq!(out.trim(), format!(r#"{{"Number":{n}}}"#));
     }
-    // `info` beside a running node.
-    let (ok, info, err) = run(cwd, &["init", "info", "--state-dir", "data/node-2"]);
+    // `info` beside a running node: the leader, which has applied every write above (a
+    // follower may still be compiling the module). Usually node 2, not always (above).
+    let mut args = vec!["cluster", "status"];
+    args.extend(conn);
+    let (ok, status, err) = run(cwd, &args);
     assert!(ok, "{err}");
-    assert!(info.contains("node 2, leader"), "{info}");
+    let leader = leader_in(&status).unwrap_or_else(|| panic!("no leader in: {status}"));
+    let dir = format!("data/node-{leader}");
+    let (ok, info, err) = run(cwd, &["init", "info", "--state-dir", &dir]);
+    assert!(ok, "{err}");
+    assert!(info.contains(&format!("node {leader}, leader")), "{info}");
     assert!(info.contains("fsm           p: module"), "{info}");
     drop(nodes);
     for id in 1..=3 {
