@@ -19,7 +19,7 @@ pub use request::{
     ApiCall, ApiCallRef, ApiRequest, Consistency, MAX_UPLOAD_BYTES, Once, Payload, UPLOAD_CHUNK,
 };
 pub use response::{
-    ApiResponse, BackupFile, BackupManifest, ClusterStatus, FsmInfo, MAX_REPLY, ModuleInfo,
-    NodeFeatures, NodeStatus, StageLatency,
+    ApiResponse, BackupFile, BackupManifest, ClusterStatus, Compacted, FsmInfo, MAX_REPLY,
+    ModuleInfo, NodeFeatures, NodeStatus, StageLatency,
 };
 pub use role::Role;

@@ -149,6 +149,10 @@ pub enum ApiRequest {
     /// forwarded): [`crate::ApiResponse::Features`]. A leader asks every member, and proposes
     /// an entry of a newer level only once all of them read it.
     Features,
+    /// Compact the state env of the node asked, while it runs (admin; served by that node,
+    /// not forwarded): [`crate::ApiResponse::Compacted`]. The node's applies wait while the
+    /// compacting copy is written; its reads go on.
+    Compact,
 }
 
 /// How a write is applied at most once ([`wraft_core::session`]): retried with the same
@@ -234,6 +238,7 @@ impl ApiRequest {
             Self::OpenSession { .. } => "open_session",
             Self::Stages => "stages",
             Self::Features => "features",
+            Self::Compact => "compact",
         }
     }
 
@@ -268,6 +273,7 @@ impl ApiRequest {
             | Self::SetLimits { .. }
             | Self::Upload { .. }
             | Self::Backup
+            | Self::Compact
             | Self::AddLearner { .. }
             | Self::Promote { .. }
             | Self::Remove { .. }

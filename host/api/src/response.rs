@@ -98,6 +98,21 @@ pub enum ApiResponse {
     Stages(Vec<StageLatency>),
     /// What the node asked reads and writes.
     Features(NodeFeatures),
+    /// What an online compaction of the node's state env gave back.
+    Compacted(Compacted),
+}
+
+/// One online compaction of a node's state env ([`crate::ApiRequest::Compact`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compacted {
+    /// The node.
+    pub node: NodeId,
+    /// The env's file before, in bytes.
+    pub before_bytes: u64,
+    /// After, in bytes.
+    pub after_bytes: u64,
+    /// How long the node's applies waited for it, in milliseconds (the copy and the swap).
+    pub paused_ms: u64,
 }
 
 /// What a node's build reads and writes, for a leader deciding which entries it may propose.

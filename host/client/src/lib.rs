@@ -577,6 +577,16 @@ impl Client {
         }
     }
 
+    /// Compacts the state env of the node this client reaches while it runs (give the client
+    /// that one node's address): its applies wait while the compacting copy is written, its
+    /// reads go on. Not sent again after an attempt whose outcome is unknown.
+    pub async fn compact(&self) -> Result<wraft_api::Compacted, ClientError> {
+        match self.request(ApiRequest::Compact).await? {
+            ApiResponse::Compacted(c) => Ok(c),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// What the answering node's build reads: its version and log entry level (what a
     /// leader asks its members before it proposes entries of a newer level).
     pub async fn features(&self) -> Result<wraft_api::NodeFeatures, ClientError> {

@@ -34,7 +34,8 @@ fn big_module(target: usize, salt: u64) -> Vec<u8> {
         for k in 0..64u64 {
             body.push_str(&format!(
                 "i64.const {}\ni64.mul\ni64.const {}\ni64.add\n",
-                (salt ^ i ^ k) | 1,
+                // The salt above bit 0, which `| 1` sets: salts 0 and 1 gave one module.
+                ((salt << 1) ^ i ^ k) | 1,
                 i * 64 + k
             ));
         }
@@ -73,6 +74,15 @@ fn main() {
     );
     let dir = support::bench_dir();
     let modules: Vec<Vec<u8>> = (0..5).map(|s| big_module(1 << 20, s)).collect();
+    let ids: std::collections::BTreeSet<_> = modules
+        .iter()
+        .map(|m| wraft_host::state::module_id(m))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        modules.len(),
+        "five distinct modules, five real deploys"
+    );
     println!("module size: {} bytes", modules[0].len());
 
     support::runtime().block_on(async {

@@ -1,6 +1,7 @@
 //! Operations on a state env of a given size: the state digest a checkpoint computes (inside
 //! the apply transaction), a hot backup (compacting copy + sha256 + digest of the copy),
-//! `verify`, and compaction after the first half of the keys is deleted.
+//! `verify`, and compaction after the first half of the keys is deleted: online (a running
+//! node's state env) and of a stopped node.
 //!
 //! Run: `cargo bench -p wraft-host --bench ops` (`WRAFT_BENCH_KEYS` keys of 1 KiB, default
 //! 100000 ≈ 100 MiB of values; `WRAFT_BENCH_DIR` picks the disk).
@@ -171,7 +172,7 @@ fn main() {
     });
     println!("  backup file {:.1} MiB", mib(backup.manifest.file_bytes));
     std::fs::remove_file(&backup.path).expect("remove backup");
-    let deletes = (0..keys / 2)
+    let deletes: Vec<Command> = (0..keys / 2)
         .map(|k| {
             put(
                 &fsm,
@@ -181,6 +182,30 @@ fn main() {
             )
         })
         .collect();
+    apply_all(&store, &mut next, deletes.clone());
+    let online = timed(
+        "compact online (running node's state env; its applies wait)",
+        size,
+        || store.compact().expect("compact online"),
+    );
+    println!(
+        "  state/: {:.1} -> {:.1} MiB",
+        mib(online.before),
+        mib(online.after)
+    );
+    // The same free pages again, for the stopped node's compaction.
+    let refill = (0..keys / 2)
+        .map(|k| {
+            put(
+                &fsm,
+                &probe::Command::Put {
+                    key: k.to_be_bytes().to_vec(),
+                    value: vec![7; 1024],
+                },
+            )
+        })
+        .collect();
+    apply_all(&store, &mut next, refill);
     apply_all(&store, &mut next, deletes);
     drop(store);
     let report = timed("verify (info + every hash and checksum)", size, || {

@@ -59,7 +59,8 @@ enum Cmd {
     /// Closed-loop clients against a durable cluster (a local one by default): commits/s
     /// and latency percentiles beside the disk's fdatasync and a QUIC round trip.
     Bench(cli::bench::BenchArgs),
-    /// Give back the disk space LMDB keeps (a stopped node; `wraft init info` shows the gain).
+    /// Give back the disk space LMDB keeps: a stopped node's envs (`--state-dir`), or a
+    /// running node's state env (`--nodes ADDR`); `wraft init info` shows the gain.
     Compact(cli::backup::CompactArgs),
     /// Apply a JSON command to an FSM and print its JSON output; or, with `--batch FILE`,
     /// apply a JSON array of `{"fsm": ..., "command": ...}` as one atomic Batch entry.
@@ -180,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Init { cmd } => cli::init::run(cmd),
         Cmd::Backup(args) => cli::backup::run_backup(args).await,
         Cmd::Restore(args) => cli::backup::run_restore(args),
-        Cmd::Compact(args) => cli::backup::run_compact(args),
+        Cmd::Compact(args) => cli::backup::run_compact(args).await,
         Cmd::Bench(args) => cli::bench::run(args).await,
         Cmd::Apply {
             batch: Some(file),

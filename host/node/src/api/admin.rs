@@ -76,3 +76,46 @@ impl NodeApi {
         }
     }
 }
+
+impl NodeApi {
+    /// Compacts this node's state env while it runs (`wraft compact` against a live node):
+    /// in the state-machine worker, so applies wait for the copy while reads go on. One at a
+    /// time per node.
+    pub(super) async fn compact(&self) -> ApiResult {
+        use std::sync::atomic::Ordering;
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Err(ApiError::BadRequest(format!(
+                "a compaction of node {} is already running; wait for it to finish",
+                self.id
+            )));
+        }
+        let done = self
+            .raft
+            .with_state_machine(|sm: &mut crate::raft::StateMachine| {
+                Box::pin(async move {
+                    let started = std::time::Instant::now();
+                    let done = sm.compact().await;
+                    (done, started.elapsed())
+                })
+            })
+            .await;
+        self.compacting.store(false, Ordering::Release);
+        let (done, paused) = done.map_err(unavailable)?;
+        let c = done.map_err(|e| {
+            tracing::warn!("online compaction failed: {e}");
+            ApiError::Unavailable(format!("the compaction failed: {e}"))
+        })?;
+        tracing::info!(
+            before = c.before,
+            after = c.after,
+            "state env compacted online in {} ms (applies waited meanwhile)",
+            paused.as_millis()
+        );
+        Ok(ApiResponse::Compacted(wraft_api::Compacted {
+            node: self.id,
+            before_bytes: c.before,
+            after_bytes: c.after,
+            paused_ms: u64::try_from(paused.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+}

@@ -67,6 +67,8 @@ pub struct NodeApi {
     limits: crate::limits::NodeLimits,
     /// Requests this node has answered: the id of a request that brings none.
     requests: std::sync::atomic::AtomicU64,
+    /// Set while an online compaction of this node's state env runs: a second is refused.
+    compacting: std::sync::atomic::AtomicBool,
 }
 
 /// The id of a request that came without one: `n<node>-<count>`.
@@ -139,6 +141,7 @@ impl NodeApi {
             removed,
             limits,
             requests: std::sync::atomic::AtomicU64::new(0),
+            compacting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -306,6 +309,7 @@ impl NodeApi {
             ApiRequest::Status => Ok(ApiResponse::Status(self.status())),
             ApiRequest::Stages => Ok(ApiResponse::Stages(self.stages().await?)),
             ApiRequest::Features => Ok(ApiResponse::Features(self.features())),
+            ApiRequest::Compact => self.compact().await,
             ApiRequest::AddLearner { .. }
             | ApiRequest::Promote { .. }
             | ApiRequest::Remove { .. }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use wraft_host::ops::backup::{self, MANIFEST_FILE, STATE_FILE};
-use wraft_host::ops::compact::compact;
+use wraft_host::ops::compact::{Compacted, compact};
 
 use super::client::Conn;
 
@@ -35,12 +35,21 @@ pub struct RestoreArgs {
     pub force: bool,
 }
 
-/// `wraft compact`: give back the space LMDB keeps.
+/// `wraft compact`: give back the space LMDB keeps, of a stopped node's raft and state envs
+/// (`--state-dir`), or of a running node's state env (`--nodes ADDR`, that one node: its
+/// applies wait for the copy, its reads go on; the command waits up to `--timeout`, else an
+/// hour).
 #[derive(Debug, clap::Args)]
 pub struct CompactArgs {
-    /// The node's data directory (the node must be stopped).
+    /// The data directory of a stopped node. Without it, the one running node `--nodes`
+    /// names is compacted online.
     #[arg(long, alias = "data-dir", env = "WRAFT_STATE_DIR")]
-    pub state_dir: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    /// As JSON: `{"node": N or null, "envs": [{"env", "before", "after"}], "paused_ms"}`.
+    #[command(flatten)]
+    pub output: super::Output,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 /// Downloads a backup into `--out` and checks it against its manifest.
@@ -111,11 +120,50 @@ pub fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Compacts a stopped node's envs.
-pub fn run_compact(args: CompactArgs) -> anyhow::Result<()> {
-    let done = compact(&args.state_dir)
-        .with_context(|| format!("compacting {}", args.state_dir.display()))?;
-    for c in done {
+/// Compacts a stopped node's envs, or a running node's state env.
+pub async fn run_compact(args: CompactArgs) -> anyhow::Result<()> {
+    let (node, done, paused_ms) = match &args.state_dir {
+        Some(dir) => {
+            let done = compact(dir).with_context(|| format!("compacting {}", dir.display()))?;
+            (None, done, None)
+        }
+        None => {
+            let nodes = args.conn.resolve()?.nodes;
+            if nodes.len() != 1 {
+                return Err(super::exit::UsageError(format!(
+                    "compacting a running node needs that one node's address (--nodes ADDR),                      not {} of them; or give a stopped node's --state-dir",
+                    nodes.len()
+                ))
+                .into());
+            }
+            let patience = args
+                .conn
+                .timeout
+                .unwrap_or(std::time::Duration::from_secs(3600));
+            let c = args
+                .conn
+                .client()?
+                .with_patience(patience)
+                .compact()
+                .await?;
+            let state = Compacted {
+                env: "state",
+                before: c.before_bytes,
+                after: c.after_bytes,
+            };
+            (Some(c.node), vec![state], Some(c.paused_ms))
+        }
+    };
+    if args.output.json() {
+        let envs: Vec<_> = done
+            .iter()
+            .map(|c| serde_json::json!({"env": c.env, "before": c.before, "after": c.after}))
+            .collect();
+        let j = serde_json::json!({"node": node, "envs": envs, "paused_ms": paused_ms});
+        println!("{j}");
+        return Ok(());
+    }
+    for c in &done {
         println!(
             "{}/: {} -> {} bytes ({} reclaimed)",
             c.env,
@@ -123,6 +171,9 @@ pub fn run_compact(args: CompactArgs) -> anyhow::Result<()> {
             c.after,
             c.before.saturating_sub(c.after)
         );
+    }
+    if let (Some(node), Some(ms)) = (node, paused_ms) {
+        println!("node {node} compacted online; its applies waited {ms} ms");
     }
     Ok(())
 }

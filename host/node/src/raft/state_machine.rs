@@ -18,7 +18,7 @@ use super::{
     TypeConfig, io_err,
 };
 use crate::runtime::FsmRuntime;
-use crate::state::{AppliedPosition, Committed, StateStore};
+use crate::state::{AppliedPosition, Committed, Compaction, StateStore};
 
 /// The raft state machine of one node.
 #[derive(Debug)]
@@ -111,6 +111,21 @@ impl StateMachine {
     /// The nodes removed from the cluster, kept up to date as entries apply.
     pub fn removed_nodes(&self) -> RemovedNodes {
         self.removed.clone()
+    }
+
+    /// Compacts the state env while the node runs ([`StateStore::compact`]). Called in the
+    /// state-machine worker (`Raft::with_state_machine`), which is the env's only writer: no
+    /// apply or snapshot install runs until the copy is swapped in, and reads go on.
+    pub async fn compact(&mut self) -> io::Result<Compaction> {
+        let store = self.store.clone();
+        let hold = self.holds.hold();
+        tokio::task::spawn_blocking(move || {
+            let _hold = hold;
+            store.compact()
+        })
+        .await
+        .map_err(io_err)?
+        .map_err(io_err)
     }
 }
 

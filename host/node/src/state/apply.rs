@@ -110,19 +110,19 @@ impl StateStore {
             applied = Some(c.position);
         }
         if let Some(a) = applied {
-            self.dbs.meta.put(
+            self.dbs().meta.put(
                 &mut wtxn,
                 &keys::meta(self.group, MetaTag::Applied),
                 &encode(&a),
             )?;
-            self.dbs.meta.put(
+            self.dbs().meta.put(
                 &mut wtxn,
                 &keys::meta(self.group, MetaTag::LastTimestamp),
                 &last_ts.to_le_bytes(),
             )?;
         }
         if let Some(raft) = raft_state {
-            self.dbs
+            self.dbs()
                 .meta
                 .put(&mut wtxn, &keys::meta(self.group, MetaTag::RaftState), raft)?;
         }
@@ -385,7 +385,7 @@ impl StateStore {
         };
         let kv = KvTarget::Write {
             txn: &mut *txn,
-            db: self.dbs.data,
+            db: self.dbs().data,
             prefix: keys::data_prefix(self.group, rec.id),
             usage,
         };
@@ -404,7 +404,7 @@ impl StateStore {
                 .record(outcome.fuel_used as f64);
         }
         if let Some(bytes) = outcome.usage {
-            self.dbs
+            self.dbs()
                 .meta
                 .put(txn, &keys::usage(self.group, rec.id), &bytes.to_le_bytes())?;
         }
@@ -426,7 +426,7 @@ impl StateStore {
         if let Err(e) = self.runtime.load(id, || Ok(bytes.to_vec()))? {
             return Ok(Err(ApplyError::InvalidModule(e.to_string())));
         }
-        self.dbs
+        self.dbs()
             .modules
             .put(txn, &keys::module(self.group, &id), bytes)?;
         Ok(Ok(EntryResponse::Done))
@@ -449,7 +449,7 @@ impl StateStore {
             Err(e) => return Ok(Err(e)),
         };
         let id = self.u64_meta(txn, MetaTag::NextFsmId)?.max(1);
-        self.dbs.meta.put(
+        self.dbs().meta.put(
             txn,
             &keys::meta(self.group, MetaTag::NextFsmId),
             &(id + 1).to_le_bytes(),
@@ -465,10 +465,10 @@ impl StateStore {
             fsm_version: module.fsm_version,
             created_index: ctx.index,
         };
-        self.dbs
+        self.dbs()
             .fsms
             .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
-        self.dbs
+        self.dbs()
             .meta
             .put(txn, &keys::usage(self.group, id), &0u64.to_le_bytes())?;
         if module.capabilities.init
@@ -511,7 +511,7 @@ impl StateStore {
             fsm_version: module.fsm_version,
             ..rec
         };
-        self.dbs
+        self.dbs()
             .fsms
             .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
         // The batch's transaction commits after this line: a crash before then undoes it all.
@@ -538,7 +538,7 @@ impl StateStore {
             },
             ..rec
         };
-        self.dbs
+        self.dbs()
             .fsms
             .put(txn, &keys::fsm(self.group, fsm.as_str()), &encode(&rec))?;
         Ok(Ok(EntryResponse::Done))
@@ -554,11 +554,11 @@ impl StateStore {
             std::ops::Bound::Included(&lo[..]),
             std::ops::Bound::Excluded(&hi[..]),
         );
-        self.dbs.data.delete_range(txn, &range)?;
-        self.dbs
+        self.dbs().data.delete_range(txn, &range)?;
+        self.dbs()
             .fsms
             .delete(txn, &keys::fsm(self.group, fsm.as_str()))?;
-        self.dbs
+        self.dbs()
             .meta
             .delete(txn, &keys::usage(self.group, rec.id))?;
         Ok(Ok(EntryResponse::Done))
@@ -566,14 +566,18 @@ impl StateStore {
 
     fn drop_module(&self, txn: &mut RwTxn<'_>, id: &ModuleId) -> Result<Outcome, StateError> {
         if self
-            .dbs
+            .dbs()
             .modules
             .get(txn, &keys::module(self.group, id))?
             .is_none()
         {
             return Ok(Err(ApplyError::UnknownModule(*id)));
         }
-        for item in self.dbs.fsms.prefix_iter(txn, &self.group.to_be_bytes())? {
+        for item in self
+            .dbs()
+            .fsms
+            .prefix_iter(txn, &self.group.to_be_bytes())?
+        {
             let (k, v) = item?;
             let rec = FsmRecord::decode("fsm", v)?;
             if rec.module_id == *id {
@@ -581,7 +585,7 @@ impl StateStore {
                 return Ok(Err(ApplyError::ModuleInUse { module: *id, fsm }));
             }
         }
-        self.dbs
+        self.dbs()
             .modules
             .delete(txn, &keys::module(self.group, id))?;
         self.runtime.evict(id);

@@ -64,7 +64,7 @@ impl StateStore {
     ) -> Result<[u8; 32], StateError> {
         let mut h = Sha256::new();
         let prefix = keys::data_prefix(self.group, rec.id);
-        hash_table(&mut h, self.dbs.data.prefix_iter(txn, &prefix)?, 16)?;
+        hash_table(&mut h, self.dbs().data.prefix_iter(txn, &prefix)?, 16)?;
         Ok(h.finalize().into())
     }
 
@@ -72,16 +72,20 @@ impl StateStore {
     pub(super) fn digest_in(&self, txn: &RoTxn<'_>, index: u64) -> Result<StateDigest, StateError> {
         let group = self.group.to_be_bytes();
         let mut registry = Sha256::new();
-        hash_table(&mut registry, self.dbs.fsms.prefix_iter(txn, &group)?, 8)?;
-        hash_table(&mut registry, self.dbs.modules.prefix_iter(txn, &group)?, 8)?;
+        hash_table(&mut registry, self.dbs().fsms.prefix_iter(txn, &group)?, 8)?;
+        hash_table(
+            &mut registry,
+            self.dbs().modules.prefix_iter(txn, &group)?,
+            8,
+        )?;
         // Sessions and idempotency keys decide what a retry does, so replicas must agree on
         // them too. (None yet: nothing is hashed, and the digest is as before sessions.)
         for tag in keys::SESSION_TAGS {
             let prefix = keys::meta(self.group, tag);
-            hash_table(&mut registry, self.dbs.meta.prefix_iter(txn, &prefix)?, 8)?;
+            hash_table(&mut registry, self.dbs().meta.prefix_iter(txn, &prefix)?, 8)?;
         }
         let mut fsms = Vec::new();
-        for item in self.dbs.fsms.prefix_iter(txn, &group)? {
+        for item in self.dbs().fsms.prefix_iter(txn, &group)? {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k[8..]).into_owned();
             let rec = FsmRecord::decode(&format!("fsm {name}"), v)?;
@@ -140,7 +144,7 @@ impl StateStore {
         tag: MetaTag,
         what: &str,
     ) -> Result<Option<T>, StateError> {
-        match self.dbs.meta.get(txn, &keys::meta(self.group, tag))? {
+        match self.dbs().meta.get(txn, &keys::meta(self.group, tag))? {
             Some(b) => Ok(Some(decode(what, b)?)),
             None => Ok(None),
         }
@@ -171,7 +175,7 @@ impl StateStore {
                 tracing::error!("{d}; this node serves no reads until it is repaired");
                 metrics::counter!(crate::metrics::names::CHECKPOINT_MISMATCHES).increment(1);
                 metrics::gauge!(crate::metrics::names::STATE_DIVERGED).set(1.0);
-                self.dbs.meta.put(
+                self.dbs().meta.put(
                     txn,
                     &keys::meta(self.group, MetaTag::Divergence),
                     &encode(&d),
@@ -179,7 +183,7 @@ impl StateStore {
             }
         }
         let digest = self.digest_in(txn, index)?;
-        self.dbs.meta.put(
+        self.dbs().meta.put(
             txn,
             &keys::meta(self.group, MetaTag::Checkpoint),
             &encode(&digest),

@@ -12,14 +12,21 @@
 //! only through a live transaction ([`ReadTxn::env`]) or [`GrowingEnv::with_env`], which
 //! hold the gate too.
 //!
+//! The same gate lets a running node swap the env's file for a compacting copy
+//! ([`GrowingEnv::replace_file`], `wraft compact` online): LMDB cannot shrink a mapped file,
+//! so the env is closed, the copy renamed over its file and the env opened again, all while
+//! no transaction of the process is live.
+//!
 //! A thread must never take the gate twice: with a resize waiting between the two, the
 //! second would wait for the resize and the resize for the first (std's lock lets a waiting
 //! writer in before new readers). Debug builds check it.
 
+use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use heed::{Env, RoTxn, RwTxn, WithoutTls};
+use heed::{Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 /// Where the state env's map starts, in bytes, when the options do not say: the whole
 /// ceiling at once on 64-bit hosts.
@@ -32,12 +39,25 @@ pub const DEFAULT_MAP_START: usize = 64 << 20;
 /// An LMDB env whose map may grow to a ceiling, and the gate that makes that safe.
 #[derive(Debug)]
 pub(super) struct GrowingEnv {
-    env: Env<WithoutTls>,
-    /// Held shared by every transaction, alone by a resize.
+    /// The env. Read only under a hold of the gate (shared or alone); taken out and replaced
+    /// only under the gate held alone ([`GrowingEnv::replace_file`]). Never cloned, so closing
+    /// it closes LMDB's env.
+    env: UnsafeCell<Option<Env<WithoutTls>>>,
+    /// Held shared by every transaction, alone by a resize or a replacement.
     gate: RwLock<()>,
     /// The largest map, in bytes.
     ceiling: usize,
+    /// The env's directory (kept here: reading it needs no hold).
+    path: PathBuf,
+    /// How the env was opened, to open it again after a replacement; none for the offline
+    /// tools' read-only envs, which are never replaced.
+    options: Option<EnvOpenOptions<WithoutTls>>,
 }
+
+// SAFETY: the only field that is not `Sync` by itself is the env's cell, and it is read only
+// under a hold of the gate and written only under the gate held alone (see `env_in`,
+// `replace_file`): the `RwLock` orders every access.
+unsafe impl Sync for GrowingEnv {}
 
 /// A read transaction and its hold on the gate (dropped after the transaction).
 pub(super) struct ReadTxn<'e> {
@@ -53,21 +73,67 @@ pub(super) struct WriteTxn<'e> {
 }
 
 impl GrowingEnv {
-    /// Wraps `env`, whose map may grow to `ceiling` bytes.
+    /// Wraps `env`, whose map may grow to `ceiling` bytes; it is never replaced.
     pub(super) fn new(env: Env<WithoutTls>, ceiling: usize) -> Self {
         Self {
-            env,
+            path: env.path().to_path_buf(),
+            env: UnsafeCell::new(Some(env)),
             gate: RwLock::new(()),
             ceiling,
+            options: None,
         }
+    }
+
+    /// Opens the env at `path` with `options`, whose map may grow to `ceiling` bytes and
+    /// whose file may be replaced by a compacting copy ([`GrowingEnv::replace_file`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`EnvOpenOptions::open`]: the env must not be opened twice in one process, nor be
+    /// written by another process in a way its flags do not allow.
+    pub(super) unsafe fn open(
+        options: EnvOpenOptions<WithoutTls>,
+        path: &Path,
+        ceiling: usize,
+    ) -> heed::Result<Self> {
+        // SAFETY: the caller's promise.
+        let env = unsafe { options.open(path) }?;
+        Ok(Self {
+            options: Some(options),
+            ..Self::new(env, ceiling)
+        })
+    }
+
+    /// The env, for the length of `_held`, a hold of this env's gate (which the caller keeps
+    /// for as long as it uses the reference).
+    fn env_in<G>(&self, _held: &Held<G>) -> &Env<WithoutTls> {
+        // SAFETY: the cell is written only under the gate held alone, which cannot be taken
+        // while the caller's hold lives.
+        unsafe { (*self.env.get()).as_ref() }
+            .expect("the env is out of its cell only inside a replacement, under the gate alone")
+    }
+
+    /// The env while a transaction of this env (which holds the gate shared) is live.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds a live [`WriteTxn`] or [`ReadTxn`] of this env for as long as it uses
+    /// the reference.
+    unsafe fn env_under_txn(&self) -> &Env<WithoutTls> {
+        // SAFETY: the caller's transaction holds the gate shared: see `env_in`.
+        unsafe { (*self.env.get()).as_ref() }
+            .expect("the env is out of its cell only inside a replacement, under the gate alone")
     }
 
     /// A read transaction.
     pub(super) fn read_txn(&self) -> heed::Result<ReadTxn<'_>> {
         let gate = Held::shared(self);
+        // SAFETY: `gate` is kept in the transaction, declared after (dropped after) the two
+        // borrows of the env.
+        let env: &Env<WithoutTls> = unsafe { &*std::ptr::from_ref(self.env_in(&gate)) };
         Ok(ReadTxn {
-            txn: self.env.read_txn()?,
-            env: &self.env,
+            txn: env.read_txn()?,
+            env,
             _gate: gate,
         })
     }
@@ -75,8 +141,10 @@ impl GrowingEnv {
     /// The write transaction (LMDB has one at a time per env).
     pub(super) fn write_txn(&self) -> heed::Result<WriteTxn<'_>> {
         let gate = Held::shared(self);
+        // SAFETY: as in `read_txn`.
+        let env: &Env<WithoutTls> = unsafe { &*std::ptr::from_ref(self.env_in(&gate)) };
         Ok(WriteTxn {
-            txn: self.env.write_txn()?,
+            txn: env.write_txn()?,
             _gate: gate,
         })
     }
@@ -88,7 +156,9 @@ impl GrowingEnv {
         &'p self,
         parent: &'p mut RwTxn<'_>,
     ) -> heed::Result<RwTxn<'p>> {
-        self.env.nested_write_txn(parent)
+        // SAFETY: `parent` is a live transaction of this env (see above), and the child
+        // borrows it, so it ends first.
+        unsafe { self.env_under_txn() }.nested_write_txn(parent)
     }
 
     /// Opens (creating if needed) the database `name` in `wtxn` (a [`WriteTxn`]'s, which
@@ -98,19 +168,74 @@ impl GrowingEnv {
         wtxn: &mut RwTxn<'_>,
         name: &str,
     ) -> heed::Result<heed::Database<heed::types::Bytes, heed::types::Bytes>> {
-        self.env.create_database(wtxn, Some(name))
+        // SAFETY: `wtxn` is a live [`WriteTxn`]'s.
+        unsafe { self.env_under_txn() }.create_database(wtxn, Some(name))
     }
 
-    /// The env's directory (kept by heed: reading it touches no map).
+    /// The env's directory.
     pub(super) fn path(&self) -> &std::path::Path {
-        self.env.path()
+        &self.path
     }
 
     /// Runs `f` on the raw env while holding the gate: for the calls that read the map
     /// outside a transaction of ours (a copy, a sync, the env's statistics).
     pub(super) fn with_env<R>(&self, f: impl FnOnce(&Env<WithoutTls>) -> R) -> R {
-        let _gate = Held::shared(self);
-        f(&self.env)
+        let gate = Held::shared(self);
+        f(self.env_in(&gate))
+    }
+
+    /// Replaces the env's data file by `copy`, a complete and synced LMDB file of this env
+    /// (a compacting copy), while no transaction of the process is live: closes the env,
+    /// renames `copy` over its `data.mdb`, opens it again with the same options and map size,
+    /// and runs `reopened` on it (the caller opens its databases there: heed's handles belong
+    /// to one env). First `unchanged` looks at the old env: when it says the env was written
+    /// since the copy was taken, nothing is replaced and the answer is `false`.
+    ///
+    /// Once the old env is closed, a failure to rename leaves the old file and opens it
+    /// again. A failure to open an env again stops the process: with no env it cannot serve,
+    /// and a restart opens whichever file is in place (both are whole).
+    pub(super) fn replace_file(
+        &self,
+        copy: &Path,
+        unchanged: impl FnOnce(&Env<WithoutTls>) -> bool,
+        reopened: impl FnOnce(&Env<WithoutTls>) -> heed::Result<()>,
+    ) -> heed::Result<bool> {
+        let Some(options) = &self.options else {
+            return Err(heed::Error::Io(std::io::Error::other(
+                "a read-only env is never replaced",
+            )));
+        };
+        let alone = Held::alone(self);
+        let env = self.env_in(&alone);
+        if !unchanged(env) {
+            return Ok(false);
+        }
+        let map_size = env.info().map_size;
+        // SAFETY: `alone` holds the gate exclusively, so no transaction and no other
+        // reference to the env lives: the cell may be written.
+        let cell = unsafe { &mut *self.env.get() };
+        let old = cell
+            .take()
+            .expect("the env is in its cell outside a replacement");
+        // The only handle: dropping it closes LMDB's env (heed's registry forgets the path).
+        old.prepare_for_closing().wait();
+        let file = self.path.join("data.mdb");
+        let renamed = std::fs::rename(copy, &file)
+            .and_then(|()| crate::disk::sync_dir(&self.path))
+            .map_err(heed::Error::Io);
+        let mut options = options.clone();
+        options.map_size(map_size);
+        // SAFETY: the env was opened with these options before; its old handle is closed.
+        let env = match unsafe { options.open(&self.path) } {
+            Ok(env) => env,
+            Err(e) => reopen_failed(&self.path, &e),
+        };
+        if let Err(e) = reopened(&env) {
+            reopen_failed(&self.path, &e);
+        }
+        *cell = Some(env);
+        drop(alone);
+        renamed.map(|()| true)
     }
 
     /// The env's current map size in bytes.
@@ -130,8 +255,9 @@ impl GrowingEnv {
     /// every live transaction of the process to end, so the caller must hold none (a write
     /// that found the map full aborts its transaction first).
     pub(super) fn grow(&self, seen: usize, at_least: usize) -> heed::Result<Option<usize>> {
-        let _alone = Held::alone(self);
-        let now = self.env.info().map_size;
+        let alone = Held::alone(self);
+        let env = self.env_in(&alone);
+        let now = env.info().map_size;
         if now > seen {
             return Ok(Some(now));
         }
@@ -146,10 +272,10 @@ impl GrowingEnv {
         if next <= now {
             return Ok(None);
         }
-        // SAFETY: `_alone` holds the gate exclusively, and every transaction of this
+        // SAFETY: `alone` holds the gate exclusively, and every transaction of this
         // process holds it shared while it lives, so none is live: LMDB's condition for
         // resizing an open env.
-        if let Err(e) = unsafe { self.env.resize(next) } {
+        if let Err(e) = unsafe { env.resize(next) } {
             // LMDB unmaps the old map before it maps the new one: when that mmap fails (no
             // address space left, on a 32-bit board) the env is left with no map and
             // pointers into the old one, and the API cannot recover it. Any later read
@@ -173,6 +299,18 @@ impl GrowingEnv {
         );
         Ok(Some(next))
     }
+}
+
+/// An env that was closed to replace its file could not be opened again: the process stops
+/// (see [`GrowingEnv::replace_file`]).
+fn reopen_failed(path: &Path, e: &heed::Error) -> ! {
+    tracing::error!(
+        "the state env at {} could not be opened again after its file was replaced ({e}): \
+         the process stops; a restart opens the file in place",
+        path.display()
+    );
+    eprintln!("wraft: the state env could not be opened again ({e}); stopping");
+    std::process::abort();
 }
 
 fn page_size() -> usize {

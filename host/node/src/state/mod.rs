@@ -3,12 +3,14 @@
 //! the applied marker commit together.
 
 mod apply;
+mod compact;
 mod digest;
 mod offline;
 mod session;
 pub(crate) use offline::live_map_size;
 mod snapshot;
 pub use apply::Committed;
+pub use compact::{COPY_FILE, Compaction};
 mod keys;
 mod map;
 pub mod unflushed;
@@ -106,6 +108,9 @@ pub enum StateError {
          (restore a healthy node's backup: see docs/operations.md)"
     )]
     Diverged(Divergence),
+    /// An online compaction did not replace the env (which is as it was).
+    #[error("compaction of the state env: {0}")]
+    Compaction(String),
     /// A snapshot file is not what its id says.
     #[error("snapshot {id}: {detail}")]
     Snapshot {
@@ -234,7 +239,9 @@ struct Dbs {
 #[derive(Debug)]
 pub struct StateStore {
     env: map::GrowingEnv,
-    dbs: Dbs,
+    /// The env's tables: heed's handles belong to one env, so an online compaction, which
+    /// opens the env again, replaces them while no transaction is live.
+    tables: std::sync::RwLock<Dbs>,
     runtime: Arc<FsmRuntime>,
     group: GroupId,
     /// Set while an env behind the log is open; cleared when it closes flushed.
@@ -320,12 +327,12 @@ impl StateStore {
             unsafe { opts.flags(heed::EnvFlags::NO_META_SYNC) };
             None
         };
+        // An interrupted online compaction's copy: the env it was taken from is in place.
+        compact::remove_copy(&path)?;
         // SAFETY: the directory is wraft's own, and LMDB's rule that one process must not
         // open an env twice is enforced by heed.
-        let env = map::GrowingEnv::new(
-            unsafe { opts.open(&path) }.map_err(open_err)?,
-            options.max_bytes,
-        );
+        let env =
+            unsafe { map::GrowingEnv::open(opts, &path, options.max_bytes) }.map_err(open_err)?;
         let mut wtxn = env.write_txn()?;
         let dbs = Dbs {
             meta: env.create_database(&mut wtxn, "meta")?,
@@ -352,7 +359,7 @@ impl StateStore {
         wtxn.commit()?;
         Ok(Self {
             env,
-            dbs,
+            tables: std::sync::RwLock::new(dbs),
             runtime,
             group,
             unflushed,
@@ -384,11 +391,17 @@ impl StateStore {
         }
     }
 
+    /// The env's tables. Used with a live transaction of the env (a compaction replaces them
+    /// only while none is), so they always belong to that transaction's env.
+    fn dbs(&self) -> Dbs {
+        *self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The raft layer's applied state, as last stored by [`StateStore::apply`].
     pub fn raft_state(&self) -> Result<Option<Vec<u8>>, StateError> {
         let rtxn = self.env.read_txn()?;
         let key = keys::meta(self.group, keys::MetaTag::RaftState);
-        Ok(self.dbs.meta.get(&rtxn, &key)?.map(<[u8]>::to_vec))
+        Ok(self.dbs().meta.get(&rtxn, &key)?.map(<[u8]>::to_vec))
     }
 
     /// Flushes every committed apply to disk (applies behind the log flush nothing; others
@@ -421,7 +434,7 @@ impl StateStore {
 
     fn applied_in(&self, txn: &RoTxn<'_>) -> Result<Option<AppliedPosition>, StateError> {
         match self
-            .dbs
+            .dbs()
             .meta
             .get(txn, &keys::meta(self.group, keys::MetaTag::Applied))?
         {
@@ -431,7 +444,7 @@ impl StateStore {
     }
 
     fn u64_meta(&self, txn: &RoTxn<'_>, tag: keys::MetaTag) -> Result<u64, StateError> {
-        match self.dbs.meta.get(txn, &keys::meta(self.group, tag))? {
+        match self.dbs().meta.get(txn, &keys::meta(self.group, tag))? {
             Some(b) => Ok(u64::from_le_bytes(b.try_into().map_err(|_| {
                 StateError::Corrupt {
                     what: format!("{tag:?}"),
@@ -444,7 +457,7 @@ impl StateStore {
 
     fn record_in(&self, txn: &RoTxn<'_>, name: &FsmName) -> Result<Option<FsmRecord>, StateError> {
         match self
-            .dbs
+            .dbs()
             .fsms
             .get(txn, &keys::fsm(self.group, name.as_str()))?
         {
@@ -457,7 +470,7 @@ impl StateStore {
     /// for an FSM created before that was so, counted from its keyspace at its first write
     /// (the same on every replica, which all hold the same keyspace then).
     fn usage_in(&self, txn: &RoTxn<'_>, rec: &FsmRecord) -> Result<u64, StateError> {
-        if let Some(b) = self.dbs.meta.get(txn, &keys::usage(self.group, rec.id))? {
+        if let Some(b) = self.dbs().meta.get(txn, &keys::usage(self.group, rec.id))? {
             let b: [u8; 8] = b.try_into().map_err(|_| StateError::Corrupt {
                 what: format!("storage use of fsm id {}", rec.id),
                 detail: "not 8 bytes".into(),
@@ -466,7 +479,7 @@ impl StateStore {
         }
         let prefix = keys::data_prefix(self.group, rec.id);
         let mut bytes = 0u64;
-        for item in self.dbs.data.prefix_iter(txn, &prefix)? {
+        for item in self.dbs().data.prefix_iter(txn, &prefix)? {
             let (k, v) = item?;
             bytes += (k.len() - prefix.len() + v.len()) as u64;
         }
@@ -493,7 +506,7 @@ impl StateStore {
         let rtxn = self.env.read_txn()?;
         let prefix = self.group.to_be_bytes();
         let mut out = Vec::new();
-        for item in self.dbs.fsms.prefix_iter(&rtxn, &prefix)? {
+        for item in self.dbs().fsms.prefix_iter(&rtxn, &prefix)? {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k[8..]).into_owned();
             let rec = FsmRecord::decode(&format!("fsm {name}"), v)?;
@@ -507,7 +520,7 @@ impl StateStore {
         let rtxn = self.env.read_txn()?;
         let prefix = self.group.to_be_bytes();
         let mut out = Vec::new();
-        for item in self.dbs.modules.prefix_iter(&rtxn, &prefix)? {
+        for item in self.dbs().modules.prefix_iter(&rtxn, &prefix)? {
             let (k, v) = item?;
             let mut id = [0u8; 32];
             id.copy_from_slice(&k[8..40]);
@@ -520,7 +533,7 @@ impl StateStore {
     pub fn module_bytes(&self, id: &ModuleId) -> Result<Option<Vec<u8>>, StateError> {
         let rtxn = self.env.read_txn()?;
         Ok(self
-            .dbs
+            .dbs()
             .modules
             .get(&rtxn, &keys::module(self.group, id))?
             .map(<[u8]>::to_vec))
@@ -531,7 +544,7 @@ impl StateStore {
         txn: &RoTxn<'_>,
         id: &ModuleId,
     ) -> Result<Result<Arc<LoadedModule>, ApplyError>, StateError> {
-        let Some(bytes) = self.dbs.modules.get(txn, &keys::module(self.group, id))? else {
+        let Some(bytes) = self.dbs().modules.get(txn, &keys::module(self.group, id))? else {
             return Ok(Err(ApplyError::UnknownModule(*id)));
         };
         let loaded = self.runtime.load(*id, || Ok(bytes.to_vec()))?;
@@ -586,7 +599,7 @@ impl StateStore {
         };
         let kv = KvTarget::Read {
             txn: &rtxn,
-            db: self.dbs.data,
+            db: self.dbs().data,
             prefix: keys::data_prefix(self.group, rec.id),
         };
         let limits = FsmLimits {

@@ -91,7 +91,7 @@ impl StateStore {
         Ok(Self {
             // Read-only: nothing here writes, so its map never grows.
             env: super::map::GrowingEnv::new(env, len),
-            dbs,
+            tables: std::sync::RwLock::new(dbs),
             runtime: Arc::new(FsmRuntime::new()?),
             group: 0,
             unflushed: None,
@@ -106,7 +106,7 @@ impl StateStore {
     /// Bytes a compacting copy would give back: the file size minus the pages in use.
     pub fn reclaimable_bytes(&self) -> Result<u64, StateError> {
         let rtxn = self.env.read_txn()?;
-        let d = &self.dbs;
+        let d = &self.dbs();
         Ok(crate::disk::reclaimable(
             rtxn.env(),
             &rtxn,
@@ -122,7 +122,7 @@ impl StateStore {
         let mut problems = Vec::new();
         let prefix = self.group.to_be_bytes();
         let mut modules = Vec::new();
-        for item in self.dbs.modules.prefix_iter(&rtxn, &prefix)? {
+        for item in self.dbs().modules.prefix_iter(&rtxn, &prefix)? {
             let (k, v) = item?;
             let Ok(id) = <[u8; 32]>::try_from(&k[8..]) else {
                 problems.push(format!("module key of {} bytes is malformed", k.len()));
@@ -138,7 +138,7 @@ impl StateStore {
             }
             modules.push(id);
         }
-        for item in self.dbs.fsms.prefix_iter(&rtxn, &prefix)? {
+        for item in self.dbs().fsms.prefix_iter(&rtxn, &prefix)? {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k[8..]).into_owned();
             match FsmRecord::decode(&format!("fsm {name}"), v) {

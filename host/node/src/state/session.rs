@@ -114,7 +114,7 @@ impl StateStore {
 
     fn totals(&self, txn: &RoTxn<'_>) -> Result<SessionTotals, StateError> {
         let key = keys::meta(self.group, MetaTag::SessionTotals);
-        match self.dbs.meta.get(txn, &key)? {
+        match self.dbs().meta.get(txn, &key)? {
             Some(b) => decode("session totals", b),
             None => Ok(SessionTotals::default()),
         }
@@ -122,11 +122,11 @@ impl StateStore {
 
     fn put_totals(&self, txn: &mut RwTxn<'_>, t: SessionTotals) -> Result<(), StateError> {
         let key = keys::meta(self.group, MetaTag::SessionTotals);
-        Ok(self.dbs.meta.put(txn, &key, &encode(&t))?)
+        Ok(self.dbs().meta.put(txn, &key, &encode(&t))?)
     }
 
     fn session(&self, txn: &RoTxn<'_>, id: SessionId) -> Result<Option<SessionRecord>, StateError> {
-        match self.dbs.meta.get(txn, &self.session_key(id))? {
+        match self.dbs().meta.get(txn, &self.session_key(id))? {
             Some(b) => Ok(Some(decode(&format!("session {id}"), b)?)),
             None => Ok(None),
         }
@@ -139,7 +139,7 @@ impl StateStore {
         rec: &SessionRecord,
     ) -> Result<(), StateError> {
         Ok(self
-            .dbs
+            .dbs()
             .meta
             .put(txn, &self.session_key(id), &encode(rec))?)
     }
@@ -180,7 +180,7 @@ impl StateStore {
             pending_bytes: 0,
         };
         let index = self.expiry_key(rec.expires_at(), EXPIRY_SESSION, &id.to_be_bytes());
-        self.dbs.meta.put(txn, &index, &[])?;
+        self.dbs().meta.put(txn, &index, &[])?;
         self.put_session(txn, id, &rec)?;
         Ok(Ok(EntryResponse::SessionOpened(id)))
     }
@@ -223,7 +223,7 @@ impl StateStore {
                 acked: rec.acked,
             }));
         }
-        if let Some(b) = self.dbs.meta.get(txn, &self.response_key(id, seq))? {
+        if let Some(b) = self.dbs().meta.get(txn, &self.response_key(id, seq))? {
             // A retry changes nothing: it is not a new write for the idle time, and its
             // first attempt already applied its `acked` (so normally nothing was forgotten
             // above). So a retry that arrives late, after its client moved on, leaves the
@@ -279,13 +279,13 @@ impl StateStore {
             std::ops::Bound::Included(&hi[..]),
         );
         let (mut n, mut bytes) = (0u64, 0u64);
-        for item in self.dbs.meta.range(txn, &range)? {
+        for item in self.dbs().meta.range(txn, &range)? {
             let (_, v) = item?;
             n += 1;
             bytes += v.len() as u64;
         }
         if n > 0 {
-            self.dbs.meta.delete_range(txn, &range)?;
+            self.dbs().meta.delete_range(txn, &range)?;
         }
         Ok((n, bytes))
     }
@@ -312,7 +312,7 @@ impl StateStore {
             })?
             .finalize()
             .into();
-        if let Some(b) = self.dbs.meta.get(txn, &self.key_key(key))? {
+        if let Some(b) = self.dbs().meta.get(txn, &self.key_key(key))? {
             let rec: KeyRecord = decode(&format!("idempotency key {key:?}"), b)?;
             return Ok(if rec.request == request {
                 Admission::Answered(rec.response)
@@ -351,7 +351,7 @@ impl StateStore {
             Owner::Session(s, mut rec) => {
                 let bytes = encode(response);
                 let len = bytes.len() as u64;
-                self.dbs
+                self.dbs()
                     .meta
                     .put(txn, &self.response_key(s.session, s.seq), &bytes)?;
                 totals.retained_bytes = totals.retained_bytes.saturating_add(len);
@@ -369,9 +369,9 @@ impl StateStore {
                 let bytes = encode(&rec);
                 totals.retained_bytes = totals.retained_bytes.saturating_add(bytes.len() as u64);
                 totals.keys += 1;
-                self.dbs.meta.put(txn, &self.key_key(&key), &bytes)?;
+                self.dbs().meta.put(txn, &self.key_key(&key), &bytes)?;
                 let index = self.expiry_key(at, EXPIRY_KEY, key.as_bytes());
-                self.dbs.meta.put(txn, &index, &[])?;
+                self.dbs().meta.put(txn, &index, &[])?;
             }
         }
         self.put_totals(txn, totals)
@@ -389,7 +389,7 @@ impl StateStore {
         let most = EXPIRIES_PER_WRITE.saturating_mul(writes.max(1));
         let prefix = keys::meta(self.group, MetaTag::Expiry);
         let mut due = Vec::new();
-        for item in self.dbs.meta.prefix_iter(txn, &prefix)? {
+        for item in self.dbs().meta.prefix_iter(txn, &prefix)? {
             let (k, _) = item?;
             let at = k
                 .get(9..17)
@@ -405,7 +405,7 @@ impl StateStore {
         }
         let mut totals = self.totals(txn)?;
         for index in due {
-            self.dbs.meta.delete(txn, &index)?;
+            self.dbs().meta.delete(txn, &index)?;
             let corrupt = || StateError::Corrupt {
                 what: "session expiry index".into(),
                 detail: format!("key {index:02x?}"),
@@ -413,9 +413,9 @@ impl StateStore {
             let (kind, name) = (*index.get(17).ok_or_else(corrupt)?, &index[18..]);
             if kind == EXPIRY_KEY {
                 let key = self.key_key(&String::from_utf8_lossy(name));
-                if let Some(b) = self.dbs.meta.get(txn, &key)? {
+                if let Some(b) = self.dbs().meta.get(txn, &key)? {
                     let bytes = b.len() as u64;
-                    self.dbs.meta.delete(txn, &key)?;
+                    self.dbs().meta.delete(txn, &key)?;
                     totals.keys = totals.keys.saturating_sub(1);
                     totals.retained_bytes = totals.retained_bytes.saturating_sub(bytes);
                 }
@@ -427,11 +427,11 @@ impl StateStore {
             };
             if rec.expires_at() > now {
                 let again = self.expiry_key(rec.expires_at(), EXPIRY_SESSION, name);
-                self.dbs.meta.put(txn, &again, &[])?;
+                self.dbs().meta.put(txn, &again, &[])?;
                 continue;
             }
             let (_, bytes) = self.forget_responses(txn, id, 0, u64::MAX)?;
-            self.dbs.meta.delete(txn, &self.session_key(id))?;
+            self.dbs().meta.delete(txn, &self.session_key(id))?;
             totals.sessions = totals.sessions.saturating_sub(1);
             totals.retained_bytes = totals.retained_bytes.saturating_sub(bytes);
         }

@@ -44,10 +44,10 @@ impl StateStore {
         let rtxn = self.env.read_txn()?;
         let group = self.group.to_be_bytes();
         let dbs = [
-            self.dbs.meta,
-            self.dbs.fsms,
-            self.dbs.modules,
-            self.dbs.data,
+            self.dbs().meta,
+            self.dbs().fsms,
+            self.dbs().modules,
+            self.dbs().data,
         ];
         for (table, db) in dbs.iter().enumerate() {
             for item in db.prefix_iter(&rtxn, &group)? {
@@ -61,7 +61,7 @@ impl StateStore {
         }
         out.write_all(&[END]).map_err(io)?;
         let raft_state = self
-            .dbs
+            .dbs()
             .meta
             .get(&rtxn, &keys::meta(self.group, MetaTag::RaftState))?
             .map(<[u8]>::to_vec);
@@ -139,10 +139,10 @@ impl StateStore {
         let end = prefix_successor(&group).unwrap_or_default();
         let range = (Bound::Included(&group[..]), Bound::Excluded(&end[..]));
         let tables = [
-            self.dbs.meta,
-            self.dbs.fsms,
-            self.dbs.modules,
-            self.dbs.data,
+            self.dbs().meta,
+            self.dbs().fsms,
+            self.dbs().modules,
+            self.dbs().data,
         ];
         for table in tables {
             table.delete_range(wtxn, &range)?;

@@ -8,6 +8,7 @@ mod call_depth;
 mod cli;
 mod cluster;
 mod common;
+mod compaction;
 mod console;
 mod crash;
 mod determinism;

@@ -76,7 +76,7 @@ fn corrupt(env_dir: &Path, table: &str, pick: impl Fn(&[u8]) -> bool) -> Vec<u8>
     key
 }
 
-fn admin_args(c: &Cluster, dir: &Path, ids: &[u64]) -> Vec<String> {
+pub(crate) fn admin_args(c: &Cluster, dir: &Path, ids: &[u64]) -> Vec<String> {
     let admin = c.ca.client("operator", Role::Admin).expect("admin cert");
     for (name, pem) in [
         ("ca.pem", &c.ca.cert_pem),
