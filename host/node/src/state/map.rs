@@ -24,7 +24,8 @@
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use heed::{Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
@@ -189,7 +190,11 @@ impl GrowingEnv {
     /// renames `copy` over its `data.mdb`, opens it again with the same options and map size,
     /// and runs `reopened` on it (the caller opens its databases there: heed's handles belong
     /// to one env). First `unchanged` looks at the old env: when it says the env was written
-    /// since the copy was taken, nothing is replaced and the answer is `false`.
+    /// since the copy was taken, nothing is replaced.
+    ///
+    /// It waits at most `patience` for the live transactions to end, without making new
+    /// ones wait meanwhile (a long one, a backup's or a snapshot build's copy, must not stall
+    /// every read of the node behind it): when they have not, nothing is replaced.
     ///
     /// Once the old env is closed, a failure to rename leaves the old file and opens it
     /// again. A failure to open an env again stops the process: with no env it cannot serve,
@@ -197,18 +202,21 @@ impl GrowingEnv {
     pub(super) fn replace_file(
         &self,
         copy: &Path,
+        patience: Duration,
         unchanged: impl FnOnce(&Env<WithoutTls>) -> bool,
         reopened: impl FnOnce(&Env<WithoutTls>) -> heed::Result<()>,
-    ) -> heed::Result<bool> {
+    ) -> Result<Replaced, heed::Error> {
         let Some(options) = &self.options else {
             return Err(heed::Error::Io(std::io::Error::other(
                 "a read-only env is never replaced",
             )));
         };
-        let alone = Held::alone(self);
+        let Some(alone) = Held::alone_within(self, patience) else {
+            return Ok(Replaced::ReadersStayed);
+        };
         let env = self.env_in(&alone);
         if !unchanged(env) {
-            return Ok(false);
+            return Ok(Replaced::WrittenSince);
         }
         let map_size = env.info().map_size;
         // SAFETY: `alone` holds the gate exclusively, so no transaction and no other
@@ -235,7 +243,7 @@ impl GrowingEnv {
         }
         *cell = Some(env);
         drop(alone);
-        renamed.map(|()| true)
+        renamed.map(|()| Replaced::Done)
     }
 
     /// The env's current map size in bytes.
@@ -299,6 +307,17 @@ impl GrowingEnv {
         );
         Ok(Some(next))
     }
+}
+
+/// What [`GrowingEnv::replace_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replaced {
+    /// The copy is the env's file now.
+    Done,
+    /// Nothing: the env was written since the copy was taken.
+    WrittenSince,
+    /// Nothing: transactions stayed live for the whole patience.
+    ReadersStayed,
 }
 
 /// An env that was closed to replace its file could not be opened again: the process stops
@@ -380,6 +399,28 @@ impl<'e> Held<RwLockWriteGuard<'e, ()>> {
         let _nesting = Nesting::enter(env);
         let _guard = env.gate.write().unwrap_or_else(|e| e.into_inner());
         Self { _guard, _nesting }
+    }
+
+    /// The gate alone once no transaction holds it, asked for every 200 µs for at most
+    /// `patience`: unlike [`Held::alone`], nothing queues behind the request meanwhile.
+    fn alone_within(env: &'e GrowingEnv, patience: Duration) -> Option<Self> {
+        let _nesting = Nesting::enter(env);
+        let deadline = Instant::now() + patience;
+        loop {
+            match env.gate.try_write() {
+                Ok(_guard) => return Some(Self { _guard, _nesting }),
+                Err(TryLockError::Poisoned(p)) => {
+                    return Some(Self {
+                        _guard: p.into_inner(),
+                        _nesting,
+                    });
+                }
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        }
     }
 }
 
