@@ -151,7 +151,7 @@ pub enum ApiRequest {
     Features,
     /// Compact the state env of the node asked, while it runs (admin; served by that node,
     /// not forwarded): [`crate::ApiResponse::Compacted`]. The node's applies wait while the
-    /// compacting copy is written; its reads go on.
+    /// compacting copy is written; its stale reads go on.
     Compact,
 }
 

@@ -579,7 +579,7 @@ impl Client {
 
     /// Compacts the state env of the node this client reaches while it runs (give the client
     /// that one node's address): its applies wait while the compacting copy is written, its
-    /// reads go on. Not sent again after an attempt whose outcome is unknown.
+    /// stale reads go on. Not sent again after an attempt whose outcome is unknown.
     pub async fn compact(&self) -> Result<wraft_api::Compacted, ClientError> {
         match self.request(ApiRequest::Compact).await? {
             ApiResponse::Compacted(c) => Ok(c),

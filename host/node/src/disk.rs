@@ -12,6 +12,17 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
+/// Whether LMDB's lock file agrees with the env's data file: a new read transaction reads
+/// the newest transaction the file holds. It does not after the file was replaced (a
+/// compaction, a restore) while another process kept the env open, as `wraft init info`
+/// may: LMDB resets the lock file's transaction id only when it opens an env alone, and a
+/// write through the stale id lands on the wrong meta page and loses the env. Checked
+/// before anything is written.
+pub(crate) fn lock_file_in_step(env: &heed::Env<heed::WithoutTls>) -> heed::Result<bool> {
+    let newest = env.info().last_txn_id;
+    Ok(env.read_txn()?.id() == newest)
+}
+
 /// Bytes a compacting copy of an LMDB env would give back: its file minus the pages its
 /// databases use (the main one and `dbs`, every named database of the env) and the two meta
 /// pages. It counts pages from the databases' statistics and opens no database, so it may

@@ -79,7 +79,7 @@ impl NodeApi {
 
 impl NodeApi {
     /// Compacts this node's state env while it runs (`wraft compact` against a live node):
-    /// in the state-machine worker, so applies wait for the copy while reads go on. One at a
+    /// in the state-machine worker, so applies wait for the copy while stale reads go on. One at a
     /// time per node.
     pub(super) async fn compact(&self) -> ApiResult {
         use std::sync::atomic::Ordering;

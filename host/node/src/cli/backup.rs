@@ -37,7 +37,7 @@ pub struct RestoreArgs {
 
 /// `wraft compact`: give back the space LMDB keeps, of a stopped node's raft and state envs
 /// (`--state-dir`), or of a running node's state env (`--nodes ADDR`, that one node: its
-/// applies wait for the copy, its reads go on; the command waits up to `--timeout`, else an
+/// applies wait for the copy, its stale reads go on; the command waits up to `--timeout`, else an
 /// hour).
 #[derive(Debug, clap::Args)]
 pub struct CompactArgs {
@@ -131,7 +131,8 @@ pub async fn run_compact(args: CompactArgs) -> anyhow::Result<()> {
             let nodes = args.conn.resolve()?.nodes;
             if nodes.len() != 1 {
                 return Err(super::exit::UsageError(format!(
-                    "compacting a running node needs that one node's address (--nodes ADDR),                      not {} of them; or give a stopped node's --state-dir",
+                    "compacting a running node needs that one node's address (--nodes ADDR), \
+                     not {} of them; or give a stopped node's --state-dir",
                     nodes.len()
                 ))
                 .into());

@@ -115,7 +115,7 @@ impl StateMachine {
 
     /// Compacts the state env while the node runs ([`StateStore::compact`]). Called in the
     /// state-machine worker (`Raft::with_state_machine`), which is the env's only writer: no
-    /// apply or snapshot install runs until the copy is swapped in, and reads go on.
+    /// apply or snapshot install runs until the copy is swapped in, and stale reads go on.
     pub async fn compact(&mut self) -> io::Result<Compaction> {
         let store = self.store.clone();
         let hold = self.holds.hold();

@@ -105,9 +105,8 @@ impl GrowingEnv {
         })
     }
 
-    /// The env, for the length of `_held`, a hold of this env's gate (which the caller keeps
-    /// for as long as it uses the reference).
-    fn env_in<G>(&self, _held: &Held<G>) -> &Env<WithoutTls> {
+    /// The env, for the length of `_held`, a hold of this env's gate.
+    fn env_in<'h, G>(&'h self, _held: &'h Held<G>) -> &'h Env<WithoutTls> {
         // SAFETY: the cell is written only under the gate held alone, which cannot be taken
         // while the caller's hold lives.
         unsafe { (*self.env.get()).as_ref() }
@@ -129,8 +128,8 @@ impl GrowingEnv {
     /// A read transaction.
     pub(super) fn read_txn(&self) -> heed::Result<ReadTxn<'_>> {
         let gate = Held::shared(self);
-        // SAFETY: `gate` is kept in the transaction, declared after (dropped after) the two
-        // borrows of the env.
+        // SAFETY: the reference outlives its borrow of `gate` only inside the transaction,
+        // which keeps `gate` and declares it after (drops it after) the two uses of the env.
         let env: &Env<WithoutTls> = unsafe { &*std::ptr::from_ref(self.env_in(&gate)) };
         Ok(ReadTxn {
             txn: env.read_txn()?,
@@ -196,6 +195,12 @@ impl GrowingEnv {
     /// ones wait meanwhile (a long one, a backup's or a snapshot build's copy, must not stall
     /// every read of the node behind it): when they have not, nothing is replaced.
     ///
+    /// Another process with the env open (`wraft init info` reads it beside a running node)
+    /// would keep LMDB's lock file at the old file's transaction id, and a reopened env
+    /// would then read and write the copy through the wrong meta page (losing it whole): the
+    /// reopened env is checked (`disk::lock_file_in_step`) and, if it is out of step, the old
+    /// file (kept by a hard link until the end) is put back.
+    ///
     /// Once the old env is closed, a failure to rename leaves the old file and opens it
     /// again. A failure to open an env again stops the process: with no env it cannot serve,
     /// and a restart opens whichever file is in place (both are whole).
@@ -218,7 +223,12 @@ impl GrowingEnv {
         if !unchanged(env) {
             return Ok(Replaced::WrittenSince);
         }
-        let map_size = env.info().map_size;
+        let mut options = options.clone();
+        options.map_size(env.info().map_size);
+        let file = self.path.join("data.mdb");
+        let kept = self.path.join(KEPT_FILE);
+        crate::disk::remove_if_present(&kept)?;
+        std::fs::hard_link(&file, &kept)?;
         // SAFETY: `alone` holds the gate exclusively, so no transaction and no other
         // reference to the env lives: the cell may be written.
         let cell = unsafe { &mut *self.env.get() };
@@ -227,23 +237,48 @@ impl GrowingEnv {
             .expect("the env is in its cell outside a replacement");
         // The only handle: dropping it closes LMDB's env (heed's registry forgets the path).
         old.prepare_for_closing().wait();
-        let file = self.path.join("data.mdb");
-        let renamed = std::fs::rename(copy, &file)
-            .and_then(|()| crate::disk::sync_dir(&self.path))
-            .map_err(heed::Error::Io);
-        let mut options = options.clone();
-        options.map_size(map_size);
-        // SAFETY: the env was opened with these options before; its old handle is closed.
-        let env = match unsafe { options.open(&self.path) } {
+        let open = || match unsafe {
+            // SAFETY: the env was opened with these options before; its old handle is closed.
+            options.open(&self.path)
+        } {
             Ok(env) => env,
             Err(e) => reopen_failed(&self.path, &e),
         };
+        let mut outcome = Replaced::Done;
+        let env = match std::fs::rename(copy, &file) {
+            Err(e) => {
+                tracing::warn!("the compacted copy could not replace the state env: {e}");
+                outcome = Replaced::NotRenamed(e);
+                open()
+            }
+            Ok(()) => {
+                let env = open();
+                if crate::disk::lock_file_in_step(&env).unwrap_or(false) {
+                    env
+                } else {
+                    env.prepare_for_closing().wait();
+                    if let Err(e) = std::fs::rename(&kept, &file) {
+                        reopen_failed(&self.path, &heed::Error::Io(e));
+                    }
+                    outcome = Replaced::OpenElsewhere;
+                    open()
+                }
+            }
+        };
+        // The rename's durability: a power loss discards this env anyway (it is behind the
+        // raft log, `unflushed`), so a failed directory sync costs nothing but a warning.
+        if let Err(e) = crate::disk::sync_dir(&self.path) {
+            tracing::warn!("syncing {} after the compaction: {e}", self.path.display());
+        }
         if let Err(e) = reopened(&env) {
             reopen_failed(&self.path, &e);
         }
         *cell = Some(env);
         drop(alone);
-        renamed.map(|()| Replaced::Done)
+        if let Err(e) = crate::disk::remove_if_present(&kept) {
+            tracing::warn!("{} stays (the next start removes it): {e}", kept.display());
+        }
+        Ok(outcome)
     }
 
     /// The env's current map size in bytes.
@@ -309,8 +344,12 @@ impl GrowingEnv {
     }
 }
 
+/// The old file's name while [`GrowingEnv::replace_file`] may still put it back (a hard
+/// link: no copy); a crash leaves it behind, and the next start or compaction removes it.
+pub(super) const KEPT_FILE: &str = "data.mdb.replaced";
+
 /// What [`GrowingEnv::replace_file`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Replaced {
     /// The copy is the env's file now.
     Done,
@@ -318,6 +357,10 @@ pub(super) enum Replaced {
     WrittenSince,
     /// Nothing: transactions stayed live for the whole patience.
     ReadersStayed,
+    /// Nothing: another process has the env open (its lock file stayed at the old file).
+    OpenElsewhere,
+    /// Nothing: the copy could not be renamed over the file.
+    NotRenamed(std::io::Error),
 }
 
 /// An env that was closed to replace its file could not be opened again: the process stops

@@ -108,6 +108,13 @@ pub enum StateError {
          (restore a healthy node's backup: see docs/operations.md)"
     )]
     Diverged(Divergence),
+    /// LMDB's lock file does not follow the data file (see `disk::lock_file_in_step`).
+    #[error(
+        "the state env at {0} does not match its lock file (lock.mdb): another process had \
+         the env open while its file was replaced; stop that process (a `wraft init info` or \
+         `verify`?) and start the node again"
+    )]
+    LockFileStale(PathBuf),
     /// An online compaction did not replace the env (which is as it was).
     #[error("compaction of the state env: {0}")]
     Compaction(String),
@@ -327,12 +334,17 @@ impl StateStore {
             unsafe { opts.flags(heed::EnvFlags::NO_META_SYNC) };
             None
         };
-        // An interrupted online compaction's copy: the env it was taken from is in place.
-        compact::remove_copy(&path)?;
+        // An interrupted online compaction's files: the env's own file is whole.
+        compact::remove_leftovers(&path)?;
         // SAFETY: the directory is wraft's own, and LMDB's rule that one process must not
         // open an env twice is enforced by heed.
         let env =
             unsafe { map::GrowingEnv::open(opts, &path, options.max_bytes) }.map_err(open_err)?;
+        // Before anything is written: a write through a stale lock file lands on the wrong
+        // meta page and loses the env.
+        if !env.with_env(crate::disk::lock_file_in_step)? {
+            return Err(StateError::LockFileStale(path));
+        }
         let mut wtxn = env.write_txn()?;
         let dbs = Dbs {
             meta: env.create_database(&mut wtxn, "meta")?,

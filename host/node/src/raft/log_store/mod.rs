@@ -298,6 +298,14 @@ impl LogStore {
                 path.display()
             ))
         })?;
+        if !crate::disk::lock_file_in_step(&env).map_err(io_err)? {
+            return Err(io::Error::other(format!(
+                "the raft env at {} does not match its lock file (lock.mdb): another process \
+                 had the env open while its file was replaced; stop that process (a `wraft \
+                 init info` or `verify`?) and start the node again",
+                path.display()
+            )));
+        }
         let mut wtxn = env.write_txn().map_err(io_err)?;
         let logs = env
             .create_database(&mut wtxn, Some("logs"))
