@@ -18,7 +18,13 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 /// may: LMDB resets the lock file's transaction id only when it opens an env alone, and a
 /// write through the stale id lands on the wrong meta page and loses the env. Checked
 /// before anything is written.
+///
+/// A write transaction is begun and aborted first (it writes nothing): a writer that died
+/// between its meta page and the lock file's id leaves the id one behind, and beginning a
+/// write is where LMDB repairs that (an abandoned writer's mutex), so it is not taken for
+/// a replaced file.
 pub(crate) fn lock_file_in_step(env: &heed::Env<heed::WithoutTls>) -> heed::Result<bool> {
+    env.write_txn()?.abort();
     let newest = env.info().last_txn_id;
     Ok(env.read_txn()?.id() == newest)
 }

@@ -253,7 +253,7 @@ impl GrowingEnv {
             }
             Ok(()) => {
                 let env = open();
-                if crate::disk::lock_file_in_step(&env).unwrap_or(false) {
+                if in_step(&env) {
                     env
                 } else {
                     env.prepare_for_closing().wait();
@@ -261,7 +261,19 @@ impl GrowingEnv {
                         reopen_failed(&self.path, &heed::Error::Io(e));
                     }
                     outcome = Replaced::OpenElsewhere;
-                    open()
+                    let env = open();
+                    // In step with the old file, unless a third process opened the copy alone
+                    // meanwhile: then nothing may be written, and a restart refuses to start
+                    // until the other processes are gone.
+                    if !in_step(&env) {
+                        reopen_failed(
+                            &self.path,
+                            &heed::Error::Io(std::io::Error::other(
+                                "the lock file follows neither the copy nor the old file",
+                            )),
+                        );
+                    }
+                    env
                 }
             }
         };
@@ -361,6 +373,15 @@ pub(super) enum Replaced {
     OpenElsewhere,
     /// Nothing: the copy could not be renamed over the file.
     NotRenamed(std::io::Error),
+}
+
+/// [`crate::disk::lock_file_in_step`], an error to read counting as out of step (nothing is
+/// written then).
+fn in_step(env: &Env<WithoutTls>) -> bool {
+    crate::disk::lock_file_in_step(env).unwrap_or_else(|e| {
+        tracing::warn!("checking the state env against its lock file: {e}");
+        false
+    })
 }
 
 /// An env that was closed to replace its file could not be opened again: the process stops
