@@ -515,3 +515,49 @@ async fn peers_with_a_foreign_ca_or_a_borrowed_identity_are_refused() {
         .expect("identity");
     assert!(hello(&stranger, addr, 1, 2).await.is_err());
 }
+
+/// A client incrementing the probe FSM "p"'s counter `n` through the API, one write after
+/// another until stopped: the write load beside a backup or a compaction.
+pub(crate) struct Incrementer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Incrementer {
+    pub(crate) fn start(client: wraft_client::Client) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    client
+                        .apply_json(&name("p"), r#"{"Incr":{"key":[110]}}"#)
+                        .await
+                        .expect("write acknowledged");
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        Self { stop, acked, task }
+    }
+
+    /// Returns once `more` writes past those acknowledged now are acknowledged.
+    pub(crate) async fn wait_for_more(&self, more: u64) {
+        use std::sync::atomic::Ordering;
+        let target = self.acked.load(Ordering::Relaxed) + more;
+        while self.acked.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops after the write in flight; returns the writes acknowledged.
+    pub(crate) async fn stop(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer");
+        self.acked.load(Ordering::Relaxed)
+    }
+}

@@ -2,7 +2,6 @@
 //! its state env as a compacting copy and swaps it in, losing no write and changing no
 //! state. Real LMDB, real wasm, a real in-process cluster over QUIC, and the `wraft` binary.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -13,10 +12,9 @@ use wraft_host::raft::SnapshotPolicy;
 use wraft_host::state::{COPY_FILE, StateError, StateStore};
 
 use crate::cli::{text, wraft};
-use crate::cluster::{Cluster, setup_probe};
+use crate::cluster::{Cluster, Incrementer, setup_probe};
 use crate::common::{Fixture, name, probe_counter, raft_write, reopen};
 
-const INCR: &str = r#"{"Incr":{"key":[110]}}"#;
 const GET: &str = r#"{"Get":{"key":[110]}}"#;
 /// Values of 16 KiB: each one an overflow page run that a delete frees whole.
 const VALUE: usize = 16 << 10;
@@ -190,24 +188,8 @@ async fn a_running_node_compacts_its_state_env_under_write_load_and_loses_nothin
     }
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     c.converged_hashes().await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let client = c.client(Role::Writer, &[leader]);
-        let (stop, acked) = (stop.clone(), acked.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                client
-                    .apply_json(&name("p"), INCR)
-                    .await
-                    .expect("write acknowledged");
-                acked.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
-    while acked.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let writer = Incrementer::start(c.client(Role::Writer, &[leader]));
+    writer.wait_for_more(20).await;
 
     // A writer's certificate may not compact.
     match c.client(Role::Writer, &[follower]).compact().await {
@@ -251,15 +233,11 @@ async fn a_running_node_compacts_its_state_env_under_write_load_and_loses_nothin
     assert!(a * 3 < b, "{j}");
     assert!(j["paused_ms"].as_u64().is_some(), "{j}");
 
-    let during = acked.load(Ordering::Relaxed);
-    while acked.load(Ordering::Relaxed) < during + 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    writer.wait_for_more(20).await;
+    let acked = writer.stop().await;
     assert_eq!(
         linearizable_counter(&c, leader).await,
-        acked.load(Ordering::Relaxed),
+        acked,
         "every acknowledged write is applied, once"
     );
     let hashes = c.converged_hashes().await;

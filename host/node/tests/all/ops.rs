@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
@@ -21,7 +19,7 @@ use wraft_host::raft::{LogStore, SnapshotPolicy};
 use wraft_host::state::{AppliedPosition, Committed, StateStore};
 
 use crate::cli::{WRAFT, free_ports, text, wraft};
-use crate::cluster::{Cluster, increments, setup_probe};
+use crate::cluster::{Cluster, Incrementer, increments, setup_probe};
 use crate::common::runtime;
 
 const INCR: &str = r#"{"Incr":{"key":[110]}}"#;
@@ -405,21 +403,8 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
     setup_probe(&c.node(leader).raft).await;
     let source = (1..=3).find(|id| *id != leader).expect("a follower");
     // A steady write load through the API while the backup is taken.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let client = c.client(Role::Writer, &[leader]);
-        let (stop, acked) = (stop.clone(), acked.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                client.apply_json(&p(), INCR).await.expect("write");
-                acked.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
-    while acked.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let writer = Incrementer::start(c.client(Role::Writer, &[leader]));
+    writer.wait_for_more(20).await;
     // The backup is the source's own state: wait until it has applied some of the load (on
     // a loaded machine a follower may trail the acknowledgements by many entries).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -455,12 +440,8 @@ async fn a_hot_backup_under_write_load_restores_into_a_new_node_that_catches_up(
     .await
     .expect("backup process");
     assert!(out.0, "{}", out.2);
-    let during = acked.load(Ordering::Relaxed);
-    while acked.load(Ordering::Relaxed) < during + 20 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    writer.wait_for_more(20).await;
+    writer.stop().await;
     let manifest: wraft_api::BackupManifest =
         serde_json::from_slice(&std::fs::read(backup.join("manifest.json")).expect("manifest"))
             .expect("manifest json");
