@@ -31,7 +31,7 @@ pub fn compact(data_dir: &Path) -> Result<Vec<Compacted>, OpsError> {
             continue;
         }
         let before = file.metadata().map_err(at(&file))?.len();
-        let copy = dir.join("data.mdb.compacting");
+        let copy = dir.join(crate::state::COPY_FILE);
         if env == "raft" {
             let log = LogStore::open_read_only(data_dir).map_err(OpsError::Raft)?;
             log.copy_to(&copy).map_err(at(&copy))?;

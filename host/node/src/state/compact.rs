@@ -78,12 +78,7 @@ impl StateStore {
                 |env| env.info().last_txn_id == copied_at,
                 |env| {
                     let mut wtxn = env.write_txn()?;
-                    let dbs = Dbs {
-                        meta: env.create_database(&mut wtxn, Some("meta"))?,
-                        fsms: env.create_database(&mut wtxn, Some("fsms"))?,
-                        modules: env.create_database(&mut wtxn, Some("modules"))?,
-                        data: env.create_database(&mut wtxn, Some("data"))?,
-                    };
+                    let dbs = Dbs::create(|name| env.create_database(&mut wtxn, Some(name)))?;
                     wtxn.commit()?;
                     *self.tables.write().unwrap_or_else(|p| p.into_inner()) = dbs;
                     Ok(())

@@ -242,6 +242,20 @@ struct Dbs {
     data: Database<Bytes, Bytes>,
 }
 
+impl Dbs {
+    /// The env's tables, each opened (created if missing) by `create` from its name.
+    fn create(
+        mut create: impl FnMut(&str) -> heed::Result<Database<Bytes, Bytes>>,
+    ) -> heed::Result<Self> {
+        Ok(Self {
+            meta: create("meta")?,
+            fsms: create("fsms")?,
+            modules: create("modules")?,
+            data: create("data")?,
+        })
+    }
+}
+
 /// The state env of one node.
 #[derive(Debug)]
 pub struct StateStore {
@@ -346,12 +360,7 @@ impl StateStore {
             return Err(StateError::LockFileStale(path));
         }
         let mut wtxn = env.write_txn()?;
-        let dbs = Dbs {
-            meta: env.create_database(&mut wtxn, "meta")?,
-            fsms: env.create_database(&mut wtxn, "fsms")?,
-            modules: env.create_database(&mut wtxn, "modules")?,
-            data: env.create_database(&mut wtxn, "data")?,
-        };
+        let dbs = Dbs::create(|name| env.create_database(&mut wtxn, name))?;
         let group = 0;
         let format_key = keys::meta(group, keys::MetaTag::Format);
         match dbs.meta.get(&wtxn, &format_key)? {
