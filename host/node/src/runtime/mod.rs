@@ -4,6 +4,7 @@ mod artifact_cache;
 mod depth;
 mod engine;
 mod error;
+mod exports;
 mod host;
 mod keyspace;
 mod shape;
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wasmtime::{Engine, InstancePre, Linker, Store, Trap, TypedFunc};
+use wasmtime::{Engine, InstancePre, Linker, Store, Trap};
 use wraft_core::abi::{self, EntryContext, status};
 use wraft_core::{ApplyError, Format, FsmLimits, ModuleId};
 
@@ -28,6 +29,7 @@ pub use keyspace::{KeyPrefix, KvTarget, Usage};
 pub use shape::{SHAPE, ShapeLimits};
 pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError};
 
+use exports::Exports;
 use host::CallState;
 use keyspace::Keyspace;
 
@@ -69,6 +71,41 @@ impl EntryPoint {
             Self::QueryOutputToJson => e::QUERY_OUTPUT_TO_JSON,
         }
     }
+
+    /// Every entry point's export, each once (`Migrate`'s argument aside).
+    const EXPORTS: [Self; 8] = [
+        Self::Apply,
+        Self::Query,
+        Self::Init,
+        Self::Migrate(0),
+        Self::CommandFromJson,
+        Self::OutputToJson,
+        Self::QueryFromJson,
+        Self::QueryOutputToJson,
+    ];
+
+    /// How many i32 parameters its export takes.
+    fn params(self) -> usize {
+        match self {
+            Self::Init => 0,
+            Self::Migrate(_) => 1,
+            _ => 2,
+        }
+    }
+
+    /// This entry point's place in [`EntryPoint::EXPORTS`].
+    fn slot(self) -> usize {
+        match self {
+            Self::Apply => 0,
+            Self::Query => 1,
+            Self::Init => 2,
+            Self::Migrate(_) => 3,
+            Self::CommandFromJson => 4,
+            Self::OutputToJson => 5,
+            Self::QueryFromJson => 6,
+            Self::QueryOutputToJson => 7,
+        }
+    }
 }
 
 /// A validated, compiled module ready to instantiate.
@@ -80,6 +117,7 @@ pub struct LoadedModule {
     /// Its optional entry points.
     pub capabilities: Capabilities,
     pre: InstancePre<CallState>,
+    exports: Exports,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -237,6 +275,7 @@ impl FsmRuntime {
             id: id.unwrap_or(ModuleId([0; 32])),
             fsm_version: 0,
             capabilities,
+            exports: Exports::of(&module)?,
             pre,
         };
         let version = self.host_call(&loaded, abi::export::ABI_VERSION)?;
@@ -360,27 +399,24 @@ fn run(
     input: &[u8],
 ) -> wasmtime::Result<i32> {
     let instance = module.pre.instantiate(&mut *store)?;
-    let memory = instance
-        .get_memory(&mut *store, abi::export::MEMORY)
+    let exports = &module.exports;
+    let memory = exports
+        .memory(store, &instance)
         .ok_or_else(|| wasmtime::Error::msg("memory export vanished"))?;
     store.data_mut().memory = Some(memory);
-    store.data_mut().depth = instance.get_global(&mut *store, depth::DEPTH_EXPORT);
-    let name = entry.export();
-    if instance.get_export(&mut *store, name).is_none() {
+    store.data_mut().depth = exports.depth(store, &instance);
+    let Some(f) = exports.entry(entry) else {
         return Err(wasmtime::Error::new(HostAbort::Apply(
-            ApplyError::MissingExport(name.into()),
+            ApplyError::MissingExport(entry.export().into()),
         )));
-    }
+    };
     match entry {
-        EntryPoint::Init => instance
-            .get_typed_func::<(), i32>(&mut *store, name)?
-            .call(store, ()),
-        EntryPoint::Migrate(from) => instance
-            .get_typed_func::<i32, i32>(&mut *store, name)?
-            .call(store, from as i32),
+        EntryPoint::Init => f.call(store, &instance, &[]),
+        EntryPoint::Migrate(from) => f.call(store, &instance, &[from as i32]),
         _ => {
-            let alloc: TypedFunc<i32, i32> =
-                instance.get_typed_func(&mut *store, abi::export::ALLOC)?;
+            let alloc = exports
+                .alloc
+                .ok_or_else(|| wasmtime::Error::msg("wraft_alloc export vanished"))?;
             let len = i32::try_from(input.len()).map_err(|_| {
                 wasmtime::Error::new(HostAbort::Apply(ApplyError::TooLarge {
                     what: "input".into(),
@@ -388,7 +424,7 @@ fn run(
                     limit: i32::MAX as u64,
                 }))
             })?;
-            let ptr = alloc.call(&mut *store, len)?;
+            let ptr = alloc.call(store, &instance, &[len])?;
             memory
                 .write(&mut *store, ptr as u32 as usize, input)
                 .map_err(|_| {
@@ -396,8 +432,7 @@ fn run(
                         "wraft_alloc returned a pointer outside linear memory".into(),
                     )))
                 })?;
-            let f: TypedFunc<(i32, i32), i32> = instance.get_typed_func(&mut *store, name)?;
-            f.call(store, (ptr, len))
+            f.call(store, &instance, &[ptr, len])
         }
     }
 }
@@ -486,6 +521,67 @@ mod tests {
             let results: Vec<_> = ty.results().map(|p| p.to_string()).collect();
             let expect: Vec<_> = sig.results.iter().map(|p| want(p).to_string()).collect();
             assert_eq!(results, expect, "{}", sig.name);
+        }
+    }
+
+    /// Each entry point runs its own export, found by the index cached at load, with its
+    /// argument; an export the module lacks is `MissingExport`. The module answers with a
+    /// status code no guest may use, so the error names which export ran.
+    #[test]
+    fn each_entry_point_runs_its_own_export() {
+        let wat = r#"(module
+            (memory (export "memory") 1)
+            (func (export "wraft_abi_version") (result i32) i32.const 1)
+            (func (export "wraft_alloc") (param i32) (result i32) i32.const 1024)
+            (func (export "wraft_apply") (param i32 i32) (result i32)
+                (i32.add (i32.const 100) (local.get 1)))
+            (func (export "wraft_query") (param i32 i32) (result i32) i32.const 50)
+            (func (export "wraft_migrate") (param i32) (result i32)
+                (i32.add (i32.const 200) (local.get 0)))
+            (func (export "wraft_command_from_json") (param i32 i32) (result i32)
+                i32.const 60))"#;
+        let bytes = wat::parse_str(wat).expect("wat");
+        let rt = FsmRuntime::new().expect("runtime");
+        let module = rt
+            .load(ModuleId([7; 32]), || Ok(bytes))
+            .expect("no fault")
+            .expect("valid");
+        let run = |entry: EntryPoint| {
+            let env = CallEnv {
+                kv: KvTarget::None,
+                ctx: EntryContext::default(),
+                limits: FsmLimits::default(),
+                fsm: "t",
+                metering: Format::V2,
+            };
+            rt.call(&module, entry, b"input", env)
+                .expect("no fault")
+                .result
+                .expect_err("no export answers OK")
+        };
+        let status = |n: i32| ApplyError::AbiViolation(format!("unknown status code {n}"));
+        assert_eq!(
+            run(EntryPoint::Apply),
+            status(105),
+            "apply gets the input's length"
+        );
+        assert_eq!(run(EntryPoint::Query), status(50));
+        assert_eq!(
+            run(EntryPoint::Migrate(3)),
+            status(203),
+            "migrate gets its argument"
+        );
+        assert_eq!(run(EntryPoint::CommandFromJson), status(60));
+        for (entry, name) in [
+            (EntryPoint::Init, abi::export::INIT),
+            (EntryPoint::OutputToJson, abi::export::OUTPUT_TO_JSON),
+            (EntryPoint::QueryFromJson, abi::export::QUERY_FROM_JSON),
+            (
+                EntryPoint::QueryOutputToJson,
+                abi::export::QUERY_OUTPUT_TO_JSON,
+            ),
+        ] {
+            assert_eq!(run(entry), ApplyError::MissingExport(name.into()));
         }
     }
 }
