@@ -67,6 +67,10 @@ impl Exports {
 impl GuestFn {
     /// The export `name` of `module` if it has one, checked to be `(i32 × params) -> i32`.
     fn find(module: &Module, name: &str, params: usize) -> Result<Option<Self>, ModuleError> {
+        assert!(
+            params <= MAX_PARAMS,
+            "the host calls no export with more than {MAX_PARAMS} parameters"
+        );
         let Some(ty) = module.get_export(name) else {
             return Ok(None);
         };
@@ -79,7 +83,7 @@ impl GuestFn {
             }
             _ => false,
         };
-        if !fits || params > MAX_PARAMS {
+        if !fits {
             return Err(ModuleError::BadExport {
                 name: name.into(),
                 problem: format!("is not a function of {params} i32 parameters returning i32"),

@@ -524,6 +524,13 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_entry_point_has_its_own_slot() {
+        for (i, entry) in EntryPoint::EXPORTS.into_iter().enumerate() {
+            assert_eq!(entry.slot(), i, "{entry:?}");
+        }
+    }
+
     /// Each entry point runs its own export, found by the index cached at load, with its
     /// argument; an export the module lacks is `MissingExport`. The module answers with a
     /// status code no guest may use, so the error names which export ran.
