@@ -15,7 +15,9 @@ use super::{NodeApi, outcome_unknown, unavailable};
 pub(super) struct Forwarder {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    conns: Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// Each node's connection, with the address it was dialed at: a node re-added at another
+    /// address is dialed there, not reached through its old address's connection.
+    conns: Mutex<HashMap<NodeId, (String, quinn::Connection)>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -139,8 +141,8 @@ impl Forwarder {
         }
     }
 
-    /// The cached connection to `node` (the leader, or a member a leader asks), dialed if
-    /// there is none or it broke.
+    /// The cached connection to `node` at `addr` (the leader, or a member a leader asks),
+    /// dialed if there is none, it broke, or it was dialed at another address.
     pub(super) async fn connection(
         &self,
         node: NodeId,
@@ -151,8 +153,9 @@ impl Forwarder {
             .lock()
             .map_err(|e| e.to_string())?
             .get(&node)
-            .cloned();
-        if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
+            .filter(|(at, c)| at == addr && c.close_reason().is_none())
+            .map(|(_, c)| c.clone());
+        if let Some(c) = cached {
             return Ok(c);
         }
         let name = wraft_transport_quic::pki::node_name(node);
@@ -165,10 +168,75 @@ impl Forwarder {
         )
         .await
         .map_err(|e| e.to_string())?;
-        self.conns
+        let replaced = self
+            .conns
             .lock()
             .map_err(|e| e.to_string())?
-            .insert(node, conn.clone());
+            .insert(node, (addr.to_owned(), conn.clone()));
+        // The node moved: its old address may still hold a connection nobody serves.
+        if let Some((at, old)) = replaced.filter(|(at, _)| at != addr) {
+            tracing::debug!("node {node} moved from {at} to {addr}: closing the old connection");
+            old.close(0u32.into(), b"the node moved");
+        }
         Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wraft_transport_quic::pki::DevCa;
+    use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, client_config, server_config};
+
+    fn identity(ca: &DevCa, id: NodeId) -> TlsIdentity {
+        let cert = ca.node(id).expect("certificate");
+        TlsIdentity::from_pem(&ca.cert_pem, &cert.cert_pem, &cert.key_pem).expect("identity")
+    }
+
+    /// A node 4 listening on a port of its own, holding every connection it accepts.
+    fn node_4(ca: &DevCa) -> std::net::SocketAddr {
+        let server = server_config(&identity(ca, 4)).expect("server config");
+        let endpoint =
+            quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = endpoint.local_addr().expect("bound");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(incoming) = endpoint.accept().await {
+                if let Ok(conn) = incoming.await {
+                    held.push(conn);
+                }
+            }
+        });
+        addr
+    }
+
+    /// A node re-added at a new address (a new machine, a new port) is dialed there: the
+    /// connection to its old address, still open, is not reused, and is closed.
+    #[tokio::test]
+    async fn a_node_at_a_new_address_is_dialed_there() {
+        let ca = DevCa::generate("forward test").expect("CA");
+        let (old, new) = (node_4(&ca), node_4(&ca));
+        let client = client_config(&identity(&ca, 1), ALPN_CLIENT).expect("client config");
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let forward = Forwarder::new(endpoint, client);
+
+        let first = forward.connection(4, &old.to_string()).await.expect("dial");
+        assert_eq!(first.remote_address(), old);
+        let again = forward
+            .connection(4, &old.to_string())
+            .await
+            .expect("cached");
+        assert_eq!(
+            again.stable_id(),
+            first.stable_id(),
+            "the same address reuses it"
+        );
+
+        let moved = forward.connection(4, &new.to_string()).await.expect("dial");
+        assert_eq!(moved.remote_address(), new, "dialed at the new address");
+        assert!(
+            first.close_reason().is_some(),
+            "the old address's connection is closed"
+        );
     }
 }
