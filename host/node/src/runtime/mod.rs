@@ -162,6 +162,10 @@ pub struct FsmRuntime {
     engine: Engine,
     linker: Linker<CallState>,
     modules: Mutex<HashMap<ModuleId, Arc<LoadedModule>>>,
+    /// One compile per module id at a time: a load that finds the id being compiled waits
+    /// for that compile instead of starting another (a compile of a large module is a
+    /// second of CPU).
+    compiling: Mutex<HashMap<ModuleId, Arc<Mutex<()>>>>,
     disk: Option<ArtifactCache>,
     compilations: AtomicU64,
 }
@@ -189,6 +193,7 @@ impl FsmRuntime {
             engine,
             linker,
             modules: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(HashMap::new()),
             disk: None,
             compilations: AtomicU64::new(0),
         })
@@ -224,14 +229,35 @@ impl FsmRuntime {
         if let Some(m) = self.cached(&id) {
             return Ok(Ok(m));
         }
-        let bytes = bytes()?;
-        Ok(self.compile(Some(id), &bytes).map(|m| {
-            let m = Arc::new(m);
-            if let Ok(mut cache) = self.modules.lock() {
-                cache.insert(id, m.clone());
-            }
-            m
-        }))
+        let gate = self
+            .compiling
+            .lock()
+            .map_err(|_| RuntimeError::Engine("the compile table's lock is poisoned".into()))?
+            .entry(id)
+            .or_default()
+            .clone();
+        // A compile that panicked leaves nothing behind to protect: go on.
+        let held = gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let loaded = match self.cached(&id) {
+            // Compiled while this load waited.
+            Some(m) => Ok(Ok(m)),
+            None => bytes().map(|bytes| {
+                self.compile(Some(id), &bytes).map(|m| {
+                    let m = Arc::new(m);
+                    if let Ok(mut cache) = self.modules.lock() {
+                        cache.insert(id, m.clone());
+                    }
+                    m
+                })
+            }),
+        };
+        drop(held);
+        if let Ok(mut compiling) = self.compiling.lock() {
+            compiling.remove(&id);
+        }
+        loaded
     }
 
     /// Forgets a compiled module (after it is dropped from the cluster).
@@ -531,23 +557,46 @@ mod tests {
         }
     }
 
+    /// A module whose exports answer status codes no guest may use, each its own, so an
+    /// error names which export ran: apply 100 + the input's length, query 50, migrate 200 +
+    /// its argument, command_from_json 60; no init and no other codec.
+    const EXPORTS_BY_STATUS: &str = r#"(module
+        (memory (export "memory") 1)
+        (func (export "wraft_abi_version") (result i32) i32.const 1)
+        (func (export "wraft_alloc") (param i32) (result i32) i32.const 1024)
+        (func (export "wraft_apply") (param i32 i32) (result i32)
+            (i32.add (i32.const 100) (local.get 1)))
+        (func (export "wraft_query") (param i32 i32) (result i32) i32.const 50)
+        (func (export "wraft_migrate") (param i32) (result i32)
+            (i32.add (i32.const 200) (local.get 0)))
+        (func (export "wraft_command_from_json") (param i32 i32) (result i32)
+            i32.const 60))"#;
+
+    /// Two loads of one module at once compile it once: the second waits for the first.
+    #[test]
+    fn a_module_loaded_twice_at_once_compiles_once() {
+        let bytes = wat::parse_str(EXPORTS_BY_STATUS).expect("wat");
+        let rt = FsmRuntime::new().expect("runtime");
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    start.wait();
+                    rt.load(ModuleId([8; 32]), || Ok(bytes.clone()))
+                        .expect("no fault")
+                        .expect("valid");
+                });
+            }
+        });
+        assert_eq!(rt.compilations(), 1, "the second load compiled it again");
+    }
+
     /// Each entry point runs its own export, found by the index cached at load, with its
     /// argument; an export the module lacks is `MissingExport`. The module answers with a
     /// status code no guest may use, so the error names which export ran.
     #[test]
     fn each_entry_point_runs_its_own_export() {
-        let wat = r#"(module
-            (memory (export "memory") 1)
-            (func (export "wraft_abi_version") (result i32) i32.const 1)
-            (func (export "wraft_alloc") (param i32) (result i32) i32.const 1024)
-            (func (export "wraft_apply") (param i32 i32) (result i32)
-                (i32.add (i32.const 100) (local.get 1)))
-            (func (export "wraft_query") (param i32 i32) (result i32) i32.const 50)
-            (func (export "wraft_migrate") (param i32) (result i32)
-                (i32.add (i32.const 200) (local.get 0)))
-            (func (export "wraft_command_from_json") (param i32 i32) (result i32)
-                i32.const 60))"#;
-        let bytes = wat::parse_str(wat).expect("wat");
+        let bytes = wat::parse_str(EXPORTS_BY_STATUS).expect("wat");
         let rt = FsmRuntime::new().expect("runtime");
         let module = rt
             .load(ModuleId([7; 32]), || Ok(bytes))
