@@ -324,9 +324,8 @@ impl Cluster {
         }
     }
 
-    /// Waits until every live node's state env has applied what the leader's has (the
-    /// leader's store, not its metrics, which may lag), then returns each node's state hash
-    /// of FSM "p".
+    /// Waits until every live node's state env (its store, not its metrics, which may lag)
+    /// has applied the leader's whole log, then returns each node's state hash of FSM "p".
     pub async fn converged_hashes(&self) -> Vec<[u8; 32]> {
         self.converged_hashes_of("p").await
     }
@@ -334,11 +333,15 @@ impl Cluster {
     /// As [`Cluster::converged_hashes`], for FSM `fsm`.
     pub async fn converged_hashes_of(&self, fsm: &str) -> Vec<[u8; 32]> {
         let leader = self.leader().await;
+        // The leader's log, not what its store has applied: a new leader may still be
+        // applying its predecessor's entries (one transaction for a run of slow ones), and
+        // every node, the leader too, must have applied them before hashes compare.
         let target = leader
-            .store
-            .applied()
-            .expect("applied")
-            .map_or(0, |a| a.index);
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0);
         for n in self.live() {
             let mut waited = 0;
             while n.store.applied().expect("applied").map_or(0, |a| a.index) < target {
