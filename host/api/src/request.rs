@@ -153,6 +153,16 @@ pub enum ApiRequest {
     /// not forwarded): [`crate::ApiResponse::Compacted`]. The node's applies wait while the
     /// compacting copy is written; its stale reads go on.
     Compact,
+    /// Compile a module now, ahead of its deploy entry (sent by a leader to each member
+    /// while it validates the module; served by the node asked, and only from a voter's
+    /// certificate, never from a client): [`crate::ApiResponse::Deployed`] with its id.
+    /// The entry then applies from the member's compile cache. Each node compiles one at a
+    /// time and answers `Busy` meanwhile; of the modules compiled this way and never
+    /// deployed, a node keeps only the few newest.
+    PrepareModule {
+        /// The wasm bytes.
+        bytes: Vec<u8>,
+    },
 }
 
 /// How a write is applied at most once ([`wraft_core::session`]): retried with the same
@@ -239,6 +249,7 @@ impl ApiRequest {
             Self::Stages => "stages",
             Self::Features => "features",
             Self::Compact => "compact",
+            Self::PrepareModule { .. } => "prepare_module",
         }
     }
 
@@ -274,6 +285,7 @@ impl ApiRequest {
             | Self::Upload { .. }
             | Self::Backup
             | Self::Compact
+            | Self::PrepareModule { .. }
             | Self::AddLearner { .. }
             | Self::Promote { .. }
             | Self::Remove { .. }

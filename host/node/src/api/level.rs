@@ -156,14 +156,7 @@ impl NodeApi {
                     continue;
                 }
                 let asked = Asked::of(&m);
-                // Passive voters are sent log ids only, never an entry's bytes.
-                let members: Vec<(NodeId, String)> = m
-                    .membership_config
-                    .membership()
-                    .nodes()
-                    .filter(|(id, n)| **id != api.id && !crate::voter::is_passive(&n.addr))
-                    .map(|(id, n)| (*id, n.addr.clone()))
-                    .collect();
+                let members = super::members_with_entries(&m, api.id);
                 let mut asks = tokio::task::JoinSet::new();
                 // Everyone, every round: a member restarted on a newer build (or unpinned)
                 // raises the level. One down keeps its last answer of this term.

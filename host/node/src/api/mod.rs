@@ -16,6 +16,7 @@ mod admin;
 mod forward;
 mod guest;
 pub(crate) mod level;
+mod prepare;
 pub mod propose;
 mod write;
 
@@ -59,7 +60,7 @@ pub struct NodeApi {
     /// Requests in progress per caller role (reader, writer, admin).
     in_progress: [Semaphore; 3],
     capacity: usize,
-    forward: Forwarder,
+    forward: Arc<Forwarder>,
     data_dir: std::path::PathBuf,
     /// What compacting the raft env would give back, as its writer last measured it.
     log_reclaimable: crate::disk::Reclaimable,
@@ -69,6 +70,9 @@ pub struct NodeApi {
     requests: std::sync::atomic::AtomicU64,
     /// Set while an online compaction of this node's state env runs: a second is refused.
     compacting: std::sync::atomic::AtomicBool,
+    /// Set while this node compiles a module its leader sent ahead of the deploy entry: a
+    /// second is answered `Busy` ([`prepare`]).
+    preparing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The id of a request that came without one: `n<node>-<count>`.
@@ -106,6 +110,20 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(e.to_string())
 }
 
+/// The members of the membership in `m` other than `me` that hold entries and run modules,
+/// with their addresses: passive voters (microcontrollers) are sent log ids only.
+fn members_with_entries(
+    m: &openraft::RaftMetrics<wraft_core::raft::TypeConfig>,
+    me: NodeId,
+) -> Vec<(NodeId, String)> {
+    m.membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, n)| **id != me && !crate::voter::is_passive(&n.addr))
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect()
+}
+
 impl NodeApi {
     /// The API of the node `config` describes, forwarding through `endpoint`; `removed`
     /// are the nodes its peers may no longer be.
@@ -117,7 +135,10 @@ impl NodeApi {
         removed: crate::raft::RemovedNodes,
         log_reclaimable: crate::disk::Reclaimable,
     ) -> Result<Self, wraft_transport_quic::TransportError> {
-        let forward = Forwarder::new(endpoint, client_config(&config.identity, ALPN_CLIENT)?);
+        let forward = Arc::new(Forwarder::new(
+            endpoint,
+            client_config(&config.identity, ALPN_CLIENT)?,
+        ));
         let (capacity, limits) = (config.queue, config.limits.clone());
         let levels = Arc::new(level::EntryLevels::new(config.entry_level));
         Ok(Self {
@@ -142,6 +163,7 @@ impl NodeApi {
             limits,
             requests: std::sync::atomic::AtomicU64::new(0),
             compacting: std::sync::atomic::AtomicBool::new(false),
+            preparing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -310,6 +332,7 @@ impl NodeApi {
             ApiRequest::Stages => Ok(ApiResponse::Stages(self.stages().await?)),
             ApiRequest::Features => Ok(ApiResponse::Features(self.features())),
             ApiRequest::Compact => self.compact().await,
+            ApiRequest::PrepareModule { bytes } => self.prepare_module(bytes).await,
             ApiRequest::AddLearner { .. }
             | ApiRequest::Promote { .. }
             | ApiRequest::Remove { .. }
@@ -416,6 +439,14 @@ impl ApiHandler for NodeApi {
                     });
                 }
                 (Some(role), request)
+            }
+            // Node to node only: a client deploys, and its leader sends the module ahead.
+            ApiCall::Direct(ApiRequest::PrepareModule { .. }) => {
+                return Err(ApiError::BadRequest(
+                    "prepare_module is sent by a leader to its members; deploy the module \
+                     instead (`wraft module deploy`)"
+                        .into(),
+                ));
             }
             ApiCall::Direct(request) => (caller.role, request),
         };

@@ -160,6 +160,11 @@ impl NodeApi {
                 idle_timeout_ms: *idle_timeout_ms,
             },
             ApiRequest::Deploy { bytes } => {
+                // The members compile it meanwhile, so the entry applies from their caches;
+                // not one too large for an entry (the exact check follows on the entry).
+                if bytes.len() <= self.limits.max_entry_bytes {
+                    self.send_ahead(bytes);
+                }
                 // Refuse an invalid module before it enters the log; compiling takes a
                 // thread of its own, never an async worker.
                 let (store, module) = (self.store.clone(), bytes.clone());

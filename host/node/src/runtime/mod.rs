@@ -7,6 +7,7 @@ mod error;
 mod exports;
 mod host;
 mod keyspace;
+mod prepared;
 mod shape;
 mod validate;
 
@@ -26,12 +27,14 @@ pub(crate) use error::HostAbort;
 pub use error::RuntimeError;
 pub(crate) use keyspace::prefix_successor;
 pub use keyspace::{KeyPrefix, KvTarget, Usage};
+pub use prepared::MAX_PREPARED;
 pub use shape::{SHAPE, ShapeLimits};
 pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError};
 
 use exports::Exports;
 use host::CallState;
 use keyspace::Keyspace;
+use prepared::Prepared;
 
 /// Fuel for the calls the host makes on its own behalf (ABI version checks).
 const HOST_CALL_FUEL: u64 = 1_000_000;
@@ -166,8 +169,11 @@ pub struct FsmRuntime {
     /// for that compile instead of starting another (a compile of a large module is a
     /// second of CPU).
     compiling: Mutex<HashMap<ModuleId, Arc<Mutex<()>>>>,
+    /// Modules compiled ahead of their deploy entry and not deployed yet (bounded).
+    prepared: Mutex<Prepared>,
     disk: Option<ArtifactCache>,
     compilations: AtomicU64,
+    compiled_ahead: AtomicU64,
 }
 
 impl std::fmt::Debug for FsmRuntime {
@@ -194,8 +200,10 @@ impl FsmRuntime {
             linker,
             modules: Mutex::new(HashMap::new()),
             compiling: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(Prepared::default()),
             disk: None,
             compilations: AtomicU64::new(0),
+            compiled_ahead: AtomicU64::new(0),
         })
     }
 
@@ -213,6 +221,11 @@ impl FsmRuntime {
     /// How many modules this runtime compiled from wasm (not loaded from the cache).
     pub fn compilations(&self) -> u64 {
         self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// How many modules [`FsmRuntime::prepare`] found not loaded yet and loaded.
+    pub fn compiled_ahead(&self) -> u64 {
+        self.compiled_ahead.load(Ordering::Relaxed)
     }
 
     /// Validates `bytes` as an FSM module without keeping it.
@@ -258,6 +271,45 @@ impl FsmRuntime {
             compiling.remove(&id);
         }
         loaded
+    }
+
+    /// Compiles `bytes` as module `id` ahead of its deploy entry (a leader validating it
+    /// before the proposal, a member its leader sent it to), so that the entry applies from
+    /// the cache. Of the modules compiled this way and not deployed (see
+    /// [`FsmRuntime::deployed`]), the oldest is evicted past [`MAX_PREPARED`].
+    pub fn prepare(
+        &self,
+        id: ModuleId,
+        bytes: &[u8],
+    ) -> Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError> {
+        // Recorded before the compile, so that a deploy applied meanwhile (which forgets
+        // it) is never followed by the record of a module already deployed.
+        let fresh = self.cached(&id).is_none();
+        if fresh && let Some(oldest) = self.prepared().record(id) {
+            tracing::info!(module = %oldest, "evicting a module compiled ahead of a deploy that never came");
+            self.evict(&oldest);
+        }
+        let loaded = self.load(id, || Ok(bytes.to_vec()))?;
+        match &loaded {
+            Ok(_) if fresh => {
+                self.compiled_ahead.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) if fresh => self.prepared().forget(&id),
+            _ => {}
+        }
+        Ok(loaded)
+    }
+
+    /// Module `id` was deployed: [`FsmRuntime::prepare`] no longer counts it.
+    pub fn deployed(&self, id: &ModuleId) {
+        self.prepared().forget(id);
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, Prepared> {
+        // A list of ids, consistent after any panic: go on.
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Forgets a compiled module (after it is dropped from the cluster).

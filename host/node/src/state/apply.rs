@@ -426,6 +426,7 @@ impl StateStore {
         if let Err(e) = self.runtime.load(id, || Ok(bytes.to_vec()))? {
             return Ok(Err(ApplyError::InvalidModule(e.to_string())));
         }
+        self.runtime.deployed(&id);
         self.dbs()
             .modules
             .put(txn, &keys::module(self.group, &id), bytes)?;

@@ -593,7 +593,7 @@ impl StateStore {
         bytes: &[u8],
     ) -> Result<Result<ModuleId, ModuleError>, StateError> {
         let id = module_id(bytes);
-        Ok(self.runtime.load(id, || Ok(bytes.to_vec()))?.map(|_| id))
+        Ok(self.runtime.prepare(id, bytes)?.map(|_| id))
     }
 
     /// Runs a read-only query against `fsm` at the applied index.

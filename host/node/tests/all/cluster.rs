@@ -237,7 +237,7 @@ impl Cluster {
             .expect("node is running")
     }
 
-    fn live(&self) -> impl Iterator<Item = &ClusterNode> {
+    pub fn live(&self) -> impl Iterator<Item = &ClusterNode> {
         self.nodes.iter().flatten()
     }
 

@@ -3,7 +3,7 @@
 //! the hostile corpus deployed to the live cluster while another FSM keeps serving.
 
 use wraft_api::Role;
-use wraft_api::{ApiError, Consistency, Payload};
+use wraft_api::{ApiError, ApiRequest, Consistency, Payload};
 use wraft_client::ClientError;
 use wraft_core::{ApplyError, FsmLimits, FsmName};
 use wraft_host::raft::SnapshotPolicy;
@@ -248,5 +248,54 @@ async fn uploads_stream_in_chunks_and_are_refused_early() {
         "{e}"
     );
     admin.status().await.expect("still serving");
+    c.stop_all().await;
+}
+
+/// A deploy compiles on every node at once: the leader sends the module to each member
+/// while it validates it, so every node has compiled it ahead of the entry, and no node
+/// compiles it twice (the entry's apply finds it compiled, or waits for the compile under
+/// way). A client may not send the node-to-node request itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_compiles_ahead_on_every_member_and_once_on_each_node() {
+    let mut c = Cluster::start(3, SnapshotPolicy::default()).await;
+    let leader = c.leader().await.id;
+    let counts = |c: &Cluster| -> Vec<(u64, u64)> {
+        c.live()
+            .map(|n| {
+                let rt = n.store.runtime();
+                (rt.compilations(), rt.compiled_ahead())
+            })
+            .collect()
+    };
+    let before = counts(&c);
+    let admin = c.client(Role::Admin, &[leader]);
+    let bytes = wraft_fsm_artifacts::AIRSPACE_STORE;
+    crate::common::deploy_and_create(&admin, p(), bytes, FsmLimits::default()).await;
+    let hashes = c.converged_hashes_of(p().as_str()).await;
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+    let after = counts(&c);
+    for ((id, b), a) in (1..).zip(&before).zip(&after) {
+        assert_eq!(
+            a.0 - b.0,
+            1,
+            "node {id} compiled the module {} times",
+            a.0 - b.0
+        );
+        assert_eq!(
+            a.1 - b.1,
+            1,
+            "node {id} did not compile the module ahead of its entry"
+        );
+    }
+    let e = admin
+        .request(ApiRequest::PrepareModule {
+            bytes: bytes.to_vec(),
+        })
+        .await
+        .expect_err("a client's prepare");
+    assert!(
+        matches!(&e, ClientError::Api(ApiError::BadRequest(m)) if m.contains("prepare_module")),
+        "{e}"
+    );
     c.stop_all().await;
 }
