@@ -2,10 +2,12 @@
 //!
 //! - Deploy of a 1 MiB module (512 KiB of code, the shape bound, and data) to "serving on every node": a durable 3-node cluster on
 //!   loopback; the clock runs from the upload until a stale query of a new FSM on that
-//!   module answers on all three nodes (leader validation and compile, replication, a
-//!   compile on each node, the create entry). Meanwhile a writer commits to another FSM
-//!   (latest-payload, one block at a time): its commit latency while modules deploy shows
-//!   that a deploy's validation and compiles leave the write path alone.
+//!   module answers on all three nodes (the leader's validation compile, each member's
+//!   compile of the module sent ahead, replication, the create entry). Meanwhile a writer
+//!   commits to another FSM (latest-payload, one block at a time): its commit latency while
+//!   modules deploy shows that a deploy's validation and compiles leave the write path
+//!   alone; and the longest time a follower's applied index stood still while the leader's
+//!   was ahead shows whether a follower's apply waited for a compile.
 //! - First call after a restart with the compile cache warm versus deleted (cold), and the
 //!   steady-state per-call cost (a fresh instance per call) for the same module.
 //!
@@ -118,6 +120,41 @@ fn main() {
                 commits
             })
         };
+        // How long each follower's applied index stands still while the leader's is ahead
+        // of it: a follower that compiles a module in the deploy entry's apply stalls every
+        // FSM it serves for the compile.
+        let stalls = {
+            let stores: Vec<_> = cluster.nodes.iter().map(|n| (n.id, n.store.clone(), n.raft.clone())).collect();
+            let deploying = deploying.clone();
+            tokio::spawn(async move {
+                use openraft::type_config::async_runtime::WatchReceiver;
+                let applied = |s: &wraft_host::state::StateStore| {
+                    s.applied().expect("applied").map_or(0, |a| a.index)
+                };
+                let mut since: std::collections::HashMap<u64, (u64, Instant)> =
+                    std::collections::HashMap::new();
+                let mut longest = Duration::ZERO;
+                while deploying.load(std::sync::atomic::Ordering::Relaxed) {
+                    let leader = stores
+                        .iter()
+                        .find(|(id, _, raft)| raft.metrics().borrow_watched().current_leader == Some(*id));
+                    if let Some((leader, leader_store, _)) = leader {
+                        let ahead = applied(leader_store);
+                        for (id, store, _) in stores.iter().filter(|(id, _, _)| id != leader) {
+                            let at = applied(store);
+                            let now = Instant::now();
+                            let entry = since.entry(*id).or_insert((at, now));
+                            if entry.0 != at || at >= ahead {
+                                *entry = (at, now);
+                            }
+                            longest = longest.max(now - entry.1);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                longest
+            })
+        };
         let mut hist = Histogram::<u64>::new(3).expect("hist");
         // Where each deploy's time went: the deploy answered (upload, the leader's validation
         // and compile, the entry committed and applied on the leader), the create answered,
@@ -166,6 +203,11 @@ fn main() {
         }
         deploying.store(false, std::sync::atomic::Ordering::Relaxed);
         let commits = writer.await.expect("writer");
+        let stalled = stalls.await.expect("stall sampler");
+        println!(
+            "followers' longest apply stall during those deploys (applied index unmoved while the leader's is ahead): {:.1} ms",
+            stalled.as_secs_f64() * 1e3
+        );
         println!(
             "commits to another FSM during those deploys: {} commits, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             commits.len(),
