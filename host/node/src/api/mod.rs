@@ -73,6 +73,9 @@ pub struct NodeApi {
     /// Set while this node compiles a module its leader sent ahead of the deploy entry: a
     /// second is answered `Busy` ([`prepare`]).
     preparing: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while this node, leading, sends a module to its members ahead of its deploy: a
+    /// second deploy meanwhile is not sent ahead.
+    sending_ahead: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The id of a request that came without one: `n<node>-<count>`.
@@ -164,6 +167,7 @@ impl NodeApi {
             requests: std::sync::atomic::AtomicU64::new(0),
             compacting: std::sync::atomic::AtomicBool::new(false),
             preparing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            sending_ahead: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 

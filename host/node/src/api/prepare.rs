@@ -7,11 +7,13 @@
 //! repeated (the runtime's per-module compile gate).
 //!
 //! Bounds: the request is only accepted from a voter's certificate (never from a client, nor
-//! over HTTP), carries at most a request frame (the module must fit an entry anyway), and
-//! each node compiles one at a time, answering `Busy` meanwhile. A leader waits for no
-//! member: each send runs in a task of its own for at most [`PREPARE_TIMEOUT`]. A module
-//! compiled ahead and never deployed is kept only among the runtime's
-//! [`crate::runtime::MAX_PREPARED`] newest.
+//! over HTTP), and each node compiles one at a time, answering `Busy` meanwhile. A leader
+//! sends only a module that has a wasm header and whose entry it would propose (within
+//! `--max-entry-bytes`), one module at a time (a deploy while one is being sent is not sent
+//! ahead), and waits for no member: each send runs in a task of its own for at most
+//! [`PREPARE_TIMEOUT`]. A module compiled ahead and never deployed is kept only among the
+//! runtime's [`crate::runtime::MAX_PREPARED`] newest, and its artifact on disk until the
+//! node restarts (which keeps only the deployed modules').
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +28,8 @@ use super::{NodeApi, unavailable};
 /// How long a leader's send of a module to one member may take, its compile included.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Held while this node compiles a module ahead of its deploy; released when the compile
-/// ends, even if the request that started it is gone.
+/// Held while this node compiles a module ahead of its deploy (released when the compile
+/// ends, even if the request that started it is gone), or, leading, sends one ahead.
 pub(super) struct PrepareSlot(Arc<AtomicBool>);
 
 impl PrepareSlot {
@@ -45,18 +47,28 @@ impl Drop for PrepareSlot {
 
 impl NodeApi {
     /// Leader: sends `bytes` to every member to compile now, each in a task of its own, and
-    /// returns at once. Passive voters (microcontrollers) run no modules.
+    /// returns at once; not while another module is being sent. Passive voters
+    /// (microcontrollers) run no modules.
     pub(super) fn send_ahead(&self, bytes: &[u8]) {
         let members = super::members_with_entries(&self.raft.metrics().borrow_watched(), self.id);
         if members.is_empty() {
             return;
         }
+        // Released when the last member's send ends.
+        let Some(sending) = PrepareSlot::take(&self.sending_ahead).map(Arc::new) else {
+            tracing::debug!(
+                "another module is being sent ahead: the members compile this one on apply"
+            );
+            return;
+        };
         let request = Arc::new(ApiRequest::PrepareModule {
             bytes: bytes.to_vec(),
         });
         for (node, addr) in members {
             let (forward, request) = (self.forward.clone(), request.clone());
+            let sending = sending.clone();
             tokio::spawn(async move {
+                let _sending = sending;
                 let send = async {
                     let conn = forward.connection(node, &addr).await?;
                     let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;

@@ -160,23 +160,26 @@ impl NodeApi {
                 idle_timeout_ms: *idle_timeout_ms,
             },
             ApiRequest::Deploy { bytes } => {
-                // The members compile it meanwhile, so the entry applies from their caches;
-                // not one too large for an entry (the exact check follows on the entry).
-                if bytes.len() <= self.limits.max_entry_bytes {
+                let command = Command::DeployModule {
+                    module_id: module_id(bytes),
+                    bytes: bytes.clone(),
+                };
+                // The members compile it while this node does, so the entry applies from
+                // their caches: only a module whose entry this node would propose.
+                if LogEntry::encoded_len_of(now_ms(), &command) <= self.limits.max_entry_bytes
+                    && crate::runtime::looks_like_wasm(bytes)
+                {
                     self.send_ahead(bytes);
                 }
                 // Refuse an invalid module before it enters the log; compiling takes a
                 // thread of its own, never an async worker.
                 let (store, module) = (self.store.clone(), bytes.clone());
-                let module_id = tokio::task::spawn_blocking(move || store.prepare_module(&module))
+                tokio::task::spawn_blocking(move || store.prepare_module(&module))
                     .await
                     .map_err(|e| unavailable(format!("compiling the module: {e}")))?
                     .map_err(unavailable)?
                     .map_err(|e| ApiError::BadRequest(format!("invalid module: {e}")))?;
-                Command::DeployModule {
-                    module_id,
-                    bytes: bytes.clone(),
-                }
+                command
             }
             ApiRequest::CreateFsm {
                 fsm,

@@ -74,8 +74,69 @@ impl ArtifactCache {
         }
     }
 
+    /// Deletes every artifact but those of `keep` for this engine, and interrupted writes;
+    /// returns how many files it deleted. Other files in the directory are left alone.
+    pub fn retain(&self, keep: &std::collections::HashSet<ModuleId>) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let kept: std::collections::HashSet<PathBuf> =
+            keep.iter().map(|id| self.path(id)).collect();
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ours = path.extension().is_some_and(|e| e == "cwasm" || e == "tmp");
+            if ours && !kept.contains(&path) && std::fs::remove_file(&path).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+
     /// Forgets the artifact of `id`.
     pub fn remove(&self, id: &ModuleId) {
         let _ = std::fs::remove_file(self.path(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restart keeps the artifacts of the modules still deployed and deletes those of
+    /// the others, of another engine and of interrupted writes, leaving files not its own.
+    #[test]
+    fn only_the_deployed_modules_artifacts_are_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let engine = Engine::default();
+        let cache = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        let wasm = wat::parse_str("(module)").expect("wat");
+        let module = Module::new(&engine, wasm).expect("module");
+        let (deployed, gone) = (ModuleId([1; 32]), ModuleId([2; 32]));
+        cache.store(&deployed, &module);
+        cache.store(&gone, &module);
+        let foreign = dir
+            .path()
+            .join(format!("{deployed}-0000000000000000.cwasm"));
+        let torn = dir.path().join(format!("{gone}.tmp"));
+        let other = dir.path().join("notes.txt");
+        for path in [&foreign, &torn, &other] {
+            std::fs::write(path, b"x").expect("write");
+        }
+        let keep = std::collections::HashSet::from([deployed]);
+        assert_eq!(cache.retain(&keep), 3);
+        assert!(
+            cache.load(&engine, &deployed).is_some(),
+            "the deployed one went"
+        );
+        assert!(
+            cache.load(&engine, &gone).is_none(),
+            "the dropped one stayed"
+        );
+        assert!(
+            !foreign.exists() && !torn.exists(),
+            "another engine's or a torn file stayed"
+        );
+        assert!(other.exists(), "a file not the cache's was deleted");
     }
 }

@@ -29,7 +29,7 @@ pub(crate) use keyspace::prefix_successor;
 pub use keyspace::{KeyPrefix, KvTarget, Usage};
 pub use prepared::MAX_PREPARED;
 pub use shape::{SHAPE, ShapeLimits};
-pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError};
+pub use validate::{Capabilities, MAX_MODULE_BYTES, ModuleError, looks_like_wasm};
 
 use exports::Exports;
 use host::CallState;
@@ -242,35 +242,14 @@ impl FsmRuntime {
         if let Some(m) = self.cached(&id) {
             return Ok(Ok(m));
         }
-        let gate = self
-            .compiling
-            .lock()
-            .map_err(|_| RuntimeError::Engine("the compile table's lock is poisoned".into()))?
-            .entry(id)
-            .or_default()
-            .clone();
-        // A compile that panicked leaves nothing behind to protect: go on.
-        let held = gate
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let loaded = match self.cached(&id) {
+        self.gated(id, || match self.cached(&id) {
             // Compiled while this load waited.
             Some(m) => Ok(Ok(m)),
             None => bytes().map(|bytes| {
-                self.compile(Some(id), &bytes).map(|m| {
-                    let m = Arc::new(m);
-                    if let Ok(mut cache) = self.modules.lock() {
-                        cache.insert(id, m.clone());
-                    }
-                    m
-                })
+                self.compile(Some(id), &bytes)
+                    .map(|m| self.keep(id, Arc::new(m)))
             }),
-        };
-        drop(held);
-        if let Ok(mut compiling) = self.compiling.lock() {
-            compiling.remove(&id);
-        }
-        loaded
+        })?
     }
 
     /// Compiles `bytes` as module `id` ahead of its deploy entry (a leader validating it
@@ -282,22 +261,55 @@ impl FsmRuntime {
         id: ModuleId,
         bytes: &[u8],
     ) -> Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError> {
-        // Recorded before the compile, so that a deploy applied meanwhile (which forgets
-        // it) is never followed by the record of a module already deployed.
-        let fresh = self.cached(&id).is_none();
-        if fresh && let Some(oldest) = self.prepared().record(id) {
-            tracing::info!(module = %oldest, "evicting a module compiled ahead of a deploy that never came");
-            self.evict(&oldest);
-        }
-        let loaded = self.load(id, || Ok(bytes.to_vec()))?;
-        match &loaded {
-            Ok(_) if fresh => {
-                self.compiled_ahead.fetch_add(1, Ordering::Relaxed);
+        let mut evicted = None;
+        let loaded = self.gated(id, || {
+            // Loaded already (deployed, or prepared before): nothing to count.
+            if let Some(m) = self.cached(&id) {
+                return Ok(m);
             }
-            Err(_) if fresh => self.prepared().forget(&id),
-            _ => {}
+            let m = self.compile(Some(id), bytes)?;
+            // Recorded before it is cached, under its gate: a deploy's apply finds it only
+            // after this, so its `deployed` is never followed by this record.
+            evicted = self.prepared().record(id);
+            self.compiled_ahead.fetch_add(1, Ordering::Relaxed);
+            Ok(self.keep(id, Arc::new(m)))
+        })?;
+        // Outside the gate of `id`: evicting takes the evicted module's own.
+        if let Some(oldest) = evicted {
+            tracing::info!(module = %oldest, "evicting a module compiled ahead of a deploy that never came");
+            self.evict(&oldest)?;
         }
         Ok(loaded)
+    }
+
+    /// Runs `f` holding the compile gate of `id`: one compile (or eviction) per module id at
+    /// a time; a second waits for the first.
+    fn gated<T>(&self, id: ModuleId, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
+        let gate = self
+            .compiling
+            .lock()
+            .map_err(|_| RuntimeError::Engine("the compile table's lock is poisoned".into()))?
+            .entry(id)
+            .or_default()
+            .clone();
+        // A compile that panicked leaves nothing behind to protect: go on.
+        let held = gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out = f();
+        drop(held);
+        if let Ok(mut compiling) = self.compiling.lock() {
+            compiling.remove(&id);
+        }
+        Ok(out)
+    }
+
+    /// Caches the compiled module `id` and returns it.
+    fn keep(&self, id: ModuleId, m: Arc<LoadedModule>) -> Arc<LoadedModule> {
+        if let Ok(mut cache) = self.modules.lock() {
+            cache.insert(id, m.clone());
+        }
+        m
     }
 
     /// Module `id` was deployed: [`FsmRuntime::prepare`] no longer counts it.
@@ -312,13 +324,31 @@ impl FsmRuntime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Forgets a compiled module (after it is dropped from the cluster).
-    pub fn evict(&self, id: &ModuleId) {
-        if let Ok(mut cache) = self.modules.lock() {
-            cache.remove(id);
-        }
+    /// Forgets a compiled module (after it is dropped from the cluster), in memory and on
+    /// disk; a compile of it under way finishes first.
+    pub fn evict(&self, id: &ModuleId) -> Result<(), RuntimeError> {
+        self.gated(*id, || {
+            if let Ok(mut cache) = self.modules.lock() {
+                cache.remove(id);
+            }
+            self.prepared().forget(id);
+            if let Some(disk) = &self.disk {
+                disk.remove(id);
+            }
+        })
+    }
+
+    /// Deletes the compile cache's artifacts of every module but `deployed` (the modules a
+    /// node's state holds when it opens): those dropped, or compiled ahead of a deploy that
+    /// never came before a restart, and those of another engine build.
+    pub fn keep_only_on_disk(&self, deployed: &std::collections::HashSet<ModuleId>) {
         if let Some(disk) = &self.disk {
-            disk.remove(id);
+            let deleted = disk.retain(deployed);
+            if deleted > 0 {
+                tracing::info!(
+                    "deleted {deleted} compile cache files of modules not deployed or of another engine"
+                );
+            }
         }
     }
 

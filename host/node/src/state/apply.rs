@@ -589,7 +589,7 @@ impl StateStore {
         self.dbs()
             .modules
             .delete(txn, &keys::module(self.group, id))?;
-        self.runtime.evict(id);
+        self.runtime.evict(id)?;
         Ok(Ok(EntryResponse::Done))
     }
 }

@@ -378,13 +378,33 @@ impl StateStore {
                 .put(&mut wtxn, &format_key, &STATE_FORMAT.to_le_bytes())?,
         }
         wtxn.commit()?;
-        Ok(Self {
+        let store = Self {
             env,
             tables: std::sync::RwLock::new(dbs),
             runtime,
             group,
             unflushed,
-        })
+        };
+        store.runtime.keep_only_on_disk(&store.deployed_modules()?);
+        Ok(store)
+    }
+
+    /// The ids of the modules deployed in every group of this state env.
+    fn deployed_modules(&self) -> Result<std::collections::HashSet<ModuleId>, StateError> {
+        let rtxn = self.env.read_txn()?;
+        let mut ids = std::collections::HashSet::new();
+        for item in self.dbs().modules.iter(&rtxn)? {
+            let (k, _) = item?;
+            let id: [u8; 32] = k
+                .get(8..40)
+                .and_then(|id| id.try_into().ok())
+                .ok_or_else(|| StateError::Corrupt {
+                    what: "module key".into(),
+                    detail: format!("{} bytes, not a group and a module id", k.len()),
+                })?;
+            ids.insert(ModuleId(id));
+        }
+        Ok(ids)
     }
 
     /// Runs `write` (one write transaction, which leaves nothing behind when it fails) and,

@@ -592,7 +592,7 @@ fn compare(rigs: &[Rig; 2], data: &[u8], tally: &mut Tally) -> Result<(), TestCa
         Ok(())
     })();
     for r in rigs {
-        r.runtime.evict(&id);
+        r.runtime.evict(&id).expect("evicted");
     }
     result
 }
