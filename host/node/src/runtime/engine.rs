@@ -13,7 +13,7 @@ pub const MAX_MEMORY_PAGES: u32 = 16_384;
 #[cfg(target_pointer_width = "64")]
 /// Instances the pooling allocator keeps slots for: applies run one at a time, queries and
 /// codec calls run beside them.
-const POOL_INSTANCES: u32 = 64;
+pub(super) const POOL_INSTANCES: u32 = 64;
 
 /// Most guest calls made for callers one lane of the guest pool may run at once
 /// (`--guest-threads` for queries, `--codec-threads` for writes' JSON codecs). Both lanes together leave 16 of the pool's 64 instance slots

@@ -228,9 +228,12 @@ impl FsmRuntime {
         self.compiled_ahead.load(Ordering::Relaxed)
     }
 
-    /// Validates `bytes` as an FSM module without keeping it.
-    pub fn validate(&self, bytes: &[u8]) -> Result<Capabilities, ModuleError> {
-        self.compile(None, bytes).map(|m| m.capabilities)
+    /// Validates `bytes` as an FSM module without keeping it (`Err`: a fault of this node).
+    pub fn validate(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Result<Capabilities, ModuleError>, RuntimeError> {
+        Ok(self.compile(None, bytes)?.map(|m| m.capabilities))
     }
 
     /// The loaded module `id`, compiling `bytes()` on first use.
@@ -245,10 +248,10 @@ impl FsmRuntime {
         self.gated(id, || match self.cached(&id) {
             // Compiled while this load waited.
             Some(m) => Ok(Ok(m)),
-            None => bytes().map(|bytes| {
-                self.compile(Some(id), &bytes)
-                    .map(|m| self.keep(id, Arc::new(m)))
-            }),
+            None => {
+                let compiled = self.compile(Some(id), &bytes()?)?;
+                Ok(compiled.map(|m| self.keep(id, Arc::new(m))))
+            }
         })?
     }
 
@@ -262,18 +265,22 @@ impl FsmRuntime {
         bytes: &[u8],
     ) -> Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError> {
         let mut evicted = None;
-        let loaded = self.gated(id, || {
+        type Loaded = Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError>;
+        let loaded = self.gated(id, || -> Loaded {
             // Loaded already (deployed, or prepared before): nothing to count.
             if let Some(m) = self.cached(&id) {
-                return Ok(m);
+                return Ok(Ok(m));
             }
-            let m = self.compile(Some(id), bytes)?;
+            let m = match self.compile(Some(id), bytes)? {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(e)),
+            };
             // Recorded before it is cached, under its gate: a deploy's apply finds it only
             // after this, so its `deployed` is never followed by this record.
             evicted = self.prepared().record(id);
             self.compiled_ahead.fetch_add(1, Ordering::Relaxed);
-            Ok(self.keep(id, Arc::new(m)))
-        })?;
+            Ok(Ok(self.keep(id, Arc::new(m))))
+        })??;
         // Outside the gate of `id`: evicting takes the evicted module's own.
         if let Some(oldest) = evicted {
             tracing::info!(module = %oldest, "evicting a module compiled ahead of a deploy that never came");
@@ -356,8 +363,28 @@ impl FsmRuntime {
         self.modules.lock().ok()?.get(id).cloned()
     }
 
-    /// Compiles and validates a module; with an `id`, through the disk cache.
-    fn compile(&self, id: Option<ModuleId>, bytes: &[u8]) -> Result<LoadedModule, ModuleError> {
+    /// Compiles and validates a module; with an `id`, through the disk cache. `Err` is a
+    /// fault of this node (no instance slot free for the ABI checks), never the module's.
+    fn compile(
+        &self,
+        id: Option<ModuleId>,
+        bytes: &[u8],
+    ) -> Result<Result<LoadedModule, ModuleError>, RuntimeError> {
+        let mut checked = None;
+        let compiled = self.compile_checked(id, bytes, &mut checked);
+        match checked {
+            Some(fault) => Err(fault),
+            None => Ok(compiled),
+        }
+    }
+
+    /// [`FsmRuntime::compile`]'s work; a fault of this node is put in `fault`.
+    fn compile_checked(
+        &self,
+        id: Option<ModuleId>,
+        bytes: &[u8],
+        fault: &mut Option<RuntimeError>,
+    ) -> Result<LoadedModule, ModuleError> {
         let disk = id.and_then(|id| Some((id, self.disk.as_ref()?)));
         let cached = disk.and_then(|(id, d)| d.load(&self.engine, &id));
         let from_cache = cached.is_some();
@@ -386,7 +413,7 @@ impl FsmRuntime {
             exports: Exports::of(&module)?,
             pre,
         };
-        let version = self.host_call(&loaded, abi::export::ABI_VERSION)?;
+        let version = self.host_call(&loaded, abi::export::ABI_VERSION, fault)?;
         if version != i64::from(abi::ABI_VERSION) {
             return Err(ModuleError::AbiVersion {
                 found: version,
@@ -394,7 +421,7 @@ impl FsmRuntime {
             });
         }
         if capabilities.fsm_version {
-            loaded.fsm_version = self.host_call(&loaded, abi::export::FSM_VERSION)? as u32;
+            loaded.fsm_version = self.host_call(&loaded, abi::export::FSM_VERSION, fault)? as u32;
         }
         if let (Some((id, d)), Some(m)) = (disk, module_for_disk) {
             d.store(&id, &m);
@@ -402,11 +429,26 @@ impl FsmRuntime {
         Ok(loaded)
     }
 
-    /// Calls a `() -> i32` export with a small fuel budget and no keyspace.
-    fn host_call(&self, module: &LoadedModule, name: &str) -> Result<i64, ModuleError> {
-        let fail = |e: wasmtime::Error| ModuleError::BadExport {
-            name: name.into(),
-            problem: format!("failed when called: {}", describe(&e)),
+    /// Calls a `() -> i32` export with a small fuel budget and no keyspace. An instance the
+    /// node has no slot for is not the module's fault: it goes in `fault` (and the module
+    /// is refused here only as the way out), so a deploy's apply fails as a node fault on
+    /// this replica instead of refusing the module on it alone.
+    fn host_call(
+        &self,
+        module: &LoadedModule,
+        name: &str,
+        fault: &mut Option<RuntimeError>,
+    ) -> Result<i64, ModuleError> {
+        let mut fail = |e: wasmtime::Error| {
+            if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                *fault = Some(RuntimeError::Fault(format!(
+                    "no wasm instance slot free to check module exports: {e:#}"
+                )));
+            }
+            ModuleError::BadExport {
+                name: name.into(),
+                problem: format!("failed when called: {}", describe(&e)),
+            }
         };
         let state = CallState::new(
             Keyspace::new(KvTarget::None),
@@ -418,12 +460,12 @@ impl FsmRuntime {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
-        store.set_fuel(HOST_CALL_FUEL).map_err(fail)?;
-        let instance = module.pre.instantiate(&mut store).map_err(fail)?;
+        store.set_fuel(HOST_CALL_FUEL).map_err(&mut fail)?;
+        let instance = instantiate(&module.pre, &mut store).map_err(&mut fail)?;
         let f = instance
             .get_typed_func::<(), i32>(&mut store, name)
-            .map_err(fail)?;
-        f.call(&mut store, ()).map(i64::from).map_err(fail)
+            .map_err(&mut fail)?;
+        f.call(&mut store, ()).map(i64::from).map_err(&mut fail)
     }
 
     /// Runs one entry point in a fresh instance.
@@ -506,7 +548,7 @@ fn run(
     entry: EntryPoint,
     input: &[u8],
 ) -> wasmtime::Result<i32> {
-    let instance = module.pre.instantiate(&mut *store)?;
+    let instance = instantiate(&module.pre, &mut *store)?;
     let exports = &module.exports;
     let memory = exports
         .memory(store, &instance)
@@ -575,6 +617,30 @@ fn classify(e: wasmtime::Error, fuel: u64) -> Result<ApplyError, RuntimeError> {
         });
     }
     Err(fault(e))
+}
+
+/// How long an instantiation waits for a pooled instance slot before the node gives up
+/// (a fault of the node). Slots are held for the length of one call, and the guest pool's
+/// lanes leave 16 of them to applies, deploys and migrations, so a wait is rare and short.
+const SLOT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Instantiates `pre` in `store`, waiting up to [`SLOT_PATIENCE`] for a free pooled slot.
+fn instantiate(
+    pre: &InstancePre<CallState>,
+    store: &mut Store<CallState>,
+) -> wasmtime::Result<wasmtime::Instance> {
+    let started = std::time::Instant::now();
+    loop {
+        match pre.instantiate(&mut *store) {
+            Err(e)
+                if e.is::<wasmtime::PoolConcurrencyLimitError>()
+                    && started.elapsed() < SLOT_PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            done => return done,
+        }
+    }
 }
 
 fn fault(e: wasmtime::Error) -> RuntimeError {
@@ -653,6 +719,54 @@ mod tests {
             (i32.add (i32.const 200) (local.get 0)))
         (func (export "wraft_command_from_json") (param i32 i32) (result i32)
             i32.const 60))"#;
+
+    /// A module's ABI checks that find no wasm instance slot free are a fault of the node,
+    /// not an invalid module: a deploy's apply on that replica fails as a node fault (and
+    /// runs again), instead of refusing the module on that replica alone. Checked to fail
+    /// with the fault's classification removed from `host_call`.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_compile_with_no_instance_slot_free_is_a_fault_not_an_invalid_module() {
+        let bytes = wat::parse_str(EXPORTS_BY_STATUS).expect("wat");
+        let rt = FsmRuntime::new().expect("runtime");
+        let held = rt
+            .load(ModuleId([1; 32]), || Ok(bytes))
+            .expect("no fault")
+            .expect("valid");
+        let mut stores = Vec::new();
+        for _ in 0..engine::POOL_INSTANCES {
+            let state = CallState::new(
+                Keyspace::new(KvTarget::None),
+                EntryContext::default(),
+                0,
+                MAX_MEMORY_PAGES,
+                String::new(),
+                true,
+            );
+            let mut store = Store::new(&rt.engine, state);
+            store.limiter(|s| s);
+            held.pre.instantiate(&mut store).expect("a free slot");
+            stores.push(store);
+        }
+        let other =
+            wat::parse_str(EXPORTS_BY_STATUS.replace("i32.const 50", "i32.const 51")).expect("wat");
+        let e = rt
+            .load(ModuleId([2; 32]), || Ok(other.clone()))
+            .expect_err("a fault, not a verdict on the module");
+        assert!(
+            matches!(&e, RuntimeError::Fault(m) if m.contains("instance slot")),
+            "{e}"
+        );
+        // A slot freed while it waits is taken.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(SLOT_PATIENCE / 20);
+            drop(stores);
+        });
+        rt.load(ModuleId([2; 32]), || Ok(other))
+            .expect("a slot freed within the patience is waited for")
+            .expect("valid");
+        release.join().expect("released");
+    }
 
     /// Two loads of one module at once compile it once: the second waits for the first.
     #[test]

@@ -7,6 +7,11 @@ fn rt() -> FsmRuntime {
     FsmRuntime::new().expect("runtime")
 }
 
+/// A fresh runtime's verdict on `bytes` (a fault of the node fails the test).
+fn validate(bytes: &[u8]) -> Result<wraft_host::runtime::Capabilities, ModuleError> {
+    rt().validate(bytes).expect("no fault")
+}
+
 /// A minimal ABI-conforming module in WAT, with `extra` spliced in.
 pub fn module(extra: &str, version: i32) -> Vec<u8> {
     wat::parse_str(format!(
@@ -23,7 +28,7 @@ pub fn module(extra: &str, version: i32) -> Vec<u8> {
 
 #[test]
 fn a_minimal_module_is_accepted() {
-    assert!(rt().validate(&module("", 1)).is_ok());
+    assert!(validate(&module("", 1)).is_ok());
 }
 
 #[test]
@@ -32,7 +37,7 @@ fn wasi_imports_are_refused() {
         r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
         1,
     );
-    let e = rt().validate(&m).expect_err("wasi");
+    let e = validate(&m).expect_err("wasi");
     assert!(
         matches!(e, ModuleError::ForeignImport { ref module, .. } if module == "wasi_snapshot_preview1"),
         "{e}"
@@ -42,19 +47,16 @@ fn wasi_imports_are_refused() {
 
 #[test]
 fn unknown_or_mistyped_wraft_imports_are_refused() {
-    let e = rt()
-        .validate(&module(r#"(import "wraft" "exec" (func))"#, 1))
-        .expect_err("unknown");
+    let e = validate(&module(r#"(import "wraft" "exec" (func))"#, 1)).expect_err("unknown");
     assert!(
         matches!(e, ModuleError::BadImport { ref name, .. } if name == "exec"),
         "{e}"
     );
-    let e = rt()
-        .validate(&module(
-            r#"(import "wraft" "kv_get" (func (param i64) (result i32)))"#,
-            1,
-        ))
-        .expect_err("type");
+    let e = validate(&module(
+        r#"(import "wraft" "kv_get" (func (param i64) (result i32)))"#,
+        1,
+    ))
+    .expect_err("type");
     assert!(
         matches!(e, ModuleError::BadImport { ref name, .. } if name == "kv_get"),
         "{e}"
@@ -64,7 +66,7 @@ fn unknown_or_mistyped_wraft_imports_are_refused() {
 #[test]
 fn missing_or_mistyped_exports_are_refused() {
     let m = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "wraft_abi_version") (result i32) i32.const 1))"#).expect("wat");
-    let e = rt().validate(&m).expect_err("missing");
+    let e = validate(&m).expect_err("missing");
     assert!(
         matches!(e, ModuleError::BadExport { ref name, .. } if name == "wraft_alloc"),
         "{e}"
@@ -73,7 +75,7 @@ fn missing_or_mistyped_exports_are_refused() {
         r#"(func (export "wraft_migrate") (param i64) (result i32) i32.const 0)"#,
         1,
     );
-    let e = rt().validate(&m).expect_err("mistyped optional");
+    let e = validate(&m).expect_err("mistyped optional");
     assert!(
         matches!(e, ModuleError::BadExport { ref name, .. } if name == "wraft_migrate"),
         "{e}"
@@ -86,7 +88,7 @@ fn missing_or_mistyped_exports_are_refused() {
             (func (export "wraft_query") (param i32 i32) (result i32) i32.const 0))"#,
     )
     .expect("wat");
-    let e = rt().validate(&m).expect_err("no memory");
+    let e = validate(&m).expect_err("no memory");
     assert!(
         matches!(e, ModuleError::BadExport { ref name, .. } if name == "memory"),
         "{e}"
@@ -95,7 +97,7 @@ fn missing_or_mistyped_exports_are_refused() {
 
 #[test]
 fn another_abi_version_is_refused() {
-    let e = rt().validate(&module("", 2)).expect_err("version");
+    let e = validate(&module("", 2)).expect_err("version");
     assert_eq!(
         e,
         ModuleError::AbiVersion {
@@ -108,14 +110,11 @@ fn another_abi_version_is_refused() {
 #[test]
 fn garbage_and_oversized_modules_are_refused() {
     assert!(matches!(
-        rt().validate(b"not wasm at all"),
+        validate(b"not wasm at all"),
         Err(ModuleError::Compile(_))
     ));
     let big = vec![0u8; wraft_host::runtime::MAX_MODULE_BYTES + 1];
-    assert!(matches!(
-        rt().validate(&big),
-        Err(ModuleError::TooLarge { .. })
-    ));
+    assert!(matches!(validate(&big), Err(ModuleError::TooLarge { .. })));
 }
 
 #[test]
@@ -129,13 +128,13 @@ fn threads_are_refused() {
             (func (export "wraft_query") (param i32 i32) (result i32) i32.const 0))"#,
     )
     .expect("wat");
-    assert!(matches!(rt().validate(&m), Err(ModuleError::Compile(_))));
+    assert!(matches!(validate(&m), Err(ModuleError::Compile(_))));
 }
 
 #[test]
 fn a_start_function_that_never_returns_is_refused() {
     let m = module(r#"(func $spin (loop $l (br $l))) (start $spin)"#, 1);
-    let e = rt().validate(&m).expect_err("spins");
+    let e = validate(&m).expect_err("spins");
     assert!(e.to_string().contains("fuel"), "{e}");
 }
 
@@ -248,9 +247,9 @@ fn modules_past_a_shape_bound_are_refused_with_the_bound_named() {
         ),
     ];
     for (what, within, past) in cases {
-        rt().validate(&module(&within, 1))
+        validate(&module(&within, 1))
             .unwrap_or_else(|e| panic!("{what}: within the bound, refused: {e}"));
-        let e = rt().validate(&module(&past, 1)).expect_err(what);
+        let e = validate(&module(&past, 1)).expect_err(what);
         assert!(
             matches!(e, ModuleError::Shape { .. }) && e.to_string().contains(what),
             "{what}: {e}"
@@ -262,13 +261,11 @@ fn modules_past_a_shape_bound_are_refused_with_the_bound_named() {
             (func (export "wraft_abi_version") (result i32) i32.const 1))"#,
     );
     if let Ok(two) = two {
-        let e = rt().validate(&two).expect_err("two memories");
+        let e = validate(&two).expect_err("two memories");
         assert!(e.to_string().contains("memories"), "{e}");
     }
     let big_table = module("(table 10001 funcref)", 1);
-    let e = rt()
-        .validate(&big_table)
-        .expect_err("a table past the bound");
+    let e = validate(&big_table).expect_err("a table past the bound");
     assert!(e.to_string().contains("table elements"), "{e}");
     let data = |n: usize| {
         wat::parse_str(format!(
@@ -281,10 +278,7 @@ fn modules_past_a_shape_bound_are_refused_with_the_bound_named() {
         ))
         .expect("wat")
     };
-    rt().validate(&data(SHAPE.data_bytes as usize))
-        .expect("data at the bound");
-    let e = rt()
-        .validate(&data(SHAPE.data_bytes as usize + 1))
-        .expect_err("data past the bound");
+    validate(&data(SHAPE.data_bytes as usize)).expect("data at the bound");
+    let e = validate(&data(SHAPE.data_bytes as usize + 1)).expect_err("data past the bound");
     assert!(e.to_string().contains("bytes of data segments"), "{e}");
 }
