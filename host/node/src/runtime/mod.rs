@@ -429,6 +429,22 @@ impl FsmRuntime {
         Ok(loaded)
     }
 
+    /// A store for a call the host makes on its own behalf: no keyspace, no output, the
+    /// memory cap.
+    fn host_store(&self) -> Store<CallState> {
+        let state = CallState::new(
+            Keyspace::new(KvTarget::None),
+            EntryContext::default(),
+            0,
+            MAX_MEMORY_PAGES,
+            String::new(),
+            true,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store
+    }
+
     /// Calls a `() -> i32` export with a small fuel budget and no keyspace. An instance the
     /// node has no slot for is not the module's fault: it goes in `fault` (and the module
     /// is refused here only as the way out), so a deploy's apply fails as a node fault on
@@ -450,16 +466,7 @@ impl FsmRuntime {
                 problem: format!("failed when called: {}", describe(&e)),
             }
         };
-        let state = CallState::new(
-            Keyspace::new(KvTarget::None),
-            EntryContext::default(),
-            0,
-            MAX_MEMORY_PAGES,
-            String::new(),
-            true,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| s);
+        let mut store = self.host_store();
         store.set_fuel(HOST_CALL_FUEL).map_err(&mut fail)?;
         let instance = instantiate(&module.pre, &mut store).map_err(&mut fail)?;
         let f = instance
@@ -735,16 +742,7 @@ mod tests {
             .expect("valid");
         let mut stores = Vec::new();
         for _ in 0..engine::POOL_INSTANCES {
-            let state = CallState::new(
-                Keyspace::new(KvTarget::None),
-                EntryContext::default(),
-                0,
-                MAX_MEMORY_PAGES,
-                String::new(),
-                true,
-            );
-            let mut store = Store::new(&rt.engine, state);
-            store.limiter(|s| s);
+            let mut store = rt.host_store();
             held.pre.instantiate(&mut store).expect("a free slot");
             stores.push(store);
         }
