@@ -370,22 +370,42 @@ impl FsmRuntime {
         id: Option<ModuleId>,
         bytes: &[u8],
     ) -> Result<Result<LoadedModule, ModuleError>, RuntimeError> {
-        let mut checked = None;
-        let compiled = self.compile_checked(id, bytes, &mut checked);
-        match checked {
-            Some(fault) => Err(fault),
-            None => Ok(compiled),
+        let disk = id.and_then(|id| Some((id, self.disk.as_ref()?)));
+        let (mut loaded, compiled) = match self.instantiable(id, disk, bytes) {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
+        let version = match self.host_call(&loaded, abi::export::ABI_VERSION)? {
+            Ok(version) => version,
+            Err(e) => return Ok(Err(e)),
+        };
+        if version != i64::from(abi::ABI_VERSION) {
+            return Ok(Err(ModuleError::AbiVersion {
+                found: version,
+                expected: abi::ABI_VERSION,
+            }));
         }
+        if loaded.capabilities.fsm_version {
+            loaded.fsm_version = match self.host_call(&loaded, abi::export::FSM_VERSION)? {
+                Ok(version) => version as u32,
+                Err(e) => return Ok(Err(e)),
+            };
+        }
+        if let (Some((id, d)), Some(m)) = (disk, compiled) {
+            d.store(&id, &m);
+        }
+        Ok(Ok(loaded))
     }
 
-    /// [`FsmRuntime::compile`]'s work; a fault of this node is put in `fault`.
-    fn compile_checked(
+    /// The module `bytes` (or its artifact in `disk`) compiled, checked against the ABI's
+    /// imports and exports and ready to instantiate; with the module if it was compiled
+    /// here, for the disk cache.
+    fn instantiable(
         &self,
         id: Option<ModuleId>,
+        disk: Option<(ModuleId, &ArtifactCache)>,
         bytes: &[u8],
-        fault: &mut Option<RuntimeError>,
-    ) -> Result<LoadedModule, ModuleError> {
-        let disk = id.and_then(|id| Some((id, self.disk.as_ref()?)));
+    ) -> Result<(LoadedModule, Option<wasmtime::Module>), ModuleError> {
         let cached = disk.and_then(|(id, d)| d.load(&self.engine, &id));
         let from_cache = cached.is_some();
         let (module, capabilities) = match cached {
@@ -405,28 +425,14 @@ impl FsmRuntime {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-        let module_for_disk = (!from_cache).then(|| module.clone());
-        let mut loaded = LoadedModule {
+        let loaded = LoadedModule {
             id: id.unwrap_or(ModuleId([0; 32])),
             fsm_version: 0,
             capabilities,
             exports: Exports::of(&module)?,
             pre,
         };
-        let version = self.host_call(&loaded, abi::export::ABI_VERSION, fault)?;
-        if version != i64::from(abi::ABI_VERSION) {
-            return Err(ModuleError::AbiVersion {
-                found: version,
-                expected: abi::ABI_VERSION,
-            });
-        }
-        if capabilities.fsm_version {
-            loaded.fsm_version = self.host_call(&loaded, abi::export::FSM_VERSION, fault)? as u32;
-        }
-        if let (Some((id, d)), Some(m)) = (disk, module_for_disk) {
-            d.store(&id, &m);
-        }
-        Ok(loaded)
+        Ok((loaded, (!from_cache).then_some(module)))
     }
 
     /// A store for a call the host makes on its own behalf: no keyspace, no output, the
@@ -445,34 +451,36 @@ impl FsmRuntime {
         store
     }
 
-    /// Calls a `() -> i32` export with a small fuel budget and no keyspace. An instance the
-    /// node has no slot for is not the module's fault: it goes in `fault` (and the module
-    /// is refused here only as the way out), so a deploy's apply fails as a node fault on
-    /// this replica instead of refusing the module on it alone.
+    /// Calls a `() -> i32` export with a small fuel budget and no keyspace. No instance slot
+    /// free is a fault of this node (`Err`), not of the module: a deploy's apply then fails
+    /// as a node fault on this replica instead of refusing the module on it alone.
     fn host_call(
         &self,
         module: &LoadedModule,
         name: &str,
-        fault: &mut Option<RuntimeError>,
-    ) -> Result<i64, ModuleError> {
-        let mut fail = |e: wasmtime::Error| {
-            if e.is::<wasmtime::PoolConcurrencyLimitError>() {
-                *fault = Some(RuntimeError::Fault(format!(
+    ) -> Result<Result<i64, ModuleError>, RuntimeError> {
+        let bad = |e: wasmtime::Error| ModuleError::BadExport {
+            name: name.into(),
+            problem: format!("failed when called: {}", describe(&e)),
+        };
+        let mut store = self.host_store();
+        if let Err(e) = store.set_fuel(HOST_CALL_FUEL) {
+            return Ok(Err(bad(e)));
+        }
+        let instance = match instantiate(&module.pre, &mut store) {
+            Ok(instance) => instance,
+            Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                return Err(RuntimeError::Fault(format!(
                     "no wasm instance slot free to check module exports: {e:#}"
                 )));
             }
-            ModuleError::BadExport {
-                name: name.into(),
-                problem: format!("failed when called: {}", describe(&e)),
-            }
+            Err(e) => return Ok(Err(bad(e))),
         };
-        let mut store = self.host_store();
-        store.set_fuel(HOST_CALL_FUEL).map_err(&mut fail)?;
-        let instance = instantiate(&module.pre, &mut store).map_err(&mut fail)?;
-        let f = instance
+        Ok(instance
             .get_typed_func::<(), i32>(&mut store, name)
-            .map_err(&mut fail)?;
-        f.call(&mut store, ()).map(i64::from).map_err(&mut fail)
+            .and_then(|f| f.call(&mut store, ()))
+            .map(i64::from)
+            .map_err(bad))
     }
 
     /// Runs one entry point in a fresh instance.

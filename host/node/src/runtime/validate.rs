@@ -79,13 +79,13 @@ pub struct Capabilities {
     pub json: bool,
 }
 
-/// Compiles `bytes` and checks its imports and exports against the ABI. The ABI version
-/// export is checked by the runtime when it first instantiates the module.
 /// Whether `bytes` could be a module at all (size and wasm header), before any compile.
 pub fn looks_like_wasm(bytes: &[u8]) -> bool {
     bytes.len() <= MAX_MODULE_BYTES && bytes.starts_with(b"\0asm\x01\0\0\0")
 }
 
+/// Compiles `bytes` and checks its imports and exports against the ABI. The ABI version
+/// export is checked by the runtime when it first instantiates the module.
 pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities), ModuleError> {
     if bytes.len() > MAX_MODULE_BYTES {
         return Err(ModuleError::TooLarge {
