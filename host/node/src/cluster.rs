@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub entry_level: u32,
 }
 
+/// How often [`ClusterNode::stopped`] looks whether raft has stopped.
+pub const STOPPED_CHECK_EVERY: Duration = Duration::from_millis(100);
+
 /// Default interval between consistency checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -421,6 +424,21 @@ impl ClusterNode {
             holds,
             _lock: lock,
         })
+    }
+
+    /// Resolves, with the reason, once raft has stopped on a fatal error (a storage fault, a
+    /// fault in an apply). Looked at every [`STOPPED_CHECK_EVERY`], not on each change of
+    /// raft's metrics: those change several times per commit, and a task woken by each cost
+    /// every node a thread wake-up, and a copy of the metrics, per commit.
+    pub async fn stopped(&self) -> String {
+        use openraft::type_config::async_runtime::WatchReceiver;
+        let mut tick = crate::raft::ticker(STOPPED_CHECK_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(e) = &self.raft.metrics().borrow_watched().running_state {
+                return e.to_string();
+            }
+        }
     }
 
     /// Stops raft and closes the endpoint (peers see the connection close), then waits

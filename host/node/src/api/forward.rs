@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use openraft::type_config::async_runtime::WatchReceiver;
 use wraft_api::Role;
 use wraft_api::{ApiCallRef, ApiError, ApiRequest, ApiResult};
 use wraft_core::raft::NodeId;
@@ -85,11 +86,20 @@ impl NodeApi {
             // election long before its connection times out (10 s): stop waiting once this
             // node knows another leader. A read is then retried there by the client; a write
             // may have been applied.
-            let waiter = self.raft.wait(None);
-            let moved = waiter.metrics(
-                |m| m.current_leader.is_some_and(|l| l != leader),
-                "another leader",
-            );
+            // Watched on the server metrics, which change with the leader, the state or the
+            // membership, not with every commit as raft's full metrics do.
+            let mut server = self.raft.server_metrics();
+            let moved = async move {
+                while server
+                    .borrow_watched()
+                    .current_leader
+                    .is_none_or(|l| l == leader)
+                {
+                    if server.changed().await.is_err() {
+                        break; // raft stopped: no leader will be learned here any more
+                    }
+                }
+            };
             let exchange = api::exchange(send, recv, forwarded);
             tokio::pin!(exchange);
             let answer = tokio::select! {

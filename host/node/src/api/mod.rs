@@ -230,8 +230,14 @@ impl NodeApi {
     /// Whether the caller's certificate is that of a voter of the current membership: only
     /// voters forward requests to the leader.
     fn is_voter(&self, caller: &Caller) -> bool {
-        let m = self.metrics();
-        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let voters: Vec<NodeId> = self
+            .raft
+            .server_metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         voters
             .into_iter()
             .any(|id| identity::is_node(&caller.connection, id))
@@ -357,8 +363,9 @@ impl NodeApi {
         }
     }
 
+    /// Asked on every request: a look at the server's metrics, not a copy of all of raft's.
     fn is_leader(&self) -> bool {
-        self.metrics().state == ServerState::Leader
+        self.raft.server_metrics().borrow_watched().state == ServerState::Leader
     }
 
     /// Why this node must not serve reads, if a checkpoint found its state diverged (or the

@@ -346,17 +346,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(http) = node.http_addr {
         println!("node {id} HTTP on {scheme}://{http}");
     }
-    let wait = node.raft.wait(None);
-    let fatal = wait.metrics(|m| m.running_state.is_err(), "raft stopped");
     let stopped = tokio::select! {
         _ = shutdown_signal() => None,
-        m = fatal => Some(match m {
-            Ok(m) => match m.running_state {
-                Err(e) => e.to_string(),
-                Ok(()) => "unknown reason".into(),
-            },
-            Err(e) => e.to_string(),
-        }),
+        why = node.stopped() => Some(why),
     };
     eprintln!("shutting down node {id}");
     if stopped.is_none() {
