@@ -34,16 +34,17 @@ const ANSWER_AFTER_LEADER_MOVED: Duration = Duration::from_secs(1);
 impl NodeApi {
     /// Sends `request` to the leader on behalf of a caller with `role`.
     pub(super) async fn forward(&self, role: Role, request: ApiRequest) -> ApiResult {
-        let m = self.metrics();
-        let Some(leader) = m.current_leader.filter(|l| *l != self.id) else {
-            return Err(ApiError::NoLeader);
+        // The server metrics hold the leader and the membership: borrowed, not a copy of
+        // raft's full metrics per forwarded request.
+        let target = {
+            let m = self.raft.server_metrics();
+            let m = m.borrow_watched();
+            m.current_leader.filter(|l| *l != self.id).and_then(|l| {
+                let node = m.membership_config.membership().get_node(&l)?;
+                Some((l, node.addr.clone()))
+            })
         };
-        let Some(addr) = m
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
-        else {
+        let Some((leader, addr)) = target else {
             return Err(ApiError::NoLeader);
         };
         // A read may be sent again: if the cached connection broke (the leader restarted, a
