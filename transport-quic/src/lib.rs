@@ -6,7 +6,8 @@
 //!   cluster CA, and a node must present the certificate of the id it claims ([`identity`]).
 //! * ALPN `wraft-raft/1` carries raft RPC: one bidirectional stream per RPC, messages as
 //!   checksummed postcard frames ([`wire`]); snapshots stream as 1 MiB frames.
-//!   ALPN `wraft-client/1` carries the client API ([`api`]): one request per stream.
+//!   ALPN `wraft-client/1` carries the client API ([`api`]): one request per stream, or many
+//!   on one stream ([`pipeline`]).
 //! * [`RaftClient`] is openraft's network (connections reused, re-established after a
 //!   peer restarts); [`serve`] answers peers' RPCs with the local openraft node and client
 //!   requests with the node's [`api::ApiHandler`].
@@ -15,6 +16,7 @@ pub mod api;
 mod client;
 pub mod identity;
 pub mod limits;
+pub mod pipeline;
 pub mod pki;
 mod server;
 mod tls;

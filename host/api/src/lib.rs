@@ -4,7 +4,8 @@
 //! depend on nothing of each other, as quinn keeps `quinn-proto` apart from `quinn`.
 //!
 //! * [`request`]: [`ApiCall`] (what opens a stream: a caller's own [`ApiRequest`], or one a
-//!   voter forwards), read levels and payloads, and the role each request needs.
+//!   voter forwards, or the opening of a pipeline of calls), read levels and payloads, and
+//!   the role each request needs.
 //! * [`response`]: [`ApiResponse`] and the listings and reports it carries.
 //! * [`error`]: [`ApiError`], every refusal a caller can get.
 //! * [`Role`]: reader < writer < admin.
@@ -16,7 +17,8 @@ mod role;
 
 pub use error::{ApiError, ApiResult};
 pub use request::{
-    ApiCall, ApiCallRef, ApiRequest, Consistency, MAX_UPLOAD_BYTES, Once, Payload, UPLOAD_CHUNK,
+    ApiCall, ApiCallRef, ApiRequest, Consistency, MAX_UPLOAD_BYTES, Once, Payload, PipelinedReply,
+    UPLOAD_CHUNK,
 };
 pub use response::{
     ApiResponse, BackupFile, BackupManifest, ClusterStatus, Compacted, FsmInfo, MAX_REPLY,

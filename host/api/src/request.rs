@@ -190,6 +190,22 @@ pub enum ApiCall {
         /// The original request.
         request: ApiRequest,
     },
+    /// Opens a pipeline: this frame carries no request; every frame after it on the stream
+    /// is an [`ApiCall`] (`Direct` or `Forwarded`, no upload or backup, which stream their
+    /// own bytes), and the node answers each with a [`PipelinedReply`] as it completes.
+    /// The transport's `pipeline` module describes the exchange.
+    Pipeline,
+}
+
+/// The answer to the `call`-th call of a pipeline ([`ApiCall::Pipeline`]; the first call
+/// after the opening frame is call 0). Answers come in the order calls complete, which is
+/// not the order they were sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelinedReply {
+    /// Which call, by its place on the stream.
+    pub call: u64,
+    /// Its answer.
+    pub result: crate::ApiResult,
 }
 
 /// [`ApiCall`] by reference, for sending: encodes exactly as the owned form, without
@@ -205,6 +221,8 @@ pub enum ApiCallRef<'a> {
         /// The original request.
         request: &'a ApiRequest,
     },
+    /// [`ApiCall::Pipeline`].
+    Pipeline,
 }
 
 /// Largest module upload accepted.

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use wraft_api::ApiCallRef;
 use wraft_api::{
     ApiError, ApiRequest, ApiResponse, ClusterStatus, Consistency, FsmInfo, ModuleInfo, Once,
     Payload, StageLatency,
@@ -27,6 +28,7 @@ use wraft_core::raft::NodeId;
 use wraft_core::session;
 use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
 use wraft_transport_quic::api::{self};
+use wraft_transport_quic::pipeline::{Pipeline, PipelineError};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
 
@@ -74,7 +76,7 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     nodes: Vec<String>,
-    current: Mutex<Option<(usize, quinn::Connection)>>,
+    current: Mutex<Option<Current>>,
     patience: Duration,
     /// How long one attempt of a repeatable request may wait for its answer.
     attempt_timeout: Option<Duration>,
@@ -82,6 +84,26 @@ pub struct Client {
     session: Option<SessionSlot>,
     /// The idle timeout the client's sessions ask for.
     session_idle_timeout: Duration,
+}
+
+/// The connection requests go on, and how.
+#[derive(Debug)]
+struct Current {
+    /// Which of the nodes it is to.
+    index: usize,
+    conn: quinn::Connection,
+    calls: Calls,
+}
+
+/// How calls go on a connection.
+#[derive(Debug)]
+enum Calls {
+    /// On a pipeline, opened with the next call.
+    Opening,
+    /// On this pipeline.
+    Pipelined(Pipeline),
+    /// A stream each: the node takes no pipelines.
+    StreamEach,
 }
 
 enum Attempt {
@@ -230,13 +252,46 @@ impl Client {
     /// The open connection, or a new one to the next node that answers.
     async fn connection(&self) -> Result<quinn::Connection, String> {
         let mut current = self.current.lock().await;
-        if let Some((_, c)) = current.as_ref().filter(|(_, c)| c.close_reason().is_none()) {
-            return Ok(c.clone());
+        Ok(self.open_connection(&mut current).await?.conn.clone())
+    }
+
+    async fn open_connection<'a>(
+        &self,
+        current: &'a mut Option<Current>,
+    ) -> Result<&'a mut Current, String> {
+        if current
+            .as_ref()
+            .is_none_or(|c| c.conn.close_reason().is_some())
+        {
+            let start = current.as_ref().map_or(0, |c| c.index + 1);
+            let (index, conn) = self.connect(start).await?;
+            *current = Some(Current {
+                index,
+                conn,
+                calls: Calls::Opening,
+            });
         }
-        let start = current.as_ref().map_or(0, |(i, _)| i + 1);
-        let (i, c) = self.connect(start).await?;
-        *current = Some((i, c.clone()));
-        Ok(c)
+        Ok(current.as_mut().expect("a connection was set just above"))
+    }
+
+    /// Where the next call goes: the connection's pipeline (a new one if the last ended), or
+    /// a stream of its own if the node takes no pipelines.
+    async fn route(&self) -> Result<(quinn::Connection, Option<Pipeline>), String> {
+        let mut current = self.current.lock().await;
+        let c = self.open_connection(&mut current).await?;
+        if let Calls::Pipelined(p) = &c.calls {
+            match p.ended() {
+                None => return Ok((c.conn.clone(), Some(p.clone()))),
+                Some(PipelineError::Refused(_)) => c.calls = Calls::StreamEach,
+                Some(_) => c.calls = Calls::Opening,
+            }
+        }
+        if let Calls::StreamEach = c.calls {
+            return Ok((c.conn.clone(), None));
+        }
+        let p = Pipeline::open(&c.conn).await.map_err(|e| e.to_string())?;
+        c.calls = Calls::Pipelined(p.clone());
+        Ok((c.conn.clone(), Some(p)))
     }
 
     /// One attempt: the open connection (or the next node's), then the request on it,
@@ -246,10 +301,25 @@ impl Client {
         request: &ApiRequest,
         limit: Duration,
     ) -> Result<Result<ApiResponse, ApiError>, Attempt> {
-        let conn = self.connection().await.map_err(Attempt::NotSent)?;
-        let called = match tokio::time::timeout(limit, api::call(&conn, request)).await {
-            Ok(called) => called.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {limit:?}")),
+        let (conn, pipeline) = self.route().await.map_err(Attempt::NotSent)?;
+        let called = match pipeline {
+            Some(pipeline) => {
+                let call = pipeline.call(ApiCallRef::Direct(request));
+                match tokio::time::timeout(limit, call).await {
+                    Ok(Ok(answer)) => Ok(answer),
+                    // Never read by the node: the next attempt opens a new pipeline (or,
+                    // where the node has none, sends it on a stream of its own).
+                    Ok(Err(PipelineError::NotSent(e) | PipelineError::Refused(e))) => {
+                        return Err(Attempt::NotSent(e));
+                    }
+                    Ok(Err(e @ PipelineError::Lost(_))) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {limit:?}")),
+                }
+            }
+            None => match tokio::time::timeout(limit, api::call(&conn, request)).await {
+                Ok(called) => called.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            },
         };
         called.map_err(|e| {
             // This attempt's connection (no other's): the next attempt sees it closed and

@@ -460,6 +460,12 @@ impl ApiHandler for NodeApi {
                 ));
             }
             ApiCall::Direct(request) => (caller.role, request),
+            // The transport opens pipelines and never hands their opening frame on.
+            ApiCall::Pipeline => {
+                return Err(ApiError::BadRequest(
+                    "a pipeline is opened by the first frame of a stream, not inside one".into(),
+                ));
+            }
         };
         self.serve_as(role, request).await
     }

@@ -21,15 +21,15 @@ use crate::processes::{caught_up, identity, runtime, three_nodes};
 
 /// Three `wraft serve` processes (without the power-loss preload: these tests move hundreds
 /// of megabytes) and clients of each role.
-struct Trio {
+pub(crate) struct Trio {
     _dir: tempfile::TempDir,
-    certs: std::path::PathBuf,
-    addrs: Vec<String>,
-    nodes: Vec<NodeProcess>,
+    pub(crate) certs: std::path::PathBuf,
+    pub(crate) addrs: Vec<String>,
+    pub(crate) nodes: Vec<NodeProcess>,
 }
 
 impl Trio {
-    fn start(extra: &[&str]) -> Self {
+    pub(crate) fn start(extra: &[&str]) -> Self {
         Self::start_with(|_| extra.iter().map(|s| s.to_string()).collect())
     }
 
@@ -55,7 +55,7 @@ impl Trio {
         }
     }
 
-    fn client(&self, role: &str, ids: &[u64]) -> Client {
+    pub(crate) fn client(&self, role: &str, ids: &[u64]) -> Client {
         let addrs = ids
             .iter()
             .map(|i| self.addrs[*i as usize - 1].clone())
@@ -65,7 +65,7 @@ impl Trio {
             .with_patience(Duration::from_secs(30))
     }
 
-    async fn leader(&self) -> u64 {
+    pub(crate) async fn leader(&self) -> u64 {
         let admin = self.client("admin", &[1, 2, 3]);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -99,7 +99,7 @@ impl Trio {
         kb << 10
     }
 
-    fn assert_all_running(&mut self) {
+    pub(crate) fn assert_all_running(&mut self) {
         for n in &mut self.nodes {
             let running = n.running();
             assert!(
@@ -112,7 +112,7 @@ impl Trio {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         for n in &mut self.nodes {
             assert!(
                 n.stop(),
@@ -124,7 +124,7 @@ impl Trio {
     }
 }
 
-fn put(key: &[u8], value: Vec<u8>) -> ApiRequest {
+pub(crate) fn put(key: &[u8], value: Vec<u8>) -> ApiRequest {
     let cmd = probe::Command::Put {
         key: key.to_vec(),
         value,
@@ -136,7 +136,7 @@ fn put(key: &[u8], value: Vec<u8>) -> ApiRequest {
     }
 }
 
-async fn create_probe(admin: &Client, fsm: &str) {
+pub(crate) async fn create_probe(admin: &Client, fsm: &str) {
     deploy_and_create(
         admin,
         name(fsm),
@@ -162,7 +162,7 @@ async fn idempotent(client: &Client, request: ApiRequest) -> Result<u32, ClientE
 }
 
 /// Some small writes commit through any node.
-async fn writes_commit(trio: &Trio, tag: &str) {
+pub(crate) async fn writes_commit(trio: &Trio, tag: &str) {
     let writer = trio.client("writer", &[1, 2, 3]);
     for i in 0..5u8 {
         writer
@@ -173,7 +173,7 @@ async fn writes_commit(trio: &Trio, tag: &str) {
 }
 
 /// A raw client API connection to `addr` with `role`'s certificate.
-async fn raw_connection(trio: &Trio, role: &str, addr: &str) -> quinn::Connection {
+pub(crate) async fn raw_connection(trio: &Trio, role: &str, addr: &str) -> quinn::Connection {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     ep.set_default_client_config(
         wraft_transport_quic::client_config(
@@ -189,7 +189,7 @@ async fn raw_connection(trio: &Trio, role: &str, addr: &str) -> quinn::Connectio
 }
 
 /// One frame (`len | crc32 | payload`) of raw payload bytes.
-fn frame(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_le_bytes().to_vec();
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);

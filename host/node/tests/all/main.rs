@@ -31,6 +31,7 @@ mod nan_model;
 mod openapi;
 mod ops;
 mod persistence;
+mod pipeline;
 mod power_loss;
 mod processes;
 mod proposer;

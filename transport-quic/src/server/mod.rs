@@ -8,6 +8,7 @@ use std::sync::Arc;
 use openraft::Raft;
 use openraft::storage::RaftStateMachine;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 use wraft_core::raft::{NodeId, Snapshot, TypeConfig};
 
 use wraft_api::{ApiCall, ApiError, ApiRequest};
@@ -16,6 +17,8 @@ use crate::api::{self, ApiHandler, Caller};
 use crate::limits::{ByteBudget, ConnectionSlot, Connections, ServerLimits};
 use crate::wire::{self, Chunk, Reply, Request, WireError};
 use crate::{ALPN_CLIENT, ALPN_RAFT, TransportError, identity};
+
+mod pipeline;
 
 /// QUIC application error code of a connection refused by a limit.
 const REFUSED: u32 = 3;
@@ -106,7 +109,10 @@ where
     SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
     H: ApiHandler,
 {
-    conn.set_max_concurrent_bi_streams(shared.limits.streams_per_connection.into());
+    let most = shared.limits.streams_per_connection;
+    conn.set_max_concurrent_bi_streams(most.into());
+    // Calls in flight on this connection, a stream each or pipelined.
+    let calls = Arc::new(Semaphore::new(most as usize));
     let caller = Caller {
         role: identity::client_role(&conn),
         connection: conn.clone(),
@@ -116,9 +122,15 @@ where
             .accept_bi()
             .await
             .map_err(|e| TransportError::Peer(e.to_string()))?;
-        let (shared, caller) = (shared.clone(), caller.clone());
+        let (shared, caller, calls) = (shared.clone(), caller.clone(), calls.clone());
         tokio::spawn(async move {
+            let slot = calls.clone().acquire_owned().await;
+            let slot = slot.expect("the connection's call semaphore is never closed");
             let result = match receive_call(&mut recv, &caller, &shared).await {
+                Ok((_permit, ApiCall::Pipeline)) => {
+                    drop(slot);
+                    return pipeline::serve(send, recv, caller, shared, calls).await;
+                }
                 Ok((_permit, ApiCall::Direct(ApiRequest::Upload { len }))) => {
                     match api::receive_upload(&mut recv, caller.role, len).await {
                         Ok(bytes) => {
@@ -146,46 +158,64 @@ where
                     }
                 }
                 Ok((_permit, call)) => shared.api.handle(caller, call).await,
-                Err(e) => Err(e),
+                Err(CallError::Ended) => Err(ApiError::BadRequest(
+                    "the stream ended before its call".into(),
+                )),
+                Err(CallError::Refused(e)) => Err(e),
             };
             if wire::send(&mut send, &result).await.is_ok() {
                 let _ = send.finish();
             }
+            drop(slot);
         });
     }
 }
 
-/// Reads the call that opens a stream: its size checked against the caller's limit and
-/// taken from the node's byte budget before any of it is read, and its bytes awaited no
-/// longer than their size allows. The permit holds the bytes until the call is answered.
+/// Why no call could be read from a stream.
+enum CallError {
+    /// The stream ended where a call would begin.
+    Ended,
+    /// The call was refused (too large, over the byte budget, too slow, undecodable): its
+    /// bytes were not all read, so nothing after it on the stream can be.
+    Refused(ApiError),
+}
+
+/// Reads a call: its size checked against the caller's limit and taken from the node's
+/// byte budget before any of it is read, and its bytes awaited no longer than their size
+/// allows. The permit holds the bytes until the call is answered.
 async fn receive_call<SM: RaftStateMachine<TypeConfig>, H>(
     recv: &mut quinn::RecvStream,
     caller: &Caller,
     shared: &Shared<SM, H>,
-) -> Result<(tokio::sync::OwnedSemaphorePermit, ApiCall), ApiError> {
+) -> Result<(tokio::sync::OwnedSemaphorePermit, ApiCall), CallError> {
     let limits = &shared.limits;
     let max = limits.request_bytes(caller.role);
+    let refused = |e: ApiError| CallError::Refused(e);
     let header = wire::recv_header(recv, max).await.map_err(|e| match e {
-        WireError::TooLarge { len, max } => ApiError::BadRequest(format!(
+        WireError::Read(quinn::ReadExactError::FinishedEarly(0)) => CallError::Ended,
+        WireError::TooLarge { len, max } => refused(ApiError::BadRequest(format!(
             "a request of {len} bytes exceeds the limit of {max} for a {} caller \
              (--max-entry-bytes for writes, --max-read-request-bytes for reads)",
             caller
                 .role
                 .map_or("node".into(), |r| format!("{r:?}").to_lowercase())
-        )),
-        e => ApiError::BadRequest(e.to_string()),
+        ))),
+        e => refused(ApiError::BadRequest(e.to_string())),
     })?;
-    let permit = shared.budget.take(header.len).map_err(ApiError::Busy)?;
+    let permit = shared
+        .budget
+        .take(header.len)
+        .map_err(|e| refused(ApiError::Busy(e)))?;
     let deadline = limits.receive_deadline(header.len);
     let call = tokio::time::timeout(deadline, wire::recv_body(recv, header))
         .await
         .map_err(|_| {
-            ApiError::BadRequest(format!(
+            refused(ApiError::BadRequest(format!(
                 "the request's {} bytes did not arrive within {deadline:?}",
                 header.len
-            ))
+            )))
         })?
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| refused(ApiError::BadRequest(e.to_string())))?;
     Ok((permit, call))
 }
 
