@@ -14,6 +14,9 @@
 //! and the error says it may have applied. No request waits for its answer past `patience`:
 //! one that was sent and not answered in time ends as `OutcomeUnknown` (a write) or
 //! `Unreachable` (a read).
+//!
+//! Concurrent requests share one connection and are pipelined on one stream
+//! (`wraft_transport_quic::pipeline`); uploads and backups take a stream of their own.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
