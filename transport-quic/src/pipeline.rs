@@ -3,29 +3,33 @@
 //!
 //! ```text
 //! client -> ApiCall::Pipeline               opens the pipeline (no request)
+//! server -> ApiResult Ok(Done)              accepted (a node older than pipelines answers
+//!                                           Err(BadRequest) and reads nothing more)
 //! client -> ApiCall, ApiCall, ...           call 0, call 1, ...: their place on the stream
-//! server -> PipelinedReply { call, result } as each call completes, in any order
+//! server -> PipelinedReply { call, result, last }
+//!                                           as each call completes, in any order
 //! client -> finish                          no more calls
 //! server -> finish                          every call it read is answered
 //! ```
 //!
 //! A call the node cannot read whole (larger than the caller's limit, more than the node's
-//! byte budget, too slow to arrive, undecodable) is answered with its error and ends the
-//! pipeline: the node reads nothing after it, answers the calls it read, and finishes. So a
-//! call that a finished pipeline left unanswered was never read, and may be sent again
-//! ([`PipelineError::NotSent`]). Uploads and backups stream their own bytes: they are
-//! refused on a pipeline and take a stream of their own ([`crate::api`]).
+//! byte budget, too slow to arrive, undecodable) is answered with its error, marked `last`,
+//! and ends the pipeline: the node reads nothing after it, answers the calls it read, and
+//! finishes. So a call placed after the `last` one, or left unanswered when the node
+//! finishes, was never read, and may be sent again ([`PipelineError::NotSent`]). Uploads and
+//! backups stream their own bytes: they are refused on a pipeline and take a stream of their
+//! own ([`crate::api`]).
 //!
 //! On the node, calls in flight on one connection, pipelined or not, are bounded by
 //! `ServerLimits::streams_per_connection`: past it the node reads no further call, and the
 //! client's writes wait on QUIC's flow control. A node older than pipelines refuses the
-//! opening frame; [`PipelineError::Refused`] says so, and the caller uses a stream per call.
+//! opening ([`PipelineError::Refused`]); the caller then uses a stream per call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
-use wraft_api::{ApiCallRef, ApiResult, MAX_REPLY, PipelinedReply};
+use wraft_api::{ApiCallRef, ApiError, ApiResult, MAX_REPLY, PipelinedReply};
 use wraft_core::frame;
 
 use crate::wire::{self, WireError};
@@ -58,24 +62,30 @@ pub struct Pipeline {
 struct Waiting {
     /// The place the next call takes on the stream.
     next: u64,
-    calls: HashMap<u64, oneshot::Sender<ApiResult>>,
+    calls: HashMap<u64, oneshot::Sender<Result<ApiResult, PipelineError>>>,
+    /// The place of the call the node marked `last`: it reads nothing after it.
+    last: Option<u64>,
     /// Why the pipeline ended, once it has.
     ended: Option<PipelineError>,
 }
 
 impl Pipeline {
-    /// Opens a pipeline on `conn`.
-    pub async fn open(conn: &quinn::Connection) -> Result<Self, WireError> {
-        let (send, recv) = conn
-            .open_bi()
+    /// Opens a pipeline on `conn` and waits for the node to accept it. `Refused`: the node
+    /// does not take pipelines; `NotSent`: it could not open one now (no stream, or `Busy`).
+    pub async fn open(conn: &quinn::Connection) -> Result<Self, PipelineError> {
+        let failed = |e: &dyn std::fmt::Display| PipelineError::NotSent(e.to_string());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+        wire::send(&mut send, &ApiCallRef::Pipeline)
             .await
-            .map_err(|e| WireError::Frame(format!("open stream: {e}")))?;
+            .map_err(|e| failed(&e))?;
+        match wire::recv::<ApiResult>(&mut recv, MAX_REPLY).await {
+            Ok(Ok(_)) => {}
+            // What a node older than pipelines answers an opening it cannot decode.
+            Ok(Err(ApiError::BadRequest(why))) => return Err(PipelineError::Refused(why)),
+            Ok(Err(e)) => return Err(failed(&e)),
+            Err(e) => return Err(failed(&e)),
+        }
         let (outgoing, queue) = mpsc::unbounded_channel();
-        let mut opening = Vec::new();
-        frame::encode_frame(&ApiCallRef::Pipeline, &mut opening);
-        outgoing
-            .send(opening)
-            .expect("the writer's receiver is held until it is spawned below");
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         tokio::spawn(write_calls(send, queue));
         tokio::spawn(read_replies(recv, waiting.clone()));
@@ -84,12 +94,8 @@ impl Pipeline {
 
     /// Whether calls may still be sent on it.
     pub fn is_open(&self) -> bool {
-        lock(&self.waiting).ended.is_none()
-    }
-
-    /// Why it ended, if it has.
-    pub fn ended(&self) -> Option<PipelineError> {
-        lock(&self.waiting).ended.clone()
+        let waiting = lock(&self.waiting);
+        waiting.ended.is_none() && waiting.last.is_none()
     }
 
     /// Sends `call` and waits for its answer. Dropping the future forgets the answer; the
@@ -102,6 +108,9 @@ impl Pipeline {
             let mut waiting = lock(&self.waiting);
             if let Some(ended) = &waiting.ended {
                 return Err(not_sent(ended));
+            }
+            if let Some(last) = waiting.last {
+                return Err(after_last(last));
             }
             // Taken and queued under the lock: the writer sends calls in their places' order.
             let place = waiting.next;
@@ -120,13 +129,20 @@ impl Pipeline {
         };
         let answer = rx.await;
         drop(forget);
-        answer.map_err(|_| {
-            lock(&self.waiting)
+        answer.unwrap_or_else(|_| {
+            Err(lock(&self.waiting)
                 .ended
                 .clone()
-                .unwrap_or_else(|| PipelineError::Lost("the pipeline's reader stopped".into()))
+                .unwrap_or_else(|| PipelineError::Lost("the pipeline's reader stopped".into())))
         })
     }
+}
+
+/// What a call placed after the node's `last` one hears.
+fn after_last(last: u64) -> PipelineError {
+    PipelineError::NotSent(format!(
+        "the node ended the pipeline at call {last} and read nothing after it"
+    ))
 }
 
 /// What a call the pipeline had not read yet when it ended hears.
@@ -159,8 +175,10 @@ fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
 /// Ends the pipeline: every caller still waiting hears `why`.
 fn end(waiting: &Mutex<Waiting>, why: PipelineError) {
     let mut waiting = lock(waiting);
-    waiting.ended.get_or_insert(why);
-    waiting.calls.clear();
+    let why = waiting.ended.get_or_insert(why).clone();
+    for (_, caller) in waiting.calls.drain() {
+        let _ = caller.send(Err(why.clone()));
+    }
 }
 
 /// Writes queued calls in order, as many as are queued in one write; finishes the stream
@@ -187,25 +205,33 @@ async fn write_calls(mut send: quinn::SendStream, mut queue: mpsc::UnboundedRece
 /// Hands each answer to its caller; ends the pipeline when the node finishes it or the
 /// stream breaks.
 async fn read_replies(mut recv: quinn::RecvStream, waiting: Arc<Mutex<Waiting>>) {
-    let mut answered_any = false;
     let why = loop {
         match wire::recv::<PipelinedReply>(&mut recv, MAX_REPLY).await {
-            Ok(PipelinedReply { call, result }) => {
-                answered_any = true;
-                if let Some(caller) = lock(&waiting).calls.remove(&call) {
-                    let _ = caller.send(result);
+            Ok(PipelinedReply { call, result, last }) => {
+                let mut waiting = lock(&waiting);
+                if let Some(caller) = waiting.calls.remove(&call) {
+                    let _ = caller.send(Ok(result));
+                }
+                if last {
+                    // The node reads nothing after this call: the calls placed after it
+                    // were never read, and hear so now, not when the node finishes.
+                    waiting.last = Some(call);
+                    let after: Vec<u64> = waiting
+                        .calls
+                        .keys()
+                        .filter(|p| **p > call)
+                        .copied()
+                        .collect();
+                    for place in after {
+                        if let Some(caller) = waiting.calls.remove(&place) {
+                            let _ = caller.send(Err(after_last(call)));
+                        }
+                    }
                 }
             }
             // The node finished: every call it read is answered, the rest it never read.
             Err(WireError::Read(quinn::ReadExactError::FinishedEarly(0))) => {
                 break PipelineError::NotSent("the node ended the pipeline".into());
-            }
-            // A node older than pipelines answers the opening frame as a bad request (an
-            // `ApiResult`, not a `PipelinedReply`) and reads nothing more.
-            Err(WireError::Frame(e)) if !answered_any => {
-                break PipelineError::Refused(format!(
-                    "its answer to the opening was not one: {e}"
-                ));
             }
             Err(e) => break PipelineError::Lost(e.to_string()),
         }

@@ -190,9 +190,10 @@ pub enum ApiCall {
         /// The original request.
         request: ApiRequest,
     },
-    /// Opens a pipeline: this frame carries no request; every frame after it on the stream
-    /// is an [`ApiCall`] (`Direct` or `Forwarded`, no upload or backup, which stream their
-    /// own bytes), and the node answers each with a [`PipelinedReply`] as it completes.
+    /// Opens a pipeline: this frame carries no request. The node accepts it with an
+    /// `ApiResult` (`Ok(Done)`); every frame after it on the stream is an [`ApiCall`]
+    /// (`Direct` or `Forwarded`, no upload or backup, which stream their own bytes), and the
+    /// node answers each with a [`PipelinedReply`] as it completes.
     /// The transport's `pipeline` module describes the exchange.
     Pipeline,
 }
@@ -206,6 +207,9 @@ pub struct PipelinedReply {
     pub call: u64,
     /// Its answer.
     pub result: crate::ApiResult,
+    /// The node reads no call after this one (it could not read this one whole): calls
+    /// placed after it were never read.
+    pub last: bool,
 }
 
 /// [`ApiCall`] by reference, for sending: encodes exactly as the owned form, without

@@ -282,19 +282,22 @@ impl Client {
     async fn route(&self) -> Result<(quinn::Connection, Option<Pipeline>), String> {
         let mut current = self.current.lock().await;
         let c = self.open_connection(&mut current).await?;
-        if let Calls::Pipelined(p) = &c.calls {
-            match p.ended() {
-                None => return Ok((c.conn.clone(), Some(p.clone()))),
-                Some(PipelineError::Refused(_)) => c.calls = Calls::StreamEach,
-                Some(_) => c.calls = Calls::Opening,
+        match &c.calls {
+            Calls::Pipelined(p) if p.is_open() => return Ok((c.conn.clone(), Some(p.clone()))),
+            Calls::StreamEach => return Ok((c.conn.clone(), None)),
+            Calls::Pipelined(_) | Calls::Opening => {}
+        }
+        match Pipeline::open(&c.conn).await {
+            Ok(p) => {
+                c.calls = Calls::Pipelined(p.clone());
+                Ok((c.conn.clone(), Some(p)))
             }
+            Err(PipelineError::Refused(_)) => {
+                c.calls = Calls::StreamEach;
+                Ok((c.conn.clone(), None))
+            }
+            Err(e) => Err(e.to_string()),
         }
-        if let Calls::StreamEach = c.calls {
-            return Ok((c.conn.clone(), None));
-        }
-        let p = Pipeline::open(&c.conn).await.map_err(|e| e.to_string())?;
-        c.calls = Calls::Pipelined(p.clone());
-        Ok((c.conn.clone(), Some(p)))
     }
 
     /// One attempt: the open connection (or the next node's), then the request on it,
@@ -310,8 +313,7 @@ impl Client {
                 let call = pipeline.call(ApiCallRef::Direct(request));
                 match tokio::time::timeout(limit, call).await {
                     Ok(Ok(answer)) => Ok(answer),
-                    // Never read by the node: the next attempt opens a new pipeline (or,
-                    // where the node has none, sends it on a stream of its own).
+                    // Never read by the node: the next attempt opens a new pipeline.
                     Ok(Err(PipelineError::NotSent(e) | PipelineError::Refused(e))) => {
                         return Err(Attempt::NotSent(e));
                     }

@@ -7,30 +7,46 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use wraft_api::{ApiCall, ApiError, ApiRequest, ApiResult, PipelinedReply};
+use wraft_api::{ApiCall, ApiError, ApiRequest, ApiResponse, ApiResult, PipelinedReply};
 use wraft_core::frame;
 use wraft_core::raft::TypeConfig;
 
 use super::{CallError, Shared, receive_call};
 use crate::api::{ApiHandler, Caller};
+use crate::wire;
 
-/// An answer on its way to the writer, with what the call holds until it is written: its
-/// slot among the connection's calls in flight and its bytes of the node's budget. A client
-/// that does not read its answers so stops the node reading its calls.
+/// QUIC error code of a pipeline the node stopped without finishing it.
+const ABANDONED: u32 = 4;
+
+/// An answer on its way to the writer, with the call's slot among the connection's calls in
+/// flight, held until the answer is written: a client that does not read its answers so
+/// stops the node reading its calls. (The call's bytes of the node's budget are given back
+/// when its handler returns, as on a stream of its own.)
 struct Answer {
-    call: u64,
-    result: ApiResult,
-    held: Held,
+    reply: PipelinedReply,
+    slot: OwnedSemaphorePermit,
 }
 
-struct Held {
-    _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+/// The pipeline's send side: finished once every call read is answered, reset otherwise (the
+/// task serving it panicked or was dropped), so that the client never takes an abandoned
+/// pipeline for a finished one and resends calls the node may have applied.
+struct AnswerStream {
+    send: quinn::SendStream,
+    finished: bool,
 }
 
-/// Serves the pipeline whose opening frame was read from `recv`.
+impl Drop for AnswerStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.send.reset(ABANDONED.into());
+        }
+    }
+}
+
+/// Serves the pipeline whose opening frame was read from `recv`: accepts it, then reads,
+/// runs and answers its calls.
 pub(super) async fn serve<SM, H>(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     caller: Caller,
     shared: Arc<Shared<SM, H>>,
@@ -39,6 +55,15 @@ pub(super) async fn serve<SM, H>(
     SM: RaftStateMachine<TypeConfig, SnapshotData = File>,
     H: ApiHandler,
 {
+    let mut send = AnswerStream {
+        send,
+        finished: false,
+    };
+    let accepted: ApiResult = Ok(ApiResponse::Done);
+    if let Err(e) = wire::send(&mut send.send, &accepted).await {
+        tracing::debug!("pipeline not accepted: {e}");
+        return;
+    }
     let (answers, mut answered) = mpsc::unbounded_channel();
     let reading = read_calls(&mut recv, caller, shared, calls, answers);
     let writing = write_answers(&mut send, &mut answered);
@@ -75,39 +100,34 @@ async fn read_calls<SM, H>(
             Ok(received) => received,
             Err(CallError::Ended) => return,
             Err(CallError::Refused(error)) => {
-                let held = Held {
-                    _slot: slot,
-                    _bytes: None,
-                };
-                let _ = answers.send(Answer {
+                let reply = PipelinedReply {
                     call,
                     result: Err(error),
-                    held,
-                });
+                    last: true,
+                };
+                let _ = answers.send(Answer { reply, slot });
                 return;
             }
         };
-        let held = Held {
-            _slot: slot,
-            _bytes: Some(bytes),
-        };
         if let Some(why) = not_pipelined(&request) {
-            let _ = answers.send(Answer {
+            let reply = PipelinedReply {
                 call,
                 result: Err(ApiError::BadRequest(why.into())),
-                held,
-            });
+                last: false,
+            };
+            let _ = answers.send(Answer { reply, slot });
             continue;
         }
         let (shared, caller) = (shared.clone(), caller.clone());
-        let answer = Pending {
+        let pending = Pending {
             call,
             answers: answers.clone(),
-            held: Some(held),
+            slot: Some(slot),
         };
         tokio::spawn(async move {
             let result = shared.api.handle(caller, request).await;
-            answer.send(result);
+            drop(bytes);
+            pending.answer(result);
         });
     }
 }
@@ -130,40 +150,40 @@ fn not_pipelined(request: &ApiCall) -> Option<&'static str> {
 struct Pending {
     call: u64,
     answers: mpsc::UnboundedSender<Answer>,
-    held: Option<Held>,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Pending {
-    fn send(mut self, result: ApiResult) {
-        self.answer(result);
+    fn answer(mut self, result: ApiResult) {
+        self.send(result);
     }
 
-    fn answer(&mut self, result: ApiResult) {
-        if let Some(held) = self.held.take() {
-            let _ = self.answers.send(Answer {
+    fn send(&mut self, result: ApiResult) {
+        if let Some(slot) = self.slot.take() {
+            let reply = PipelinedReply {
                 call: self.call,
                 result,
-                held,
-            });
+                last: false,
+            };
+            let _ = self.answers.send(Answer { reply, slot });
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.held.is_none() {
-            return;
+        if self.slot.is_some() {
+            self.send(Err(ApiError::OutcomeUnknown(
+                "the node failed while handling the call; it may have applied".into(),
+            )));
         }
-        self.answer(Err(ApiError::OutcomeUnknown(
-            "the node failed while handling the call; it may have applied".into(),
-        )));
     }
 }
 
 /// Writes answers as they come, all that are ready in one write; finishes the stream once
 /// every call read is answered.
 async fn write_answers(
-    send: &mut quinn::SendStream,
+    send: &mut AnswerStream,
     answered: &mut mpsc::UnboundedReceiver<Answer>,
 ) -> Result<(), quinn::WriteError> {
     /// Answers gathered into one write stop growing it past this.
@@ -174,21 +194,18 @@ async fn write_answers(
         bytes.clear();
         let mut next = Some(first);
         while let Some(answer) = next.take() {
-            let reply = PipelinedReply {
-                call: answer.call,
-                result: answer.result,
-            };
-            frame::encode_frame(&reply, &mut bytes);
-            // Held until written.
-            written.push(answer.held);
+            frame::encode_frame(&answer.reply, &mut bytes);
+            // Its slot is held until written.
+            written.push(answer.slot);
             if bytes.len() < WRITE_AT_ONCE {
                 next = answered.try_recv().ok();
             }
         }
-        send.write_all(&bytes).await?;
+        send.send.write_all(&bytes).await?;
         written.clear();
     }
     // The client may have gone: nothing is left to tell it.
-    let _ = send.finish();
+    let _ = send.send.finish();
+    send.finished = true;
     Ok(())
 }

@@ -83,7 +83,10 @@ fn a_call_over_its_limit_ends_its_pipeline_and_nothing_sent_after_it_applies() {
             matches!(after_answer, Err(PipelineError::NotSent(_))),
             "{after_answer:?}"
         );
-        assert!(!pipeline.is_open(), "the refusal ended the pipeline");
+        assert!(
+            !pipeline.is_open(),
+            "the refusal, marked last, ended the pipeline"
+        );
 
         // The node read nothing after the refusal; a new pipeline on the same connection
         // serves, and finds the call before the refusal applied and the one after it not.
@@ -152,9 +155,11 @@ fn a_client_that_reads_no_answers_is_held_to_its_calls_in_flight() {
         }
         let sent = ends.iter().filter(|end| **end <= written).count();
         eprintln!("{sent} of {CALLS} calls sent whole before the node stopped reading");
+        // What gets through: the calls in flight (64), the answers that fit the client's
+        // window (~300 of 4 KiB) and the calls that fit the node's (~2 900 of 430 bytes).
         assert!(
-            sent < CALLS,
-            "the node read every call of a client that reads no answers"
+            sent < CALLS / 2,
+            "the node read on for a client that reads no answers: {sent} calls"
         );
         // Others are served meanwhile.
         writes_commit(&trio, "while-held").await;
@@ -167,6 +172,8 @@ fn a_client_that_reads_no_answers_is_held_to_its_calls_in_flight() {
             send.finish().expect("finish");
         };
         let reading = async {
+            let accepted = wraft_transport_quic::wire::recv::<ApiResult>(&mut recv, 1 << 20).await;
+            assert!(matches!(accepted, Ok(Ok(_))), "{accepted:?}");
             let mut answered = vec![false; CALLS];
             for _ in 0..CALLS {
                 let reply = tokio::time::timeout(
