@@ -32,7 +32,14 @@ impl NodeApi {
             .acquire_owned()
             .await
             .map_err(|_| unavailable("the node is shutting down"))?;
-        self.off_worker(call).await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let store = self.store.clone();
+        self.guest_pool.spawn(move || {
+            let _ = tx.send(call(&store));
+        });
+        rx.await
+            .map_err(|_| unavailable("the guest call failed"))?
+            .map_err(unavailable)
     }
 
     /// Runs one of `fsm`'s JSON codecs on `input` on the guest pool.
