@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use wraft_api::{
-    ApiCallRef, ApiError, ApiRequest, ApiResponse, ApiResult, Consistency, Payload, PipelinedReply,
+    ApiCall, ApiCallRef, ApiError, ApiRequest, ApiResponse, ApiResult, Consistency, Payload,
+    PipelinedReply,
 };
 use wraft_core::frame;
 use wraft_transport_quic::pipeline::{Pipeline, PipelineError};
@@ -207,5 +208,77 @@ fn a_client_that_reads_no_answers_is_held_to_its_calls_in_flight() {
         );
         trio.assert_all_running();
         trio.stop();
+    });
+}
+
+/// A stand-in for a node on 127.0.0.1 that answers the first frame of the first stream with
+/// `answer`'s bytes as a frame and then reads nothing more, as a node older than pipelines
+/// does with an opening it cannot decode; and a client connection to it.
+async fn one_answer_node(answer: Vec<u8>) -> (quinn::Endpoint, quinn::Connection) {
+    use wraft_api::Role;
+    use wraft_transport_quic::TlsIdentity;
+    use wraft_transport_quic::pki::{CLUSTER_NAME, DevCa};
+    let ca = DevCa::generate("pipeline-test").expect("ca");
+    let pem = |k: wraft_transport_quic::pki::CertifiedKey| {
+        TlsIdentity::from_pem(&ca.cert_pem, &k.cert_pem, &k.key_pem).expect("identity")
+    };
+    let node = pem(ca.node(1).expect("node cert"));
+    let client = pem(ca.client("test", Role::Writer).expect("client cert"));
+    let server = quinn::Endpoint::server(
+        wraft_transport_quic::server_config(&node).expect("server config"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("server");
+    let addr = server.local_addr().expect("addr");
+    let accepting = server.clone();
+    tokio::spawn(async move {
+        let conn = accepting
+            .accept()
+            .await
+            .expect("incoming")
+            .await
+            .expect("handshake");
+        let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+        let _opening: ApiCall = wraft_transport_quic::wire::recv(&mut recv, 1 << 20)
+            .await
+            .expect("opening");
+        let mut bytes = (answer.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32fast::hash(&answer).to_le_bytes());
+        bytes.extend_from_slice(&answer);
+        send.write_all(&bytes).await.expect("answer");
+        let _ = send.finish();
+        conn.closed().await;
+    });
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    ep.set_default_client_config(
+        wraft_transport_quic::client_config(&client, wraft_transport_quic::ALPN_CLIENT)
+            .expect("client config"),
+    );
+    let conn = ep
+        .connect(addr, CLUSTER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (server, conn)
+}
+
+/// Only an old node's refusal (`BadRequest`) makes the client fall back to a stream per
+/// call; an opening answer it cannot decode (a newer node's, say) is not taken for one,
+/// since the calls after it might have run.
+#[test]
+fn only_a_refusal_of_the_opening_is_taken_for_a_node_without_pipelines() {
+    runtime().block_on(async {
+        let refusal: ApiResult = Err(ApiError::BadRequest("unknown variant".into()));
+        let (_node, conn) = one_answer_node(postcard::to_allocvec(&refusal).expect("encode")).await;
+        match Pipeline::open(&conn).await {
+            Err(PipelineError::Refused(why)) => assert!(why.contains("unknown variant"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Variant 200 of `ApiResponse`: no build has it.
+        let (_node, conn) = one_answer_node(vec![0, 200, 1]).await;
+        match Pipeline::open(&conn).await {
+            Err(PipelineError::NotSent(_)) => {}
+            other => panic!("expected an undecodable answer, got {other:?}"),
+        }
     });
 }
