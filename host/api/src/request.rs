@@ -201,7 +201,7 @@ pub enum ApiCall {
 /// The answer to the `call`-th call of a pipeline ([`ApiCall::Pipeline`]; the first call
 /// after the opening frame is call 0). Answers come in the order calls complete, which is
 /// not the order they were sent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelinedReply {
     /// Which call, by its place on the stream.
     pub call: u64,

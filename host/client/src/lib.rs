@@ -277,9 +277,13 @@ impl Client {
         Ok(current.as_mut().expect("a connection was set just above"))
     }
 
-    /// Where the next call goes: the connection's pipeline (a new one if the last ended), or
-    /// a stream of its own if the node takes no pipelines.
-    async fn route(&self) -> Result<(quinn::Connection, Option<Pipeline>), String> {
+    /// Where the next call goes: the connection's pipeline (a new one if the last ended, if
+    /// the node accepts it within `limit`), or a stream of its own if the node takes no
+    /// pipelines.
+    async fn route(
+        &self,
+        limit: Duration,
+    ) -> Result<(quinn::Connection, Option<Pipeline>), String> {
         let mut current = self.current.lock().await;
         let c = self.open_connection(&mut current).await?;
         match &c.calls {
@@ -287,7 +291,17 @@ impl Client {
             Calls::StreamEach => return Ok((c.conn.clone(), None)),
             Calls::Pipelined(_) | Calls::Opening => {}
         }
-        match Pipeline::open(&c.conn).await {
+        // The node takes the opening when its connection has a call slot free: a node whose
+        // slots are all held (by calls a lost quorum holds up) is not waited for past the
+        // attempt's limit. Nothing was sent on the pipeline yet.
+        let opened = tokio::time::timeout(limit, Pipeline::open(&c.conn))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PipelineError::NotSent(format!(
+                    "the node did not accept a pipeline within {limit:?}"
+                )))
+            });
+        match opened {
             Ok(p) => {
                 c.calls = Calls::Pipelined(p.clone());
                 Ok((c.conn.clone(), Some(p)))
@@ -307,7 +321,7 @@ impl Client {
         request: &ApiRequest,
         limit: Duration,
     ) -> Result<Result<ApiResponse, ApiError>, Attempt> {
-        let (conn, pipeline) = self.route().await.map_err(Attempt::NotSent)?;
+        let (conn, pipeline) = self.route(limit).await.map_err(Attempt::NotSent)?;
         let called = match pipeline {
             Some(pipeline) => {
                 let call = pipeline.call(ApiCallRef::Direct(request));

@@ -27,19 +27,21 @@ impl NodeApi {
         lane: Lane,
         call: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _turn = self.guests[lane as usize]
+        let turn = self.guests[lane as usize]
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| unavailable("the node is shutting down"))?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let store = self.store.clone();
-        self.guest_pool.spawn(move || {
-            let _ = tx.send(call(&store));
-        });
-        rx.await
-            .map_err(|_| unavailable("the guest call failed"))?
-            .map_err(unavailable)
+        tokio::task::spawn_blocking(move || {
+            // The turn is held until the call is done, even if its caller stopped waiting:
+            // calls nobody waits for do not pile up beyond the lane's turns.
+            let _turn = turn;
+            call(&store)
+        })
+        .await
+        .map_err(|e| unavailable(format!("guest call: {e}")))?
+        .map_err(unavailable)
     }
 
     /// Runs one of `fsm`'s JSON codecs on `input` on the guest pool.
