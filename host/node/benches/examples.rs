@@ -19,6 +19,7 @@ use wraft_api::{ApiRequest, Payload};
 use wraft_core::{Apply, Command, EntryResponse, FsmLimits, FsmName};
 use wraft_host::clock::now_ms;
 use wraft_host::local::LocalNode;
+use wraft_host::state::Compile;
 
 mod support;
 use support::{BenchCluster, us};
@@ -202,7 +203,7 @@ fn airspace() {
             let t = Instant::now();
             let out = node
                 .store()
-                .query(&fsm, &bytes)
+                .query(&fsm, &bytes, Compile::IfNeeded)
                 .expect("store")
                 .expect("query");
             hist.record(t.elapsed().as_nanos() as u64).expect("record");

@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use wraft_api::{ApiRequest, Consistency, Payload};
 use wraft_core::{FsmLimits, FsmName};
 use wraft_host::local::LocalNode;
+use wraft_host::state::Compile;
 
 mod support;
 use support::{BenchCluster, us};
@@ -235,7 +236,7 @@ fn main() {
         let t = Instant::now();
         let node = LocalNode::open(local.path()).expect("open");
         node.store()
-            .query(&fsm, &[])
+            .query(&fsm, &[], Compile::IfNeeded)
             .expect("store")
             .expect("query");
         (t.elapsed(), node)
@@ -245,7 +246,7 @@ fn main() {
     for _ in 0..2000 {
         let t = Instant::now();
         node.store()
-            .query(&fsm, &[])
+            .query(&fsm, &[], Compile::IfNeeded)
             .expect("store")
             .expect("query");
         steady

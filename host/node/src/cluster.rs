@@ -227,6 +227,9 @@ pub enum NodeError {
     /// openraft refused the configuration or failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The guest pool's threads could not start (the process is out of threads or memory).
+    #[error("the guest pool (--guest-threads + --codec-threads threads): {0}")]
+    GuestPool(String),
     /// Links to passive voters were given without the key that seals their frames.
     #[error("passive voter links need the cluster's voter key (--voter-key)")]
     NoVoterKey,

@@ -10,7 +10,7 @@ use wraft_core::{
 };
 
 use crate::runtime::{EntryPoint, FsmRuntime};
-use crate::state::{AppliedPosition, Committed, StateError, StateOptions, StateStore};
+use crate::state::{AppliedPosition, Committed, Compile, StateError, StateOptions, StateStore};
 
 /// Example modules built into this binary (from fsm-examples).
 pub const EXAMPLES: &[(&str, &[u8])] = &[
@@ -125,6 +125,7 @@ impl LocalNode {
             EntryPoint::CommandFromJson,
             json.as_bytes(),
             CODEC_OUTPUT,
+            Compile::IfNeeded,
         )? {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
@@ -153,11 +154,12 @@ impl LocalNode {
             EntryPoint::QueryFromJson,
             json.as_bytes(),
             CODEC_OUTPUT,
+            Compile::IfNeeded,
         )? {
             Ok(q) => q,
             Err(e) => return Ok(Err(e)),
         };
-        match self.store.query(fsm, &query)? {
+        match self.store.query(fsm, &query, Compile::IfNeeded)? {
             Ok(out) => self.to_json(fsm, EntryPoint::QueryOutputToJson, &out),
             Err(e) => Ok(Err(e)),
         }
@@ -171,7 +173,7 @@ impl LocalNode {
     ) -> Result<Result<String, ApplyError>, StateError> {
         Ok(self
             .store
-            .codec(fsm, codec, bytes, CODEC_OUTPUT)?
+            .codec(fsm, codec, bytes, CODEC_OUTPUT, Compile::IfNeeded)?
             .map(|json| String::from_utf8_lossy(&json).into_owned()))
     }
 }

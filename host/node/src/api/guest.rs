@@ -6,7 +6,7 @@ use wraft_api::{ApiError, ApiResponse, ApiResult, Payload};
 use wraft_core::{ApplyError, FsmName};
 
 use crate::runtime::EntryPoint;
-use crate::state::StateStore;
+use crate::state::{Compile, StateError, StateStore};
 
 use super::{NodeApi, unavailable};
 
@@ -22,26 +22,46 @@ impl NodeApi {
     /// the guest pool, so wasm never holds the async workers that carry raft's heartbeats;
     /// at most `guest_threads` (reads) or `codec_threads` (writes' codecs) run at once and
     /// the rest wait their turn.
+    ///
+    /// The pool is rayon's, and a call on it must never compile: wasmtime compiles in
+    /// parallel on rayon, and a rayon thread waiting for that work runs other queued jobs on
+    /// its own stack — a guest call for the same module would then wait for the compile gate
+    /// its own thread holds. So `call` runs first with [`Compile::Never`]; one whose module is
+    /// not in memory (a restart without its compiled copy, an engine upgrade) runs again with
+    /// [`Compile::IfNeeded`] on tokio's blocking pool.
     pub(super) async fn on_guest_thread<T: Send + 'static>(
         &self,
         lane: Lane,
-        call: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
+        call: impl Fn(&StateStore, Compile) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let turn = self.guests[lane as usize]
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| unavailable("the node is shutting down"))?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            // The turn is held until the call is done, even if its caller stopped waiting:
-            // calls nobody waits for do not pile up beyond the lane's turns.
-            let _turn = turn;
-            call(&store)
-        })
-        .await
-        .map_err(|e| unavailable(format!("guest call: {e}")))?
-        .map_err(unavailable)
+        let blocking = tokio::runtime::Handle::current();
+        // The turn moves with the call and is held until it is done, even if its caller
+        // stopped waiting: calls nobody waits for do not pile up beyond the lane's turns.
+        self.guest_pool
+            .spawn(move || match call(&store, Compile::Never) {
+                Err(StateError::NotInMemory(_)) => {
+                    blocking.spawn_blocking(move || {
+                        let _turn = turn;
+                        let _ = answer.send(call(&store, Compile::IfNeeded));
+                    });
+                }
+                done => {
+                    drop(turn);
+                    let _ = answer.send(done);
+                }
+            });
+        // A call that panicked dropped its answer's sender.
+        answered
+            .await
+            .map_err(|_| unavailable("the guest call failed (see the node's log)"))?
+            .map_err(unavailable)
     }
 
     /// Runs one of `fsm`'s JSON codecs on `input` on the guest pool.
@@ -56,8 +76,8 @@ impl NodeApi {
             EntryPoint::QueryFromJson | EntryPoint::QueryOutputToJson => Lane::Read,
             _ => Lane::Write,
         };
-        self.on_guest_thread(lane, move |store| {
-            store.codec(&fsm, codec, &input, max_output)
+        self.on_guest_thread(lane, move |store, compile| {
+            store.codec(&fsm, codec, &input, max_output, compile)
         })
         .await
     }
@@ -125,7 +145,9 @@ impl NodeApi {
         let bytes = self.encode(fsm, query, EntryPoint::QueryFromJson).await?;
         let name = fsm.clone();
         let answer = self
-            .on_guest_thread(Lane::Read, move |store| store.query(&name, &bytes))
+            .on_guest_thread(Lane::Read, move |store, compile| {
+                store.query(&name, &bytes, compile)
+            })
             .await?;
         match answer {
             Ok(out) => Ok(ApiResponse::Output(

@@ -57,6 +57,8 @@ pub struct NodeApi {
     /// Turns on the guest pool (see [`NodeApi::on_guest_thread`]), one lane for reads and
     /// one for writes, so a flood of queries never delays a write's codecs.
     guests: [Arc<Semaphore>; 2],
+    /// The guest pool's threads: one per turn of both lanes.
+    guest_pool: Arc<rayon_core::ThreadPool>,
     /// Requests in progress per caller role (reader, writer, admin).
     in_progress: [Semaphore; 3],
     capacity: usize,
@@ -137,7 +139,7 @@ impl NodeApi {
         endpoint: quinn::Endpoint,
         removed: crate::raft::RemovedNodes,
         log_reclaimable: crate::disk::Reclaimable,
-    ) -> Result<Self, wraft_transport_quic::TransportError> {
+    ) -> Result<Self, crate::cluster::NodeError> {
         let forward = Arc::new(Forwarder::new(
             endpoint,
             client_config(&config.identity, ALPN_CLIENT)?,
@@ -157,6 +159,7 @@ impl NodeApi {
             queue: Arc::new(Semaphore::new(capacity)),
             guests: [limits.guest_threads, limits.codec_threads]
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            guest_pool: Arc::new(guest_pool(&limits)?),
             in_progress: std::array::from_fn(|_| Semaphore::new(limits.requests_per_role)),
             capacity,
             forward,
@@ -435,6 +438,28 @@ impl NodeApi {
                 .collect(),
         }
     }
+}
+
+/// The threads guest calls made for callers run on: as many as both lanes' turns, so a call
+/// that has its turn never waits for a thread. A pool of its own rather than tokio's
+/// blocking pool: the blocking pool starts a thread whenever none is idle at that instant
+/// and keeps each for 10 s, and under 256 HTTP clients a leader held ~150 of them, each woken
+/// from sleep for a codec call (context switches were ~14% of the leader's CPU); rayon's
+/// workers are fixed in number and look for the next call before they sleep
+/// (docs/benchmarks.md). Calls on it never compile ([`NodeApi::on_guest_thread`]).
+fn guest_pool(
+    limits: &crate::limits::NodeLimits,
+) -> Result<rayon_core::ThreadPool, crate::cluster::NodeError> {
+    rayon_core::ThreadPoolBuilder::new()
+        .num_threads(limits.guest_threads.max(1) + limits.codec_threads.max(1))
+        .thread_name(|i| format!("guest-{i}"))
+        // Room for wasm's stack (`max_wasm_stack`, 1 MiB) and the host's frames under it,
+        // as on tokio's blocking threads.
+        .stack_size(2 << 20)
+        // A panic in a call drops its answer's sender: the caller hears `Unavailable`.
+        .panic_handler(|_| tracing::error!("a guest call panicked"))
+        .build()
+        .map_err(|e| crate::cluster::NodeError::GuestPool(e.to_string()))
 }
 
 impl ApiHandler for NodeApi {

@@ -242,10 +242,10 @@ impl FsmRuntime {
         id: ModuleId,
         bytes: impl FnOnce() -> Result<Vec<u8>, RuntimeError>,
     ) -> Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError> {
-        if let Some(m) = self.cached(&id) {
+        if let Some(m) = self.in_memory(&id) {
             return Ok(Ok(m));
         }
-        self.gated(id, || match self.cached(&id) {
+        self.gated(id, || match self.in_memory(&id) {
             // Compiled while this load waited.
             Some(m) => Ok(Ok(m)),
             None => {
@@ -268,7 +268,7 @@ impl FsmRuntime {
         type Loaded = Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError>;
         let loaded = self.gated(id, || -> Loaded {
             // Loaded already (deployed, or prepared before): nothing to count.
-            if let Some(m) = self.cached(&id) {
+            if let Some(m) = self.in_memory(&id) {
                 return Ok(Ok(m));
             }
             let m = match self.compile(Some(id), bytes)? {
@@ -291,7 +291,19 @@ impl FsmRuntime {
 
     /// Runs `f` holding the compile gate of `id`: one compile (or eviction) per module id at
     /// a time; a second waits for the first.
+    ///
+    /// Refused on a rayon worker thread (the node's guest pool): wasmtime compiles in
+    /// parallel on rayon, and a worker waiting for that work runs other queued jobs on its
+    /// own stack; a guest call among them waiting for this gate would wait for its own
+    /// thread. Guest calls there run with [`crate::state::Compile::Never`]; this turns a
+    /// mistake into an error instead of a stuck node.
     fn gated<T>(&self, id: ModuleId, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
+        if rayon_core::current_thread_index().is_some() {
+            return Err(RuntimeError::Fault(format!(
+                "module {id}: a compile gate was asked for on a rayon worker thread, where \
+                 waiting for it could deadlock"
+            )));
+        }
         let gate = self
             .compiling
             .lock()
@@ -359,7 +371,8 @@ impl FsmRuntime {
         }
     }
 
-    fn cached(&self, id: &ModuleId) -> Option<Arc<LoadedModule>> {
+    /// The module `id` if it is compiled and in memory; never compiles.
+    pub fn in_memory(&self, id: &ModuleId) -> Option<Arc<LoadedModule>> {
         self.modules.lock().ok()?.get(id).cloned()
     }
 

@@ -12,7 +12,7 @@ use wraft_core::{
 
 use super::keys::{self, MetaTag};
 use super::session::Admission;
-use super::{AppliedPosition, FsmRecord, StateError, StateStore, encode};
+use super::{AppliedPosition, Compile, FsmRecord, StateError, StateStore, encode};
 use crate::runtime::{
     CallEnv, EntryPoint, KvTarget, LoadedModule, MAX_MEMORY_PAGES, Usage, prefix_successor,
 };
@@ -350,7 +350,7 @@ impl StateStore {
         call: EntryCall,
         cap: Option<u64>,
     ) -> Result<Ran, StateError> {
-        let (mut rec, module) = match self.fsm_and_module(txn, &a.fsm)? {
+        let (mut rec, module) = match self.fsm_and_module(txn, &a.fsm, Compile::IfNeeded)? {
             Ok(found) => found,
             Err(e) => return Ok((Err(e), 0)),
         };
@@ -445,7 +445,7 @@ impl StateStore {
         if self.record_in(txn, fsm)?.is_some() {
             return Ok(Err(ApplyError::FsmExists(fsm.to_string())));
         }
-        let module = match self.loaded(txn, &module_id)? {
+        let module = match self.loaded(txn, &module_id, Compile::IfNeeded)? {
             Ok(m) => m,
             Err(e) => return Ok(Err(e)),
         };
@@ -490,7 +490,7 @@ impl StateStore {
         let Some(rec) = self.record_in(txn, fsm)? else {
             return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
         };
-        let module = match self.loaded(txn, &module_id)? {
+        let module = match self.loaded(txn, &module_id, Compile::IfNeeded)? {
             Ok(m) => m,
             Err(e) => return Ok(Err(e)),
         };

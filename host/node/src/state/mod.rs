@@ -118,6 +118,10 @@ pub enum StateError {
     /// An online compaction did not replace the env (which is as it was).
     #[error("compaction of the state env: {0}")]
     Compaction(String),
+    /// A call made with [`Compile::Never`] found its module not compiled in memory: run it
+    /// again where it may compile.
+    #[error("module {0} is not compiled in memory (a call that may not compile asked for it)")]
+    NotInMemory(ModuleId),
     /// A snapshot file is not what its id says.
     #[error("snapshot {id}: {detail}")]
     Snapshot {
@@ -584,10 +588,17 @@ impl StateStore {
         &self,
         txn: &RoTxn<'_>,
         id: &ModuleId,
+        compile: Compile,
     ) -> Result<Result<Arc<LoadedModule>, ApplyError>, StateError> {
         let Some(bytes) = self.dbs().modules.get(txn, &keys::module(self.group, id))? else {
             return Ok(Err(ApplyError::UnknownModule(*id)));
         };
+        if compile == Compile::Never {
+            return match self.runtime.in_memory(id) {
+                Some(m) => Ok(Ok(m)),
+                None => Err(StateError::NotInMemory(*id)),
+            };
+        }
         let loaded = self.runtime.load(*id, || Ok(bytes.to_vec()))?;
         Ok(loaded.map_err(|e| ApplyError::InvalidModule(e.to_string())))
     }
@@ -598,11 +609,12 @@ impl StateStore {
         &self,
         txn: &RoTxn<'_>,
         fsm: &FsmName,
+        compile: Compile,
     ) -> Result<Result<(FsmRecord, Arc<LoadedModule>), ApplyError>, StateError> {
         let Some(rec) = self.record_in(txn, fsm)? else {
             return Ok(Err(ApplyError::UnknownFsm(fsm.to_string())));
         };
-        Ok(self.loaded(txn, &rec.module_id)?.map(|m| (rec, m)))
+        Ok(self.loaded(txn, &rec.module_id, compile)?.map(|m| (rec, m)))
     }
 
     /// Validates and compiles `bytes` before they are proposed, under their real id, so that
@@ -621,12 +633,13 @@ impl StateStore {
         &self,
         fsm: &FsmName,
         input: &[u8],
+        compile: Compile,
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
         let rtxn = self.env.read_txn()?;
         if let Some(d) = self.divergence_in(&rtxn)? {
             return Err(StateError::Diverged(d));
         }
-        let (rec, module) = match self.fsm_and_module(&rtxn, fsm)? {
+        let (rec, module) = match self.fsm_and_module(&rtxn, fsm, compile)? {
             Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
@@ -668,9 +681,10 @@ impl StateStore {
         entry: EntryPoint,
         input: &[u8],
         max_output: usize,
+        compile: Compile,
     ) -> Result<Result<Vec<u8>, ApplyError>, StateError> {
         let rtxn = self.env.read_txn()?;
-        let (rec, module) = match self.fsm_and_module(&rtxn, fsm)? {
+        let (rec, module) = match self.fsm_and_module(&rtxn, fsm, compile)? {
             Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
@@ -700,6 +714,17 @@ impl StateStore {
         };
         self.fsm_hash_in(&rtxn, &rec).map(Some)
     }
+}
+
+/// Whether a call may compile its FSM's module when it is not in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compile {
+    /// Compile it (wasmtime compiles in parallel on rayon's threads).
+    IfNeeded,
+    /// Answer [`StateError::NotInMemory`] instead: for calls on a rayon thread, where a
+    /// compile's parallel work would let the waiting thread run other queued calls on its own
+    /// stack, and one for the same module would wait for the compile gate that thread holds.
+    Never,
 }
 
 /// sha256 of a module's bytes: its id.

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use wraft_host::state::Compile;
 
 use tempfile::TempDir;
 use wraft_core::{Apply, Command, EntryResponse, FsmLimits, FsmName, ModuleId};
@@ -69,7 +70,7 @@ impl Fixture {
         let bytes = postcard::to_allocvec(q).expect("encode");
         self.node
             .store()
-            .query(&name(fsm), &bytes)
+            .query(&name(fsm), &bytes, Compile::IfNeeded)
             .expect("no node fault")
             .map(|out| postcard::from_bytes(&out).expect("decode output"))
     }
@@ -118,7 +119,7 @@ pub fn reopen(dir: &std::path::Path) -> StateStore {
 pub fn probe_counter(store: &StateStore) -> u64 {
     let q = postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
     let out = store
-        .query(&name("p"), &q)
+        .query(&name("p"), &q, Compile::IfNeeded)
         .expect("no fault")
         .expect("query");
     match postcard::from_bytes(&out).expect("decode") {

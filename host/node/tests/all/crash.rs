@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wraft_host::state::Compile;
 
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, LogId};
@@ -179,7 +180,7 @@ async fn sigkill_at_random_points_loses_nothing() {
                 postcard::to_allocvec(&probe::Query::Get { key: b"n".to_vec() }).expect("encode");
             let out: probe::Output = postcard::from_bytes(
                 &store
-                    .query(&name("p"), &q)
+                    .query(&name("p"), &q, Compile::IfNeeded)
                     .expect("no fault")
                     .expect("query"),
             )

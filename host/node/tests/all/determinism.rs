@@ -5,6 +5,7 @@
 use probe::Command as C;
 use wraft_core::{Command, EntryResponse, FsmLimits, LogEntry};
 use wraft_host::runtime::{Backend, FsmRuntime};
+use wraft_host::state::Compile;
 use wraft_host::state::{AppliedPosition, Committed, StateStore, module_id};
 
 use crate::common::{name, probe_apply, runtime};
@@ -223,7 +224,7 @@ pub(crate) fn nan_bits() {
                 };
                 let q = postcard::to_allocvec(&q).expect("encode");
                 let out = store
-                    .query(&name("nan"), &q)
+                    .query(&name("nan"), &q, Compile::IfNeeded)
                     .expect("no fault")
                     .expect("query");
                 postcard::from_bytes(&out).expect("decode")

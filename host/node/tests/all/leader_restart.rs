@@ -4,6 +4,7 @@
 //! hold with other contents, and followers keep an entry whose id they already have.
 
 use std::time::Duration;
+use wraft_host::state::Compile;
 
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::storage::{IOFlushed, RaftLogStorage};
@@ -65,7 +66,11 @@ async fn append(dir: &std::path::Path, entries: Vec<Entry>) {
 
 fn value_of_k(node: &ClusterNode) -> Option<Vec<u8>> {
     let q = postcard::to_allocvec(&probe::Query::Get { key: b"k".to_vec() }).expect("encode");
-    let out = node.store.query(&name("r"), &q).ok()?.ok()?;
+    let out = node
+        .store
+        .query(&name("r"), &q, Compile::IfNeeded)
+        .ok()?
+        .ok()?;
     match postcard::from_bytes(&out).ok()? {
         probe::Output::Bytes(b) => Some(b),
         _ => None,

@@ -19,6 +19,7 @@ mod embedded;
 mod examples;
 mod faults;
 mod groups;
+mod guest_pool;
 mod guests;
 mod hostile;
 mod http;

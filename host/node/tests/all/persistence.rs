@@ -2,6 +2,7 @@
 
 use probe::{Command as C, Output as O, Query as Q};
 use wraft_core::{Apply, ApplyError, Command, EntryResponse};
+use wraft_host::state::Compile;
 
 use crate::common::{Fixture, name, output, probe_apply, reopen};
 
@@ -44,8 +45,13 @@ fn ten_thousand_commands_survive_reopen_with_the_same_hash_and_index() {
         key: b"key-09998".to_vec(),
     })
     .expect("encode");
-    let out: O = postcard::from_bytes(&store.query(&name("p"), &q).expect("no fault").expect("ok"))
-        .expect("decode");
+    let out: O = postcard::from_bytes(
+        &store
+            .query(&name("p"), &q, Compile::IfNeeded)
+            .expect("no fault")
+            .expect("ok"),
+    )
+    .expect("decode");
     assert_eq!(out, O::Bytes(9998u32.to_le_bytes().to_vec()));
     drop(tmp);
 }

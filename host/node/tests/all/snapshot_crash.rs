@@ -12,6 +12,7 @@
 //! the data directories must verify, and the state digests must agree.
 
 use std::time::{Duration, Instant};
+use wraft_host::state::Compile;
 
 use wraft_api::{ApiError, ApiRequest, Payload};
 use wraft_client::{Client, ClientError};
@@ -386,7 +387,7 @@ fn crashes_in_the_middle_of_snapshot_builds_and_installs_lose_nothing() {
                 })
                 .expect("encode");
                 let out = store
-                    .query(&fsm(), &q)
+                    .query(&fsm(), &q, Compile::IfNeeded)
                     .expect("query")
                     .expect("query answered");
                 assert_eq!(

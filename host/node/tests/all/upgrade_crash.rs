@@ -11,6 +11,7 @@
 //! and the test checks from the victim's log that the migration had not finished.
 
 use std::time::{Duration, Instant};
+use wraft_host::state::Compile;
 
 use wraft_api::{ApiRequest, ApiResponse, Payload};
 use wraft_client::Client;
@@ -116,7 +117,7 @@ fn check_migrated_once(
     let scan = postcard::to_allocvec(&probe::Query::ScanPrefix { prefix: vec![] })
         .map_err(|e| e.to_string())?;
     let out = store
-        .query(&name(fsm), &scan)
+        .query(&name(fsm), &scan, Compile::IfNeeded)
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let probe::Output::Pairs(pairs) =

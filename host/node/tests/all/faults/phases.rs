@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use wraft_host::state::Compile;
 
 use wraft_api::{ApiError, ApiRequest, ApiResponse, Consistency, Payload};
 use wraft_client::{Client, ClientError};
@@ -478,7 +479,7 @@ fn explain_difference(dir: &std::path::Path, other: NodeId, events: &[Event]) ->
                     return Err("not postcard".to_string());
                 };
                 let out = store
-                    .query(&register(), &q)
+                    .query(&register(), &q, Compile::IfNeeded)
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
                 read_value(&ApiResponse::Output(Payload::Postcard(out)))
