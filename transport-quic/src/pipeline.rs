@@ -184,15 +184,12 @@ fn end(waiting: &Mutex<Waiting>, why: PipelineError) {
 /// Writes queued calls in order, as many as are queued in one write; finishes the stream
 /// when every [`Pipeline`] clone is gone.
 async fn write_calls(mut send: quinn::SendStream, mut queue: mpsc::UnboundedReceiver<Vec<u8>>) {
-    /// Calls gathered into one write stop growing it past this.
-    const WRITE_AT_ONCE: usize = 64 << 10;
-    while let Some(mut bytes) = queue.recv().await {
-        while bytes.len() < WRITE_AT_ONCE {
-            match queue.try_recv() {
-                Ok(more) => bytes.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+    let mut bytes = Vec::new();
+    while let Some(first) = queue.recv().await {
+        bytes.clear();
+        gather(first, &mut queue, &mut bytes, |call, bytes| {
+            bytes.extend_from_slice(&call);
+        });
         if send.write_all(&bytes).await.is_err() {
             // The node stopped reading (it ended the pipeline, and finishes its side once
             // it has answered what it read) or the connection broke: the reader hears which.
@@ -200,6 +197,28 @@ async fn write_calls(mut send: quinn::SendStream, mut queue: mpsc::UnboundedRece
         }
     }
     let _ = send.finish();
+}
+
+/// Frames gathered into one write of a pipeline's stream (calls, or answers) stop growing
+/// it past this.
+const WRITE_AT_ONCE: usize = 64 << 10;
+
+/// Adds `first`, then whatever else is queued already (without waiting), to `bytes` through
+/// `add`, until `bytes` holds [`WRITE_AT_ONCE`]: one stream write for what is ready, on
+/// either end of a pipeline.
+pub(crate) fn gather<T>(
+    first: T,
+    queue: &mut mpsc::UnboundedReceiver<T>,
+    bytes: &mut Vec<u8>,
+    mut add: impl FnMut(T, &mut Vec<u8>),
+) {
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        add(item, bytes);
+        if bytes.len() < WRITE_AT_ONCE {
+            next = queue.try_recv().ok();
+        }
+    }
 }
 
 /// Hands each answer to its caller; ends the pipeline when the node finishes it or the

@@ -322,23 +322,21 @@ impl Client {
         limit: Duration,
     ) -> Result<Result<ApiResponse, ApiError>, Attempt> {
         let (conn, pipeline) = self.route(limit).await.map_err(Attempt::NotSent)?;
-        let called = match pipeline {
-            Some(pipeline) => {
-                let call = pipeline.call(ApiCallRef::Direct(request));
-                match tokio::time::timeout(limit, call).await {
-                    Ok(Ok(answer)) => Ok(answer),
+        let call = async {
+            match pipeline {
+                Some(pipeline) => match pipeline.call(ApiCallRef::Direct(request)).await {
+                    Ok(answer) => Ok(Ok(answer)),
                     // Never read by the node: the next attempt opens a new pipeline.
-                    Ok(Err(PipelineError::NotSent(e) | PipelineError::Refused(e))) => {
-                        return Err(Attempt::NotSent(e));
-                    }
-                    Ok(Err(e @ PipelineError::Lost(_))) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {limit:?}")),
-                }
+                    Err(PipelineError::NotSent(e) | PipelineError::Refused(e)) => Err(e),
+                    Err(e @ PipelineError::Lost(_)) => Ok(Err(e.to_string())),
+                },
+                None => Ok(api::call(&conn, request).await.map_err(|e| e.to_string())),
             }
-            None => match tokio::time::timeout(limit, api::call(&conn, request)).await {
-                Ok(called) => called.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {limit:?}")),
-            },
+        };
+        let called = match tokio::time::timeout(limit, call).await {
+            Ok(Ok(called)) => called,
+            Ok(Err(not_sent)) => return Err(Attempt::NotSent(not_sent)),
+            Err(_) => Err(format!("no answer within {limit:?}")),
         };
         called.map_err(|e| {
             // This attempt's connection (no other's): the next attempt sees it closed and

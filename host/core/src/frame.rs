@@ -61,12 +61,14 @@ impl<E: core::fmt::Debug> From<ReadExactError<E>> for FrameError<E> {
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    let payload = postcard::to_allocvec(msg)
+    // Serialized in place, after the header it then fills in: no payload copy.
+    *out = postcard::to_extend(msg, core::mem::take(out))
         .expect("wraft's messages are plain data, which always encodes into a Vec");
-    out.extend_from_slice(&payload);
-    let len = payload.len() as u32;
+    let payload = start + HEADER_LEN;
+    let len = (out.len() - payload) as u32;
+    let crc = crc32fast::hash(&out[payload..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Writes `msg` as one frame.
@@ -166,6 +168,21 @@ mod tests {
             read_frame::<_, LogEntry>(&mut r, 1024),
             Err(FrameError::UnexpectedEof)
         ));
+    }
+
+    /// `encode_frame` appends: each frame's header describes its own payload only.
+    #[test]
+    fn frames_encoded_one_after_another_into_a_buffer_read_back() {
+        let mut wire = vec![0xAA];
+        encode_frame(&entry(), &mut wire);
+        encode_frame(&7u64, &mut wire);
+        let mut r: &[u8] = &wire[1..];
+        assert_eq!(
+            read_frame::<_, LogEntry>(&mut r, 1024).expect("read"),
+            entry()
+        );
+        assert_eq!(read_frame::<_, u64>(&mut r, 1024).expect("read"), 7);
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use wraft_core::raft::TypeConfig;
 
 use super::{CallError, Shared, receive_call};
 use crate::api::{ApiHandler, Caller};
+use crate::pipeline::gather;
 use crate::wire;
 
 /// QUIC error code of a pipeline the node stopped without finishing it.
@@ -186,21 +187,15 @@ async fn write_answers(
     send: &mut AnswerStream,
     answered: &mut mpsc::UnboundedReceiver<Answer>,
 ) -> Result<(), quinn::WriteError> {
-    /// Answers gathered into one write stop growing it past this.
-    const WRITE_AT_ONCE: usize = 64 << 10;
     let mut bytes = Vec::new();
     let mut written = Vec::new();
     while let Some(first) = answered.recv().await {
         bytes.clear();
-        let mut next = Some(first);
-        while let Some(answer) = next.take() {
-            frame::encode_frame(&answer.reply, &mut bytes);
+        gather(first, answered, &mut bytes, |answer, bytes| {
+            frame::encode_frame(&answer.reply, bytes);
             // Its slot is held until written.
             written.push(answer.slot);
-            if bytes.len() < WRITE_AT_ONCE {
-                next = answered.try_recv().ok();
-            }
-        }
+        });
         send.send.write_all(&bytes).await?;
         written.clear();
     }

@@ -10,6 +10,7 @@ use wraft_api::{
     ApiCall, ApiCallRef, ApiError, ApiRequest, ApiResponse, ApiResult, Consistency, Payload,
     PipelinedReply,
 };
+use wraft_client::Client;
 use wraft_core::frame;
 use wraft_transport_quic::pipeline::{Pipeline, PipelineError};
 
@@ -211,13 +212,20 @@ fn a_client_that_reads_no_answers_is_held_to_its_calls_in_flight() {
     });
 }
 
-/// A stand-in for a node on 127.0.0.1 that answers the first frame of the first stream with
-/// `answer`'s bytes as a frame and then reads nothing more, as a node older than pipelines
-/// does with an opening it cannot decode; and a client connection to it.
-async fn one_answer_node(answer: Vec<u8>) -> (quinn::Endpoint, quinn::Connection) {
+/// A stand-in for a node on 127.0.0.1 that reads the opening of the first stream and answers
+/// it with `answer`'s bytes as a frame, then reads nothing more (as a node older than
+/// pipelines does with an opening it cannot decode), or with `None` never answers (as a node
+/// whose call slots are all held); its address and a client identity it accepts.
+async fn stand_in_node(
+    answer: Option<Vec<u8>>,
+) -> (
+    quinn::Endpoint,
+    std::net::SocketAddr,
+    wraft_transport_quic::TlsIdentity,
+) {
     use wraft_api::Role;
     use wraft_transport_quic::TlsIdentity;
-    use wraft_transport_quic::pki::{CLUSTER_NAME, DevCa};
+    use wraft_transport_quic::pki::DevCa;
     let ca = DevCa::generate("pipeline-test").expect("ca");
     let pem = |k: wraft_transport_quic::pki::CertifiedKey| {
         TlsIdentity::from_pem(&ca.cert_pem, &k.cert_pem, &k.key_pem).expect("identity")
@@ -242,24 +250,56 @@ async fn one_answer_node(answer: Vec<u8>) -> (quinn::Endpoint, quinn::Connection
         let _opening: ApiCall = wraft_transport_quic::wire::recv(&mut recv, 1 << 20)
             .await
             .expect("opening");
-        let mut bytes = (answer.len() as u32).to_le_bytes().to_vec();
-        bytes.extend_from_slice(&crc32fast::hash(&answer).to_le_bytes());
-        bytes.extend_from_slice(&answer);
-        send.write_all(&bytes).await.expect("answer");
-        let _ = send.finish();
+        if let Some(answer) = answer {
+            let mut bytes = (answer.len() as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&crc32fast::hash(&answer).to_le_bytes());
+            bytes.extend_from_slice(&answer);
+            send.write_all(&bytes).await.expect("answer");
+            let _ = send.finish();
+        }
+        // The stream stays open, unanswered or finished, until the client goes.
         conn.closed().await;
+        drop((send, recv));
     });
+    (server, addr, client)
+}
+
+/// [`stand_in_node`] answering `answer`, and a client connection to it.
+async fn one_answer_node(answer: Vec<u8>) -> (quinn::Endpoint, quinn::Connection) {
+    let (server, addr, client) = stand_in_node(Some(answer)).await;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
     ep.set_default_client_config(
         wraft_transport_quic::client_config(&client, wraft_transport_quic::ALPN_CLIENT)
             .expect("client config"),
     );
     let conn = ep
-        .connect(addr, CLUSTER_NAME)
+        .connect(addr, wraft_transport_quic::pki::CLUSTER_NAME)
         .expect("connect")
         .await
         .expect("handshake");
     (server, conn)
+}
+
+/// A node that takes the connection but never accepts its pipeline is given up after the
+/// attempt's limit: the request fails within the client's patience instead of waiting for
+/// an acceptance that never comes (and holding the client's connection lock meanwhile).
+#[test]
+fn a_pipeline_the_node_never_accepts_is_given_up_after_the_attempts_limit() {
+    runtime().block_on(async {
+        let (_node, addr, identity) = stand_in_node(None).await;
+        let client = Client::new(vec![addr.to_string()], &identity)
+            .expect("client")
+            .with_patience(Duration::from_secs(2))
+            .with_attempt_timeout(Duration::from_millis(300));
+        let answer = tokio::time::timeout(Duration::from_secs(20), client.status())
+            .await
+            .expect("the client gives up by itself within its patience");
+        let err = answer.expect_err("nothing answered");
+        assert!(
+            err.to_string().contains("did not accept a pipeline within"),
+            "{err}"
+        );
+    });
 }
 
 /// Only an old node's refusal (`BadRequest`) makes the client fall back to a stream per
