@@ -27,8 +27,9 @@ impl NodeApi {
     /// parallel on rayon, and a rayon thread waiting for that work runs other queued jobs on
     /// its own stack — a guest call for the same module would then wait for the compile gate
     /// its own thread holds. So `call` runs first with [`Compile::Never`]; one whose module is
-    /// not in memory (a restart without its compiled copy, an engine upgrade) runs again with
-    /// [`Compile::IfNeeded`] on tokio's blocking pool.
+    /// not in memory (the first call for a module since the node started: modules load on
+    /// first use, from `<data>/cache` or, after an engine upgrade, by compiling) runs again
+    /// with [`Compile::IfNeeded`] on tokio's blocking pool.
     pub(super) async fn on_guest_thread<T: Send + 'static>(
         &self,
         lane: Lane,

@@ -457,7 +457,14 @@ fn guest_pool(
         // as on tokio's blocking threads.
         .stack_size(2 << 20)
         // A panic in a call drops its answer's sender: the caller hears `Unavailable`.
-        .panic_handler(|_| tracing::error!("a guest call panicked"))
+        .panic_handler(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            tracing::error!("a guest call panicked: {why}");
+        })
         .build()
         .map_err(|e| crate::cluster::NodeError::GuestPool(e.to_string()))
 }

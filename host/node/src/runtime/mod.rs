@@ -174,6 +174,7 @@ pub struct FsmRuntime {
     disk: Option<ArtifactCache>,
     compilations: AtomicU64,
     compiled_ahead: AtomicU64,
+    not_in_memory: AtomicU64,
 }
 
 impl std::fmt::Debug for FsmRuntime {
@@ -204,6 +205,7 @@ impl FsmRuntime {
             disk: None,
             compilations: AtomicU64::new(0),
             compiled_ahead: AtomicU64::new(0),
+            not_in_memory: AtomicU64::new(0),
         })
     }
 
@@ -221,6 +223,12 @@ impl FsmRuntime {
     /// How many modules this runtime compiled from wasm (not loaded from the cache).
     pub fn compilations(&self) -> u64 {
         self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// How many calls that may not compile ([`FsmRuntime::in_memory`]) found their module
+    /// not in memory.
+    pub fn not_in_memory(&self) -> u64 {
+        self.not_in_memory.load(Ordering::Relaxed)
     }
 
     /// How many modules [`FsmRuntime::prepare`] found not loaded yet and loaded.
@@ -242,10 +250,10 @@ impl FsmRuntime {
         id: ModuleId,
         bytes: impl FnOnce() -> Result<Vec<u8>, RuntimeError>,
     ) -> Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError> {
-        if let Some(m) = self.in_memory(&id) {
+        if let Some(m) = self.cached(&id) {
             return Ok(Ok(m));
         }
-        self.gated(id, || match self.in_memory(&id) {
+        self.gated(id, || match self.cached(&id) {
             // Compiled while this load waited.
             Some(m) => Ok(Ok(m)),
             None => {
@@ -268,7 +276,7 @@ impl FsmRuntime {
         type Loaded = Result<Result<Arc<LoadedModule>, ModuleError>, RuntimeError>;
         let loaded = self.gated(id, || -> Loaded {
             // Loaded already (deployed, or prepared before): nothing to count.
-            if let Some(m) = self.in_memory(&id) {
+            if let Some(m) = self.cached(&id) {
                 return Ok(Ok(m));
             }
             let m = match self.compile(Some(id), bytes)? {
@@ -371,8 +379,17 @@ impl FsmRuntime {
         }
     }
 
-    /// The module `id` if it is compiled and in memory; never compiles.
+    /// The module `id` if it is compiled and in memory, for a call that may not compile
+    /// (counted in [`FsmRuntime::not_in_memory`] when it is not).
     pub fn in_memory(&self, id: &ModuleId) -> Option<Arc<LoadedModule>> {
+        let found = self.cached(id);
+        if found.is_none() {
+            self.not_in_memory.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    fn cached(&self, id: &ModuleId) -> Option<Arc<LoadedModule>> {
         self.modules.lock().ok()?.get(id).cloned()
     }
 

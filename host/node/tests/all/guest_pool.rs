@@ -18,27 +18,31 @@ fn p() -> FsmName {
 const INCR: &str = r#"{"Incr":{"key":[110]}}"#;
 const GET: &str = r#"{"Get":{"key":[110]}}"#;
 
-/// A node restarted without its compiled copies (`<data>/cache` deleted, as after an engine
-/// upgrade) gets a burst of JSON writes and reads: every codec and query call finds the
-/// module not in memory at first, so each runs again on tokio's blocking pool, where it may
-/// compile, and the module is compiled once. Fails if such a call is not run again (callers
-/// hear "not compiled in memory"), and if a call compiles on the pool (the runtime refuses a
-/// compile gate on a rayon thread: the deadlock it could cause needs a stolen compile job and
-/// a new call at that moment, which a test cannot arrange).
+/// A cluster restarted without its compiled copies (`<data>/cache` deleted on every node, as
+/// after an engine upgrade) gets a burst of JSON writes and reads at its leader: their codec
+/// and query calls find the module not in memory on the guest pool, run again on tokio's
+/// blocking pool, where the module is compiled once, and are answered. Fails if such a call
+/// is not run again (callers hear "not compiled in memory"), and if a call compiles on the
+/// pool (the runtime refuses a compile gate on a rayon thread: the deadlock it could cause
+/// needs a stolen compile job and a new call at that moment, which a test cannot arrange).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_find_their_module_not_compiled_compile_it_once_and_are_answered() {
     let mut c = Cluster::start(3, SnapshotPolicy::default()).await;
     setup_probe(&c.leader().await.raft).await;
-    let leader = c.leader().await.id;
-    let first = c.client(Role::Writer, &[leader]);
+    let first = c.client(Role::Writer, &[c.leader().await.id]);
     first.apply_json(&p(), INCR).await.expect("apply");
     c.converged_hashes().await;
-    let at = (1..=3).find(|id| *id != leader).expect("a follower");
-    c.stop(at).await;
-    std::fs::remove_dir_all(c.data_dir(at).join("cache")).expect("remove the compile cache");
-    c.restart(at).await;
+    for id in 1..=3 {
+        c.stop(id).await;
+        std::fs::remove_dir_all(c.data_dir(id).join("cache")).expect("remove the compile cache");
+    }
+    for id in 1..=3 {
+        c.restart(id).await;
+    }
+    let at = c.leader().await.id;
+    let runtime = c.node(at).store.runtime().clone();
     assert_eq!(
-        c.node(at).store.runtime().compilations(),
+        runtime.compilations(),
         0,
         "the restart compiled the module before any call: the test would prove nothing"
     );
@@ -78,9 +82,13 @@ async fn calls_that_find_their_module_not_compiled_compile_it_once_and_are_answe
         .collect();
     assert_eq!(answered, expected, "each write applied once, in turn");
     assert_eq!(
-        c.node(at).store.runtime().compilations(),
+        runtime.compilations(),
         1,
         "the module is compiled once, however many calls found it missing"
+    );
+    assert!(
+        runtime.not_in_memory() > 0,
+        "no call on the guest pool found the module missing: the test proved nothing"
     );
     c.stop_all().await;
 }
