@@ -394,14 +394,15 @@ impl FsmRuntime {
     }
 
     /// Compiles and validates a module; with an `id`, through the disk cache. `Err` is a
-    /// fault of this node (no instance slot free for the ABI checks), never the module's.
+    /// fault of this node (no instance slot free for the ABI checks, a valid module it could
+    /// not compile), never the module's.
     fn compile(
         &self,
         id: Option<ModuleId>,
         bytes: &[u8],
     ) -> Result<Result<LoadedModule, ModuleError>, RuntimeError> {
         let disk = id.and_then(|id| Some((id, self.disk.as_ref()?)));
-        let (mut loaded, compiled) = match self.instantiable(id, disk, bytes) {
+        let (mut loaded, compiled) = match self.instantiable(id, disk, bytes)? {
             Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
@@ -435,14 +436,11 @@ impl FsmRuntime {
         id: Option<ModuleId>,
         disk: Option<(ModuleId, &ArtifactCache)>,
         bytes: &[u8],
-    ) -> Result<(LoadedModule, Option<wasmtime::Module>), ModuleError> {
+    ) -> Result<Result<(LoadedModule, Option<wasmtime::Module>), ModuleError>, RuntimeError> {
         let cached = disk.and_then(|(id, d)| d.load(&self.engine, &id));
         let from_cache = cached.is_some();
-        let (module, capabilities) = match cached {
-            Some(m) => {
-                let caps = validate::check(&m)?;
-                (m, caps)
-            }
+        let found = match cached {
+            Some(m) => validate::check(&m).map(|caps| (m, caps)),
             None => {
                 self.compilations.fetch_add(1, Ordering::Relaxed);
                 let started = std::time::Instant::now();
@@ -451,18 +449,20 @@ impl FsmRuntime {
                 compiled
             }
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-        let loaded = LoadedModule {
-            id: id.unwrap_or(ModuleId([0; 32])),
-            fsm_version: 0,
-            capabilities,
-            exports: Exports::of(&module)?,
-            pre,
-        };
-        Ok((loaded, (!from_cache).then_some(module)))
+        Ok(found.and_then(|(module, capabilities)| {
+            let pre = self
+                .linker
+                .instantiate_pre(&module)
+                .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+            let loaded = LoadedModule {
+                id: id.unwrap_or(ModuleId([0; 32])),
+                fsm_version: 0,
+                capabilities,
+                exports: Exports::of(&module)?,
+                pre,
+            };
+            Ok((loaded, (!from_cache).then_some(module)))
+        }))
     }
 
     /// A store for a call the host makes on its own behalf: no keyspace, no output, the

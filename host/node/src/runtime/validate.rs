@@ -4,6 +4,8 @@
 use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
 use wraft_core::abi::{self, FuncSig};
 
+use super::RuntimeError;
+
 /// Largest module accepted, in bytes.
 pub const MAX_MODULE_BYTES: usize = 32 << 20;
 
@@ -86,19 +88,43 @@ pub fn looks_like_wasm(bytes: &[u8]) -> bool {
 
 /// Compiles `bytes` and checks its imports and exports against the ABI. The ABI version
 /// export is checked by the runtime when it first instantiates the module.
-pub fn validate(engine: &Engine, bytes: &[u8]) -> Result<(Module, Capabilities), ModuleError> {
+///
+/// `Err` is a fault of this node, never the module's: a module that is valid WebAssembly
+/// but that this node failed to compile (out of memory for the code, a code generator
+/// limit that another backend may not have). Recording that as the module's refusal would
+/// make this replica disagree with the others, which compiled it.
+pub fn validate(
+    engine: &Engine,
+    bytes: &[u8],
+) -> Result<Result<(Module, Capabilities), ModuleError>, RuntimeError> {
+    let refused = |why| Ok(Err(why));
     if bytes.len() > MAX_MODULE_BYTES {
-        return Err(ModuleError::TooLarge {
+        return refused(ModuleError::TooLarge {
             len: bytes.len(),
             limit: MAX_MODULE_BYTES,
         });
     }
-    super::shape::check(bytes, &super::shape::SHAPE)?;
-    let rewritten = super::depth::instrument(bytes)?;
-    let module =
-        Module::new(engine, &rewritten).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-    let caps = check(&module)?;
-    Ok((module, caps))
+    if let Err(e) = super::shape::check(bytes, &super::shape::SHAPE) {
+        return refused(e);
+    }
+    let rewritten = match super::depth::instrument(bytes) {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let module = match Module::new(engine, &rewritten) {
+        Ok(m) => m,
+        // Validation alone is what every node decides alike (the engines' features are the
+        // same everywhere); run only after a failure, so a compile pays for it never.
+        Err(failed) => {
+            return match Module::validate(engine, &rewritten) {
+                Err(invalid) => refused(ModuleError::Compile(format!("{invalid:#}"))),
+                Ok(()) => Err(RuntimeError::Fault(format!(
+                    "this node could not compile a valid module: {failed:#}"
+                ))),
+            };
+        }
+    };
+    Ok(check(&module).map(|caps| (module, caps)))
 }
 
 /// Checks a compiled module's imports and exports against the ABI (also run on modules
