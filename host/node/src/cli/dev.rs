@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use openraft::BasicNode;
 use wraft_client::Client;
 use wraft_core::{FsmLimits, FsmName};
@@ -136,10 +136,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         hp = args.http_port,
     );
     println!("ready");
-    super::serve::shutdown_signal().await;
+    // As `wraft serve` does: a node whose raft stopped on a fatal error (a storage fault, a
+    // fault in an apply) ends the run with the reason, instead of a cluster that quietly
+    // serves on two nodes.
+    let stopped = {
+        let each = nodes
+            .iter()
+            .map(|n| Box::pin(async move { (n.id, n.stopped().await) }));
+        tokio::select! {
+            _ = super::serve::shutdown_signal() => None,
+            (stopped, _, _) = futures_util::future::select_all(each) => Some(stopped),
+        }
+    };
     eprintln!("stopping the dev cluster");
     for node in nodes {
         node.shutdown().await;
     }
-    Ok(())
+    match stopped {
+        None => Ok(()),
+        Some((id, why)) => bail!("node {id} stopped: raft hit a fatal error: {why}"),
+    }
 }

@@ -599,3 +599,99 @@ fn completions_and_man_pages_come_from_the_command_definitions() {
     let out = wraft(dir.path(), &["--log-format", "yaml", "completions", "bash"]);
     assert!(!out.status.success(), "an unknown log format is refused");
 }
+
+/// A node of `wraft dev` whose raft stops on a fatal error (here its disk fills: the fault
+/// library makes every write that grows a file fail) ends the run with the reason and a
+/// failure status, as `wraft serve` does, instead of leaving a cluster that quietly serves
+/// on fewer nodes.
+#[test]
+fn wraft_dev_stops_with_the_reason_when_a_node_hits_a_fatal_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("wraft-data/dev");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let journal = dir.path().join("unsynced");
+    std::fs::create_dir_all(&journal).expect("journal dir");
+    let full = dir.path().join("disk-full");
+    let root = data.canonicalize().expect("data dir");
+    let port = free_ports();
+    let http_port = free_tcp_ports();
+    let mut dev = KilledOnDrop(
+        Command::new(WRAFT)
+            .current_dir(dir.path())
+            .args([
+                "dev",
+                "--port",
+                &port.to_string(),
+                "--http-port",
+                &http_port.to_string(),
+            ])
+            .envs(wraft_faults::unsynced::env(&root, &journal))
+            .env("WRAFT_DISK_FULL", &full)
+            .env("WRAFT_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wraft dev"),
+    );
+    let stdout = dev.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let started = Instant::now();
+    for line in lines.by_ref() {
+        if line.expect("line") == "ready" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "wraft dev did not get ready"
+        );
+    }
+    // Drained, so the banner's pipe never fills.
+    std::thread::spawn(move || lines.for_each(drop));
+    std::fs::write(&full, b"").expect("fill the disk");
+    let nodes = format!("127.0.0.1:{},127.0.0.1:{}", port, port + 1);
+    // 32 KiB payloads: the raft log must grow (a write into pages it frees is no growth).
+    let payload = "ab".repeat(32 << 10);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = dev.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wraft dev kept running 60 s after its disk filled"
+        );
+        let n = started.elapsed().as_micros();
+        let commit = format!(
+            r#"{{"Commit":{{"number":{n},"hash":"0x{}","parent_hash":"0x{}","payload":"0x{payload}"}}}}"#,
+            "cd".repeat(32),
+            "ab".repeat(32)
+        );
+        let _ = wraft(
+            dir.path(),
+            &[
+                "apply",
+                "sequencer",
+                &commit,
+                "--nodes",
+                &nodes,
+                "--timeout",
+                "2s",
+            ],
+        );
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut dev.0.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("raft hit a fatal error"), "{stderr}");
+}
+
+/// A child process that a failing test does not leave running.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
