@@ -50,6 +50,56 @@ pub enum PipelineError {
     Lost(String),
 }
 
+/// How calls go on one connection: on a pipeline once the node has accepted one, or on a
+/// stream each if it takes none (a build older than pipelines). Kept with the connection by
+/// whoever sends calls on it (`wraft-client`, a node forwarding to its leader).
+#[derive(Debug, Default)]
+pub enum Calls {
+    /// On a pipeline, opened with the next call.
+    #[default]
+    Opening,
+    /// On this pipeline (while it is open; then on a new one).
+    Pipelined(Pipeline),
+    /// A stream each: the node takes no pipelines.
+    StreamEach,
+}
+
+impl Calls {
+    /// The pipeline to send the next call on, opened on `conn` if there is none open (the
+    /// node's acceptance awaited at most `limit`: a node whose call slots are all held is not
+    /// waited for longer), or `None` for a stream of its own. `Err`: no pipeline could be
+    /// opened now; nothing was sent.
+    pub async fn route(
+        &mut self,
+        conn: &quinn::Connection,
+        limit: std::time::Duration,
+    ) -> Result<Option<Pipeline>, PipelineError> {
+        match self {
+            Calls::Pipelined(p) if p.is_open() => return Ok(Some(p.clone())),
+            Calls::StreamEach => return Ok(None),
+            Calls::Pipelined(_) | Calls::Opening => {}
+        }
+        let opened = tokio::time::timeout(limit, Pipeline::open(conn))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PipelineError::NotSent(format!(
+                    "the node did not accept a pipeline within {limit:?}"
+                )))
+            });
+        match opened {
+            Ok(p) => {
+                *self = Calls::Pipelined(p.clone());
+                Ok(Some(p))
+            }
+            Err(PipelineError::Refused(_)) => {
+                *self = Calls::StreamEach;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// The client end of a pipeline on one connection. Clones share it; it ends when the last
 /// clone is dropped (the node then answers what it has and finishes).
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use wraft_core::raft::NodeId;
 use wraft_core::session;
 use wraft_core::{ApplyError, FsmLimits, FsmName, ModuleId};
 use wraft_transport_quic::api::{self};
-use wraft_transport_quic::pipeline::{Pipeline, PipelineError};
+use wraft_transport_quic::pipeline::{Calls, Pipeline, PipelineError};
 use wraft_transport_quic::pki::CLUSTER_NAME;
 use wraft_transport_quic::{ALPN_CLIENT, TlsIdentity, TransportError, client_config};
 
@@ -96,17 +96,6 @@ struct Current {
     index: usize,
     conn: quinn::Connection,
     calls: Calls,
-}
-
-/// How calls go on a connection.
-#[derive(Debug)]
-enum Calls {
-    /// On a pipeline, opened with the next call.
-    Opening,
-    /// On this pipeline.
-    Pipelined(Pipeline),
-    /// A stream each: the node takes no pipelines.
-    StreamEach,
 }
 
 enum Attempt {
@@ -286,32 +275,12 @@ impl Client {
     ) -> Result<(quinn::Connection, Option<Pipeline>), String> {
         let mut current = self.current.lock().await;
         let c = self.open_connection(&mut current).await?;
-        match &c.calls {
-            Calls::Pipelined(p) if p.is_open() => return Ok((c.conn.clone(), Some(p.clone()))),
-            Calls::StreamEach => return Ok((c.conn.clone(), None)),
-            Calls::Pipelined(_) | Calls::Opening => {}
-        }
-        // The node takes the opening when its connection has a call slot free: a node whose
-        // slots are all held (by calls a lost quorum holds up) is not waited for past the
-        // attempt's limit. Nothing was sent on the pipeline yet.
-        let opened = tokio::time::timeout(limit, Pipeline::open(&c.conn))
+        let pipeline = c
+            .calls
+            .route(&c.conn, limit)
             .await
-            .unwrap_or_else(|_| {
-                Err(PipelineError::NotSent(format!(
-                    "the node did not accept a pipeline within {limit:?}"
-                )))
-            });
-        match opened {
-            Ok(p) => {
-                c.calls = Calls::Pipelined(p.clone());
-                Ok((c.conn.clone(), Some(p)))
-            }
-            Err(PipelineError::Refused(_)) => {
-                c.calls = Calls::StreamEach;
-                Ok((c.conn.clone(), None))
-            }
-            Err(e) => Err(e.to_string()),
-        }
+            .map_err(|e| e.to_string())?;
+        Ok((c.conn.clone(), pipeline))
     }
 
     /// One attempt: the open connection (or the next node's), then the request on it,

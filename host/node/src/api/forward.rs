@@ -2,14 +2,15 @@
 //! cached connection; what the caller hears when the leader moves or the connection breaks.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::type_config::async_runtime::WatchReceiver;
 use wraft_api::Role;
 use wraft_api::{ApiCallRef, ApiError, ApiRequest, ApiResult};
 use wraft_core::raft::NodeId;
 use wraft_transport_quic::api::{self};
+use wraft_transport_quic::pipeline::{Calls, Pipeline, PipelineError};
 
 use super::{NodeApi, outcome_unknown, unavailable};
 
@@ -19,6 +20,20 @@ pub(super) struct Forwarder {
     /// Each node's connection, with the address it was dialed at: a node re-added at another
     /// address is dialed there, not reached through its old address's connection.
     conns: Mutex<HashMap<NodeId, (String, quinn::Connection)>>,
+    /// How calls go on each node's connection: on one pipeline, opened by the first call
+    /// that finds none while that node's other calls wait for it (a lock per node).
+    routes: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Route>>>>,
+}
+
+/// How calls go on one node's connection.
+#[derive(Debug, Default)]
+struct Route {
+    /// The connection `calls` is about (its stable id).
+    on: usize,
+    calls: Calls,
+    /// After an opening the node did not accept in time (its call slots all held, a pause),
+    /// calls take streams of their own until then instead of each waiting for an opening.
+    streams_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -30,6 +45,25 @@ impl std::fmt::Debug for Forwarder {
 /// How long a forwarded request still waits for the old leader's answer once this node
 /// knows another leader.
 const ANSWER_AFTER_LEADER_MOVED: Duration = Duration::from_secs(1);
+
+/// How long forwarding waits for the leader to accept a pipeline before this call takes a
+/// stream of its own; and how long calls then take streams of their own before the next
+/// opening is tried.
+const PIPELINE_OPEN_WAIT: Duration = Duration::from_secs(1);
+const PIPELINE_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// A request larger than this (encoded) is forwarded on a stream of its own: a module's
+/// deploy, a large command, would otherwise hold up every small call behind it on the
+/// pipeline for its whole transfer.
+const PIPELINED_AT_MOST: usize = 64 << 10;
+
+/// Why a forwarded call has no answer.
+enum Exchange {
+    /// The leader never read it: any request may be sent again.
+    NotSent(String),
+    /// Sent, then the stream or connection broke: a write may have been applied.
+    Lost(String),
+}
 
 impl NodeApi {
     /// Sends `request` to the leader on behalf of a caller with `role`.
@@ -63,26 +97,21 @@ impl NodeApi {
             request: &request,
         };
         let mut attempts = if idempotent { 2 } else { 1 };
+        // Once more for a call the leader never read (its pipeline had just ended, say):
+        // nothing was sent, so even a write may go again.
+        let mut resends = 1;
+        // Plain data always has a size: `Err` is impossible, and would only cost a stream.
+        let own_stream = postcard::experimental::serialized_size(&request)
+            .map_or(true, |n| n > PIPELINED_AT_MOST);
         loop {
             attempts -= 1;
             // Nothing was sent if the leader cannot be reached: the caller may retry anything
             // (the leader this node knows has likely died, and an election is under way).
-            let conn = self.forward.connection(leader, &addr).await.map_err(|e| {
+            let route = self.forward.route(leader, &addr, own_stream).await;
+            let (conn, pipeline) = route.map_err(|e| {
                 tracing::debug!("leader {leader} unreachable for forwarding: {e}");
                 ApiError::NoLeader
             })?;
-            let (send, recv) = match conn.open_bi().await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    // Nothing was sent: any request may be sent again.
-                    tracing::debug!("forwarding to leader {leader}: no stream ({e})");
-                    conn.close(0u32.into(), b"broken; dialing again");
-                    if attempts > 0 {
-                        continue;
-                    }
-                    return Err(ApiError::NoLeader);
-                }
-            };
             // A leader that stops answering (a crash, a pause, a partition) is replaced by an
             // election long before its connection times out (10 s): stop waiting once this
             // node knows another leader. A read is then retried there by the client; a write
@@ -101,7 +130,7 @@ impl NodeApi {
                     }
                 }
             };
-            let exchange = api::exchange(send, recv, forwarded);
+            let exchange = exchange(&conn, pipeline, forwarded);
             tokio::pin!(exchange);
             let answer = tokio::select! {
                 answer = &mut exchange => answer,
@@ -122,17 +151,36 @@ impl NodeApi {
             };
             match answer {
                 Ok(answer) => return answer,
-                Err(e) if attempts > 0 => {
+                Err(Exchange::NotSent(e)) if resends > 0 || attempts > 0 => {
+                    tracing::debug!("forwarding to leader {leader}: not sent ({e}); again");
+                    if attempts == 0 {
+                        resends -= 1;
+                        attempts = 1;
+                    }
+                }
+                // Nothing was sent: any request may be sent again. On a connection that
+                // still stands the leader ended the pipelines (a call over its byte budget
+                // or limits just before this one): busy, not gone.
+                Err(Exchange::NotSent(e)) if conn.close_reason().is_none() => {
+                    return Err(ApiError::Busy(format!(
+                        "forwarding to leader {leader}: not sent ({e})"
+                    )));
+                }
+                Err(Exchange::NotSent(e)) => {
+                    tracing::debug!("forwarding to leader {leader}: not sent ({e})");
+                    return Err(ApiError::NoLeader);
+                }
+                Err(Exchange::Lost(e)) if attempts > 0 => {
                     tracing::debug!("forwarding to leader {leader} broke ({e}); dialing again");
                     conn.close(0u32.into(), b"broken; dialing again");
                 }
-                Err(e) if idempotent => {
+                Err(Exchange::Lost(e)) if idempotent => {
                     return Err(unavailable(format!("forwarding to leader {leader}: {e}")));
                 }
                 // The leader may have received the write and applied it before the
                 // connection broke: the caller must read before resending, as after a
                 // discarded entry.
-                Err(e) => {
+                Err(Exchange::Lost(e)) => {
                     return Err(outcome_unknown(format!(
                         "forwarded to leader {leader}, then {e}: it may have been applied"
                     )));
@@ -142,6 +190,30 @@ impl NodeApi {
     }
 }
 
+/// Sends `call` on `pipeline`, or on a stream of its own on `conn`.
+async fn exchange(
+    conn: &quinn::Connection,
+    pipeline: Option<Pipeline>,
+    call: ApiCallRef<'_>,
+) -> Result<ApiResult, Exchange> {
+    if let Some(pipeline) = pipeline {
+        return pipeline.call(call).await.map_err(|e| match e {
+            PipelineError::NotSent(e) | PipelineError::Refused(e) => Exchange::NotSent(e),
+            PipelineError::Lost(e) => Exchange::Lost(e),
+        });
+    }
+    let (send, recv) = match conn.open_bi().await {
+        Ok(stream) => stream,
+        Err(e) => {
+            conn.close(0u32.into(), b"broken; dialing again");
+            return Err(Exchange::NotSent(format!("no stream ({e})")));
+        }
+    };
+    api::exchange(send, recv, call)
+        .await
+        .map_err(|e| Exchange::Lost(e.to_string()))
+}
+
 impl Forwarder {
     /// Forwards over `endpoint`, dialing leaders as `config` says.
     pub(super) fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> Self {
@@ -149,6 +221,47 @@ impl Forwarder {
             endpoint,
             config,
             conns: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection to `node` at `addr` ([`Forwarder::connection`]) and the pipeline to
+    /// send on, or `None` for a stream of its own: asked for (`own_stream`), the node takes
+    /// no pipelines, or it did not accept one within [`PIPELINE_OPEN_WAIT`] lately.
+    async fn route(
+        &self,
+        node: NodeId,
+        addr: &str,
+        own_stream: bool,
+    ) -> Result<(quinn::Connection, Option<Pipeline>), String> {
+        let conn = self.connection(node, addr).await?;
+        if own_stream {
+            return Ok((conn, None));
+        }
+        let route = self
+            .routes
+            .lock()
+            .map_err(|e| e.to_string())?
+            .entry(node)
+            .or_default()
+            .clone();
+        let mut route = route.lock().await;
+        if route.on != conn.stable_id() {
+            *route = Route {
+                on: conn.stable_id(),
+                ..Route::default()
+            };
+        }
+        if route.streams_until.is_some_and(|t| Instant::now() < t) {
+            return Ok((conn, None));
+        }
+        match route.calls.route(&conn, PIPELINE_OPEN_WAIT).await {
+            Ok(pipeline) => Ok((conn, pipeline)),
+            Err(e) => {
+                tracing::debug!("no pipeline to node {node} now ({e}): streams of their own");
+                route.streams_until = Some(Instant::now() + PIPELINE_RETRY_AFTER);
+                Ok((conn, None))
+            }
         }
     }
 

@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// cluster only: its nodes then serve HTTP on free ports of 127.0.0.1).
     #[arg(long, conflicts_with_all = ["existing", "sessions"])]
     pub http: bool,
+    /// Send every write to a follower, which forwards it to the leader (the hop a client
+    /// connected to a follower pays), instead of to the leader. The round-trip floor is
+    /// then measured to that follower.
+    #[arg(long, conflicts_with_all = ["http", "stages"])]
+    pub via_follower: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -141,6 +146,8 @@ pub struct Report {
     pub sessions: bool,
     /// Whether writes went through the HTTP JSON API.
     pub http: bool,
+    /// Whether writes went to a follower, which forwarded them.
+    pub via_follower: bool,
     pub fdatasync: Latency,
     pub round_trip: Latency,
     pub rows: Vec<Row>,
@@ -175,7 +182,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let client = Client::new(nodes, &identity)?;
     let fsm = prepare(&client, &args.fsm, local.is_some()).await?;
-    let leader = Arc::new(leader_clients(&client, &identity).await?);
+    let leader = Arc::new(writer_clients(&client, &identity, args.via_follower).await?);
     let http = match &local {
         Some(l) if args.http => Some(l.http_target(&client).await?),
         _ => None,
@@ -190,6 +197,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cluster,
         sessions: args.sessions,
         http: args.http,
+        via_follower: args.via_follower,
         fdatasync: Latency::of(&fdatasync),
         round_trip: Latency::of(&round_trip),
         rows: Vec::new(),
@@ -282,20 +290,33 @@ async fn prepare(client: &Client, fsm: &str, all_examples: bool) -> anyhow::Resu
     Ok(name)
 }
 
-/// Clients that talk to the leader directly (a follower would forward each write: one more
-/// hop than a well-routed client pays). One QUIC connection per 16 closed loops.
-async fn leader_clients(
+/// Clients that talk to the leader directly, or with `via_follower` to a follower (which
+/// forwards each write: one more hop than a well-routed client pays). One QUIC connection
+/// per 16 closed loops.
+async fn writer_clients(
     client: &Client,
     identity: &wraft_transport_quic::TlsIdentity,
+    via_follower: bool,
 ) -> anyhow::Result<Vec<Client>> {
     let status = client.status().await?;
     let leader = status.leader.context("the cluster has no leader")?;
     let addr = status
         .nodes
         .iter()
-        .find(|n| n.id == leader)
+        .find(|n| {
+            if via_follower {
+                // A learner does not forward.
+                n.id != leader && n.membership == "voter"
+            } else {
+                n.id == leader
+            }
+        })
         .map(|n| n.addr.clone())
-        .context("the leader is not in the membership")?;
+        .context(if via_follower {
+            "the cluster has no follower"
+        } else {
+            "the leader is not in the membership"
+        })?;
     (0..16)
         .map(|_| Ok(Client::new(vec![addr.clone()], identity)?))
         .collect()
@@ -505,6 +526,8 @@ fn print_header(r: &Report, at_rest: &[(u64, u64)]) {
         "on client sessions"
     } else if r.http {
         "through the HTTP JSON API"
+    } else if r.via_follower {
+        "plain, sent to a follower that forwards them"
     } else {
         "plain"
     };
