@@ -14,12 +14,14 @@ use wraft_transport_quic::api::{self};
 use crate::cluster::Cluster;
 use crate::common::{probe_counter, setup_probe};
 
-fn p() -> FsmName {
+/// The probe FSM these tests create.
+pub(crate) fn p() -> FsmName {
     FsmName::new("p").expect("name")
 }
 
-const INCR: &str = r#"{"Incr":{"key":[110]}}"#;
-const GET: &str = r#"{"Get":{"key":[110]}}"#;
+/// The probe's JSON command that increments key "n", and its query of it.
+pub(crate) const INCR: &str = r#"{"Incr":{"key":[110]}}"#;
+pub(crate) const GET: &str = r#"{"Get":{"key":[110]}}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_any_node_reach_the_leader_and_reads_work_at_every_level() {

@@ -5,18 +5,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use wraft_api::{Consistency, Payload, Role};
-use wraft_core::FsmName;
 use wraft_host::raft::SnapshotPolicy;
 
+use crate::api::{GET, INCR, p};
 use crate::cluster::Cluster;
 use crate::common::setup_probe;
-
-fn p() -> FsmName {
-    FsmName::new("p").expect("name")
-}
-
-const INCR: &str = r#"{"Incr":{"key":[110]}}"#;
-const GET: &str = r#"{"Get":{"key":[110]}}"#;
 
 /// A cluster restarted without its compiled copies (`<data>/cache` deleted on every node, as
 /// after an engine upgrade) gets a burst of JSON writes and reads at its leader: their codec
