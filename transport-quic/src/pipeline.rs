@@ -285,16 +285,8 @@ async fn read_replies(mut recv: quinn::RecvStream, waiting: Arc<Mutex<Waiting>>)
                     // The node reads nothing after this call: the calls placed after it
                     // were never read, and hear so now, not when the node finishes.
                     waiting.last = Some(call);
-                    let after: Vec<u64> = waiting
-                        .calls
-                        .keys()
-                        .filter(|p| **p > call)
-                        .copied()
-                        .collect();
-                    for place in after {
-                        if let Some(caller) = waiting.calls.remove(&place) {
-                            let _ = caller.send(Err(after_last(call)));
-                        }
+                    for (_, caller) in waiting.calls.extract_if(|place, _| *place > call) {
+                        let _ = caller.send(Err(after_last(call)));
                     }
                 }
             }

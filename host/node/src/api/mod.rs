@@ -208,8 +208,8 @@ impl NodeApi {
     /// can wait behind a growth of the env's map (`state/map.rs`), and that wait must not
     /// hold an async worker that carries raft's heartbeats. For callers already bounded in
     /// number: an HTTP request (at most `--http-max-connections` at once), a listing (at
-    /// most `--max-requests-per-role`), a guest call (a turn of the guest pool); tokio's
-    /// blocking pool caps the threads.
+    /// most `--max-requests-per-role`); tokio's blocking pool caps the threads. (Guest calls
+    /// run on the guest pool instead: [`NodeApi::on_guest_thread`].)
     pub(super) async fn off_worker<T: Send + 'static>(
         &self,
         read: impl FnOnce(&StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
